@@ -1,0 +1,344 @@
+//! The agent's configuration: a subset of kubelet's `KubeletConfiguration` (kubelet.config.k8s.io/v1beta1), read from
+//! `--config`, with command-line flags taking precedence, as in kubelet.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const CONFIG_API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
+pub const CONFIG_KIND: &str = "KubeletConfiguration";
+
+/// kubelet's `--container-runtime-endpoint` default.
+pub const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+pub const DEFAULT_ROOT_DIR: &str = "/var/lib/rkubelet";
+/// kubelet's `podLogsDir` default; CRI log paths of every pod live below it.
+pub const DEFAULT_POD_LOGS_DIR: &str = "/var/log/pods";
+/// kubelet's `fileCheckFrequency` default. The manifest folder is also watched through inotify, so this is only the
+/// interval of the safety-net rescan.
+pub const DEFAULT_FILE_CHECK_FREQUENCY: Duration = Duration::from_secs(20);
+/// kubelet's `syncFrequency` default: how often a pod worker re-syncs a pod with nothing happening to it.
+pub const DEFAULT_SYNC_FREQUENCY: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_PODS: u32 = 110;
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parse config file {path}: {source}")]
+    Parse { path: PathBuf, source: serde_yaml::Error },
+    #[error("config file {path}: apiVersion {found:?} is not supported (want {CONFIG_API_VERSION:?})")]
+    ApiVersion { path: PathBuf, found: String },
+    #[error("config file {path}: kind {found:?} is not supported (want {CONFIG_KIND:?})")]
+    Kind { path: PathBuf, found: String },
+    #[error("config file {path}: field {field}: invalid duration {value:?} (want a Go duration such as \"20s\" or \"1m30s\")")]
+    Duration { path: PathBuf, field: &'static str, value: String },
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid { what: &'static str, value: String, reason: String },
+}
+
+/// The file format: the fields of `KubeletConfiguration` the agent understands, under their kubelet names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeletConfigurationFile {
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    pub static_pod_path: Option<String>,
+    pub file_check_frequency: Option<String>,
+    pub sync_frequency: Option<String>,
+    pub address: Option<String>,
+    pub read_only_port: Option<u16>,
+    pub container_runtime_endpoint: Option<String>,
+    pub pod_logs_dir: Option<String>,
+    pub serialize_image_pulls: Option<bool>,
+    pub max_pods: Option<u32>,
+    pub pod_cidr: Option<String>,
+    #[serde(rename = "clusterDNS")]
+    pub cluster_dns: Option<Vec<String>>,
+    pub cluster_domain: Option<String>,
+    pub resolv_conf: Option<String>,
+    pub logging: Option<LoggingConfiguration>,
+    /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct LoggingConfiguration {
+    pub verbosity: Option<u32>,
+    pub format: Option<String>,
+}
+
+/// Flags that override the file; `None` means "not given on the command line".
+#[derive(Debug, Default, Clone)]
+pub struct FlagOverrides {
+    pub pod_manifest_path: Option<String>,
+    pub container_runtime_endpoint: Option<String>,
+    pub root_dir: Option<String>,
+    pub hostname_override: Option<String>,
+    pub read_only_port: Option<u16>,
+    pub address: Option<String>,
+    pub pod_cidr: Option<String>,
+    pub verbosity: Option<u32>,
+}
+
+/// The resolved configuration the agent runs with.
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    pub node_name: String,
+    pub static_pod_path: Option<PathBuf>,
+    pub file_check_frequency: Duration,
+    pub sync_frequency: Duration,
+    pub address: IpAddr,
+    pub read_only_port: u16,
+    pub container_runtime_endpoint: String,
+    pub root_dir: PathBuf,
+    pub pod_logs_dir: PathBuf,
+    pub serialize_image_pulls: bool,
+    pub max_pods: u32,
+    pub pod_cidr: Option<String>,
+    pub cluster_dns: Vec<IpAddr>,
+    pub cluster_domain: String,
+    pub resolv_conf: PathBuf,
+    pub verbosity: u32,
+    /// Unknown file fields, reported once logging is up.
+    pub warnings: Vec<String>,
+}
+
+impl KubeletConfigurationFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let file: Self =
+            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        let api_version = file.api_version.clone().unwrap_or_default();
+        if api_version != CONFIG_API_VERSION {
+            return Err(ConfigError::ApiVersion { path: path.to_owned(), found: api_version });
+        }
+        let kind = file.kind.clone().unwrap_or_default();
+        if kind != CONFIG_KIND {
+            return Err(ConfigError::Kind { path: path.to_owned(), found: kind });
+        }
+        Ok(file)
+    }
+}
+
+impl KubeletConfig {
+    /// Merges the file (if any) with flags and applies kubelet's defaults.
+    pub fn resolve(
+        file: Option<(&Path, KubeletConfigurationFile)>,
+        flags: &FlagOverrides,
+        hostname: &str,
+    ) -> Result<Self, ConfigError> {
+        let (path, file) = match file {
+            Some((p, f)) => (p.to_owned(), f),
+            None => (PathBuf::from("<none>"), KubeletConfigurationFile::default()),
+        };
+        let duration = |field: &'static str, value: &Option<String>, default: Duration| match value {
+            None => Ok(default),
+            Some(v) => parse_go_duration(v).ok_or_else(|| ConfigError::Duration {
+                path: path.clone(),
+                field,
+                value: v.clone(),
+            }),
+        };
+        let file_check_frequency =
+            duration("fileCheckFrequency", &file.file_check_frequency, DEFAULT_FILE_CHECK_FREQUENCY)?;
+        let sync_frequency = duration("syncFrequency", &file.sync_frequency, DEFAULT_SYNC_FREQUENCY)?;
+
+        // kubelet lower-cases the node name derived from the hostname or the override.
+        let node_name = flags.hostname_override.as_deref().unwrap_or(hostname).trim().to_lowercase();
+        if node_name.is_empty() {
+            return Err(ConfigError::Invalid {
+                what: "node name",
+                value: node_name,
+                reason: "empty: set --hostname-override".into(),
+            });
+        }
+
+        let address_text = flags.address.clone().or(file.address.clone()).unwrap_or_else(|| "127.0.0.1".into());
+        let address = address_text.parse().map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+            what: "address",
+            value: address_text.clone(),
+            reason: e.to_string(),
+        })?;
+        let cluster_dns = file
+            .cluster_dns
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| {
+                s.parse().map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+                    what: "clusterDNS entry",
+                    value: s.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let static_pod_path = flags
+            .pod_manifest_path
+            .clone()
+            .or(file.static_pod_path.clone())
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        let warnings = file
+            .unknown
+            .keys()
+            .map(|k| format!("config file {}: field {k:?} is not supported by rkubelet and is ignored", path.display()))
+            .collect();
+
+        Ok(KubeletConfig {
+            node_name,
+            static_pod_path,
+            file_check_frequency,
+            sync_frequency,
+            address,
+            read_only_port: flags.read_only_port.or(file.read_only_port).unwrap_or(0),
+            container_runtime_endpoint: flags
+                .container_runtime_endpoint
+                .clone()
+                .or(file.container_runtime_endpoint.clone())
+                .unwrap_or_else(|| DEFAULT_RUNTIME_ENDPOINT.into()),
+            root_dir: PathBuf::from(flags.root_dir.clone().unwrap_or_else(|| DEFAULT_ROOT_DIR.into())),
+            pod_logs_dir: PathBuf::from(file.pod_logs_dir.clone().unwrap_or_else(|| DEFAULT_POD_LOGS_DIR.into())),
+            serialize_image_pulls: file.serialize_image_pulls.unwrap_or(true),
+            max_pods: file.max_pods.unwrap_or(DEFAULT_MAX_PODS),
+            pod_cidr: flags.pod_cidr.clone().or(file.pod_cidr.clone()).filter(|s| !s.is_empty()),
+            cluster_dns,
+            cluster_domain: file.cluster_domain.clone().unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.into()),
+            resolv_conf: PathBuf::from(file.resolv_conf.clone().unwrap_or_else(|| DEFAULT_RESOLV_CONF.into())),
+            verbosity: flags.verbosity.or(file.logging.as_ref().and_then(|l| l.verbosity)).unwrap_or(0),
+            warnings,
+        })
+    }
+}
+
+/// Parses a Go `time.Duration` string ("300ms", "20s", "1m30s", "1h"). Returns `None` for anything else.
+pub fn parse_go_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[unit_len..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<KubeletConfigurationFile, ConfigError> {
+        KubeletConfigurationFile::parse(Path::new("/etc/rkubelet/config.yaml"), text)
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("20s"), Some(Duration::from_secs(20)));
+        assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_go_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_go_duration("20"), None);
+        assert_eq!(parse_go_duration("s"), None);
+        assert_eq!(parse_go_duration("5 minutes"), None);
+    }
+
+    #[test]
+    fn rejects_unknown_api_version_and_kind() {
+        let err = parse("apiVersion: kubelet.config.k8s.io/v1alpha9\nkind: KubeletConfiguration\n").unwrap_err();
+        assert!(matches!(err, ConfigError::ApiVersion { .. }), "{err}");
+        assert!(err.to_string().contains("v1alpha9"));
+        let err = parse("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeProxyConfiguration\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Kind { .. }), "{err}");
+        let err = parse("kind: KubeletConfiguration\n").unwrap_err();
+        assert!(matches!(err, ConfigError::ApiVersion { .. }), "{err}");
+    }
+
+    #[test]
+    fn malformed_file_is_a_parse_error_naming_the_file() {
+        let err = parse("apiVersion: [unclosed\n").unwrap_err();
+        assert!(err.to_string().contains("/etc/rkubelet/config.yaml"), "{err}");
+    }
+
+    #[test]
+    fn defaults_match_kubelet() {
+        let c = KubeletConfig::resolve(None, &FlagOverrides::default(), "Node-A").unwrap();
+        assert_eq!(c.node_name, "node-a");
+        assert_eq!(c.container_runtime_endpoint, DEFAULT_RUNTIME_ENDPOINT);
+        assert_eq!(c.root_dir, PathBuf::from("/var/lib/rkubelet"));
+        assert_eq!(c.pod_logs_dir, PathBuf::from("/var/log/pods"));
+        assert_eq!(c.read_only_port, 0);
+        assert_eq!(c.file_check_frequency, Duration::from_secs(20));
+        assert_eq!(c.max_pods, 110);
+        assert!(c.serialize_image_pulls);
+        assert!(c.static_pod_path.is_none());
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file = parse(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nstaticPodPath: /etc/manifests\n\
+             readOnlyPort: 10255\ncontainerRuntimeEndpoint: unix:///file.sock\nfileCheckFrequency: 5s\n\
+             logging:\n  verbosity: 2\nevictionHard:\n  memory.available: 100Mi\n",
+        )
+        .unwrap();
+        let flags = FlagOverrides {
+            container_runtime_endpoint: Some("unix:///flag.sock".into()),
+            read_only_port: Some(10266),
+            hostname_override: Some("edge-1".into()),
+            ..Default::default()
+        };
+        let c = KubeletConfig::resolve(Some((Path::new("/c.yaml"), file)), &flags, "host").unwrap();
+        assert_eq!(c.container_runtime_endpoint, "unix:///flag.sock");
+        assert_eq!(c.read_only_port, 10266);
+        assert_eq!(c.static_pod_path, Some(PathBuf::from("/etc/manifests")));
+        assert_eq!(c.file_check_frequency, Duration::from_secs(5));
+        assert_eq!(c.node_name, "edge-1");
+        assert_eq!(c.verbosity, 2);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("evictionHard"));
+    }
+
+    #[test]
+    fn invalid_duration_names_field() {
+        let file =
+            parse("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nfileCheckFrequency: soon\n")
+                .unwrap();
+        let err =
+            KubeletConfig::resolve(Some((Path::new("/c.yaml"), file)), &FlagOverrides::default(), "h").unwrap_err();
+        assert!(err.to_string().contains("fileCheckFrequency"), "{err}");
+    }
+}

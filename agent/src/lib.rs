@@ -1,0 +1,9 @@
+//! rkubelet: a kubelet-compatible node agent. It runs pods on a CRI runtime (containerd) from static manifests,
+//! with kubelet's behaviour, names and defaults.
+
+pub mod config;
+pub mod node;
+pub mod pods;
+pub mod resources;
+pub mod runtime;
+pub mod server;

@@ -1,0 +1,211 @@
+//! The `rkubelet` binary: flags named as kubelet's, configuration, wiring, and the main loop that feeds systemd.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::{mpsc, Mutex};
+
+use rkubelet::config::{FlagOverrides, KubeletConfig, KubeletConfigurationFile};
+use rkubelet::node;
+use rkubelet::pods::manager::PodManager;
+use rkubelet::pods::source::{run_file_source, FILE_SOURCE};
+use rkubelet::pods::store::PodStore;
+use rkubelet::pods::worker::WorkerContext;
+use rkubelet::runtime::{Pleg, Runtime};
+use rkubelet::server::{self, ServerState};
+
+/// A kubelet-compatible node agent.
+#[derive(Debug, Parser)]
+#[command(name = "rkubelet", version)]
+struct Flags {
+    /// KubeletConfiguration file (kubelet.config.k8s.io/v1beta1). Flags override its fields.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Folder of static pod manifests (staticPodPath).
+    #[arg(long)]
+    pod_manifest_path: Option<String>,
+    /// CRI endpoint of the container runtime [default: unix:///run/containerd/containerd.sock].
+    #[arg(long)]
+    container_runtime_endpoint: Option<String>,
+    /// Folder for the agent's own files [default: /var/lib/rkubelet].
+    #[arg(long)]
+    root_dir: Option<String>,
+    /// Node name to use instead of the hostname.
+    #[arg(long)]
+    hostname_override: Option<String>,
+    /// Port of the read-only HTTP server (/healthz, /pods, /metrics); 0 disables it.
+    #[arg(long)]
+    read_only_port: Option<u16>,
+    /// Address the read-only server listens on [default: 127.0.0.1].
+    #[arg(long)]
+    address: Option<String>,
+    /// Pod CIDR of this node when running without an API server.
+    #[arg(long)]
+    pod_cidr: Option<String>,
+    /// Log verbosity, as kubelet's -v: 0-2 info, 3-4 debug, 5 and above trace. RUST_LOG overrides it.
+    #[arg(short = 'v', long = "v")]
+    v: Option<u32>,
+}
+
+/// The watchdog is fed at half its interval, as systemd recommends.
+const WATCHDOG_FRACTION: u32 = 2;
+/// Retry bounds while the container runtime is not reachable at start.
+const RUNTIME_CONNECT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+fn init_logging(verbosity: u32) {
+    let level = match verbosity {
+        0..=2 => "info",
+        3..=4 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},h2=info,tower=info,hyper=info")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn connect_runtime(endpoint: &str) -> (Runtime, String, String) {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let attempt = async {
+            let rt = Runtime::connect(endpoint).await?;
+            let (name, version) = rt.version().await?;
+            Ok::<_, rkubelet::runtime::RuntimeError>((rt, name, version))
+        };
+        match attempt.await {
+            Ok(r) => return r,
+            Err(e) => {
+                tracing::warn!(endpoint, error = %e, retry_in = ?wait, "container runtime not ready");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RUNTIME_CONNECT_RETRY_MAX);
+            }
+        }
+    }
+}
+
+async fn run(flags: Flags) -> anyhow::Result<()> {
+    let file = match &flags.config {
+        Some(path) => Some((path.as_path(), KubeletConfigurationFile::load(path)?)),
+        None => None,
+    };
+    let overrides = FlagOverrides {
+        pod_manifest_path: flags.pod_manifest_path.clone(),
+        container_runtime_endpoint: flags.container_runtime_endpoint.clone(),
+        root_dir: flags.root_dir.clone(),
+        hostname_override: flags.hostname_override.clone(),
+        read_only_port: flags.read_only_port,
+        address: flags.address.clone(),
+        pod_cidr: flags.pod_cidr.clone(),
+        verbosity: flags.v,
+    };
+    let config = KubeletConfig::resolve(file, &overrides, &node::hostname())?;
+    init_logging(config.verbosity);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(node = %config.node_name, endpoint = %config.container_runtime_endpoint, "starting rkubelet");
+
+    std::fs::create_dir_all(&config.root_dir)
+        .with_context(|| format!("create root dir {}", config.root_dir.display()))?;
+    std::fs::create_dir_all(&config.pod_logs_dir)
+        .with_context(|| format!("create pod logs dir {}", config.pod_logs_dir.display()))?;
+
+    let (runtime, runtime_name, runtime_version) = connect_runtime(&config.container_runtime_endpoint).await;
+    tracing::info!(runtime = %runtime_name, version = %runtime_version, "connected to container runtime");
+    match runtime.status().await {
+        Ok(s) if !s.runtime_ready || !s.network_ready => {
+            tracing::warn!(runtime_ready = s.runtime_ready, network_ready = s.network_ready, message = %s.message, "container runtime not fully ready")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "runtime status failed"),
+    }
+
+    let resolv = std::fs::read_to_string(&config.resolv_conf).unwrap_or_else(|e| {
+        tracing::warn!(path = %config.resolv_conf.display(), error = %e, "cannot read resolv.conf; pods get no DNS servers");
+        String::new()
+    });
+    let store = PodStore::default();
+    let ctx = Arc::new(WorkerContext {
+        runtime: runtime.clone(),
+        runtime_name,
+        store: store.clone(),
+        node_name: config.node_name.clone(),
+        host_ips: node::host_ips(),
+        pod_logs_dir: config.pod_logs_dir.clone(),
+        host_dns: node::parse_resolv_conf(&resolv),
+        cluster_dns: config.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
+        cluster_domain: config.cluster_domain.clone(),
+        memory_capacity: node::memory_capacity(),
+        sync_frequency: config.sync_frequency,
+        image_pull_lock: config.serialize_image_pulls.then(|| Mutex::new(())),
+    });
+
+    let pleg = Pleg::new(runtime.clone());
+    let pleg_health = pleg.health();
+    let (pleg_tx, pleg_rx) = mpsc::unbounded_channel();
+    tokio::spawn(pleg.run(pleg_tx));
+
+    let mut sources = Vec::new();
+    let (source_tx, source_rx) = mpsc::channel(16);
+    if let Some(dir) = &config.static_pod_path {
+        sources.push(FILE_SOURCE);
+        tracing::info!(dir = %dir.display(), "watching static pod manifests");
+        tokio::spawn(run_file_source(dir.clone(), config.node_name.clone(), config.file_check_frequency, source_tx));
+    } else {
+        drop(source_tx);
+    }
+    tokio::spawn(PodManager::new(ctx, &sources).run(source_rx, pleg_rx));
+
+    if config.read_only_port != 0 {
+        let addr = SocketAddr::new(config.address, config.read_only_port);
+        let listener = server::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
+        tracing::info!(%addr, "read-only server listening");
+        let state = ServerState { store, runtime_metrics: runtime.metrics(), pleg: pleg_health.clone() };
+        tokio::spawn(async move {
+            if let Err(e) = server::serve(listener, state).await {
+                tracing::error!(error = %e, "read-only server stopped");
+            }
+        });
+    }
+
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut watchdog_usec = 0;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
+        .then(|| Duration::from_micros(watchdog_usec) / WATCHDOG_FRACTION);
+    let mut feed = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = feed.tick() => {
+                // Starve the watchdog when the PLEG stops relisting, so systemd restarts a wedged agent. The first
+                // relist may not have happened yet right after start.
+                if watchdog.is_some() && pleg_health.healthy() {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+    }
+    // Pods keep running: a restarted agent picks them up again from the runtime.
+    tracing::info!("shutting down; pods keep running");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let flags = Flags::parse();
+    match run(flags).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rkubelet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Facts about this node read from the host: name, addresses, memory, DNS. (Registration with an API server and the
+//! node status built from these facts live here too once the agent joins a cluster.)
+
+use std::net::IpAddr;
+
+use crate::runtime::DnsSettings;
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// `MemTotal` in bytes.
+pub fn memory_capacity() -> i128 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    parse_meminfo_total(&text)
+}
+
+fn parse_meminfo_total(text: &str) -> i128 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<i128>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
+}
+
+/// Addresses of interfaces that are up, IPv4 first, skipping loopback and link-local: kubelet's choice of node IP
+/// when none is configured.
+pub fn host_ips() -> Vec<String> {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a linked list we only read, then free with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
+        return Vec::new();
+    }
+    let mut cur = addrs;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned and has not been freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_flags & (libc::IFF_UP as u32) == 0 {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null and its family tells which sockaddr type it points to.
+        let ip: Option<IpAddr> = unsafe {
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    Some(IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()))
+                }
+                libc::AF_INET6 => {
+                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    Some(IpAddr::from(sa.sin6_addr.s6_addr))
+                }
+                _ => None,
+            }
+        };
+        match ip {
+            Some(IpAddr::V4(a)) if !a.is_loopback() && !a.is_link_local() => v4.push(a.to_string()),
+            Some(IpAddr::V6(a)) if !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80 => v6.push(a.to_string()),
+            _ => {}
+        }
+    }
+    // SAFETY: `addrs` came from a successful getifaddrs.
+    unsafe { libc::freeifaddrs(addrs) };
+    v4.dedup();
+    v6.dedup();
+    v4.into_iter().take(1).chain(v6.into_iter().take(1)).collect()
+}
+
+/// The host's resolv.conf as pod DNS settings (kubelet's `Default` DNS policy).
+pub fn parse_resolv_conf(text: &str) -> DnsSettings {
+    let mut dns = DnsSettings::default();
+    for line in text.lines() {
+        let line = line.split(['#', ';']).next().unwrap_or_default();
+        let mut fields = line.split_whitespace();
+        match fields.next() {
+            Some("nameserver") => dns.servers.extend(fields.next().map(str::to_owned)),
+            Some("search") | Some("domain") => dns.searches = fields.map(str::to_owned).collect(),
+            Some("options") => dns.options.extend(fields.map(str::to_owned)),
+            _ => {}
+        }
+    }
+    dns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf() {
+        let d = parse_resolv_conf("# comment\nnameserver 192.0.2.53\nnameserver 2001:db8::53\nsearch a.example b.example\noptions ndots:2 edns0\n");
+        assert_eq!(d.servers, vec!["192.0.2.53", "2001:db8::53"]);
+        assert_eq!(d.searches, vec!["a.example", "b.example"]);
+        assert_eq!(d.options, vec!["ndots:2", "edns0"]);
+    }
+
+    #[test]
+    fn meminfo() {
+        assert_eq!(parse_meminfo_total("MemTotal:       16384 kB\nMemFree: 1 kB\n"), 16384 * 1024);
+        assert_eq!(parse_meminfo_total("garbage"), 0);
+    }
+}

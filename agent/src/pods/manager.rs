@@ -1,0 +1,147 @@
+//! The pod manager: merges the sources into the desired set of pods by UID, keeps one worker per pod, routes
+//! runtime events to workers, and cleans up what the runtime holds for pods no source wants.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::source::SourceUpdate;
+use super::spec;
+use super::worker::{kill_orphaned_pod, PodWorker, WorkerContext, WorkerInput};
+use crate::runtime::PlegEvent;
+
+struct WorkerHandle {
+    input: watch::Sender<WorkerInput>,
+    wake: Arc<Notify>,
+    terminating: bool,
+}
+
+enum Done {
+    Worker(String),
+    Orphan(String),
+}
+
+pub struct PodManager {
+    ctx: Arc<WorkerContext>,
+    /// Sources that must report once before anything unknown in the runtime is treated as an orphan.
+    sources_pending: BTreeSet<&'static str>,
+    desired: BTreeMap<&'static str, Vec<Arc<Pod>>>,
+    workers: HashMap<String, WorkerHandle>,
+    orphans: BTreeSet<String>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+}
+
+impl PodManager {
+    pub fn new(ctx: Arc<WorkerContext>, sources: &[&'static str]) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Self {
+            ctx,
+            sources_pending: sources.iter().copied().collect(),
+            desired: BTreeMap::new(),
+            workers: HashMap::new(),
+            orphans: BTreeSet::new(),
+            done_tx,
+            done_rx,
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut sources: mpsc::Receiver<SourceUpdate>,
+        mut pleg: mpsc::UnboundedReceiver<PlegEvent>,
+    ) {
+        loop {
+            tokio::select! {
+                Some(update) = sources.recv() => {
+                    self.sources_pending.remove(update.source);
+                    self.desired.insert(update.source, update.pods);
+                    self.reconcile();
+                }
+                Some(event) = pleg.recv() => self.on_pleg(event),
+                Some(done) = self.done_rx.recv() => match done {
+                    Done::Worker(uid) => {
+                        self.workers.remove(&uid);
+                        // The pod may have come back while it was being terminated.
+                        self.reconcile();
+                    }
+                    Done::Orphan(uid) => { self.orphans.remove(&uid); }
+                },
+                else => return,
+            }
+        }
+    }
+
+    fn desired_by_uid(&self) -> BTreeMap<String, Arc<Pod>> {
+        self.desired.values().flatten().map(|p| (spec::uid(p).to_owned(), p.clone())).collect()
+    }
+
+    fn reconcile(&mut self) {
+        let desired = self.desired_by_uid();
+        for (uid, pod) in &desired {
+            match self.workers.get(uid) {
+                Some(h) if h.terminating => {} // restarts once termination is done
+                Some(h) => {
+                    if !Arc::ptr_eq(&h.input.borrow().pod, pod) && h.input.borrow().pod.as_ref() != pod.as_ref() {
+                        self.ctx.store.upsert_pod(uid, pod.clone());
+                        let _ = h.input.send(WorkerInput { pod: pod.clone(), terminate: false });
+                    }
+                }
+                None => self.spawn_worker(uid, pod.clone()),
+            }
+        }
+        for (uid, h) in self.workers.iter_mut() {
+            if !h.terminating && !desired.contains_key(uid) {
+                h.terminating = true;
+                let pod = h.input.borrow().pod.clone();
+                tracing::info!(pod = %spec::key(&pod), uid, "pod removed from its source; terminating");
+                let _ = h.input.send(WorkerInput { pod, terminate: true });
+            }
+        }
+    }
+
+    fn spawn_worker(&mut self, uid: &str, pod: Arc<Pod>) {
+        tracing::info!(pod = %spec::key(&pod), uid, "pod added");
+        self.ctx.store.upsert_pod(uid, pod.clone());
+        let (tx, rx) = watch::channel(WorkerInput { pod, terminate: false });
+        let wake = Arc::new(Notify::new());
+        let worker = PodWorker::new(self.ctx.clone(), rx, wake.clone());
+        let done = self.done_tx.clone();
+        let uid_owned = uid.to_owned();
+        tokio::spawn(async move {
+            worker.run().await;
+            let _ = done.send(Done::Worker(uid_owned));
+        });
+        self.workers.insert(uid.to_owned(), WorkerHandle { input: tx, wake, terminating: false });
+    }
+
+    fn on_pleg(&mut self, event: PlegEvent) {
+        match event {
+            PlegEvent::PodChanged(uid) => {
+                if let Some(h) = self.workers.get(&uid) {
+                    h.wake.notify_one();
+                }
+            }
+            PlegEvent::Relisted(uids) => {
+                if !self.sources_pending.is_empty() {
+                    return;
+                }
+                for uid in uids {
+                    if self.workers.contains_key(&uid) || self.orphans.contains(&uid) {
+                        continue;
+                    }
+                    tracing::info!(uid, "runtime holds a pod no source knows; killing it");
+                    self.orphans.insert(uid.clone());
+                    let ctx = self.ctx.clone();
+                    let done = self.done_tx.clone();
+                    tokio::spawn(async move {
+                        kill_orphaned_pod(ctx, uid.clone()).await;
+                        let _ = done.send(Done::Orphan(uid));
+                    });
+                }
+            }
+        }
+    }
+}

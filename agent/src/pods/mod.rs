@@ -1,0 +1,12 @@
+//! Pods: where they come from (`source`), the desired set and its workers (`manager`, `worker`), and the two pure
+//! decisions, what to do (`plan`) and what status to report (`status`).
+
+pub mod backoff;
+pub mod env;
+pub mod manager;
+pub mod plan;
+pub mod source;
+pub mod spec;
+pub mod status;
+pub mod store;
+pub mod worker;

@@ -1,0 +1,526 @@
+//! The pod's v1 status, computed purely from its spec, what the runtime holds and the waiting reasons of the last
+//! sync, as kubelet's `generateAPIPodStatus` and `getPhase` compute it.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+    HostIP, Pod, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::plan::{Waiting, REASON_CONTAINER_CREATING, REASON_POD_INITIALIZING};
+use super::spec::{self, RestartPolicy};
+use crate::resources::pod_qos_class;
+use crate::runtime::{ContainerRecord, ContainerRunState, ObservedPod};
+
+pub const PHASE_PENDING: &str = "Pending";
+pub const PHASE_RUNNING: &str = "Running";
+pub const PHASE_SUCCEEDED: &str = "Succeeded";
+pub const PHASE_FAILED: &str = "Failed";
+
+/// Condition types and reasons (k8s.io/api/core/v1 and pkg/kubelet/status/generate.go).
+pub const POD_READY_TO_START_CONTAINERS: &str = "PodReadyToStartContainers";
+pub const POD_INITIALIZED: &str = "Initialized";
+pub const POD_READY: &str = "Ready";
+pub const CONTAINERS_READY: &str = "ContainersReady";
+pub const POD_SCHEDULED: &str = "PodScheduled";
+pub const REASON_CONTAINERS_NOT_READY: &str = "ContainersNotReady";
+pub const REASON_CONTAINERS_NOT_INITIALIZED: &str = "ContainersNotInitialized";
+pub const REASON_POD_COMPLETED: &str = "PodCompleted";
+
+pub struct StatusInput<'a> {
+    pub pod: &'a Pod,
+    pub observed: &'a ObservedPod,
+    /// Waiting reasons from the last sync (back-off, pull and create errors), by container name.
+    pub waiting: &'a BTreeMap<String, Waiting>,
+    pub previous: Option<&'a PodStatus>,
+    /// When the agent first saw the pod.
+    pub start_time: SystemTime,
+    pub host_ips: &'a [String],
+    /// Prefix of container IDs, the runtime's name (`containerd`).
+    pub runtime_name: &'a str,
+    pub now: SystemTime,
+}
+
+pub fn to_time(t: SystemTime) -> Option<Time> {
+    jiff::Timestamp::try_from(t).ok().map(Time)
+}
+
+fn terminated(c: &ContainerRecord, runtime_name: &str) -> ContainerState {
+    // containerd fills the reason; kubelet falls back to these when a runtime does not.
+    let reason = if !c.reason.is_empty() {
+        c.reason.clone()
+    } else if c.exit_code == 0 {
+        "Completed".into()
+    } else {
+        "Error".into()
+    };
+    ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: c.exit_code,
+            reason: Some(reason),
+            message: (!c.message.is_empty()).then(|| c.message.clone()),
+            started_at: c.started_at.and_then(to_time),
+            finished_at: c.finished_at.and_then(to_time),
+            container_id: Some(format!("{runtime_name}://{}", c.id)),
+            signal: None,
+        }),
+        ..Default::default()
+    }
+}
+
+fn waiting_state(reason: &str, message: Option<&str>) -> ContainerState {
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.to_owned()),
+            message: message.filter(|m| !m.is_empty()).map(str::to_owned),
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_status(input: &StatusInput<'_>, container: &Container, default_waiting: &str) -> ContainerStatus {
+    let mut instances = input.observed.container_instances(&container.name);
+    let latest = instances.next();
+    let previous = instances.next();
+    let waiting = input.waiting.get(&container.name);
+    let (state, last_state) = match (latest, waiting) {
+        (Some(c), _) if c.state == ContainerRunState::Running => (
+            ContainerState {
+                running: Some(ContainerStateRunning { started_at: c.started_at.and_then(to_time) }),
+                ..Default::default()
+            },
+            previous.filter(|p| p.state == ContainerRunState::Exited).map(|p| terminated(p, input.runtime_name)),
+        ),
+        // Exited and about to be restarted (or held in back-off): waiting, with the exit as the last state.
+        (Some(c), Some(w)) if c.state == ContainerRunState::Exited => {
+            (waiting_state(&w.reason, Some(&w.message)), Some(terminated(c, input.runtime_name)))
+        }
+        (Some(c), None) if c.state == ContainerRunState::Exited => (
+            terminated(c, input.runtime_name),
+            previous.filter(|p| p.state == ContainerRunState::Exited).map(|p| terminated(p, input.runtime_name)),
+        ),
+        (latest, w) => (
+            match w {
+                Some(w) => waiting_state(&w.reason, Some(&w.message)),
+                None => waiting_state(default_waiting, None),
+            },
+            latest
+                .or(previous)
+                .filter(|p| p.state == ContainerRunState::Exited)
+                .map(|p| terminated(p, input.runtime_name)),
+        ),
+    };
+    let running = state.running.is_some();
+    ContainerStatus {
+        name: container.name.clone(),
+        image: spec::image_of(container).to_owned(),
+        image_id: latest.map(|c| c.image_ref.clone()).unwrap_or_default(),
+        container_id: latest.map(|c| format!("{}://{}", input.runtime_name, c.id)),
+        restart_count: latest.map(|c| c.restart_count as i32).unwrap_or(0),
+        // Without a readiness probe a running container is ready.
+        ready: running,
+        started: Some(running),
+        state: Some(state),
+        last_state: Some(last_state.unwrap_or_default()),
+        ..Default::default()
+    }
+}
+
+/// kubelet's `getPhase`.
+fn phase(pod: &Pod, init: &[ContainerStatus], containers: &[ContainerStatus]) -> &'static str {
+    let policy = spec::restart_policy(spec::spec(pod));
+    let last_terminated =
+        |s: &ContainerStatus| s.last_state.as_ref().and_then(|l| l.terminated.as_ref()).map(|t| t.exit_code);
+    let mut pending_init = 0;
+    let mut failed_init = 0;
+    for s in init {
+        let st = s.state.clone().unwrap_or_default();
+        if st.running.is_some() {
+            pending_init += 1;
+        } else if let Some(t) = &st.terminated {
+            if t.exit_code != 0 {
+                failed_init += 1;
+            }
+        } else if st.waiting.is_some() {
+            match last_terminated(s) {
+                Some(code) if code != 0 => failed_init += 1,
+                Some(_) => {}
+                None => pending_init += 1,
+            }
+        } else {
+            pending_init += 1;
+        }
+    }
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for s in containers {
+        let st = s.state.clone().unwrap_or_default();
+        if st.running.is_some() {
+            running += 1;
+        } else if let Some(t) = &st.terminated {
+            stopped += 1;
+            if t.exit_code == 0 {
+                succeeded += 1;
+            }
+        } else if last_terminated(s).is_some() {
+            stopped += 1;
+        } else {
+            waiting += 1;
+        }
+    }
+    if failed_init > 0 && policy == RestartPolicy::Never {
+        return PHASE_FAILED;
+    }
+    if pending_init > 0 || waiting > 0 {
+        return PHASE_PENDING;
+    }
+    if running > 0 {
+        return PHASE_RUNNING;
+    }
+    if stopped > 0 {
+        return match policy {
+            RestartPolicy::Always => PHASE_RUNNING,
+            _ if stopped == succeeded => PHASE_SUCCEEDED,
+            RestartPolicy::Never => PHASE_FAILED,
+            RestartPolicy::OnFailure => PHASE_RUNNING,
+        };
+    }
+    PHASE_PENDING
+}
+
+fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>) -> PodCondition {
+    PodCondition {
+        type_: kind.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.map(str::to_owned),
+        message,
+        ..Default::default()
+    }
+}
+
+/// Go's `fmt.Sprint` of a string slice, as kubelet embeds container lists in condition messages: `[a b]`.
+fn go_list(names: &[String]) -> String {
+    format!("[{}]", names.join(" "))
+}
+
+pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
+    let pod = input.pod;
+    let init_specs = spec::init_containers(pod);
+    let init_statuses: Vec<ContainerStatus> =
+        init_specs.iter().map(|c| container_status(input, c, REASON_CONTAINER_CREATING)).collect();
+    let init_done = init_statuses
+        .iter()
+        .all(|s| s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0));
+    let app_default = if init_done { REASON_CONTAINER_CREATING } else { REASON_POD_INITIALIZING };
+    let statuses: Vec<ContainerStatus> =
+        spec::spec(pod).containers.iter().map(|c| container_status(input, c, app_default)).collect();
+
+    let mut phase = phase(pod, &init_statuses, &statuses);
+    // A terminal phase is final: a pod never goes back from Succeeded or Failed.
+    if let Some(prev) = input.previous.and_then(|p| p.phase.as_deref()) {
+        if prev == PHASE_SUCCEEDED || prev == PHASE_FAILED {
+            phase = if prev == PHASE_SUCCEEDED { PHASE_SUCCEEDED } else { PHASE_FAILED };
+        }
+    }
+
+    let sandbox = input.observed.latest_sandbox().filter(|s| s.ready);
+    let sandbox_ready = sandbox.is_some_and(|s| spec::host_network(pod) || !s.ips.is_empty());
+    let incomplete: Vec<String> = init_specs
+        .iter()
+        .zip(&init_statuses)
+        .filter(|(_, s)| s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_none_or(|t| t.exit_code != 0))
+        .map(|(c, _)| c.name.clone())
+        .collect();
+    let initialized = if phase == PHASE_SUCCEEDED || incomplete.is_empty() {
+        condition(
+            POD_INITIALIZED,
+            true,
+            (phase == PHASE_SUCCEEDED && !init_specs.is_empty()).then_some(REASON_POD_COMPLETED),
+            None,
+        )
+    } else {
+        condition(
+            POD_INITIALIZED,
+            false,
+            Some(REASON_CONTAINERS_NOT_INITIALIZED),
+            Some(format!("containers with incomplete status: {}", go_list(&incomplete))),
+        )
+    };
+    let unready: Vec<String> = statuses.iter().filter(|s| !s.ready).map(|s| s.name.clone()).collect();
+    let (containers_ready, ready) = if phase == PHASE_SUCCEEDED {
+        (
+            condition(CONTAINERS_READY, false, Some(REASON_POD_COMPLETED), None),
+            condition(POD_READY, false, Some(REASON_POD_COMPLETED), None),
+        )
+    } else if unready.is_empty() {
+        (condition(CONTAINERS_READY, true, None, None), condition(POD_READY, true, None, None))
+    } else {
+        let message = format!("containers with unready status: {}", go_list(&unready));
+        (
+            condition(CONTAINERS_READY, false, Some(REASON_CONTAINERS_NOT_READY), Some(message.clone())),
+            condition(POD_READY, false, Some(REASON_CONTAINERS_NOT_READY), Some(message)),
+        )
+    };
+    let mut conditions = vec![
+        condition(POD_READY_TO_START_CONTAINERS, sandbox_ready, None, None),
+        initialized,
+        ready,
+        containers_ready,
+        condition(POD_SCHEDULED, true, None, None),
+    ];
+    // A condition keeps its transition time until its status changes.
+    let now = to_time(input.now);
+    for c in &mut conditions {
+        let previous =
+            input.previous.and_then(|p| p.conditions.as_ref()).and_then(|cs| cs.iter().find(|p| p.type_ == c.type_));
+        c.last_transition_time = match previous {
+            Some(p) if p.status == c.status => p.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+    }
+
+    let pod_ips: Vec<String> = sandbox.map(|s| s.ips.clone()).unwrap_or_default();
+    PodStatus {
+        phase: Some(phase.into()),
+        conditions: Some(conditions),
+        host_ip: input.host_ips.first().cloned(),
+        host_ips: (!input.host_ips.is_empty())
+            .then(|| input.host_ips.iter().map(|ip| HostIP { ip: ip.clone() }).collect()),
+        pod_ip: pod_ips.first().cloned(),
+        pod_ips: (!pod_ips.is_empty()).then(|| pod_ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
+        start_time: input.previous.and_then(|p| p.start_time.clone()).or_else(|| to_time(input.start_time)),
+        qos_class: Some(pod_qos_class(spec::spec(pod)).as_str().into()),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
+        container_statuses: Some(statuses),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pods::plan::REASON_ERR_IMAGE_PULL;
+    use crate::runtime::SandboxRecord;
+    use k8s_openapi::api::core::v1::PodSpec;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn t(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    fn pod(policy: &str, init: &[&str], containers: &[&str]) -> Pod {
+        let c = |n: &&str| Container {
+            name: n.to_string(),
+            image: Some("127.0.0.1:5000/busybox:1.36".into()),
+            ..Default::default()
+        };
+        let mut p = Pod::default();
+        p.metadata.name = Some("web-node".into());
+        p.metadata.namespace = Some("default".into());
+        p.metadata.uid = Some("uid-1".into());
+        p.spec = Some(PodSpec {
+            restart_policy: Some(policy.into()),
+            init_containers: if init.is_empty() { None } else { Some(init.iter().map(c).collect()) },
+            containers: containers.iter().map(c).collect(),
+            ..Default::default()
+        });
+        p
+    }
+
+    fn record(name: &str, id: &str, restart: u32, state: ContainerRunState, exit: i32, at: u64) -> ContainerRecord {
+        ContainerRecord {
+            id: id.into(),
+            sandbox_id: "sb1".into(),
+            pod_uid: "uid-1".into(),
+            name: name.into(),
+            restart_count: restart,
+            spec_hash: String::new(),
+            state,
+            created_at: t(at),
+            started_at: Some(t(at)),
+            finished_at: (state == ContainerRunState::Exited).then(|| t(at + 1)),
+            exit_code: exit,
+            reason: match (state, exit) {
+                (ContainerRunState::Exited, 0) => "Completed".into(),
+                (ContainerRunState::Exited, 137) => "OOMKilled".into(),
+                (ContainerRunState::Exited, _) => "Error".into(),
+                _ => String::new(),
+            },
+            message: String::new(),
+            image: String::new(),
+            image_ref: "sha256:abc".into(),
+            termination_grace_period: None,
+        }
+    }
+
+    fn sandbox(ready: bool) -> SandboxRecord {
+        SandboxRecord {
+            id: "sb1".into(),
+            pod_uid: "uid-1".into(),
+            namespace: "default".into(),
+            name: "web-node".into(),
+            attempt: 0,
+            ready,
+            created_at: t(0),
+            ips: if ready { vec!["10.88.0.5".into()] } else { vec![] },
+        }
+    }
+
+    fn status(
+        pod: &Pod,
+        containers: Vec<ContainerRecord>,
+        waiting: &[(&str, &str, &str)],
+        previous: Option<&PodStatus>,
+    ) -> PodStatus {
+        let mut observed = ObservedPod { sandboxes: vec![sandbox(true)], containers };
+        observed.sort();
+        let waiting: BTreeMap<String, Waiting> = waiting
+            .iter()
+            .map(|(n, r, m)| (n.to_string(), Waiting { reason: r.to_string(), message: m.to_string() }))
+            .collect();
+        let host_ips = vec!["192.0.2.10".to_string()];
+        compute_pod_status(&StatusInput {
+            pod,
+            observed: &observed,
+            waiting: &waiting,
+            previous,
+            start_time: t(0),
+            host_ips: &host_ips,
+            runtime_name: "containerd",
+            now: t(100),
+        })
+    }
+
+    fn cond<'a>(s: &'a PodStatus, kind: &str) -> &'a PodCondition {
+        s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == kind).unwrap()
+    }
+
+    fn cstatus<'a>(s: &'a PodStatus, name: &str) -> &'a ContainerStatus {
+        s.container_statuses.as_ref().unwrap().iter().find(|c| c.name == name).unwrap()
+    }
+
+    #[test]
+    fn fresh_pod_is_pending_with_container_creating() {
+        let p = pod("Always", &[], &["app"]);
+        let s = status(&p, vec![], &[], None);
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        let c = cstatus(&s, "app");
+        assert_eq!(c.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("ContainerCreating"));
+        assert!(!c.ready);
+        assert_eq!(cond(&s, "Ready").reason.as_deref(), Some("ContainersNotReady"));
+        assert_eq!(cond(&s, "Ready").message.as_deref(), Some("containers with unready status: [app]"));
+        assert_eq!(s.qos_class.as_deref(), Some("BestEffort"));
+        assert_eq!(s.pod_ip.as_deref(), Some("10.88.0.5"));
+        assert_eq!(s.host_ip.as_deref(), Some("192.0.2.10"));
+    }
+
+    #[test]
+    fn running_pod_is_ready() {
+        let p = pod("Always", &[], &["app"]);
+        let s = status(&p, vec![record("app", "abc", 0, ContainerRunState::Running, 0, 1)], &[], None);
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        let c = cstatus(&s, "app");
+        assert!(c.ready);
+        assert_eq!(c.container_id.as_deref(), Some("containerd://abc"));
+        assert_eq!(c.image_id, "sha256:abc");
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert_eq!(cond(&s, "ContainersReady").status, "True");
+        assert_eq!(cond(&s, "PodReadyToStartContainers").status, "True");
+        assert_eq!(cond(&s, "PodScheduled").status, "True");
+    }
+
+    #[test]
+    fn crash_loop_shows_waiting_with_last_termination_and_stays_running_phase() {
+        let p = pod("Always", &[], &["app"]);
+        let containers = vec![
+            record("app", "c2", 2, ContainerRunState::Exited, 3, 20),
+            record("app", "c1", 1, ContainerRunState::Exited, 3, 10),
+        ];
+        let s = status(
+            &p,
+            containers,
+            &[("app", "CrashLoopBackOff", "back-off 20s restarting failed container=app")],
+            None,
+        );
+        let c = cstatus(&s, "app");
+        assert_eq!(c.restart_count, 2);
+        assert_eq!(c.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("CrashLoopBackOff"));
+        let last = c.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!(last.exit_code, 3);
+        assert_eq!(last.container_id.as_deref(), Some("containerd://c2"));
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+    }
+
+    #[test]
+    fn exit_codes_and_phases_under_each_policy() {
+        for (policy, exit, phase, reason) in [
+            ("Never", 0, "Succeeded", "Completed"),
+            ("Never", 7, "Failed", "Error"),
+            ("OnFailure", 0, "Succeeded", "Completed"),
+            ("Never", 137, "Failed", "OOMKilled"),
+        ] {
+            let p = pod(policy, &[], &["app"]);
+            let s = status(&p, vec![record("app", "c1", 0, ContainerRunState::Exited, exit, 1)], &[], None);
+            assert_eq!(s.phase.as_deref(), Some(phase), "{policy} {exit}");
+            let term = cstatus(&s, "app").state.clone().unwrap().terminated.unwrap();
+            assert_eq!(term.exit_code, exit);
+            assert_eq!(term.reason.as_deref(), Some(reason));
+        }
+        let p = pod("Never", &[], &["app"]);
+        let s = status(&p, vec![record("app", "c1", 0, ContainerRunState::Exited, 0, 1)], &[], None);
+        assert_eq!(cond(&s, "Ready").reason.as_deref(), Some("PodCompleted"));
+    }
+
+    #[test]
+    fn image_pull_errors_are_waiting_reasons() {
+        let p = pod("Always", &[], &["app"]);
+        let s = status(&p, vec![], &[("app", REASON_ERR_IMAGE_PULL, "failed to pull image: not found")], None);
+        let w = cstatus(&s, "app").state.clone().unwrap().waiting.unwrap();
+        assert_eq!(w.reason.as_deref(), Some("ErrImagePull"));
+        assert_eq!(w.message.as_deref(), Some("failed to pull image: not found"));
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        let s = status(&p, vec![], &[("app", "ImagePullBackOff", "Back-off pulling image \"x\"")], None);
+        assert_eq!(
+            cstatus(&s, "app").state.clone().unwrap().waiting.unwrap().reason.as_deref(),
+            Some("ImagePullBackOff")
+        );
+    }
+
+    #[test]
+    fn init_containers_gate_initialized_and_phase() {
+        let p = pod("Always", &["init"], &["app"]);
+        let s = status(&p, vec![record("init", "i1", 0, ContainerRunState::Running, 0, 1)], &[], None);
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        assert_eq!(cond(&s, "Initialized").status, "False");
+        assert_eq!(cond(&s, "Initialized").message.as_deref(), Some("containers with incomplete status: [init]"));
+        let app = cstatus(&s, "app").state.clone().unwrap().waiting.unwrap();
+        assert_eq!(app.reason.as_deref(), Some("PodInitializing"));
+        let p = pod("Never", &["init"], &["app"]);
+        let s = status(&p, vec![record("init", "i1", 0, ContainerRunState::Exited, 1, 1)], &[], None);
+        assert_eq!(s.phase.as_deref(), Some("Failed"));
+    }
+
+    #[test]
+    fn terminal_phase_never_goes_back_and_transition_times_are_kept() {
+        let p = pod("Never", &[], &["app"]);
+        let done = status(&p, vec![record("app", "c1", 0, ContainerRunState::Exited, 0, 1)], &[], None);
+        assert_eq!(done.phase.as_deref(), Some("Succeeded"));
+        // Even if the runtime no longer shows the container, the pod stays Succeeded.
+        let later = status(&p, vec![], &[], Some(&done));
+        assert_eq!(later.phase.as_deref(), Some("Succeeded"));
+        let mut prev = status(&pod("Always", &[], &["app"]), vec![], &[], None);
+        for c in prev.conditions.as_mut().unwrap() {
+            c.last_transition_time = to_time(t(5));
+        }
+        let s = status(
+            &pod("Always", &[], &["app"]),
+            vec![record("app", "c", 0, ContainerRunState::Running, 0, 1)],
+            &[],
+            Some(&prev),
+        );
+        assert_eq!(cond(&s, "PodScheduled").last_transition_time, to_time(t(5)), "unchanged condition keeps its time");
+        assert_eq!(cond(&s, "Ready").last_transition_time, to_time(t(100)), "changed condition gets now");
+    }
+}

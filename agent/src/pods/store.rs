@@ -1,0 +1,76 @@
+//! The pods the agent runs and their latest computed status: read by the read-only server and the status writer.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+
+/// How long a pod took from first sight to all containers running, and the part of it spent inside CRI calls.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PodStartRecord {
+    pub total: Duration,
+    pub cri: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PodEntry {
+    pub pod: Arc<Pod>,
+    pub status: Option<PodStatus>,
+    pub start: Option<PodStartRecord>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PodStore {
+    inner: Arc<RwLock<BTreeMap<String, PodEntry>>>,
+}
+
+impl PodStore {
+    pub fn upsert_pod(&self, uid: &str, pod: Arc<Pod>) {
+        if let Ok(mut m) = self.inner.write() {
+            m.entry(uid.to_owned()).and_modify(|e| e.pod = pod.clone()).or_insert(PodEntry {
+                pod,
+                status: None,
+                start: None,
+            });
+        }
+    }
+
+    pub fn set_status(&self, uid: &str, status: PodStatus) {
+        if let Ok(mut m) = self.inner.write() {
+            if let Some(e) = m.get_mut(uid) {
+                e.status = Some(status);
+            }
+        }
+    }
+
+    pub fn record_start(&self, uid: &str, record: PodStartRecord) {
+        if let Ok(mut m) = self.inner.write() {
+            if let Some(e) = m.get_mut(uid) {
+                e.start = Some(record);
+            }
+        }
+    }
+
+    pub fn remove(&self, uid: &str) {
+        if let Ok(mut m) = self.inner.write() {
+            m.remove(uid);
+        }
+    }
+
+    pub fn list(&self) -> Vec<PodEntry> {
+        self.inner.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Pods with their status filled in, as the API would return them.
+    pub fn pods_with_status(&self) -> Vec<Pod> {
+        self.list()
+            .into_iter()
+            .map(|e| {
+                let mut pod = (*e.pod).clone();
+                pod.status = e.status;
+                pod
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,623 @@
+//! The CRI client: RuntimeService and ImageService over the runtime's Unix socket, translated to the agent's types.
+//! Every call is timed; the totals feed `/metrics` and the pod start figures.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cri::image_service_client::ImageServiceClient;
+use cri::runtime_service_client::RuntimeServiceClient;
+use cri_proto::runtime::v1 as cri;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::labels;
+use super::types::*;
+
+/// kubelet's `runtimeRequestTimeout` default.
+pub const RUNTIME_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// kubelet raises the gRPC message limit to 16 MiB so large container lists still decode.
+const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("container runtime endpoint {endpoint:?}: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    #[error("connect to container runtime at {endpoint}: {source}")]
+    Connect { endpoint: String, source: tonic::transport::Error },
+    #[error("CRI {op}: {status}")]
+    Call { op: &'static str, status: Box<tonic::Status> },
+    #[error("CRI {op}: timed out after {0:?}", RUNTIME_REQUEST_TIMEOUT)]
+    Timeout { op: &'static str },
+    #[error("CRI {op}: response has no {field}")]
+    Incomplete { op: &'static str, field: &'static str },
+}
+
+impl RuntimeError {
+    /// The gRPC message, without the wrapper: what kubelet shows in a container's waiting message.
+    pub fn message(&self) -> String {
+        match self {
+            RuntimeError::Call { status, .. } => status.message().to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RuntimeError::Call { status, .. } if status.code() == tonic::Code::NotFound)
+    }
+}
+
+/// Per-operation call counts and durations.
+#[derive(Debug, Default)]
+pub struct RuntimeMetrics {
+    ops: Mutex<BTreeMap<&'static str, OpStats>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OpStats {
+    pub calls: u64,
+    pub errors: u64,
+    pub total: Duration,
+}
+
+impl RuntimeMetrics {
+    pub fn snapshot(&self) -> BTreeMap<&'static str, OpStats> {
+        self.ops.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+    fn record(&self, op: &'static str, elapsed: Duration, ok: bool) {
+        if let Ok(mut ops) = self.ops.lock() {
+            let s = ops.entry(op).or_default();
+            s.calls += 1;
+            s.total += elapsed;
+            if !ok {
+                s.errors += 1;
+            }
+        }
+    }
+}
+
+tokio::task_local! {
+    /// Time the current task spent waiting on CRI calls; a pod worker runs its start-up inside this scope to split
+    /// its start time into runtime time and its own.
+    pub static CRI_TIME: Cell<Duration>;
+}
+
+#[derive(Clone)]
+pub struct Runtime {
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+    metrics: Arc<RuntimeMetrics>,
+}
+
+fn nanos_to_time(nanos: i64) -> SystemTime {
+    if nanos <= 0 {
+        UNIX_EPOCH
+    } else {
+        UNIX_EPOCH + Duration::from_nanos(nanos as u64)
+    }
+}
+
+fn optional_time(nanos: i64) -> Option<SystemTime> {
+    (nanos > 0).then(|| nanos_to_time(nanos))
+}
+
+fn label(labels: &HashMap<String, String>, key: &str) -> String {
+    labels.get(key).cloned().unwrap_or_default()
+}
+
+impl Runtime {
+    /// Connects to `unix:///path` (or a bare path). The channel reconnects by itself if the runtime restarts.
+    pub async fn connect(endpoint: &str) -> Result<Self, RuntimeError> {
+        let path = match endpoint.strip_prefix("unix://") {
+            Some(p) => p.to_owned(),
+            None if endpoint.starts_with('/') => endpoint.to_owned(),
+            None => {
+                return Err(RuntimeError::Endpoint {
+                    endpoint: endpoint.to_owned(),
+                    reason: "only unix:// endpoints are supported".into(),
+                })
+            }
+        };
+        // The URI is required by tonic but unused: the connector below always dials the socket.
+        let channel = Endpoint::from_static("http://[::1]:50051")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .map_err(|source| RuntimeError::Connect { endpoint: endpoint.to_owned(), source })?;
+        Ok(Self {
+            runtime: RuntimeServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            images: ImageServiceClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+            metrics: Arc::default(),
+        })
+    }
+
+    pub fn metrics(&self) -> Arc<RuntimeMetrics> {
+        self.metrics.clone()
+    }
+
+    async fn call<T, F>(&self, op: &'static str, timeout: Option<Duration>, fut: F) -> Result<T, RuntimeError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let start = Instant::now();
+        let result = match timeout {
+            Some(t) => match tokio::time::timeout(t, fut).await {
+                Ok(r) => r.map_err(|status| RuntimeError::Call { op, status: Box::new(status) }),
+                Err(_) => Err(RuntimeError::Timeout { op }),
+            },
+            None => fut.await.map_err(|status| RuntimeError::Call { op, status: Box::new(status) }),
+        };
+        let elapsed = start.elapsed();
+        self.metrics.record(op, elapsed, result.is_ok());
+        let _ = CRI_TIME.try_with(|t| t.set(t.get() + elapsed));
+        result.map(tonic::Response::into_inner)
+    }
+
+    /// Runtime name and version (`containerd`, `1.6.20`).
+    pub async fn version(&self) -> Result<(String, String), RuntimeError> {
+        let mut c = self.runtime.clone();
+        let v = self
+            .call("Version", Some(RUNTIME_REQUEST_TIMEOUT), c.version(cri::VersionRequest { version: "v1".into() }))
+            .await?;
+        Ok((v.runtime_name, v.runtime_version))
+    }
+
+    pub async fn status(&self) -> Result<RuntimeReadiness, RuntimeError> {
+        let mut c = self.runtime.clone();
+        let s =
+            self.call("Status", Some(RUNTIME_REQUEST_TIMEOUT), c.status(cri::StatusRequest { verbose: false })).await?;
+        let conditions = s.status.map(|s| s.conditions).unwrap_or_default();
+        let cond = |t: &str| conditions.iter().find(|c| c.r#type == t);
+        let messages: Vec<String> = conditions
+            .iter()
+            .filter(|c| !c.status)
+            .map(|c| format!("{}: {} {}", c.r#type, c.reason, c.message).trim().to_owned())
+            .collect();
+        Ok(RuntimeReadiness {
+            runtime_ready: cond("RuntimeReady").is_some_and(|c| c.status),
+            network_ready: cond("NetworkReady").is_some_and(|c| c.status),
+            message: messages.join("; "),
+        })
+    }
+
+    /// Sandboxes this agent created, optionally for one pod UID, newest first.
+    pub async fn list_pod_sandboxes(&self, pod_uid: Option<&str>) -> Result<Vec<SandboxRecord>, RuntimeError> {
+        let mut selector = HashMap::from([(labels::MANAGED_BY.to_owned(), "true".to_owned())]);
+        if let Some(uid) = pod_uid {
+            selector.insert(labels::POD_UID.to_owned(), uid.to_owned());
+        }
+        let filter = cri::PodSandboxFilter { label_selector: selector, ..Default::default() };
+        let mut c = self.runtime.clone();
+        let resp = self
+            .call(
+                "ListPodSandbox",
+                Some(RUNTIME_REQUEST_TIMEOUT),
+                c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) }),
+            )
+            .await?;
+        let mut out: Vec<SandboxRecord> = resp
+            .items
+            .into_iter()
+            .map(|s| {
+                let meta = s.metadata.unwrap_or_default();
+                SandboxRecord {
+                    pod_uid: label(&s.labels, labels::POD_UID),
+                    namespace: meta.namespace,
+                    name: meta.name,
+                    attempt: meta.attempt,
+                    ready: s.state == cri::PodSandboxState::SandboxReady as i32,
+                    created_at: nanos_to_time(s.created_at),
+                    ips: Vec::new(),
+                    id: s.id,
+                }
+            })
+            .collect();
+        out.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+        Ok(out)
+    }
+
+    /// The pod IPs of a sandbox.
+    pub async fn pod_sandbox_ips(&self, sandbox_id: &str) -> Result<Vec<String>, RuntimeError> {
+        let mut c = self.runtime.clone();
+        let resp = self
+            .call(
+                "PodSandboxStatus",
+                Some(RUNTIME_REQUEST_TIMEOUT),
+                c.pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: sandbox_id.into(),
+                    verbose: false,
+                }),
+            )
+            .await?;
+        let network = resp.status.and_then(|s| s.network);
+        Ok(network
+            .map(|n| {
+                std::iter::once(n.ip)
+                    .chain(n.additional_ips.into_iter().map(|p| p.ip))
+                    .filter(|ip| !ip.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Containers this agent created (id, pod UID, state), optionally for one pod UID.
+    pub async fn list_containers(&self, pod_uid: Option<&str>) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let mut selector = HashMap::from([(labels::MANAGED_BY.to_owned(), "true".to_owned())]);
+        if let Some(uid) = pod_uid {
+            selector.insert(labels::POD_UID.to_owned(), uid.to_owned());
+        }
+        let filter = cri::ContainerFilter { label_selector: selector, ..Default::default() };
+        let mut c = self.runtime.clone();
+        let resp = self
+            .call(
+                "ListContainers",
+                Some(RUNTIME_REQUEST_TIMEOUT),
+                c.list_containers(cri::ListContainersRequest { filter: Some(filter) }),
+            )
+            .await?;
+        Ok(resp
+            .containers
+            .into_iter()
+            .map(|c| ContainerSummary {
+                pod_uid: label(&c.labels, labels::POD_UID),
+                state: container_state(c.state),
+                sandbox_id: c.pod_sandbox_id,
+                id: c.id,
+            })
+            .collect())
+    }
+
+    pub async fn container_status(&self, container_id: &str) -> Result<ContainerRecord, RuntimeError> {
+        let mut c = self.runtime.clone();
+        let resp = self
+            .call(
+                "ContainerStatus",
+                Some(RUNTIME_REQUEST_TIMEOUT),
+                c.container_status(cri::ContainerStatusRequest { container_id: container_id.into(), verbose: false }),
+            )
+            .await?;
+        let s = resp.status.ok_or(RuntimeError::Incomplete { op: "ContainerStatus", field: "status" })?;
+        let meta = s.metadata.unwrap_or_default();
+        let restart_count = label(&s.labels, labels::CONTAINER_RESTART_COUNT).parse().unwrap_or(meta.attempt);
+        Ok(ContainerRecord {
+            sandbox_id: String::new(),
+            pod_uid: label(&s.labels, labels::POD_UID),
+            name: meta.name,
+            restart_count,
+            spec_hash: label(&s.labels, labels::CONTAINER_HASH),
+            state: container_state(s.state),
+            created_at: nanos_to_time(s.created_at),
+            started_at: optional_time(s.started_at),
+            finished_at: optional_time(s.finished_at),
+            exit_code: s.exit_code,
+            reason: s.reason,
+            message: s.message,
+            image: s.image.map(|i| i.image).unwrap_or_default(),
+            image_ref: s.image_ref,
+            termination_grace_period: s
+                .annotations
+                .get(labels::POD_TERMINATION_GRACE_PERIOD)
+                .and_then(|v| v.parse().ok()),
+            id: s.id,
+        })
+    }
+
+    /// Everything the runtime holds for one pod: its sandboxes (the newest with its IPs) and the full status of every
+    /// container.
+    pub async fn observe_pod(&self, pod_uid: &str) -> Result<ObservedPod, RuntimeError> {
+        let (sandboxes, containers) =
+            tokio::join!(self.list_pod_sandboxes(Some(pod_uid)), self.list_containers(Some(pod_uid)));
+        let mut sandboxes = sandboxes?;
+        let containers = containers?;
+        if let Some(latest) = sandboxes.first_mut() {
+            if latest.ready {
+                match self.pod_sandbox_ips(&latest.id).await {
+                    Ok(ips) => latest.ips = ips,
+                    Err(e) if e.is_not_found() => latest.ready = false,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let statuses = futures::future::join_all(containers.iter().map(|c| self.container_status(&c.id))).await;
+        let mut observed = ObservedPod { sandboxes, containers: Vec::with_capacity(statuses.len()) };
+        for (summary, status) in containers.iter().zip(statuses) {
+            match status {
+                Ok(mut c) => {
+                    c.sandbox_id = summary.sandbox_id.clone();
+                    observed.containers.push(c)
+                }
+                // Removed between the list and the status call: it is gone, which is what the next sync sees anyway.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        observed.sort();
+        Ok(observed)
+    }
+
+    pub async fn run_pod_sandbox(&self, spec: &SandboxSpec) -> Result<String, RuntimeError> {
+        let mut c = self.runtime.clone();
+        let resp = self
+            .call(
+                "RunPodSandbox",
+                // Sandbox creation includes network setup; kubelet gives it the full request timeout.
+                Some(RUNTIME_REQUEST_TIMEOUT),
+                c.run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(sandbox_config(spec)),
+                    runtime_handler: String::new(),
+                }),
+            )
+            .await?;
+        Ok(resp.pod_sandbox_id)
+    }
+
+    pub async fn stop_pod_sandbox(&self, sandbox_id: &str) -> Result<(), RuntimeError> {
+        let mut c = self.runtime.clone();
+        let r = self
+            .call(
+                "StopPodSandbox",
+                Some(RUNTIME_REQUEST_TIMEOUT),
+                c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: sandbox_id.into() }),
+            )
+            .await;
+        ignore_not_found(r.map(|_| ()))
+    }
+
+    pub async fn remove_pod_sandbox(&self, sandbox_id: &str) -> Result<(), RuntimeError> {
+        let mut c = self.runtime.clone();
+        let r = self
+            .call(
+                "RemovePodSandbox",
+                Some(RUNTIME_REQUEST_TIMEOUT),
+                c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sandbox_id.into() }),
+            )
+            .await;
+        ignore_not_found(r.map(|_| ()))
+    }
+
+    pub async fn create_container(
+        &self,
+        sandbox_id: &str,
+        spec: &ContainerSpec,
+        sandbox: &SandboxSpec,
+    ) -> Result<String, RuntimeError> {
+        let mut c = self.runtime.clone();
+        let resp = self
+            .call(
+                "CreateContainer",
+                Some(RUNTIME_REQUEST_TIMEOUT),
+                c.create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: sandbox_id.into(),
+                    config: Some(container_config(spec, sandbox)),
+                    sandbox_config: Some(sandbox_config(sandbox)),
+                }),
+            )
+            .await?;
+        Ok(resp.container_id)
+    }
+
+    pub async fn start_container(&self, container_id: &str) -> Result<(), RuntimeError> {
+        let mut c = self.runtime.clone();
+        self.call(
+            "StartContainer",
+            Some(RUNTIME_REQUEST_TIMEOUT),
+            c.start_container(cri::StartContainerRequest { container_id: container_id.into() }),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Stops a container, giving it `grace_seconds` between SIGTERM and SIGKILL. Already gone is success.
+    pub async fn stop_container(&self, container_id: &str, grace_seconds: i64) -> Result<(), RuntimeError> {
+        let mut c = self.runtime.clone();
+        let timeout = RUNTIME_REQUEST_TIMEOUT + Duration::from_secs(grace_seconds.max(0) as u64);
+        let r = self
+            .call(
+                "StopContainer",
+                Some(timeout),
+                c.stop_container(cri::StopContainerRequest {
+                    container_id: container_id.into(),
+                    timeout: grace_seconds,
+                }),
+            )
+            .await;
+        ignore_not_found(r.map(|_| ()))
+    }
+
+    pub async fn remove_container(&self, container_id: &str) -> Result<(), RuntimeError> {
+        let mut c = self.runtime.clone();
+        let r = self
+            .call(
+                "RemoveContainer",
+                Some(RUNTIME_REQUEST_TIMEOUT),
+                c.remove_container(cri::RemoveContainerRequest { container_id: container_id.into() }),
+            )
+            .await;
+        ignore_not_found(r.map(|_| ()))
+    }
+
+    /// The image's ID if it is present on the node.
+    pub async fn image_ref(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        let mut c = self.images.clone();
+        let resp = self
+            .call(
+                "ImageStatus",
+                Some(RUNTIME_REQUEST_TIMEOUT),
+                c.image_status(cri::ImageStatusRequest { image: Some(image_spec(image)), verbose: false }),
+            )
+            .await?;
+        Ok(resp.image.map(|i| i.id).filter(|id| !id.is_empty()))
+    }
+
+    /// Pulls an image and returns its reference. No timeout: kubelet bounds pulls by progress, not duration, and a
+    /// large image on a slow registry may legitimately take long.
+    pub async fn pull_image(&self, image: &str, sandbox: &SandboxSpec) -> Result<String, RuntimeError> {
+        let mut c = self.images.clone();
+        let resp = self
+            .call(
+                "PullImage",
+                None,
+                c.pull_image(cri::PullImageRequest {
+                    image: Some(image_spec(image)),
+                    auth: None,
+                    sandbox_config: Some(sandbox_config(sandbox)),
+                }),
+            )
+            .await?;
+        Ok(resp.image_ref)
+    }
+}
+
+fn ignore_not_found(r: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
+    match r {
+        Err(e) if e.is_not_found() => Ok(()),
+        other => other,
+    }
+}
+
+fn container_state(state: i32) -> ContainerRunState {
+    match cri::ContainerState::try_from(state) {
+        Ok(cri::ContainerState::ContainerCreated) => ContainerRunState::Created,
+        Ok(cri::ContainerState::ContainerRunning) => ContainerRunState::Running,
+        Ok(cri::ContainerState::ContainerExited) => ContainerRunState::Exited,
+        _ => ContainerRunState::Unknown,
+    }
+}
+
+fn image_spec(image: &str) -> cri::ImageSpec {
+    cri::ImageSpec { image: image.into(), ..Default::default() }
+}
+
+fn to_map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn namespace_options(spec: &SandboxSpec) -> cri::NamespaceOption {
+    let pod_or_node = |host: bool| if host { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod } as i32;
+    cri::NamespaceOption {
+        network: pod_or_node(spec.host_network),
+        pid: if spec.host_pid {
+            cri::NamespaceMode::Node as i32
+        } else if spec.share_process_namespace {
+            cri::NamespaceMode::Pod as i32
+        } else {
+            cri::NamespaceMode::Container as i32
+        },
+        ipc: pod_or_node(spec.host_ipc),
+        ..Default::default()
+    }
+}
+
+fn sandbox_config(spec: &SandboxSpec) -> cri::PodSandboxConfig {
+    let mut sandbox_labels = spec.labels.clone();
+    sandbox_labels.insert(labels::POD_NAME.into(), spec.name.clone());
+    sandbox_labels.insert(labels::POD_NAMESPACE.into(), spec.namespace.clone());
+    sandbox_labels.insert(labels::POD_UID.into(), spec.uid.clone());
+    sandbox_labels.insert(labels::MANAGED_BY.into(), "true".into());
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: spec.name.clone(),
+            uid: spec.uid.clone(),
+            namespace: spec.namespace.clone(),
+            attempt: spec.attempt,
+        }),
+        hostname: spec.hostname.clone(),
+        log_directory: spec.log_directory.clone(),
+        dns_config: Some(cri::DnsConfig {
+            servers: spec.dns.servers.clone(),
+            searches: spec.dns.searches.clone(),
+            options: spec.dns.options.clone(),
+        }),
+        port_mappings: spec
+            .port_mappings
+            .iter()
+            .map(|p| cri::PortMapping {
+                protocol: match p.protocol.as_str() {
+                    "UDP" => cri::Protocol::Udp,
+                    "SCTP" => cri::Protocol::Sctp,
+                    _ => cri::Protocol::Tcp,
+                } as i32,
+                container_port: p.container_port,
+                host_port: p.host_port,
+                host_ip: p.host_ip.clone(),
+            })
+            .collect(),
+        labels: to_map(&sandbox_labels),
+        annotations: to_map(&spec.annotations),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: spec.cgroup_parent.clone(),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(namespace_options(spec)),
+                ..Default::default()
+            }),
+            sysctls: to_map(&spec.sysctls),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(spec: &ContainerSpec, sandbox: &SandboxSpec) -> cri::ContainerConfig {
+    let mut container_labels = spec.labels.clone();
+    container_labels.insert(labels::POD_NAME.into(), sandbox.name.clone());
+    container_labels.insert(labels::POD_NAMESPACE.into(), sandbox.namespace.clone());
+    container_labels.insert(labels::POD_UID.into(), sandbox.uid.clone());
+    container_labels.insert(labels::CONTAINER_NAME.into(), spec.name.clone());
+    container_labels.insert(labels::CONTAINER_RESTART_COUNT.into(), spec.restart_count.to_string());
+    container_labels.insert(labels::CONTAINER_HASH.into(), spec.spec_hash.clone());
+    container_labels.insert(labels::MANAGED_BY.into(), "true".into());
+    let mut annotations = spec.annotations.clone();
+    annotations.insert(labels::CONTAINER_HASH.into(), spec.spec_hash.clone());
+    annotations.insert(labels::CONTAINER_RESTART_COUNT.into(), spec.restart_count.to_string());
+    annotations.insert(labels::POD_TERMINATION_GRACE_PERIOD.into(), spec.termination_grace_period.to_string());
+    let r = &spec.resources;
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: spec.name.clone(), attempt: spec.restart_count }),
+        image: Some(cri::ImageSpec {
+            image: spec.image_ref.clone(),
+            user_specified_image: spec.image.clone(),
+            ..Default::default()
+        }),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        working_dir: spec.working_dir.clone(),
+        envs: spec.envs.iter().map(|(k, v)| cri::KeyValue { key: k.clone(), value: v.clone() }).collect(),
+        labels: to_map(&container_labels),
+        annotations: to_map(&annotations),
+        log_path: spec.log_path.clone(),
+        stdin: spec.stdin,
+        stdin_once: spec.stdin_once,
+        tty: spec.tty,
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                cpu_period: r.cpu_period_us,
+                cpu_quota: r.cpu_quota_us,
+                cpu_shares: r.cpu_shares as i64,
+                memory_limit_in_bytes: r.memory_limit_bytes,
+                oom_score_adj: r.oom_score_adj,
+                ..Default::default()
+            }),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    add_capabilities: spec.capabilities_add.clone(),
+                    drop_capabilities: spec.capabilities_drop.clone(),
+                    ..Default::default()
+                }),
+                privileged: spec.privileged,
+                namespace_options: Some(namespace_options(sandbox)),
+                run_as_user: spec.run_as_user.map(|value| cri::Int64Value { value }),
+                run_as_group: spec.run_as_group.map(|value| cri::Int64Value { value }),
+                readonly_rootfs: spec.readonly_rootfs,
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    }
+}

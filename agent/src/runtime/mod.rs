@@ -1,0 +1,10 @@
+//! The CRI edge: the only module that speaks to the container runtime.
+
+pub mod client;
+pub mod labels;
+pub mod pleg;
+pub mod types;
+
+pub use client::{Runtime, RuntimeError, RuntimeMetrics, CRI_TIME};
+pub use pleg::{Pleg, PlegEvent, PlegHealth};
+pub use types::*;

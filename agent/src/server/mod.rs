@@ -1,0 +1,114 @@
+//! The read-only HTTP server (kubelet's `readOnlyPort`): `/healthz`, `/pods` and `/metrics`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::pods::spec;
+use crate::pods::store::PodStore;
+use crate::runtime::{PlegHealth, RuntimeMetrics};
+
+#[derive(Clone)]
+pub struct ServerState {
+    pub store: PodStore,
+    pub runtime_metrics: Arc<RuntimeMetrics>,
+    pub pleg: PlegHealth,
+}
+
+pub fn router(state: ServerState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/pods", get(pods))
+        .route("/pods/", get(pods))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, state: ServerState) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).await
+}
+
+/// kubelet's healthz answers `ok` while its sync loop and PLEG are healthy.
+async fn healthz(State(s): State<ServerState>) -> Response {
+    if s.pleg.healthy() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, "[-]pleg failed: PLEG is not healthy").into_response()
+    }
+}
+
+async fn pods(State(s): State<ServerState>) -> Response {
+    let list = serde_json::json!({
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": {},
+        "items": s.store.pods_with_status(),
+    });
+    ([(header::CONTENT_TYPE, "application/json")], list.to_string()).into_response()
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+async fn metrics(State(s): State<ServerState>) -> Response {
+    let mut out = String::new();
+    let ops = s.runtime_metrics.snapshot();
+    out.push_str(
+        "# HELP kubelet_runtime_operations_total Cumulative number of runtime operations by operation type.\n",
+    );
+    out.push_str("# TYPE kubelet_runtime_operations_total counter\n");
+    for (op, st) in &ops {
+        let _ = writeln!(out, "kubelet_runtime_operations_total{{operation_type=\"{op}\"}} {}", st.calls);
+    }
+    out.push_str("# TYPE kubelet_runtime_operations_errors_total counter\n");
+    for (op, st) in &ops {
+        let _ = writeln!(out, "kubelet_runtime_operations_errors_total{{operation_type=\"{op}\"}} {}", st.errors);
+    }
+    out.push_str("# TYPE kubelet_runtime_operations_duration_seconds_sum counter\n");
+    for (op, st) in &ops {
+        let _ = writeln!(
+            out,
+            "kubelet_runtime_operations_duration_seconds_sum{{operation_type=\"{op}\"}} {:.6}",
+            st.total.as_secs_f64()
+        );
+    }
+    out.push_str(
+        "# HELP rkubelet_pod_start_seconds Time from the agent first seeing a pod to all its containers running.\n",
+    );
+    out.push_str("# TYPE rkubelet_pod_start_seconds gauge\n");
+    let entries = s.store.list();
+    for e in entries.iter() {
+        if let Some(r) = e.start {
+            let _ = writeln!(
+                out,
+                "rkubelet_pod_start_seconds{{pod=\"{}\"}} {:.6}",
+                escape_label(&spec::key(&e.pod)),
+                r.total.as_secs_f64()
+            );
+        }
+    }
+    out.push_str("# HELP rkubelet_pod_start_cri_seconds Part of the pod start time spent inside CRI calls.\n");
+    out.push_str("# TYPE rkubelet_pod_start_cri_seconds gauge\n");
+    for e in entries.iter() {
+        if let Some(r) = e.start {
+            let _ = writeln!(
+                out,
+                "rkubelet_pod_start_cri_seconds{{pod=\"{}\"}} {:.6}",
+                escape_label(&spec::key(&e.pod)),
+                r.cri.as_secs_f64()
+            );
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the integration tests need (containerd, runc, the
+# reference CNI plugins, a registry, image tools, a static busybox, a C compiler for
+# the pause binary, ...). Idempotent: when everything is present it only checks and
+# exits (well under a second) without touching apt.
+#
+# Services: the packages must not leave anything running that the tests trip over.
+#   * containerd: Debian's unit serves /run/containerd/containerd.sock with root
+#     /var/lib/containerd. The tests run private instances (own socket, root and
+#     state), so a host containerd does not conflict: if it runs, it is left alone,
+#     and if this script installs containerd it is NOT started (policy-rc.d below).
+#   * docker-registry: Debian's default config listens on :5000 (all interfaces)
+#     with htpasswd auth, so it answers 401 to anonymous pushes/pulls and holds the
+#     port our own registry needs. When its config still has an `auth:` section it
+#     is stopped and disabled; a registry reconfigured without auth is left alone
+#     (build-images.sh reuses anything that answers GET /v2/ with 200 on 5000).
+#
+# Environment: RKUBELET_KEEP_DEBIAN_REGISTRY=1 leaves Debian's registry alone.
+set -euo pipefail
+
+PKGS=(
+  containerd runc containernetworking-plugins docker-registry skopeo umoci
+  busybox-static iptables iproute2 gcc libc6-dev curl jq util-linux
+)
+
+log() { printf 'install-deps: %s\n' "$*"; }
+
+missing_packages() {
+  local status
+  # One dpkg-query for all packages; unknown packages print to stderr and are
+  # simply absent from stdout.
+  status=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${PKGS[@]}" 2>/dev/null || true)
+  local p
+  for p in "${PKGS[@]}"; do
+    if ! grep -qx "$p installed" <<<"$status"; then
+      printf '%s\n' "$p"
+    fi
+  done
+}
+
+have_systemd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
+
+# Make sure package scripts cannot start services while we install: a policy-rc.d
+# that answers 101 ("action forbidden") is honoured by invoke-rc.d and, on systemd
+# machines, by deb-systemd-invoke. An existing policy that already forbids starts
+# is kept; any other is moved aside and restored on exit.
+POLICY=/usr/sbin/policy-rc.d
+POLICY_BACKUP=""
+POLICY_CREATED=0
+restore_policy() {
+  if [ -n "$POLICY_BACKUP" ]; then
+    mv -f "$POLICY_BACKUP" "$POLICY"
+  elif [ "$POLICY_CREATED" = 1 ]; then
+    rm -f "$POLICY"
+  fi
+}
+forbid_service_starts() {
+  if [ -x "$POLICY" ]; then
+    local rc=0
+    "$POLICY" containerd start >/dev/null 2>&1 || rc=$?
+    if [ "$rc" = 101 ]; then
+      return 0
+    fi
+    POLICY_BACKUP="$POLICY.rkubelet-backup"
+    mv -f "$POLICY" "$POLICY_BACKUP"
+  elif [ -e "$POLICY" ]; then
+    POLICY_BACKUP="$POLICY.rkubelet-backup"
+    mv -f "$POLICY" "$POLICY_BACKUP"
+  fi
+  trap restore_policy EXIT
+  POLICY_CREATED=1
+  printf '#!/bin/sh\n# temporary, from rkubelet tests/scripts/install-deps.sh\nexit 101\n' >"$POLICY"
+  chmod 755 "$POLICY"
+}
+
+debian_registry_conflicts() {
+  local cfg=/etc/docker/registry/config.yml
+  [ "${RKUBELET_KEEP_DEBIAN_REGISTRY:-0}" = 1 ] && return 1
+  [ -f "$cfg" ] && grep -q '^auth:' "$cfg"
+}
+
+disable_debian_registry() {
+  debian_registry_conflicts || return 0
+  if have_systemd; then
+    if systemctl is-enabled --quiet docker-registry.service 2>/dev/null ||
+      systemctl is-active --quiet docker-registry.service 2>/dev/null; then
+      log "stopping and disabling Debian's docker-registry.service (it requires auth and holds port 5000)"
+      systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+    fi
+  else
+    local pidfile=/var/run/docker-registry.pid
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      log "stopping Debian's docker-registry (it requires auth and holds port 5000)"
+      /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+    fi
+    if compgen -G '/etc/rc[2-5].d/S*docker-registry' >/dev/null && command -v update-rc.d >/dev/null; then
+      log "disabling Debian's docker-registry init script"
+      update-rc.d docker-registry disable >/dev/null 2>&1 || true
+    fi
+  fi
+}
+
+main() {
+  local missing
+  missing=$(missing_packages)
+  if [ -n "$missing" ]; then
+    if [ "$(id -u)" != 0 ]; then
+      log "missing packages: $(echo "$missing" | tr '\n' ' ')" >&2
+      log "run this script as root to install them" >&2
+      exit 1
+    fi
+    local -a pkgs
+    mapfile -t pkgs <<<"$missing"
+    log "installing: ${pkgs[*]}"
+    forbid_service_starts
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+    restore_policy
+    trap - EXIT
+    POLICY_BACKUP=""
+    POLICY_CREATED=0
+    log "installed: ${pkgs[*]}"
+  fi
+  if [ "$(id -u)" = 0 ]; then
+    disable_debian_registry
+  fi
+  # The reference CNI plugins the tests' conflist uses.
+  local p
+  for p in bridge host-local portmap loopback; do
+    if [ ! -x "/usr/lib/cni/$p" ]; then
+      log "missing /usr/lib/cni/$p (containernetworking-plugins broken?)" >&2
+      exit 1
+    fi
+  done
+  if [ -z "$missing" ]; then
+    log "all dependencies present"
+  fi
+}
+
+main "$@"

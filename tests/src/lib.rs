@@ -1,0 +1,10 @@
+//! Integration-test harness for rkubelet.
+//!
+//! * [`images`]: the test images (busybox, pause) built by `tests/scripts/build-images.sh`
+//!   and served by a local registry on 127.0.0.1:5000.
+//! * [`agent`]: an rkubelet process on a private containerd, with its manifest folder and read-only API.
+//! * [`containerd`]: private, disposable containerd instances with the CRI plugin.
+
+pub mod agent;
+pub mod containerd;
+pub mod images;

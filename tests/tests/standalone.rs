@@ -1,0 +1,327 @@
+//! Host-tier tests: rkubelet running static pods on a real containerd (private instance), pulling from the local
+//! registry, with pod networking from the instance's CNI config.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{ensure, Context, Result};
+use rkubelet_tests::agent::{condition, container_status, phase, runtime_objects, Agent};
+use rkubelet_tests::containerd::Containerd;
+use rkubelet_tests::images::{ensure_images, BUSYBOX};
+use rkubelet_tests::skip_unless_root;
+use serde_json::Value;
+
+fn setup(name: &str) -> Result<(Containerd, Agent)> {
+    ensure_images()?;
+    let containerd = Containerd::start(name)?;
+    let agent = Agent::start(&containerd)?;
+    Ok((containerd, agent))
+}
+
+/// A busybox pod manifest; `script` runs under `sh -c`. A short grace period keeps removal quick, and `trap` makes
+/// the shell exit on SIGTERM as a real workload would.
+fn pod_yaml(name: &str, policy: &str, script: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels:
+    app: {name}
+spec:
+  restartPolicy: {policy}
+  terminationGracePeriodSeconds: 3
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: ["sh", "-c"]
+    args:
+    - |
+      trap 'exit 0' TERM
+      {script}
+"#
+    )
+}
+
+const LONG_RUNNING: &str = "echo hello-from-$(POD_NAME); while true; do sleep 1; done";
+
+fn with_env(yaml: String) -> String {
+    yaml.replace(
+        "  - name: app\n",
+        "  - name: app\n    env:\n    - name: POD_NAME\n      valueFrom:\n        fieldRef:\n          fieldPath: metadata.name\n",
+    )
+}
+
+fn running_and_ready(p: &Value) -> bool {
+    phase(p) == "Running" && container_status(p, "app")["ready"] == true
+}
+
+fn terminated(p: &Value) -> &Value {
+    &container_status(p, "app")["state"]["terminated"]
+}
+
+const START: Duration = Duration::from_secs(60);
+
+#[test]
+fn busybox_pod_runs_logs_its_output_and_is_removed_without_a_trace() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (containerd, agent) = setup("std-basic")?;
+    agent.write_manifest("web.yaml", &with_env(pod_yaml("web", "Always", LONG_RUNNING)))?;
+    let pod = agent.wait_pod("web", START, running_and_ready)?;
+
+    // Status as kubelet reports it.
+    let uid = pod["metadata"]["uid"].as_str().context("uid")?.to_owned();
+    assert_eq!(pod["metadata"]["namespace"], "default");
+    assert_eq!(pod["spec"]["nodeName"], agent.node_name());
+    assert_eq!(pod["status"]["qosClass"], "BestEffort");
+    assert_eq!(condition(&pod, "Ready")["status"], "True");
+    assert_eq!(condition(&pod, "PodReadyToStartContainers")["status"], "True");
+    assert!(pod["status"]["startTime"].is_string());
+    let pod_ip = pod["status"]["podIP"].as_str().context("podIP")?;
+    let prefix = containerd.subnet().rsplit_once('.').map(|(p, _)| p.to_owned()).unwrap_or_default();
+    assert!(pod_ip.starts_with(&prefix), "pod IP {pod_ip} outside the CNI subnet {}", containerd.subnet());
+    let app = container_status(&pod, "app");
+    assert!(app["containerID"].as_str().unwrap_or_default().starts_with("containerd://"), "{app}");
+    assert!(!app["imageID"].as_str().unwrap_or_default().is_empty(), "{app}");
+    assert_eq!(app["restartCount"], 0);
+
+    // The CRI log file, at kubelet's path, holds the container's output with the expanded env var.
+    let pod_name = format!("web-{}", agent.node_name());
+    let log = agent.pod_logs_dir().join(format!("default_{pod_name}_{uid}")).join("app").join("0.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let expected = format!("hello-from-{pod_name}");
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(&expected) {
+            // CRI log format: <RFC3339Nano> stdout F <line>
+            assert!(text.lines().any(|l| l.contains(" stdout F ") && l.ends_with(&expected)), "{text}");
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "{} does not contain {expected:?}: {text:?}", log.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Removing the manifest kills the pod and leaves nothing in the runtime.
+    let objects = runtime_objects(&containerd.endpoint())?;
+    assert_eq!((objects.sandboxes.len(), objects.containers.len()), (1, 1));
+    agent.remove_manifest("web.yaml")?;
+    agent.wait_pod_gone("web", Duration::from_secs(30))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = runtime_objects(&containerd.endpoint())?;
+        if o.sandboxes.is_empty() && o.containers.is_empty() {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "left in the runtime: sandboxes {:?}, containers {:?}",
+            o.sandboxes,
+            o.containers
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!log.exists(), "pod log dir should be removed with the pod");
+    Ok(())
+}
+
+#[test]
+fn crashing_container_is_restarted_with_growing_back_off() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (containerd, agent) = setup("std-crash")?;
+    agent.write_manifest("crash.yaml", &pod_yaml("crash", "Always", "sleep 0.2; exit 3"))?;
+
+    // Second restart happens only after the 10 s back-off; meanwhile the status shows CrashLoopBackOff.
+    let pod = agent.wait_pod("crash", Duration::from_secs(60), |p| {
+        let s = container_status(p, "app");
+        s["restartCount"].as_i64().unwrap_or(0) >= 1 && s["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    })?;
+    let s = container_status(&pod, "app");
+    assert_eq!(s["lastState"]["terminated"]["exitCode"], 3, "{s}");
+    assert_eq!(s["lastState"]["terminated"]["reason"], "Error", "{s}");
+    let msg = s["state"]["waiting"]["message"].as_str().unwrap_or_default();
+    assert!(msg.starts_with("back-off 10s restarting failed container=app pod=crash-"), "{msg}");
+    assert_eq!(phase(&pod), "Running", "a crash-looping Always pod stays in phase Running");
+    assert_eq!(condition(&pod, "Ready")["reason"], "ContainersNotReady");
+
+    let pod = agent.wait_pod("crash", Duration::from_secs(60), |p| {
+        container_status(p, "app")["restartCount"].as_i64().unwrap_or(0) >= 3
+    })?;
+    // From CRI: the gap between an instance's finish and the next start grows (0 s, then >= 10 s, then >= 20 s).
+    let containers = runtime_objects(&containerd.endpoint())?.containers;
+    let mut records: Vec<_> = containers
+        .iter()
+        .map(|c| rkubelet_tests::agent::cri_container(&containerd.endpoint(), &c.id))
+        .collect::<Result<_>>()?;
+    records.sort_by_key(|r| r.restart_count);
+    // Only the newest dead instance is kept besides the running one (kubelet's MaxPerPodContainer=1).
+    ensure!(records.len() <= 2, "dead containers not garbage-collected: {} kept", records.len());
+    let latest = records.last().context("no container")?;
+    ensure!(latest.restart_count >= 3, "restart count {}", latest.restart_count);
+    let prev = records.iter().rev().nth(1).context("no previous instance")?;
+    let gap = latest
+        .started_at
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+        .duration_since(prev.finished_at.unwrap_or(SystemTime::UNIX_EPOCH))?;
+    ensure!(
+        gap >= Duration::from_secs(19),
+        "back-off before restart {} was {gap:?}, want >= 20 s",
+        latest.restart_count
+    );
+    assert_eq!(container_status(&pod, "app")["lastState"]["terminated"]["exitCode"], 3);
+    Ok(())
+}
+
+#[test]
+fn restart_policies_on_failure_and_never_behave_as_kubelet() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (_containerd, agent) = setup("std-policy")?;
+    agent.write_manifest("ok.yaml", &pod_yaml("onfailure-ok", "OnFailure", "exit 0"))?;
+    agent.write_manifest("bad.yaml", &pod_yaml("onfailure-bad", "OnFailure", "sleep 0.5; exit 4"))?;
+    agent.write_manifest("never.yaml", &pod_yaml("never-bad", "Never", "exit 7"))?;
+    agent.write_manifest("never-ok.yaml", &pod_yaml("never-ok", "Never", "exit 0"))?;
+
+    let ok = agent.wait_pod("onfailure-ok", START, |p| phase(p) == "Succeeded")?;
+    assert_eq!(terminated(&ok)["exitCode"], 0);
+    assert_eq!(terminated(&ok)["reason"], "Completed");
+    assert_eq!(container_status(&ok, "app")["restartCount"], 0);
+    assert_eq!(condition(&ok, "Ready")["reason"], "PodCompleted");
+
+    let never = agent.wait_pod("never-bad", START, |p| phase(p) == "Failed")?;
+    assert_eq!(terminated(&never)["exitCode"], 7);
+    assert_eq!(terminated(&never)["reason"], "Error");
+    assert_eq!(container_status(&never, "app")["restartCount"], 0);
+
+    let never_ok = agent.wait_pod("never-ok", START, |p| phase(p) == "Succeeded")?;
+    assert_eq!(terminated(&never_ok)["exitCode"], 0);
+
+    let bad = agent
+        .wait_pod("onfailure-bad", START, |p| container_status(p, "app")["restartCount"].as_i64().unwrap_or(0) >= 1)?;
+    assert_eq!(phase(&bad), "Running", "OnFailure with a failing container keeps restarting");
+
+    // Finished pods stay finished: nothing restarts them over the next seconds.
+    std::thread::sleep(Duration::from_secs(3));
+    let ok = agent.pod("onfailure-ok")?.context("pod gone")?;
+    assert_eq!((phase(&ok), container_status(&ok, "app")["restartCount"].as_i64()), ("Succeeded", Some(0)));
+    let never = agent.pod("never-bad")?.context("pod gone")?;
+    assert_eq!((phase(&never), container_status(&never, "app")["restartCount"].as_i64()), ("Failed", Some(0)));
+    Ok(())
+}
+
+#[test]
+fn agent_restart_leaves_running_containers_untouched() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (containerd, mut agent) = setup("std-restart")?;
+    agent.write_manifest("keep.yaml", &pod_yaml("keep", "Always", LONG_RUNNING))?;
+    let before = agent.wait_pod("keep", START, running_and_ready)?;
+    let id_before = container_status(&before, "app")["containerID"].clone();
+    let sandboxes_before = runtime_objects(&containerd.endpoint())?.sandboxes;
+
+    agent.stop()?;
+    // With the agent down, the container keeps running.
+    let containers = runtime_objects(&containerd.endpoint())?.containers;
+    let id = containers.first().context("container gone while the agent was down")?.id.clone();
+    let record = rkubelet_tests::agent::cri_container(&containerd.endpoint(), &id)?;
+    assert_eq!(record.state, rkubelet::runtime::ContainerRunState::Running);
+
+    agent.restart()?;
+    let after = agent.wait_pod("keep", START, running_and_ready)?;
+    assert_eq!(container_status(&after, "app")["containerID"], id_before, "container was replaced");
+    assert_eq!(container_status(&after, "app")["restartCount"], 0);
+    assert_eq!(before["metadata"]["uid"], after["metadata"]["uid"]);
+    // A few relists later nothing has been restarted or recreated.
+    std::thread::sleep(Duration::from_secs(3));
+    let after_objects = runtime_objects(&containerd.endpoint())?;
+    assert_eq!(sandboxes_before, after_objects.sandboxes);
+    assert_eq!(after_objects.containers.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn unknown_image_reports_err_image_pull_then_back_off_and_other_pods_run() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (_containerd, mut agent) = setup("std-image")?;
+    let missing = pod_yaml("missing", "Always", "true").replace(BUSYBOX, "127.0.0.1:5000/does-not-exist:1.0");
+    agent.write_manifest("missing.yaml", &missing)?;
+    agent.write_manifest("fine.yaml", &pod_yaml("fine", "Always", LONG_RUNNING))?;
+
+    let waiting_reason =
+        |p: &Value| container_status(p, "app")["state"]["waiting"]["reason"].as_str().unwrap_or_default().to_owned();
+    let p = agent.wait_pod("missing", START, |p| waiting_reason(p) == "ErrImagePull")?;
+    let msg = container_status(&p, "app")["state"]["waiting"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(msg.contains("does-not-exist"), "{msg}");
+    agent.wait_pod("missing", Duration::from_secs(20), |p| waiting_reason(p) == "ImagePullBackOff")?;
+    let p = agent.pod("missing")?.context("pod gone")?;
+    assert_eq!(phase(&p), "Pending");
+    assert_eq!(
+        container_status(&p, "app")["state"]["waiting"]["message"],
+        "Back-off pulling image \"127.0.0.1:5000/does-not-exist:1.0\""
+    );
+
+    agent.wait_pod("fine", START, running_and_ready)?;
+    assert!(agent.is_running(), "the agent must survive a bad image");
+    Ok(())
+}
+
+#[test]
+fn malformed_manifest_is_reported_and_others_run_and_edits_replace_the_pod() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (containerd, agent) = setup("std-files")?;
+    agent.write_manifest("broken.yaml", "apiVersion: v1\nkind: Pod\nmetadata: [oops\n")?;
+    agent.write_manifest(
+        "quantity.yaml",
+        &pod_yaml("qty", "Always", "true")
+            .replace("  - name: app\n", "  - name: app\n    resources:\n      limits:\n        memory: lots\n"),
+    )?;
+    agent.write_manifest(
+        "multi.yaml",
+        &format!("{}---\n{}", pod_yaml("one", "Always", LONG_RUNNING), pod_yaml("two", "Always", LONG_RUNNING)),
+    )?;
+    let one = agent.wait_pod("one", START, running_and_ready)?;
+    agent.wait_pod("two", START, running_and_ready)?;
+
+    let log = agent.log();
+    assert!(log.contains("broken.yaml"), "the broken file is named in the log");
+    assert!(
+        log.contains("quantity.yaml") && log.contains("invalid quantity \\\"lots\\\"")
+            || log.contains("invalid quantity \"lots\""),
+        "{}",
+        rkubelet_tests::agent::tail(&log, 20)
+    );
+    assert!(agent.pod("qty")?.is_none());
+
+    // Editing a manifest replaces its pod: new UID, old containers gone.
+    let edited = format!(
+        "{}---\n{}",
+        pod_yaml("one", "Always", &format!("echo v2; {LONG_RUNNING}")),
+        pod_yaml("two", "Always", LONG_RUNNING)
+    );
+    agent.write_manifest("multi.yaml", &edited)?;
+    let new_one = agent.wait_pod("one", Duration::from_secs(30), |p| {
+        p["metadata"]["uid"] != one["metadata"]["uid"] && running_and_ready(p)
+    })?;
+    assert_ne!(container_status(&new_one, "app")["containerID"], container_status(&one, "app")["containerID"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let sandboxes = runtime_objects(&containerd.endpoint())?.sandboxes;
+        if sandboxes.len() == 2 {
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "old pod's sandbox not removed: {sandboxes:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+#[test]
+fn read_only_server_answers_healthz_and_pod_list() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (_containerd, agent) = setup("std-server")?;
+    let (status, body) = rkubelet_tests::agent::http_get(agent.port(), "/healthz")?;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, body) = rkubelet_tests::agent::http_get(agent.port(), "/pods")?;
+    assert_eq!(status, 200);
+    let list: Value = serde_json::from_str(&body)?;
+    assert_eq!(list["kind"], "PodList");
+    assert_eq!(list["apiVersion"], "v1");
+    assert_eq!(list["items"], Value::Array(vec![]));
+    Ok(())
+}
