@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs rkubelet standalone on this machine (Debian, as root): installs containerd and the tools it needs if missing,
-# builds the test images into a local registry on 127.0.0.1:5000 (no public registry is needed), builds rkubelet,
-# installs the containerd config, the CNI config and rkubelet's config and example manifests from systemd/, starts
+# builds the test images into a local registry on 127.0.0.1:5000 (no public registry is needed), builds rkubelet and
+# its CNI plugins, installs the containerd config and rkubelet's config and example manifests from systemd/, starts
 # everything (as systemd services where systemd runs, as background processes otherwise) and shows the pods.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,12 +13,14 @@ log() { printf 'standalone: %s\n' "$*"; }
 bash tests/scripts/install-deps.sh
 bash tests/scripts/build-images.sh
 
-log "building rkubelet (release)"
-cargo build --release -p rkubelet
+log "building rkubelet and its CNI plugins (release)"
+cargo build --release -p rkubelet -p cni-plugins
 install -m 0755 target/release/rkubelet /usr/local/bin/rkubelet
+install -d /opt/cni/bin
+install -m 0755 target/release/{bridge,host-local,loopback,portmap} /opt/cni/bin/
 
 log "installing configuration"
-install -d /etc/rkubelet /etc/rkubelet/manifests /etc/containerd /etc/containerd/certs.d/127.0.0.1:5000 /etc/cni/net.d
+install -d /etc/rkubelet /etc/rkubelet/manifests /etc/containerd /etc/containerd/certs.d/127.0.0.1:5000
 if [ -f /etc/containerd/config.toml ] && ! cmp -s /etc/containerd/config.toml systemd/containerd-config.toml \
    && [ ! -f /etc/containerd/config.toml.before-rkubelet ]; then
   cp /etc/containerd/config.toml /etc/containerd/config.toml.before-rkubelet
@@ -31,21 +33,6 @@ server = "http://127.0.0.1:5000"
 TOML
 [ -f /etc/rkubelet/config.yaml ] || install -m 0644 systemd/config.yaml /etc/rkubelet/config.yaml
 install -m 0644 systemd/manifests/*.yaml /etc/rkubelet/manifests/
-pod_cidr=$(sed -n 's/^podCIDR: *//p' /etc/rkubelet/config.yaml)
-cat > /etc/cni/net.d/10-rkubelet.conflist <<JSON
-{
-  "cniVersion": "1.0.0",
-  "name": "rkubelet",
-  "plugins": [
-    {
-      "type": "bridge", "bridge": "rkbr0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
-      "ipam": { "type": "host-local", "ranges": [[{ "subnet": "${pod_cidr:-10.88.0.0/16}" }]],
-                "routes": [{ "dst": "0.0.0.0/0" }] }
-    },
-    { "type": "portmap", "capabilities": { "portMappings": true } }
-  ]
-}
-JSON
 
 if [ -d /run/systemd/system ]; then
   log "starting containerd and rkubelet as systemd services"

@@ -16,6 +16,8 @@ fi
 
 cargo build --workspace --all-targets
 export RKUBELET_BIN="$PWD/target/debug/rkubelet"
+# The host tier runs pods on our CNI plugins, as built above.
+export RKUBELET_CNI_BIN_DIR="$PWD/target/debug"
 
 status=0
 if cargo nextest --version >/dev/null 2>&1; then

@@ -24,6 +24,10 @@ pub const DEFAULT_SYNC_FREQUENCY: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_PODS: u32 = 110;
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+/// kubelet's old `--cni-conf-dir` default, where containerd's CRI plugin reads network configs.
+pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+/// The bridge name the reference bridge plugin defaults to.
+pub const DEFAULT_CNI_BRIDGE_NAME: &str = "cni0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -56,7 +60,11 @@ pub struct KubeletConfigurationFile {
     pub pod_logs_dir: Option<String>,
     pub serialize_image_pulls: Option<bool>,
     pub max_pods: Option<u32>,
+    #[serde(rename = "podCIDR")]
     pub pod_cidr: Option<String>,
+    /// rkubelet extensions: where to write the pod network's CNI config, and its bridge's name.
+    pub cni_conf_dir: Option<String>,
+    pub cni_bridge_name: Option<String>,
     #[serde(rename = "clusterDNS")]
     pub cluster_dns: Option<Vec<String>>,
     pub cluster_domain: Option<String>,
@@ -101,6 +109,8 @@ pub struct KubeletConfig {
     pub serialize_image_pulls: bool,
     pub max_pods: u32,
     pub pod_cidr: Option<String>,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bridge_name: String,
     pub cluster_dns: Vec<IpAddr>,
     pub cluster_domain: String,
     pub resolv_conf: PathBuf,
@@ -213,6 +223,8 @@ impl KubeletConfig {
             serialize_image_pulls: file.serialize_image_pulls.unwrap_or(true),
             max_pods: file.max_pods.unwrap_or(DEFAULT_MAX_PODS),
             pod_cidr: flags.pod_cidr.clone().or(file.pod_cidr.clone()).filter(|s| !s.is_empty()),
+            cni_conf_dir: PathBuf::from(file.cni_conf_dir.clone().unwrap_or_else(|| DEFAULT_CNI_CONF_DIR.into())),
+            cni_bridge_name: file.cni_bridge_name.clone().unwrap_or_else(|| DEFAULT_CNI_BRIDGE_NAME.into()),
             cluster_dns,
             cluster_domain: file.cluster_domain.clone().unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.into()),
             resolv_conf: PathBuf::from(file.resolv_conf.clone().unwrap_or_else(|| DEFAULT_RESOLV_CONF.into())),
@@ -312,7 +324,8 @@ mod tests {
         let file = parse(
             "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nstaticPodPath: /etc/manifests\n\
              readOnlyPort: 10255\ncontainerRuntimeEndpoint: unix:///file.sock\nfileCheckFrequency: 5s\n\
-             logging:\n  verbosity: 2\nevictionHard:\n  memory.available: 100Mi\n",
+             logging:\n  verbosity: 2\nevictionHard:\n  memory.available: 100Mi\npodCIDR: 10.88.0.0/16\n\
+             clusterDNS: [10.96.0.10]\ncniConfDir: /etc/cni/net.d\n",
         )
         .unwrap();
         let flags = FlagOverrides {
@@ -328,7 +341,9 @@ mod tests {
         assert_eq!(c.file_check_frequency, Duration::from_secs(5));
         assert_eq!(c.node_name, "edge-1");
         assert_eq!(c.verbosity, 2);
-        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(c.pod_cidr.as_deref(), Some("10.88.0.0/16"));
+        assert_eq!(c.cluster_dns, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
         assert!(c.warnings[0].contains("evictionHard"));
     }
 

@@ -124,6 +124,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "runtime status failed"),
     }
 
+    if let Some(cidr) = &config.pod_cidr {
+        let cidrs: Vec<String> = cidr.split(',').map(|c| c.trim().to_owned()).collect();
+        if node::cni::write_conflist(&config.cni_conf_dir, &cidrs, &config.cni_bridge_name)? {
+            tracing::info!(dir = %config.cni_conf_dir.display(), pod_cidr = %cidr, "wrote pod network CNI config");
+        }
+        if let Err(e) = runtime.update_pod_cidr(cidr).await {
+            tracing::warn!(error = %e, "UpdateRuntimeConfig failed");
+        }
+    }
+
     let resolv = std::fs::read_to_string(&config.resolv_conf).unwrap_or_else(|e| {
         tracing::warn!(path = %config.resolv_conf.display(), error = %e, "cannot read resolv.conf; pods get no DNS servers");
         String::new()

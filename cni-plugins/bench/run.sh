@@ -5,10 +5,10 @@
 #
 #   bench/run.sh [pods] [--no-masq]
 set -eu
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 REF="${CNI_REFERENCE_DIR:-/usr/lib/cni}"
-cargo build --release --bins --example cni-bench
+cargo build --release -p cni-plugins --bins --example cni-bench
 HOST="cntb-host-$$"
 ip netns add "$HOST"
 trap 'ip netns del "$HOST"' EXIT

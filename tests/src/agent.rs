@@ -51,11 +51,17 @@ pub struct Agent {
     endpoint: String,
     port: u16,
     node_name: String,
+    extra_config: String,
 }
 
 impl Agent {
     /// Starts rkubelet on `containerd` with an empty manifest folder and waits for `/healthz`.
     pub fn start(containerd: &Containerd) -> Result<Agent> {
+        Self::start_with(containerd, "")
+    }
+
+    /// As [`Agent::start`], with more `KubeletConfiguration` lines appended to the generated config.
+    pub fn start_with(containerd: &Containerd, extra_config: &str) -> Result<Agent> {
         let dir = tempfile::Builder::new().prefix("rkubelet-agent-").tempdir()?;
         std::fs::create_dir_all(dir.path().join("manifests"))?;
         let mut agent = Agent {
@@ -63,6 +69,7 @@ impl Agent {
             endpoint: containerd.endpoint(),
             port: free_port()?,
             node_name: format!("node-{}", containerd.name()),
+            extra_config: extra_config.to_owned(),
             dir,
         };
         agent.spawn()?;
@@ -94,11 +101,12 @@ impl Agent {
             &config,
             format!(
                 "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nstaticPodPath: {}\n\
-                 containerRuntimeEndpoint: {}\npodLogsDir: {}\nreadOnlyPort: {}\nsyncFrequency: 10s\n",
+                 containerRuntimeEndpoint: {}\npodLogsDir: {}\nreadOnlyPort: {}\nsyncFrequency: 10s\n{}",
                 self.manifest_dir().display(),
                 self.endpoint,
                 self.pod_logs_dir().display(),
-                self.port
+                self.port,
+                self.extra_config,
             ),
         )?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;

@@ -32,7 +32,27 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Where Debian's `containernetworking-plugins` puts the reference CNI plugins.
-pub const DEFAULT_CNI_BIN_DIR: &str = "/usr/lib/cni";
+pub const REFERENCE_CNI_BIN_DIR: &str = "/usr/lib/cni";
+
+/// The CNI plugins instances use: `$RKUBELET_CNI_BIN_DIR`, else our own plugins as built in the workspace's
+/// `target/debug` (`cargo build -p cni-plugins`), else the reference plugins.
+pub fn default_cni_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RKUBELET_CNI_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(ours) = built_cni_plugins_dir() {
+        return ours;
+    }
+    PathBuf::from(REFERENCE_CNI_BIN_DIR)
+}
+
+/// The workspace's build output holding our `bridge`, `host-local`, `loopback` and `portmap`, if built.
+pub fn built_cni_plugins_dir() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let dir = target.join("debug");
+    ["bridge", "host-local", "loopback", "portmap"].iter().all(|p| dir.join(p).is_file()).then_some(dir)
+}
 /// How long [`ContainerdBuilder::start`] waits for containerd and its CRI plugin by default.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest accepted instance name (it goes into a Unix socket path).
@@ -102,7 +122,7 @@ pub struct ContainerdBuilder {
 }
 
 impl ContainerdBuilder {
-    /// Where the CNI plugins are (default [`DEFAULT_CNI_BIN_DIR`]).
+    /// Where the CNI plugins are (default [`default_cni_bin_dir`]).
     pub fn cni_bin_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cni_bin_dir = dir.into();
         self
@@ -192,7 +212,7 @@ impl Containerd {
     pub fn builder(name: &str) -> ContainerdBuilder {
         ContainerdBuilder {
             name: name.to_owned(),
-            cni_bin_dir: PathBuf::from(DEFAULT_CNI_BIN_DIR),
+            cni_bin_dir: default_cni_bin_dir(),
             sandbox_image: images::PAUSE.to_owned(),
             write_cni_config: true,
             start_timeout: DEFAULT_START_TIMEOUT,

@@ -1,6 +1,8 @@
 //! Facts about this node read from the host: name, addresses, memory, DNS. (Registration with an API server and the
 //! node status built from these facts live here too once the agent joins a cluster.)
 
+pub mod cni;
+
 use std::net::IpAddr;
 
 use crate::runtime::DnsSettings;

@@ -169,6 +169,17 @@ impl Runtime {
         Ok((v.runtime_name, v.runtime_version))
     }
 
+    /// Tells the runtime this node's pod CIDR (CRI `UpdateRuntimeConfig`), as kubelet does once it knows it.
+    pub async fn update_pod_cidr(&self, pod_cidr: &str) -> Result<(), RuntimeError> {
+        let mut c = self.runtime.clone();
+        let req = cri::UpdateRuntimeConfigRequest {
+            runtime_config: Some(cri::RuntimeConfig {
+                network_config: Some(cri::NetworkConfig { pod_cidr: pod_cidr.to_owned() }),
+            }),
+        };
+        self.call("UpdateRuntimeConfig", Some(RUNTIME_REQUEST_TIMEOUT), c.update_runtime_config(req)).await.map(|_| ())
+    }
+
     pub async fn status(&self) -> Result<RuntimeReadiness, RuntimeError> {
         let mut c = self.runtime.clone();
         let s =
