@@ -31,7 +31,21 @@ server = "http://127.0.0.1:5000"
 [host."http://127.0.0.1:5000"]
   capabilities = ["pull", "resolve"]
 TOML
-[ -f /etc/rkubelet/config.yaml ] || install -m 0644 systemd/config.yaml /etc/rkubelet/config.yaml
+if [ ! -f /etc/rkubelet/config.yaml ]; then
+  install -m 0644 systemd/config.yaml /etc/rkubelet/config.yaml
+  # Without systemd as init, both rkubelet and runc manage cgroups directly (cgroupfs driver).
+  if [ ! -d /run/systemd/system ]; then
+    sed -i 's/^cgroupDriver: systemd/cgroupDriver: cgroupfs/' /etc/rkubelet/config.yaml
+  fi
+  # Pod-level enforcement needs cgroup v2 with the cpu and memory controllers; say so and run without it otherwise.
+  if ! grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null || ! grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
+    log "no cgroup v2 cpu/memory controllers on this host: running with cgroupsPerQOS: false (limits per container only)"
+    sed -i 's/^cgroupsPerQOS: true/cgroupsPerQOS: false/' /etc/rkubelet/config.yaml
+  fi
+fi
+if grep -q '^cgroupDriver: cgroupfs' /etc/rkubelet/config.yaml; then
+  sed -i 's/SystemdCgroup = true/SystemdCgroup = false/' /etc/containerd/config.toml
+fi
 install -m 0644 systemd/manifests/*.yaml /etc/rkubelet/manifests/
 
 if [ -d /run/systemd/system ]; then

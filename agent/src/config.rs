@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::resources::cgroups::CgroupDriver;
+use crate::resources::pod::{CpuMemory, Reservations};
+use crate::resources::quantity::{parse_milli, parse_value};
+
 pub const CONFIG_API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
 pub const CONFIG_KIND: &str = "KubeletConfiguration";
 
@@ -70,6 +74,13 @@ pub struct KubeletConfigurationFile {
     pub cluster_domain: Option<String>,
     pub resolv_conf: Option<String>,
     pub logging: Option<LoggingConfiguration>,
+    pub cgroup_driver: Option<String>,
+    #[serde(rename = "cgroupsPerQOS")]
+    pub cgroups_per_qos: Option<bool>,
+    pub enforce_node_allocatable: Option<Vec<String>>,
+    pub system_reserved: Option<BTreeMap<String, String>>,
+    pub kube_reserved: Option<BTreeMap<String, String>>,
+    pub eviction_hard: Option<BTreeMap<String, String>>,
     /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_yaml::Value>,
@@ -115,8 +126,81 @@ pub struct KubeletConfig {
     pub cluster_domain: String,
     pub resolv_conf: PathBuf,
     pub verbosity: u32,
+    pub cgroup_driver: CgroupDriver,
+    pub cgroups_per_qos: bool,
+    pub enforce_node_allocatable: Vec<String>,
+    pub system_reserved: CpuMemory,
+    pub kube_reserved: CpuMemory,
+    pub eviction_hard_memory: EvictionThreshold,
     /// Unknown file fields, reported once logging is up.
     pub warnings: Vec<String>,
+}
+
+/// kubelet's default hard eviction threshold for memory (`evictionHard: {memory.available: 100Mi}`).
+pub const DEFAULT_EVICTION_HARD_MEMORY: &str = "100Mi";
+
+/// A `memory.available` threshold: an amount, or a percentage of capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EvictionThreshold {
+    Bytes(i128),
+    Percent(f64),
+}
+
+impl EvictionThreshold {
+    pub fn bytes(&self, capacity: i128) -> i128 {
+        match *self {
+            EvictionThreshold::Bytes(b) => b,
+            EvictionThreshold::Percent(p) => (capacity as f64 * p / 100.0) as i128,
+        }
+    }
+}
+
+fn parse_threshold(value: &str) -> Result<EvictionThreshold, ConfigError> {
+    let invalid =
+        |reason: String| ConfigError::Invalid { what: "evictionHard memory.available", value: value.into(), reason };
+    match value.strip_suffix('%') {
+        Some(p) => {
+            let p: f64 = p.trim().parse().map_err(|_| invalid("not a percentage".into()))?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err(invalid("percentage out of range".into()));
+            }
+            Ok(EvictionThreshold::Percent(p))
+        }
+        None => Ok(EvictionThreshold::Bytes(parse_value(value).map_err(|e| invalid(e.to_string()))?)),
+    }
+}
+
+/// `systemReserved` / `kubeReserved`: cpu and memory (other resources are accepted and not enforced).
+fn parse_reserved(what: &'static str, map: &Option<BTreeMap<String, String>>) -> Result<CpuMemory, ConfigError> {
+    let mut out = CpuMemory::default();
+    for (k, v) in map.iter().flatten() {
+        let invalid = |e: crate::resources::quantity::QuantityError| ConfigError::Invalid {
+            what,
+            value: format!("{k}={v}"),
+            reason: e.to_string(),
+        };
+        match k.as_str() {
+            "cpu" => out.cpu_milli = parse_milli(v).map_err(invalid)?,
+            "memory" => out.memory_bytes = parse_value(v).map_err(invalid)?,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+impl KubeletConfig {
+    pub fn reservations(&self, memory_capacity: i128) -> Reservations {
+        Reservations {
+            system: self.system_reserved,
+            kube: self.kube_reserved,
+            eviction_hard_memory_bytes: self.eviction_hard_memory.bytes(memory_capacity),
+        }
+    }
+
+    /// `enforceNodeAllocatable` contains `pods`: the `kubepods` cgroup gets the allocatable memory limit.
+    pub fn enforce_pods_allocatable(&self) -> bool {
+        self.enforce_node_allocatable.iter().any(|e| e == "pods")
+    }
 }
 
 impl KubeletConfigurationFile {
@@ -206,7 +290,24 @@ impl KubeletConfig {
             .map(|k| format!("config file {}: field {k:?} is not supported by rkubelet and is ignored", path.display()))
             .collect();
 
+        let cgroup_driver = file.cgroup_driver.as_deref().unwrap_or("cgroupfs").parse().map_err(|reason| {
+            ConfigError::Invalid { what: "cgroupDriver", value: file.cgroup_driver.clone().unwrap_or_default(), reason }
+        })?;
+        let eviction_hard_memory = parse_threshold(
+            file.eviction_hard
+                .as_ref()
+                .and_then(|m| m.get("memory.available"))
+                .map(String::as_str)
+                .unwrap_or(DEFAULT_EVICTION_HARD_MEMORY),
+        )?;
+
         Ok(KubeletConfig {
+            cgroup_driver,
+            cgroups_per_qos: file.cgroups_per_qos.unwrap_or(true),
+            enforce_node_allocatable: file.enforce_node_allocatable.clone().unwrap_or_else(|| vec!["pods".into()]),
+            system_reserved: parse_reserved("systemReserved", &file.system_reserved)?,
+            kube_reserved: parse_reserved("kubeReserved", &file.kube_reserved)?,
+            eviction_hard_memory,
             node_name,
             static_pod_path,
             file_check_frequency,
@@ -317,6 +418,24 @@ mod tests {
         assert_eq!(c.max_pods, 110);
         assert!(c.serialize_image_pulls);
         assert!(c.static_pod_path.is_none());
+        assert_eq!(c.cgroup_driver, CgroupDriver::Cgroupfs);
+        assert!(c.cgroups_per_qos);
+        assert!(c.enforce_pods_allocatable());
+        assert_eq!(c.eviction_hard_memory, EvictionThreshold::Bytes(100 << 20));
+    }
+
+    #[test]
+    fn invalid_cgroup_settings_are_named() {
+        let file = |extra: &str| {
+            parse(&format!("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n{extra}")).unwrap()
+        };
+        let resolve = |f| KubeletConfig::resolve(Some((Path::new("/c.yaml"), f)), &FlagOverrides::default(), "h");
+        let e = resolve(file("cgroupDriver: docker\n")).unwrap_err();
+        assert!(e.to_string().contains("cgroupDriver") && e.to_string().contains("docker"), "{e}");
+        let e = resolve(file("kubeReserved:\n  memory: a lot\n")).unwrap_err();
+        assert!(e.to_string().contains("kubeReserved") && e.to_string().contains("memory=a lot"), "{e}");
+        let e = resolve(file("evictionHard:\n  memory.available: 150%\n")).unwrap_err();
+        assert!(e.to_string().contains("memory.available"), "{e}");
     }
 
     #[test]
@@ -324,8 +443,9 @@ mod tests {
         let file = parse(
             "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nstaticPodPath: /etc/manifests\n\
              readOnlyPort: 10255\ncontainerRuntimeEndpoint: unix:///file.sock\nfileCheckFrequency: 5s\n\
-             logging:\n  verbosity: 2\nevictionHard:\n  memory.available: 100Mi\npodCIDR: 10.88.0.0/16\n\
-             clusterDNS: [10.96.0.10]\ncniConfDir: /etc/cni/net.d\n",
+             logging:\n  verbosity: 2\nevictionHard:\n  memory.available: 5%\npodCIDR: 10.88.0.0/16\n\
+             clusterDNS: [10.96.0.10]\ncniConfDir: /etc/cni/net.d\nfeatureGates:\n  Foo: true\n\
+             cgroupDriver: systemd\ncgroupsPerQOS: false\nsystemReserved:\n  cpu: 100m\n  memory: 1Gi\n",
         )
         .unwrap();
         let flags = FlagOverrides {
@@ -344,7 +464,12 @@ mod tests {
         assert_eq!(c.pod_cidr.as_deref(), Some("10.88.0.0/16"));
         assert_eq!(c.cluster_dns, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-        assert!(c.warnings[0].contains("evictionHard"));
+        assert!(c.warnings[0].contains("featureGates"));
+        assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
+        assert!(!c.cgroups_per_qos);
+        assert_eq!(c.system_reserved, CpuMemory { cpu_milli: 100, memory_bytes: 1 << 30 });
+        assert_eq!(c.eviction_hard_memory, EvictionThreshold::Percent(5.0));
+        assert_eq!(c.reservations(1000).eviction_hard_memory_bytes, 50);
     }
 
     #[test]

@@ -16,6 +16,9 @@ use rkubelet::pods::manager::PodManager;
 use rkubelet::pods::source::{run_file_source, FILE_SOURCE};
 use rkubelet::pods::store::PodStore;
 use rkubelet::pods::worker::WorkerContext;
+use rkubelet::resources::cgroups::{CgroupManager, CgroupName, CGROUP_MOUNT};
+use rkubelet::resources::pod::{kubepods_config, node_allocatable, CpuMemory, ResourceConfig};
+use rkubelet::resources::QosClass;
 use rkubelet::runtime::{Pleg, Runtime};
 use rkubelet::server::{self, ServerState};
 
@@ -87,6 +90,34 @@ async fn connect_runtime(endpoint: &str) -> (Runtime, String, String) {
     }
 }
 
+/// kubelet's container manager start-up: checks the host's cgroups and creates `kubepods` with the node allocatable
+/// limits, and the `burstable` and `besteffort` QoS cgroups.
+async fn setup_pod_hierarchy(config: &KubeletConfig, capacity: CpuMemory) -> anyhow::Result<CgroupManager> {
+    let manager = CgroupManager::new(config.cgroup_driver, std::path::Path::new(CGROUP_MOUNT)).await.context(
+        "cgroupsPerQOS needs pod-level cgroups; set cgroupsPerQOS: false in the config to run without pod-level enforcement",
+    )?;
+    let reservations = config.reservations(capacity.memory_bytes);
+    let kubepods = kubepods_config(capacity, &reservations, config.enforce_pods_allocatable());
+    manager.ensure(&CgroupName::kubepods(), &kubepods).await.context("create the kubepods cgroup")?;
+    let minimum = ResourceConfig { cpu_shares: Some(rkubelet::resources::convert::MIN_SHARES), ..Default::default() };
+    for qos in [QosClass::Burstable, QosClass::BestEffort] {
+        manager
+            .ensure(&CgroupName::qos(qos), &minimum)
+            .await
+            .with_context(|| format!("create the {} QoS cgroup", qos.as_str()))?;
+    }
+    let allocatable = node_allocatable(capacity, &reservations);
+    tracing::info!(
+        driver = ?config.cgroup_driver,
+        kubepods = %manager.path(&CgroupName::kubepods()).display(),
+        allocatable_cpu_milli = %allocatable.cpu_milli,
+        allocatable_memory = %allocatable.memory_bytes,
+        kubepods_memory_max = ?kubepods.memory_limit_bytes,
+        "pod cgroup hierarchy ready"
+    );
+    Ok(manager)
+}
+
 async fn run(flags: Flags) -> anyhow::Result<()> {
     let file = match &flags.config {
         Some(path) => Some((path.as_path(), KubeletConfigurationFile::load(path)?)),
@@ -113,6 +144,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .with_context(|| format!("create root dir {}", config.root_dir.display()))?;
     std::fs::create_dir_all(&config.pod_logs_dir)
         .with_context(|| format!("create pod logs dir {}", config.pod_logs_dir.display()))?;
+
+    let capacity = CpuMemory { cpu_milli: node::cpu_capacity_milli(), memory_bytes: node::memory_capacity() };
+    let cgroups = if config.cgroups_per_qos {
+        Some(Arc::new(setup_pod_hierarchy(&config, capacity).await?))
+    } else {
+        tracing::warn!(
+            "cgroupsPerQOS is false: pods run without the kubepods cgroup hierarchy; limits apply per container only"
+        );
+        None
+    };
 
     let (runtime, runtime_name, runtime_version) = connect_runtime(&config.container_runtime_endpoint).await;
     tracing::info!(runtime = %runtime_name, version = %runtime_version, "connected to container runtime");
@@ -149,9 +190,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         host_dns: node::parse_resolv_conf(&resolv),
         cluster_dns: config.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
         cluster_domain: config.cluster_domain.clone(),
-        memory_capacity: node::memory_capacity(),
+        memory_capacity: capacity.memory_bytes,
         sync_frequency: config.sync_frequency,
         image_pull_lock: config.serialize_image_pulls.then(|| Mutex::new(())),
+        cgroups,
     });
 
     let pleg = Pleg::new(runtime.clone());

@@ -28,6 +28,12 @@ pub fn rkubelet_bin() -> Result<PathBuf> {
     bail!("rkubelet binary not found under {}: run `cargo build -p rkubelet` or set RKUBELET_BIN", target.display())
 }
 
+/// True when `/sys/fs/cgroup` is a cgroup v2 hierarchy with the cpu and memory controllers (the VM tier); false on
+/// hosts with the v1 or hybrid layout, where the agent must run with `cgroupsPerQOS: false`.
+pub fn cgroup_v2_available() -> bool {
+    rkubelet::resources::cgroups::check_cgroup_v2(Path::new("/sys/fs/cgroup")).is_ok()
+}
+
 /// A TCP port free on 127.0.0.1 at the time of asking.
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -62,9 +68,16 @@ impl Agent {
 
     /// As [`Agent::start`], with more `KubeletConfiguration` lines appended to the generated config.
     pub fn start_with(containerd: &Containerd, extra_config: &str) -> Result<Agent> {
+        let mut agent = Self::new(containerd, extra_config)?;
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    /// An agent set up but not started (see [`Agent::spawn_process`]).
+    pub fn new(containerd: &Containerd, extra_config: &str) -> Result<Agent> {
         let dir = tempfile::Builder::new().prefix("rkubelet-agent-").tempdir()?;
         std::fs::create_dir_all(dir.path().join("manifests"))?;
-        let mut agent = Agent {
+        let agent = Agent {
             child: None,
             endpoint: containerd.endpoint(),
             port: free_port()?,
@@ -72,7 +85,6 @@ impl Agent {
             extra_config: extra_config.to_owned(),
             dir,
         };
-        agent.spawn()?;
         Ok(agent)
     }
 
@@ -96,16 +108,29 @@ impl Agent {
     }
 
     fn spawn(&mut self) -> Result<()> {
+        self.spawn_process()?;
+        self.wait_healthy()
+    }
+
+    /// Starts the process without waiting for it to become healthy.
+    pub fn spawn_process(&mut self) -> Result<()> {
         let config = self.dir.path().join("config.yaml");
+        // Without cgroup v2 the agent refuses pod-level enforcement unless told to run without it.
+        let cgroups = if self.extra_config.contains("cgroupsPerQOS") || cgroup_v2_available() {
+            ""
+        } else {
+            "cgroupsPerQOS: false\n"
+        };
         std::fs::write(
             &config,
             format!(
                 "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nstaticPodPath: {}\n\
-                 containerRuntimeEndpoint: {}\npodLogsDir: {}\nreadOnlyPort: {}\nsyncFrequency: 10s\n{}",
+                 containerRuntimeEndpoint: {}\npodLogsDir: {}\nreadOnlyPort: {}\nsyncFrequency: 10s\n{}{}",
                 self.manifest_dir().display(),
                 self.endpoint,
                 self.pod_logs_dir().display(),
                 self.port,
+                cgroups,
                 self.extra_config,
             ),
         )?;
@@ -124,6 +149,27 @@ impl Agent {
             .spawn()
             .context("spawn rkubelet")?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits for the process to exit on its own (for start-up failures); returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    self.child = None;
+                    return Ok(status.code());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("rkubelet still running after {timeout:?}:\n{}", tail(&self.log(), 20));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_healthy(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((200, body)) = http_get(self.port, "/healthz") {

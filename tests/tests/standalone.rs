@@ -325,3 +325,51 @@ fn read_only_server_answers_healthz_and_pod_list() -> Result<()> {
     assert_eq!(list["items"], Value::Array(vec![]));
     Ok(())
 }
+
+#[test]
+fn without_cgroup_v2_the_agent_refuses_pod_level_enforcement_unless_told_to_run_without_it() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    rkubelet_tests::skip_unless!(
+        !rkubelet_tests::agent::cgroup_v2_available(),
+        "this host has cgroup v2 controllers; the refusal is checked on hosts without them",
+        Ok(())
+    );
+    ensure_images()?;
+    let containerd = Containerd::start("std-cgroups")?;
+    let mut agent = Agent::new(&containerd, "cgroupsPerQOS: true\n")?;
+    agent.spawn_process()?;
+    let code = agent.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(code, Some(1), "{}", agent.log());
+    let log = agent.log();
+    assert!(log.contains("cgroup v2 with the cpu and memory controllers is not available at /sys/fs/cgroup"), "{log}");
+    assert!(log.contains("set cgroupsPerQOS: false"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn pod_cgroup_values_are_checked_in_the_vm_tier() -> Result<()> {
+    // The host tier cannot see pod cgroups on a v1/hybrid host; say so rather than pass silently.
+    rkubelet_tests::skip_unless!(
+        rkubelet_tests::agent::cgroup_v2_available(),
+        "no cgroup v2 controllers on this host: pod cgroup values (cpu.weight, cpu.max, memory.max) are checked by tests/vm",
+        Ok(())
+    );
+    skip_unless_root!(Ok(()));
+    ensure_images()?;
+    let containerd = Containerd::start("std-cg-v2")?;
+    let agent = Agent::start_with(&containerd, "cgroupsPerQOS: true\ncgroupDriver: cgroupfs\n")?;
+    agent.write_manifest(
+        "g.yaml",
+        &pod_yaml("g", "Always", LONG_RUNNING).replace(
+            "  - name: app\n",
+            "  - name: app\n    resources:\n      limits:\n        cpu: 200m\n        memory: 64Mi\n",
+        ),
+    )?;
+    let pod = agent.wait_pod("g", START, running_and_ready)?;
+    assert_eq!(pod["status"]["qosClass"], "Guaranteed");
+    let uid = pod["metadata"]["uid"].as_str().context("uid")?;
+    let dir = std::path::Path::new("/sys/fs/cgroup/kubepods").join(format!("pod{uid}"));
+    assert_eq!(std::fs::read_to_string(dir.join("cpu.max"))?.trim(), "20000 100000");
+    assert_eq!(std::fs::read_to_string(dir.join("memory.max"))?.trim(), "67108864");
+    Ok(())
+}

@@ -11,6 +11,13 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
+/// Online CPUs, in millicores (kubelet's cpu capacity).
+pub fn cpu_capacity_milli() -> i128 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    i128::from(n.max(1) as i64) * 1000
+}
+
 /// `MemTotal` in bytes.
 pub fn memory_capacity() -> i128 {
     let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();

@@ -10,7 +10,13 @@ use tokio::sync::{mpsc, watch, Notify};
 use super::source::SourceUpdate;
 use super::spec;
 use super::worker::{kill_orphaned_pod, PodWorker, WorkerContext, WorkerInput};
+use crate::resources::cgroups::CgroupName;
+use crate::resources::pod::{burstable_cpu_shares, ResourceConfig};
+use crate::resources::QosClass;
 use crate::runtime::PlegEvent;
+
+/// Orphaned pod cgroups are looked for every this many relists (kubelet's housekeeping runs every 2 s).
+const CGROUP_CLEANUP_EVERY_RELISTS: u32 = 2;
 
 struct WorkerHandle {
     input: watch::Sender<WorkerInput>,
@@ -30,6 +36,9 @@ pub struct PodManager {
     desired: BTreeMap<&'static str, Vec<Arc<Pod>>>,
     workers: HashMap<String, WorkerHandle>,
     orphans: BTreeSet<String>,
+    /// Last CPU shares written to the burstable QoS cgroup.
+    burstable_shares: Option<u64>,
+    relists: u32,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
 }
@@ -43,6 +52,8 @@ impl PodManager {
             desired: BTreeMap::new(),
             workers: HashMap::new(),
             orphans: BTreeSet::new(),
+            burstable_shares: None,
+            relists: 0,
             done_tx,
             done_rx,
         }
@@ -92,6 +103,7 @@ impl PodManager {
                 None => self.spawn_worker(uid, pod.clone()),
             }
         }
+        self.update_qos_cgroups(&desired);
         for (uid, h) in self.workers.iter_mut() {
             if !h.terminating && !desired.contains_key(uid) {
                 h.terminating = true;
@@ -100,6 +112,46 @@ impl PodManager {
                 let _ = h.input.send(WorkerInput { pod, terminate: true });
             }
         }
+    }
+
+    /// kubelet's QoS container manager: the burstable cgroup's CPU shares follow the Burstable pods' requests.
+    fn update_qos_cgroups(&mut self, desired: &BTreeMap<String, Arc<Pod>>) {
+        let Some(cgroups) = self.ctx.cgroups.clone() else { return };
+        let shares = burstable_cpu_shares(desired.values().map(|p| spec::spec(p)));
+        if self.burstable_shares == Some(shares) {
+            return;
+        }
+        self.burstable_shares = Some(shares);
+        tokio::spawn(async move {
+            let cfg = ResourceConfig { cpu_shares: Some(shares), ..Default::default() };
+            if let Err(e) = cgroups.ensure(&CgroupName::qos(QosClass::Burstable), &cfg).await {
+                tracing::warn!(error = %e, "cannot update the burstable QoS cgroup");
+            }
+        });
+    }
+
+    /// Removes pod cgroups of pods that no source wants and the runtime no longer holds.
+    fn cleanup_orphaned_cgroups(&self, runtime_uids: &BTreeSet<String>) {
+        let Some(cgroups) = self.ctx.cgroups.clone() else { return };
+        let orphaned: Vec<CgroupName> = cgroups
+            .pod_cgroups()
+            .into_iter()
+            .filter(|(uid, _)| {
+                !self.workers.contains_key(uid) && !runtime_uids.contains(uid) && !self.orphans.contains(uid)
+            })
+            .map(|(_, name)| name)
+            .collect();
+        if orphaned.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for name in orphaned {
+                tracing::info!(cgroup = %name.to_cgroupfs(), "removing orphaned pod cgroup");
+                if let Err(e) = cgroups.remove(&name).await {
+                    tracing::warn!(error = %e, "cannot remove orphaned pod cgroup");
+                }
+            }
+        });
     }
 
     fn spawn_worker(&mut self, uid: &str, pod: Arc<Pod>) {
@@ -127,6 +179,10 @@ impl PodManager {
             PlegEvent::Relisted(uids) => {
                 if !self.sources_pending.is_empty() {
                     return;
+                }
+                self.relists = self.relists.wrapping_add(1);
+                if self.relists % CGROUP_CLEANUP_EVERY_RELISTS == 1 {
+                    self.cleanup_orphaned_cgroups(&uids);
                 }
                 for uid in uids {
                     if self.workers.contains_key(&uid) || self.orphans.contains(&uid) {

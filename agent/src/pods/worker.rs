@@ -16,7 +16,9 @@ use super::plan::{self, BackoffState, ContainerStart, PodActions, Waiting};
 use super::spec::{self, PullPolicy};
 use super::status::{compute_pod_status, StatusInput};
 use super::store::{PodStartRecord, PodStore};
+use crate::resources::cgroups::{CgroupManager, CgroupName};
 use crate::resources::convert::container_cgroup_values;
+use crate::resources::pod::pod_resource_config;
 use crate::resources::pod_qos_class;
 use crate::runtime::{
     ContainerRunState, ContainerSpec, DnsSettings, ObservedPod, PortMappingSpec, Runtime, RuntimeError, SandboxSpec,
@@ -45,6 +47,13 @@ pub struct WorkerContext {
     pub sync_frequency: Duration,
     /// Held around each pull when `serializeImagePulls` is on.
     pub image_pull_lock: Option<Mutex<()>>,
+    /// The pod cgroup hierarchy (`cgroupsPerQOS`); `None` runs pods without pod-level cgroups.
+    pub cgroups: Option<Arc<CgroupManager>>,
+}
+
+/// The pod's cgroup, under its QoS class's parent.
+pub fn pod_cgroup_name(pod: &Pod) -> CgroupName {
+    CgroupName::pod(pod_qos_class(spec::spec(pod)), spec::uid(pod))
 }
 
 /// What the manager tells a worker: the newest spec, and whether the pod is to be terminated.
@@ -195,6 +204,13 @@ impl PodWorker {
         let (sandbox_id, pod_ips) = match (&actions.create_sandbox, &actions.sandbox_id) {
             (Some(attempt), _) => {
                 sandbox.attempt = *attempt;
+                if let Some(cgroups) = &self.ctx.cgroups {
+                    let name = pod_cgroup_name(pod);
+                    if let Err(e) = cgroups.ensure(&name, &pod_resource_config(spec::spec(pod))).await {
+                        tracing::error!(error = %e, "failed to ensure that the pod cgroup exists");
+                        return true;
+                    }
+                }
                 if let Err(e) = std::fs::create_dir_all(&sandbox.log_directory) {
                     tracing::warn!(dir = %sandbox.log_directory, error = %e, "cannot create pod log directory");
                 }
@@ -355,7 +371,12 @@ impl PodWorker {
             host_pid: s.host_pid.unwrap_or(false),
             host_ipc: s.host_ipc.unwrap_or(false),
             share_process_namespace: s.share_process_namespace.unwrap_or(false),
-            cgroup_parent: String::new(),
+            cgroup_parent: self
+                .ctx
+                .cgroups
+                .as_ref()
+                .map(|c| c.cgroup_parent(&pod_cgroup_name(pod)))
+                .unwrap_or_default(),
             sysctls: s
                 .security_context
                 .as_ref()
@@ -508,6 +529,13 @@ async fn terminate_pod(ctx: &WorkerContext, pod: &Pod) {
                 let wait = retry.get("terminate").unwrap_or(Duration::from_secs(1));
                 tracing::warn!(error = %e, retry_in = ?wait, "terminating pod failed");
                 tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    if let Some(cgroups) = &ctx.cgroups {
+        if let Some(name) = cgroups.pod_cgroups().get(uid) {
+            if let Err(e) = cgroups.remove(name).await {
+                tracing::warn!(error = %e, "cannot remove pod cgroup");
             }
         }
     }
