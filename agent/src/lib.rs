@@ -1,6 +1,7 @@
 //! rkubelet: a kubelet-compatible node agent. It runs pods on a CRI runtime (containerd) from static manifests,
 //! with kubelet's behaviour, names and defaults.
 
+pub mod api;
 pub mod config;
 pub mod node;
 pub mod pods;

@@ -8,10 +8,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 
+use std::collections::BTreeMap;
+
+use rkubelet::api::pods::{run_api_source, API_SOURCE};
+use rkubelet::api::status::StatusManager;
 use rkubelet::config::{FlagOverrides, KubeletConfig, KubeletConfigurationFile};
 use rkubelet::node;
+use rkubelet::node::registration::{run_node_lease, FactsFn, NodeRegistration};
+use rkubelet::node::status::{go_arch, NodeFacts};
 use rkubelet::pods::manager::PodManager;
 use rkubelet::pods::source::{run_file_source, FILE_SOURCE};
 use rkubelet::pods::store::PodStore;
@@ -50,6 +56,21 @@ struct Flags {
     /// Pod CIDR of this node when running without an API server.
     #[arg(long)]
     pod_cidr: Option<String>,
+    /// kubeconfig for the API server; without it the agent runs standalone.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// kubeconfig used to obtain a client certificate (TLS bootstrap) when --kubeconfig does not exist yet.
+    #[arg(long)]
+    bootstrap_kubeconfig: Option<PathBuf>,
+    /// Folder of the client certificate obtained by TLS bootstrap [default: <root-dir>/pki].
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// IP address(es) of the node, comma-separated; detected from the host's interfaces when not given.
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// Labels to add when registering the node: key=value,key=value.
+    #[arg(long)]
+    node_labels: Option<String>,
     /// Log verbosity, as kubelet's -v: 0-2 info, 3-4 debug, 5 and above trace. RUST_LOG overrides it.
     #[arg(short = 'v', long = "v")]
     v: Option<u32>,
@@ -89,6 +110,83 @@ async fn connect_runtime(endpoint: &str) -> (Runtime, String, String) {
         }
     }
 }
+
+fn parse_labels(text: Option<&str>) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for pair in text.unwrap_or_default().split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').with_context(|| format!("--node-labels: {pair:?} is not key=value"))?;
+        labels.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(labels)
+}
+
+/// Writes the CNI config and tells the runtime whenever the API assigns this node a pod CIDR.
+async fn follow_pod_cidr(mut cidr: watch::Receiver<Option<String>>, runtime: Runtime, config: KubeletConfig) {
+    while cidr.changed().await.is_ok() {
+        let Some(value) = cidr.borrow_and_update().clone() else { continue };
+        let cidrs: Vec<String> = value.split(',').map(|c| c.trim().to_owned()).collect();
+        match node::cni::write_conflist(&config.cni_conf_dir, &cidrs, &config.cni_bridge_name) {
+            Ok(true) => tracing::info!(pod_cidr = %value, "wrote pod network CNI config for the node's pod CIDR"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot write CNI config"),
+        }
+        if let Err(e) = runtime.update_pod_cidr(&value).await {
+            tracing::warn!(error = %e, "UpdateRuntimeConfig failed");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn node_facts_fn(
+    config: &KubeletConfig,
+    flags: &Flags,
+    runtime: Runtime,
+    runtime_version: String,
+    pleg: rkubelet::runtime::PlegHealth,
+    capacity: CpuMemory,
+    host_ips: Vec<String>,
+) -> FactsFn {
+    let info = node::host_info(&config.root_dir);
+    let reservations = config.reservations(capacity.memory_bytes);
+    let base = NodeFacts {
+        name: config.node_name.clone(),
+        capacity,
+        allocatable: node_allocatable(capacity, &reservations),
+        ephemeral_storage_bytes: info.ephemeral_storage_bytes,
+        max_pods: config.max_pods,
+        addresses: host_ips,
+        hostname: flags.hostname_override.clone().unwrap_or_else(node::hostname).to_lowercase(),
+        kernel_version: info.kernel_version,
+        os_image: info.os_image,
+        architecture: go_arch().into(),
+        machine_id: info.machine_id,
+        boot_id: info.boot_id,
+        container_runtime_version: format!("containerd://{runtime_version}"),
+        kubelet_version: format!("v{KUBELET_COMPAT_VERSION}-rkubelet.{}", env!("CARGO_PKG_VERSION")),
+        not_ready_reason: None,
+    };
+    Arc::new(move || {
+        let runtime = runtime.clone();
+        let pleg = pleg.clone();
+        let mut facts = base.clone();
+        Box::pin(async move {
+            // kubelet's readiness checks: runtime up, its network ready, PLEG relisting.
+            facts.not_ready_reason = match runtime.status().await {
+                Err(e) => Some(format!("container runtime is down: {e}")),
+                Ok(s) if !s.runtime_ready => {
+                    Some(format!("container runtime status check may not have completed yet: {}", s.message))
+                }
+                Ok(s) if !s.network_ready => Some(format!("container runtime network not ready: {}", s.message)),
+                Ok(_) if !pleg.healthy() => Some("PLEG is not healthy".into()),
+                Ok(_) => None,
+            };
+            facts
+        })
+    })
+}
+
+/// The Kubernetes minor version whose kubelet behaviour this agent follows, reported in nodeInfo.
+const KUBELET_COMPAT_VERSION: &str = "1.34.0";
 
 /// kubelet's container manager start-up: checks the host's cgroups and creates `kubepods` with the node allocatable
 /// limits, and the `burstable` and `besteffort` QoS cgroups.
@@ -179,13 +277,17 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         tracing::warn!(path = %config.resolv_conf.display(), error = %e, "cannot read resolv.conf; pods get no DNS servers");
         String::new()
     });
+    let host_ips: Vec<String> = match &flags.node_ip {
+        Some(ips) => ips.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+        None => node::host_ips(),
+    };
     let store = PodStore::default();
     let ctx = Arc::new(WorkerContext {
         runtime: runtime.clone(),
         runtime_name,
         store: store.clone(),
         node_name: config.node_name.clone(),
-        host_ips: node::host_ips(),
+        host_ips: host_ips.clone(),
         pod_logs_dir: config.pod_logs_dir.clone(),
         host_dns: node::parse_resolv_conf(&resolv),
         cluster_dns: config.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
@@ -206,11 +308,63 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     if let Some(dir) = &config.static_pod_path {
         sources.push(FILE_SOURCE);
         tracing::info!(dir = %dir.display(), "watching static pod manifests");
-        tokio::spawn(run_file_source(dir.clone(), config.node_name.clone(), config.file_check_frequency, source_tx));
-    } else {
-        drop(source_tx);
+        tokio::spawn(run_file_source(
+            dir.clone(),
+            config.node_name.clone(),
+            config.file_check_frequency,
+            source_tx.clone(),
+        ));
     }
-    tokio::spawn(PodManager::new(ctx, &sources).run(source_rx, pleg_rx));
+    let (terminated_tx, terminated_rx) = mpsc::unbounded_channel();
+    if let Some(kubeconfig) = &flags.kubeconfig {
+        let cert_dir = flags.cert_dir.clone().unwrap_or_else(|| config.root_dir.join("pki"));
+        let client = rkubelet::api::client::client(
+            kubeconfig,
+            flags.bootstrap_kubeconfig.as_deref(),
+            &cert_dir,
+            &config.node_name,
+        )
+        .await
+        .context("API client")?;
+        sources.push(API_SOURCE);
+        let (mirrors_tx, mirrors_rx) = watch::channel(Default::default());
+        tokio::spawn(run_api_source(client.clone(), config.node_name.clone(), source_tx.clone(), mirrors_tx));
+        tokio::spawn(
+            StatusManager {
+                client: client.clone(),
+                node_name: config.node_name.clone(),
+                store: store.clone(),
+                mirrors: mirrors_rx,
+                terminated: terminated_rx,
+            }
+            .run(),
+        );
+        let (pod_cidr_tx, pod_cidr_rx) = watch::channel(None);
+        tokio::spawn(follow_pod_cidr(pod_cidr_rx, runtime.clone(), config.clone()));
+        let facts = node_facts_fn(
+            &config,
+            &flags,
+            runtime.clone(),
+            runtime_version.clone(),
+            pleg_health.clone(),
+            capacity,
+            host_ips.clone(),
+        );
+        tokio::spawn(
+            NodeRegistration {
+                client: client.clone(),
+                node_name: config.node_name.clone(),
+                labels: parse_labels(flags.node_labels.as_deref())?,
+                taints: Vec::new(),
+                facts,
+                pod_cidr: pod_cidr_tx,
+            }
+            .run(),
+        );
+        tokio::spawn(run_node_lease(client, config.node_name.clone()));
+    }
+    drop(source_tx);
+    tokio::spawn(PodManager::new(ctx, &sources).report_terminated(terminated_tx).run(source_rx, pleg_rx));
 
     if config.read_only_port != 0 {
         let addr = SocketAddr::new(config.address, config.read_only_port);

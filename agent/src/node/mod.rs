@@ -2,6 +2,8 @@
 //! node status built from these facts live here too once the agent joins a cluster.)
 
 pub mod cni;
+pub mod registration;
+pub mod status;
 
 use std::net::IpAddr;
 
@@ -9,6 +11,46 @@ use crate::runtime::DnsSettings;
 
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// Static facts about the host for the Node's `nodeInfo` and capacity.
+#[derive(Debug, Clone, Default)]
+pub struct HostInfo {
+    pub kernel_version: String,
+    pub os_image: String,
+    pub machine_id: String,
+    pub boot_id: String,
+    pub ephemeral_storage_bytes: i128,
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// kubelet reads these through cadvisor: kernel release, os-release's PRETTY_NAME, machine and boot IDs, and the
+/// size of the filesystem holding the root dir as ephemeral-storage capacity.
+pub fn host_info(root_dir: &std::path::Path) -> HostInfo {
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let os_image = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_else(|| "Linux".into());
+    let mut storage = 0i128;
+    if let Ok(c_path) = std::ffi::CString::new(root_dir.as_os_str().as_encoded_bytes()) {
+        // SAFETY: statvfs writes into the zeroed struct; the path is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } == 0 {
+            storage = i128::from(st.f_blocks) * i128::from(st.f_frsize);
+        }
+    }
+    HostInfo {
+        kernel_version: read_trimmed("/proc/sys/kernel/osrelease"),
+        os_image,
+        machine_id: read_trimmed("/etc/machine-id"),
+        boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
+        ephemeral_storage_bytes: storage,
+    }
 }
 
 /// Online CPUs, in millicores (kubelet's cpu capacity).

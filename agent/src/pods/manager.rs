@@ -21,7 +21,8 @@ const CGROUP_CLEANUP_EVERY_RELISTS: u32 = 2;
 struct WorkerHandle {
     input: watch::Sender<WorkerInput>,
     wake: Arc<Notify>,
-    terminating: bool,
+    /// The pod as it was when termination began (with the deletion's grace period, if any).
+    terminating: Option<Arc<Pod>>,
 }
 
 enum Done {
@@ -41,6 +42,10 @@ pub struct PodManager {
     relists: u32,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Pods whose containers are all gone after termination, for the status manager to finish their deletion.
+    terminated: Option<mpsc::UnboundedSender<Arc<Pod>>>,
+    /// Pods deleted in the API whose termination is done, until the API object is gone.
+    finished_deletions: BTreeSet<String>,
 }
 
 impl PodManager {
@@ -56,7 +61,15 @@ impl PodManager {
             relists: 0,
             done_tx,
             done_rx,
+            terminated: None,
+            finished_deletions: BTreeSet::new(),
         }
+    }
+
+    /// Reports each terminated pod on `tx`.
+    pub fn report_terminated(mut self, tx: mpsc::UnboundedSender<Arc<Pod>>) -> Self {
+        self.terminated = Some(tx);
+        self
     }
 
     pub async fn run(
@@ -74,7 +87,14 @@ impl PodManager {
                 Some(event) = pleg.recv() => self.on_pleg(event),
                 Some(done) = self.done_rx.recv() => match done {
                     Done::Worker(uid) => {
-                        self.workers.remove(&uid);
+                        if let Some(pod) = self.workers.remove(&uid).and_then(|h| h.terminating) {
+                            if pod.metadata.deletion_timestamp.is_some() {
+                                self.finished_deletions.insert(uid.clone());
+                            }
+                            if let Some(tx) = &self.terminated {
+                                let _ = tx.send(pod);
+                            }
+                        }
                         // The pod may have come back while it was being terminated.
                         self.reconcile();
                     }
@@ -90,10 +110,34 @@ impl PodManager {
     }
 
     fn reconcile(&mut self) {
-        let desired = self.desired_by_uid();
+        let all = self.desired_by_uid();
+        // A pod being deleted in the API is killed with the deletion's grace period, as kubelet does.
+        let (deleting, desired): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            all.into_iter().partition(|(_, p)| p.metadata.deletion_timestamp.is_some());
+        self.finished_deletions.retain(|uid| deleting.contains_key(uid));
+        for (uid, pod) in &deleting {
+            match self.workers.get_mut(uid) {
+                Some(h) if h.terminating.is_none() => {
+                    tracing::info!(pod = %spec::key(pod), uid, "pod deleted in the API; terminating");
+                    h.terminating = Some(pod.clone());
+                    let _ = h.input.send(WorkerInput { pod: pod.clone(), terminate: true });
+                }
+                Some(_) => {}
+                None if self.finished_deletions.contains(uid) => {}
+                // Not running a worker (the agent restarted, or the pod was deleted before it started): a
+                // terminating worker still kills whatever the runtime holds for it before the deletion is finished.
+                None => {
+                    self.spawn_worker(uid, pod.clone());
+                    if let Some(h) = self.workers.get_mut(uid) {
+                        h.terminating = Some(pod.clone());
+                        let _ = h.input.send(WorkerInput { pod: pod.clone(), terminate: true });
+                    }
+                }
+            }
+        }
         for (uid, pod) in &desired {
             match self.workers.get(uid) {
-                Some(h) if h.terminating => {} // restarts once termination is done
+                Some(h) if h.terminating.is_some() => {} // restarts once termination is done
                 Some(h) => {
                     if !Arc::ptr_eq(&h.input.borrow().pod, pod) && h.input.borrow().pod.as_ref() != pod.as_ref() {
                         self.ctx.store.upsert_pod(uid, pod.clone());
@@ -105,9 +149,9 @@ impl PodManager {
         }
         self.update_qos_cgroups(&desired);
         for (uid, h) in self.workers.iter_mut() {
-            if !h.terminating && !desired.contains_key(uid) {
-                h.terminating = true;
+            if h.terminating.is_none() && !desired.contains_key(uid) && !deleting.contains_key(uid) {
                 let pod = h.input.borrow().pod.clone();
+                h.terminating = Some(pod.clone());
                 tracing::info!(pod = %spec::key(&pod), uid, "pod removed from its source; terminating");
                 let _ = h.input.send(WorkerInput { pod, terminate: true });
             }
@@ -166,7 +210,7 @@ impl PodManager {
             worker.run().await;
             let _ = done.send(Done::Worker(uid_owned));
         });
-        self.workers.insert(uid.to_owned(), WorkerHandle { input: tx, wake, terminating: false });
+        self.workers.insert(uid.to_owned(), WorkerHandle { input: tx, wake, terminating: None });
     }
 
     fn on_pleg(&mut self, event: PlegEvent) {

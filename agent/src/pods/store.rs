@@ -20,12 +20,28 @@ pub struct PodEntry {
     pub start: Option<PodStartRecord>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PodStore {
     inner: Arc<RwLock<BTreeMap<String, PodEntry>>>,
+    /// Bumped on every change, so the status manager wakes up.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for PodStore {
+    fn default() -> Self {
+        Self { inner: Arc::default(), changes: Arc::new(tokio::sync::watch::channel(0).0) }
+    }
 }
 
 impl PodStore {
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
     pub fn upsert_pod(&self, uid: &str, pod: Arc<Pod>) {
         if let Ok(mut m) = self.inner.write() {
             m.entry(uid.to_owned()).and_modify(|e| e.pod = pod.clone()).or_insert(PodEntry {
@@ -42,6 +58,7 @@ impl PodStore {
                 e.status = Some(status);
             }
         }
+        self.changed();
     }
 
     pub fn record_start(&self, uid: &str, record: PodStartRecord) {
@@ -56,6 +73,7 @@ impl PodStore {
         if let Ok(mut m) = self.inner.write() {
             m.remove(uid);
         }
+        self.changed();
     }
 
     pub fn list(&self) -> Vec<PodEntry> {

@@ -1,0 +1,6 @@
+//! The upstream API server: the client and its bootstrap, the pod source that watches pods bound to this node, the
+//! status manager that writes pod status, mirror pods and final deletions, and the event recorder.
+
+pub mod client;
+pub mod pods;
+pub mod status;

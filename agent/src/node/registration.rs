@@ -1,0 +1,206 @@
+//! The node's presence in the cluster: registration of the Node object, its status updates, and the Lease heartbeat
+//! in `kube-node-lease`, with kubelet's intervals.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Node, NodeStatus, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use tokio::sync::watch;
+
+use super::status::{initial_node, node_status, status_changed, NodeFacts, LABEL_ARCH, LABEL_HOSTNAME, LABEL_OS};
+
+/// kubelet's `nodeStatusUpdateFrequency`: how often the status is computed (and sent if it changed).
+pub const NODE_STATUS_UPDATE_FREQUENCY: Duration = Duration::from_secs(10);
+/// kubelet's `nodeStatusReportFrequency`: the status is sent at least this often even when unchanged.
+pub const NODE_STATUS_REPORT_FREQUENCY: Duration = Duration::from_secs(300);
+/// kubelet's `nodeLeaseDurationSeconds`; the lease is renewed every quarter of it (`renewIntervalFraction`).
+pub const NODE_LEASE_DURATION_SECONDS: i32 = 40;
+pub const NODE_LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(10);
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+/// Retry bounds for registration and failed lease renewals (kubelet: 200 ms doubling up to 7 s).
+const RETRY_INITIAL: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(7);
+
+/// Provides fresh node facts (capacity, readiness of the runtime) each time the status is computed.
+pub type FactsFn = Arc<dyn Fn() -> futures::future::BoxFuture<'static, NodeFacts> + Send + Sync>;
+
+pub struct NodeRegistration {
+    pub client: kube::Client,
+    pub node_name: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub facts: FactsFn,
+    /// The node's `spec.podCIDR(s)` as the API assigns it.
+    pub pod_cidr: watch::Sender<Option<String>>,
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+impl NodeRegistration {
+    /// Registers the node, then keeps its status current. Never returns.
+    pub async fn run(self) {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let mut retry = RETRY_INITIAL;
+        let mut last: Option<NodeStatus> = None;
+        let mut last_report = Instant::now();
+        loop {
+            let node = match self.register(&nodes).await {
+                Ok(node) => node,
+                Err(e) => {
+                    tracing::warn!(node = %self.node_name, error = %e, retry_in = ?retry, "unable to register node with API server");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                    continue;
+                }
+            };
+            retry = RETRY_INITIAL;
+            tracing::info!(node = %self.node_name, "successfully registered node");
+            self.publish_pod_cidr(&node);
+            if last.is_none() {
+                last = node.status.clone();
+            }
+            // Status loop; leaves it only when the Node object is gone and must be registered again.
+            loop {
+                tokio::time::sleep(NODE_STATUS_UPDATE_FREQUENCY).await;
+                let facts = (self.facts)().await;
+                let status = node_status(&facts, last.as_ref(), SystemTime::now());
+                let due = last.as_ref().is_none_or(|l| status_changed(l, &status))
+                    || last_report.elapsed() >= NODE_STATUS_REPORT_FREQUENCY;
+                if !due {
+                    continue;
+                }
+                let patch = serde_json::json!({ "status": status });
+                match nodes.patch_status(&self.node_name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
+                    Ok(node) => {
+                        last = Some(status);
+                        last_report = Instant::now();
+                        self.publish_pod_cidr(&node);
+                    }
+                    Err(e) if is_status(&e, 404) => {
+                        tracing::warn!(node = %self.node_name, "node object was deleted; registering again");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %self.node_name, error = %e, "error updating node status, will retry")
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_pod_cidr(&self, node: &Node) {
+        let spec = node.spec.as_ref();
+        let cidrs = spec
+            .and_then(|s| s.pod_cidrs.clone())
+            .filter(|c| !c.is_empty())
+            .map(|c| c.join(","))
+            .or_else(|| spec.and_then(|s| s.pod_cidr.clone()))
+            .filter(|c| !c.is_empty());
+        self.pod_cidr.send_if_modified(|current| {
+            if *current != cidrs && cidrs.is_some() {
+                *current = cidrs.clone();
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Creates the Node, or reconciles an existing one (kubelet's `tryRegisterWithAPIServer`): the default labels
+    /// are brought up to date; everything else on an existing node (labels others set, taints, spec) is kept.
+    async fn register(&self, nodes: &Api<Node>) -> Result<Node, kube::Error> {
+        let facts = (self.facts)().await;
+        let node = initial_node(&facts, &self.labels, &self.taints, SystemTime::now());
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(created) => {
+                // The create ignores status (status subresource); send it right away.
+                let patch = serde_json::json!({ "status": node.status });
+                nodes
+                    .patch_status(&self.node_name, &PatchParams::default(), &Patch::Strategic(&patch))
+                    .await
+                    .or(Ok(created))
+            }
+            Err(e) if is_status(&e, 409) => {
+                let existing = nodes.get(&self.node_name).await?;
+                let have = existing.metadata.labels.clone().unwrap_or_default();
+                let want = node.metadata.labels.clone().unwrap_or_default();
+                let stale: BTreeMap<&String, &String> = want
+                    .iter()
+                    .filter(|(k, v)| {
+                        [LABEL_HOSTNAME, LABEL_OS, LABEL_ARCH, "beta.kubernetes.io/os", "beta.kubernetes.io/arch"]
+                            .contains(&k.as_str())
+                            || self.labels.contains_key(*k) && have.get(*k) != Some(v)
+                    })
+                    .filter(|(k, v)| have.get(*k) != Some(v))
+                    .collect();
+                if stale.is_empty() {
+                    return Ok(existing);
+                }
+                let patch = serde_json::json!({ "metadata": { "labels": stale } });
+                nodes.patch(&self.node_name, &PatchParams::default(), &Patch::Strategic(&patch)).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Renews the node's Lease every 10 s; the Lease is owned by the Node, so it goes when the Node is deleted.
+pub async fn run_node_lease(client: kube::Client, node_name: String) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE);
+    let nodes: Api<Node> = Api::all(client);
+    let mut retry = RETRY_INITIAL;
+    loop {
+        match renew_lease(&leases, &nodes, &node_name).await {
+            Ok(()) => {
+                retry = RETRY_INITIAL;
+                tokio::time::sleep(NODE_LEASE_RENEW_INTERVAL).await;
+            }
+            Err(e) => {
+                tracing::warn!(node = %node_name, error = %e, retry_in = ?retry, "failed to renew node lease");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+async fn renew_lease(leases: &Api<Lease>, nodes: &Api<Node>, node_name: &str) -> Result<(), kube::Error> {
+    let now = jiff::Timestamp::now();
+    match leases.get_opt(node_name).await? {
+        Some(mut lease) => {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.renew_time = Some(MicroTime(now));
+            spec.holder_identity = Some(node_name.to_owned());
+            spec.lease_duration_seconds = Some(NODE_LEASE_DURATION_SECONDS);
+            // A replace carries the resourceVersion we read: a concurrent change is a 409 and we retry.
+            leases.replace(node_name, &PostParams::default(), &lease).await?;
+        }
+        None => {
+            let node = nodes.get(node_name).await?;
+            let mut lease = Lease::default();
+            lease.metadata.name = Some(node_name.to_owned());
+            lease.metadata.namespace = Some(NODE_LEASE_NAMESPACE.to_owned());
+            lease.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Node".into(),
+                name: node_name.to_owned(),
+                uid: node.metadata.uid.unwrap_or_default(),
+                ..Default::default()
+            }]);
+            lease.spec = Some(LeaseSpec {
+                holder_identity: Some(node_name.to_owned()),
+                lease_duration_seconds: Some(NODE_LEASE_DURATION_SECONDS),
+                renew_time: Some(MicroTime(now)),
+                ..Default::default()
+            });
+            leases.create(&PostParams::default(), &lease).await?;
+        }
+    }
+    Ok(())
+}
