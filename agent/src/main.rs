@@ -12,12 +12,14 @@ use tokio::sync::{mpsc, watch, Mutex};
 
 use std::collections::BTreeMap;
 
+use rkubelet::api::events::run_event_poster;
 use rkubelet::api::pods::{run_api_source, API_SOURCE};
 use rkubelet::api::status::StatusManager;
 use rkubelet::config::{FlagOverrides, KubeletConfig, KubeletConfigurationFile};
 use rkubelet::node;
 use rkubelet::node::registration::{run_node_lease, FactsFn, NodeRegistration};
 use rkubelet::node::status::{go_arch, NodeFacts};
+use rkubelet::pods::events::EventRecorder;
 use rkubelet::pods::manager::PodManager;
 use rkubelet::pods::source::{run_file_source, FILE_SOURCE};
 use rkubelet::pods::store::PodStore;
@@ -282,6 +284,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         None => node::host_ips(),
     };
     let store = PodStore::default();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(WorkerContext {
         runtime: runtime.clone(),
         runtime_name,
@@ -296,6 +299,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         sync_frequency: config.sync_frequency,
         image_pull_lock: config.serialize_image_pulls.then(|| Mutex::new(())),
         cgroups,
+        events: if flags.kubeconfig.is_some() { EventRecorder::new(events_tx) } else { EventRecorder::default() },
     });
 
     let pleg = Pleg::new(runtime.clone());
@@ -361,6 +365,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             }
             .run(),
         );
+        tokio::spawn(run_event_poster(client.clone(), config.node_name.clone(), events_rx));
         tokio::spawn(run_node_lease(client, config.node_name.clone()));
     }
     drop(source_tx);

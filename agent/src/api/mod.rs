@@ -2,5 +2,6 @@
 //! status manager that writes pod status, mirror pods and final deletions, and the event recorder.
 
 pub mod client;
+pub mod events;
 pub mod pods;
 pub mod status;

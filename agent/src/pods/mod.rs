@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod env;
+pub mod events;
 pub mod manager;
 pub mod plan;
 pub mod source;

@@ -12,6 +12,7 @@ use tokio::sync::{watch, Mutex, Notify};
 use tracing::Instrument;
 
 use super::backoff::Backoff;
+use super::events::{self as ev, EventRecorder, EventType};
 use super::plan::{self, BackoffState, ContainerStart, PodActions, Waiting};
 use super::spec::{self, PullPolicy};
 use super::status::{compute_pod_status, StatusInput};
@@ -49,6 +50,7 @@ pub struct WorkerContext {
     pub image_pull_lock: Option<Mutex<()>>,
     /// The pod cgroup hierarchy (`cgroupsPerQOS`); `None` runs pods without pod-level cgroups.
     pub cgroups: Option<Arc<CgroupManager>>,
+    pub events: EventRecorder,
 }
 
 /// The pod's cgroup, under its QoS class's parent.
@@ -129,6 +131,7 @@ impl PodWorker {
         self.backoff.image_pull.gc(now);
         let actions = plan::compute_pod_actions(pod, &observed, &self.backoff, now);
         tracing::debug!(?actions, "computed pod actions");
+        self.record_back_off_events(pod, &actions);
         let changed = self.execute(pod, &observed, &actions).await;
 
         let observed = if changed { self.ctx.runtime.observe_pod(&uid).await? } else { observed };
@@ -150,6 +153,21 @@ impl PodWorker {
             self.last_status = Some(status);
         }
         Ok(actions.resync_after.unwrap_or(self.ctx.sync_frequency))
+    }
+
+    fn record_back_off_events(&self, pod: &Pod, actions: &PodActions) {
+        for (name, waiting) in &actions.waiting {
+            let init = spec::init_containers(pod).iter().any(|c| &c.name == name);
+            let at = Some((name.as_str(), init));
+            if waiting.reason == plan::REASON_CRASH_LOOP_BACK_OFF {
+                let message = format!("Back-off restarting failed container {name} in pod {}", spec::format_pod(pod));
+                self.ctx.events.record(pod, at, EventType::Warning, ev::BACK_OFF_START_CONTAINER, message);
+            } else if waiting.reason == plan::REASON_IMAGE_PULL_BACK_OFF {
+                self.ctx.events.record(pod, at, EventType::Normal, ev::BACK_OFF_PULL_IMAGE, waiting.message.clone());
+                let message = format!("Error: {}", waiting.reason);
+                self.ctx.events.record(pod, at, EventType::Warning, ev::FAILED_TO_PULL_IMAGE, message);
+            }
+        }
     }
 
     /// The first time every container runs, records how long it took and how much of it was spent in CRI calls.
@@ -180,7 +198,8 @@ impl PodWorker {
             changed |= kill_containers_and_sandboxes(&self.ctx, pod, observed).await;
         }
         for kill in &actions.containers_to_kill {
-            tracing::info!(container = %kill.name, reason = %kill.reason, "killing container");
+            let message = format!("{}, will be restarted", kill.reason);
+            self.ctx.events.record(pod, Some((&kill.name, false)), EventType::Normal, ev::KILLING_CONTAINER, message);
             if let Err(e) = rt.stop_container(&kill.id, grace_period(pod)).await {
                 tracing::warn!(container = %kill.name, error = %e, "stop container failed");
             }
@@ -221,8 +240,9 @@ impl PodWorker {
                         (id, ips)
                     }
                     Err(e) => {
-                        // kubelet reports this as a FailedCreatePodSandBox event; containers stay ContainerCreating.
-                        tracing::error!(error = %e, "create pod sandbox failed");
+                        // Containers stay ContainerCreating; the next sync tries again.
+                        let message = format!("Failed to create pod sandbox: {}", e.message());
+                        self.ctx.events.record(pod, None, EventType::Warning, ev::FAILED_CREATE_POD_SANDBOX, message);
                         return true;
                     }
                 }
@@ -272,7 +292,7 @@ impl PodWorker {
         sandbox: &SandboxSpec,
         pod_ips: &[String],
     ) -> Result<(), Waiting> {
-        let image_ref = self.ensure_image(pod, container, sandbox).await?;
+        let image_ref = self.ensure_image(pod, container, start.init, sandbox).await?;
         let spec = self.container_spec(pod, container, start, image_ref, pod_ips)?;
         let log_dir = Path::new(&sandbox.log_directory).join(&container.name);
         if let Err(e) = std::fs::create_dir_all(&log_dir) {
@@ -295,25 +315,36 @@ impl PodWorker {
         &mut self,
         pod: &Pod,
         container: &Container,
+        init: bool,
         sandbox: &SandboxSpec,
     ) -> Result<String, Waiting> {
         let image = spec::image_of(container);
         let rt = &self.ctx.runtime;
         let policy = spec::pull_policy(container);
+        let at = Some((container.name.as_str(), init));
         if policy != PullPolicy::Always {
             match rt.image_ref(image).await {
-                Ok(Some(id)) => return Ok(id),
+                Ok(Some(id)) => {
+                    let message = format!("Container image {image:?} already present on machine");
+                    self.ctx.events.record(pod, at, EventType::Normal, ev::PULLED_IMAGE, message);
+                    return Ok(id);
+                }
                 Ok(None) if policy == PullPolicy::Never => {
-                    return Err(Waiting {
-                        reason: plan::REASON_ERR_IMAGE_NEVER_PULL.into(),
-                        message: format!("Container image {image:?} is not present with pull policy of Never"),
-                    })
+                    let message = format!("Container image {image:?} is not present with pull policy of Never");
+                    self.ctx.events.record(
+                        pod,
+                        at,
+                        EventType::Warning,
+                        plan::REASON_ERR_IMAGE_NEVER_PULL,
+                        message.clone(),
+                    );
+                    return Err(Waiting { reason: plan::REASON_ERR_IMAGE_NEVER_PULL.into(), message });
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(image, error = %e, "image status failed; pulling"),
             }
         }
-        tracing::info!(image, "pulling image");
+        self.ctx.events.record(pod, at, EventType::Normal, ev::PULLING_IMAGE, format!("Pulling image {image:?}"));
         let started = Instant::now();
         let result = match &self.ctx.image_pull_lock {
             Some(lock) => {
@@ -324,11 +355,18 @@ impl PodWorker {
         };
         match result {
             Ok(image_ref) => {
-                tracing::info!(image, seconds = started.elapsed().as_secs_f64(), "image pulled");
+                let took = started.elapsed();
+                let message =
+                    format!("Successfully pulled image {image:?} in {took:.3?} ({took:.3?} including waiting)");
+                self.ctx.events.record(pod, at, EventType::Normal, ev::PULLED_IMAGE, message);
                 Ok(image_ref)
             }
             Err(e) => {
                 self.backoff.image_pull.next(&plan::image_backoff_key(pod, image), SystemTime::now());
+                let message = format!("Failed to pull image {image:?}: {}", e.message());
+                self.ctx.events.record(pod, at, EventType::Warning, ev::FAILED_TO_PULL_IMAGE, message);
+                let message = format!("Error: {}", plan::REASON_ERR_IMAGE_PULL);
+                self.ctx.events.record(pod, at, EventType::Warning, ev::FAILED_TO_PULL_IMAGE, message);
                 Err(Waiting { reason: plan::REASON_ERR_IMAGE_PULL.into(), message: e.message() })
             }
         }
@@ -501,7 +539,8 @@ async fn kill_containers_and_sandboxes(ctx: &WorkerContext, pod: &Pod, observed:
         return false;
     }
     let stops = running.iter().map(|c| async move {
-        tracing::info!(container = %c.name, grace_seconds = grace, "killing container");
+        let message = format!("Stopping container {}", c.name);
+        ctx.events.record(pod, Some((&c.name, false)), EventType::Normal, ev::KILLING_CONTAINER, message);
         if let Err(e) = rt.stop_container(&c.id, grace).await {
             tracing::warn!(container = %c.name, error = %e, "stop container failed");
         }
