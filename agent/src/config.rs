@@ -81,6 +81,7 @@ pub struct KubeletConfigurationFile {
     pub system_reserved: Option<BTreeMap<String, String>>,
     pub kube_reserved: Option<BTreeMap<String, String>>,
     pub eviction_hard: Option<BTreeMap<String, String>>,
+    pub register_with_taints: Option<Vec<k8s_openapi::api::core::v1::Taint>>,
     /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_yaml::Value>,
@@ -132,6 +133,7 @@ pub struct KubeletConfig {
     pub system_reserved: CpuMemory,
     pub kube_reserved: CpuMemory,
     pub eviction_hard_memory: EvictionThreshold,
+    pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
     /// Unknown file fields, reported once logging is up.
     pub warnings: Vec<String>,
 }
@@ -308,6 +310,7 @@ impl KubeletConfig {
             system_reserved: parse_reserved("systemReserved", &file.system_reserved)?,
             kube_reserved: parse_reserved("kubeReserved", &file.kube_reserved)?,
             eviction_hard_memory,
+            register_with_taints: file.register_with_taints.clone().unwrap_or_default(),
             node_name,
             static_pod_path,
             file_check_frequency,

@@ -19,6 +19,7 @@ use rkubelet::config::{FlagOverrides, KubeletConfig, KubeletConfigurationFile};
 use rkubelet::node;
 use rkubelet::node::registration::{run_node_lease, FactsFn, NodeRegistration};
 use rkubelet::node::status::{go_arch, NodeFacts};
+use rkubelet::pods::admission::NodeInfo;
 use rkubelet::pods::events::EventRecorder;
 use rkubelet::pods::manager::PodManager;
 use rkubelet::pods::source::{run_file_source, FILE_SOURCE};
@@ -320,6 +321,17 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         ));
     }
     let (terminated_tx, terminated_rx) = mpsc::unbounded_channel();
+    let node_labels = node::status::node_labels(
+        &flags.hostname_override.clone().unwrap_or_else(node::hostname).to_lowercase(),
+        go_arch(),
+        &parse_labels(flags.node_labels.as_deref())?,
+    );
+    let (admission_tx, admission_rx) = watch::channel(NodeInfo {
+        name: config.node_name.clone(),
+        labels: node_labels,
+        allocatable: node_allocatable(capacity, &config.reservations(capacity.memory_bytes)),
+        max_pods: config.max_pods,
+    });
     if let Some(kubeconfig) = &flags.kubeconfig {
         let cert_dir = flags.cert_dir.clone().unwrap_or_else(|| config.root_dir.join("pki"));
         let client = rkubelet::api::client::client(
@@ -359,9 +371,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
                 client: client.clone(),
                 node_name: config.node_name.clone(),
                 labels: parse_labels(flags.node_labels.as_deref())?,
-                taints: Vec::new(),
+                taints: config.register_with_taints.clone(),
                 facts,
                 pod_cidr: pod_cidr_tx,
+                admission: admission_tx,
             }
             .run(),
         );
@@ -369,7 +382,12 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         tokio::spawn(run_node_lease(client, config.node_name.clone()));
     }
     drop(source_tx);
-    tokio::spawn(PodManager::new(ctx, &sources).report_terminated(terminated_tx).run(source_rx, pleg_rx));
+    tokio::spawn(
+        PodManager::new(ctx, &sources)
+            .report_terminated(terminated_tx)
+            .with_admission(admission_rx)
+            .run(source_rx, pleg_rx),
+    );
 
     if config.read_only_port != 0 {
         let addr = SocketAddr::new(config.address, config.read_only_port);

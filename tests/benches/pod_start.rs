@@ -27,8 +27,10 @@
 //! * `RKUBELET_BENCH_CNI_BIN_DIR`: CNI plugin folder for containerd (default: the harness's, the reference plugins).
 //! * `RKUBELET_BIN`: the agent binary; when unset, `target/release/rkubelet` if it exists, else the harness's lookup.
 //!
-//! Output: lines starting with `bench pod_start` on stdout; progress on stderr. The exit status is non-zero only when
-//! the harness itself fails (containerd or the agent does not start, pods never run, removal leaves things behind).
+//! Output: one line per run, then the tables, all on stdout and starting with `bench pod_start`: figures, not pass or
+//! fail. Harness diagnostics go to stderr. The exit status is non-zero only when the harness itself fails (containerd
+//! or the agent does not start, pods never run, removal leaves things behind). Without root it prints a `SKIPPED:`
+//! line; without the `--bench` argument that `cargo bench` passes (as under `cargo test --all-targets`), nothing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,9 +48,13 @@ const POLL: Duration = Duration::from_millis(10);
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Time a fresh agent is left alone before its idle RSS is read (its PLEG relists every second), plus a jitter of up
-/// to `IDLE_JITTER` so that T0 does not fall at the same phase of the agent's periodic loops in every run.
+/// to `IDLE_JITTER_MS` so that T0 does not fall at the same phase of the agent's periodic loops in every run.
 const IDLE_SETTLE: Duration = Duration::from_millis(1500);
 const IDLE_JITTER_MS: u64 = 1000;
+/// Window over which the agent's CPU use is measured once all pods run (nothing polls it meanwhile).
+const RUNNING_CPU_WINDOW: Duration = Duration::from_secs(2);
+/// `/pods` requests sent back to back to measure the agent's CPU cost of answering one.
+const POLL_COST_SAMPLES: usize = 200;
 
 /// Go kubelet v1.28 on this machine (same containerd, reference CNI plugins, local busybox): midpoints of the quoted
 /// ranges, and what we aim for relative to them.
@@ -83,6 +89,12 @@ struct Run {
     cpu_idle_share: f64,
     /// Agent CPU seconds from T0 to all running (includes answering the 10 ms `/pods` polls).
     cpu_start: f64,
+    /// Agent CPU use over `RUNNING_CPU_WINDOW` once all pods run, as a share of one CPU.
+    cpu_running_share: f64,
+    /// Agent CPU seconds per `/pods` answer with all pods running.
+    cpu_per_poll: f64,
+    /// 1-minute load average at T0 (the machine may be shared).
+    load1: f64,
     /// `kubelet_runtime_operations_*` after the run: operation -> (calls, seconds).
     ops: BTreeMap<String, (f64, f64)>,
     polls: usize,
@@ -102,6 +114,10 @@ impl Run {
     /// Sum of per-pod start times over the longest one: the same, on the agent's own clock only.
     fn overlap(&self) -> f64 {
         self.start.iter().sum::<f64>() / self.start.iter().copied().fold(0.0, f64::max)
+    }
+    /// Agent CPU seconds for the start itself: `cpu_start` less what answering the polls cost.
+    fn cpu_start_net(&self) -> f64 {
+        (self.cpu_start - self.polls as f64 * self.cpu_per_poll).max(0.0)
     }
     /// Per pod: seen by the poll minus the agent's start time, i.e. time outside the agent's clock (file watch and
     /// folder scan before the pod worker exists, status publication and poll granularity after).
@@ -167,10 +183,11 @@ fn run() -> Result<()> {
     }
     let bin = rkubelet_tests::agent::rkubelet_bin()?;
     let bin = bin.canonicalize().unwrap_or(bin);
+    let debug = bin.components().any(|c| c.as_os_str() == "debug");
     println!(
-        "{PREFIX}: agent {} ({}), RUST_LOG={}, {} measured run(s) per scenario after a cold warm-up, scenarios {:?} pods",
+        "{PREFIX}: agent {} ({}), RUST_LOG={}, {} measured run(s) + 1 cold per scenario, pods {:?}",
         bin.display(),
-        if bin.components().any(|c| c.as_os_str() == "debug") { "DEBUG BUILD: figures not representative" } else { "release" },
+        if debug { "DEBUG BUILD: figures not representative" } else { "release" },
         std::env::var("RUST_LOG").unwrap_or_default(),
         settings.runs,
         settings.scenarios
@@ -207,7 +224,9 @@ fn scenario(n: usize, settings: &Settings) -> Result<(Run, Vec<Run>)> {
             .inspect_err(|_| eprintln!("--- containerd log tail ---\n{}", containerd.log_tail()))?;
         println!(
             "{PREFIX} run pods={n} run={label} all_running={:.3}s write={:.1}ms pod_start_median={:.3}s \
-             cri_median={:.3}s own_share_median={:.1}% concurrency={:.1} rss_idle={:.1}MB rss_running={:.1}MB cpu_idle={:.1}% cpu_start={:.3}s polls={} t0_unix={:.6}",
+             cri_median={:.3}s own_share_median={:.1}% concurrency={:.1} rss_idle={:.1}MB rss_running={:.1}MB \
+             cpu_idle={:.1}% cpu_start={:.3}s cpu_running={:.1}% cpu_per_poll={:.2}ms \
+             polls={} load1={:.1} t0_unix={:.6}",
             run.all_running.as_secs_f64(),
             run.write.as_secs_f64() * 1e3,
             median(&run.start),
@@ -218,7 +237,10 @@ fn scenario(n: usize, settings: &Settings) -> Result<(Run, Vec<Run>)> {
             mb(run.rss_running_kb),
             run.cpu_idle_share * 100.0,
             run.cpu_start,
+            run.cpu_running_share * 100.0,
+            run.cpu_per_poll * 1e3,
             run.polls,
+            run.load1,
             run.t0_unix,
         );
         runs.push(run);
@@ -280,6 +302,10 @@ fn measure(containerd: &Containerd, agent: &Agent, n: usize) -> Result<Run> {
         (0..n).map(|i| (format!("bench-{i}.yaml"), manifest(&format!("bench-{i}")))).collect();
     let names: Vec<String> = (0..n).map(|i| format!("bench-{i}-{}", agent.node_name())).collect();
 
+    let load1 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN);
     let t0_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     let t0 = Instant::now();
     for (file, text) in &files {
@@ -343,10 +369,22 @@ fn measure(containerd: &Containerd, agent: &Agent, n: usize) -> Result<Run> {
         rss_running_kb,
         cpu_idle_share,
         cpu_start,
+        cpu_running_share: 0.0,
+        cpu_per_poll: 0.0,
+        load1,
         ops: BTreeMap::new(),
         polls,
         t0_unix,
     };
+    let cpu_before_window = cpu_seconds(pid)?;
+    std::thread::sleep(RUNNING_CPU_WINDOW);
+    run.cpu_running_share = (cpu_seconds(pid)? - cpu_before_window) / RUNNING_CPU_WINDOW.as_secs_f64();
+    let (cpu_before_polls, polls_started) = (cpu_seconds(pid)?, Instant::now());
+    for _ in 0..POLL_COST_SAMPLES {
+        agent.pods()?;
+    }
+    let background = run.cpu_running_share * polls_started.elapsed().as_secs_f64();
+    run.cpu_per_poll = ((cpu_seconds(pid)? - cpu_before_polls - background) / POLL_COST_SAMPLES as f64).max(0.0);
     for name in &names {
         run.seen.push(seen[name].as_secs_f64());
         run.start.push(per_pod("rkubelet_pod_start_seconds", name)?);
@@ -486,7 +524,7 @@ fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
-/// Medians of one set of runs, as printed in a table row.
+/// Medians of one set of runs, as printed in the tables.
 struct Row {
     all_running: f64,
     all_running_range: (f64, f64),
@@ -501,7 +539,11 @@ struct Row {
     rss_idle: f64,
     rss_running: f64,
     cpu_idle: f64,
+    cpu_running: f64,
     cpu_start: f64,
+    cpu_per_poll: f64,
+    cpu_start_net: f64,
+    load1: f64,
 }
 
 fn row(runs: &[Run]) -> Row {
@@ -521,33 +563,40 @@ fn row(runs: &[Run]) -> Row {
         rss_idle: per_run(&|r| mb(r.rss_idle_kb)),
         rss_running: per_run(&|r| mb(r.rss_running_kb)),
         cpu_idle: per_run(&|r| r.cpu_idle_share),
+        cpu_running: per_run(&|r| r.cpu_running_share),
         cpu_start: per_run(&|r| r.cpu_start),
+        cpu_per_poll: per_run(&|r| r.cpu_per_poll),
+        cpu_start_net: per_run(&Run::cpu_start_net),
+        load1: per_run(&|r| r.load1),
     }
 }
 
+fn scenario_label(n: usize, label: &str) -> String {
+    format!("{n} pod{} {label}", if n == 1 { "" } else { "s" })
+}
+
 fn report(results: &[(usize, Run, Vec<Run>)]) {
+    let rows: Vec<(usize, &str, usize, Row)> = results
+        .iter()
+        .flat_map(|(n, cold, measured)| {
+            [(*n, "cold", 1, row(std::slice::from_ref(cold))), (*n, "warm", measured.len(), row(measured))]
+        })
+        .collect();
+    let legend = |lines: &[&str]| lines.iter().for_each(|l| println!("{PREFIX}   {l}"));
+
     println!("{PREFIX}");
-    println!("{PREFIX} medians over runs; per-pod figures are medians over a run's pods first");
+    println!("{PREFIX} TIMES: medians over runs; per-pod figures are medians over a run's pods first");
+    legend(&[
+        "all_running  T0 (manifests written) to the poll that saw all pods Running (wall clock, 10 ms polls)",
+        "seen         T0 to the poll that first saw a pod Running (per pod)",
+        "start, cri   agent-measured: pod worker created to all containers running; the part inside CRI calls",
+        "own          start - cri; own% = own / start (median over all pods of all runs)",
+        "outside      seen - start: file watch and folder scan before the worker exists, status and poll after",
+        "conc         sum of per-pod start / all_running (N = fully concurrent, 1 = one after another)",
+        "overlap      sum of per-pod start / longest per-pod start (the same on the agent's clock only)",
+    ]);
     println!(
-        "{PREFIX}   all_running  T0 (manifests written) to the poll that saw every pod Running (wall clock, 10 ms polls)"
-    );
-    println!("{PREFIX}   seen         T0 to the poll that saw a pod Running (per pod)");
-    println!(
-        "{PREFIX}   start / cri  agent-measured: pod worker created to all containers running / time inside CRI calls"
-    );
-    println!("{PREFIX}   own          start - cri; own% = own / start (median over all pods of all runs)");
-    println!(
-        "{PREFIX}   outside      seen - start: file watch + folder scan before the worker exists, status + poll after"
-    );
-    println!(
-        "{PREFIX}   conc         sum of per-pod start / all_running (N = fully concurrent, 1 = one after another);"
-    );
-    println!(
-        "{PREFIX}   overlap      sum of per-pod start / longest per-pod start (the same on the agent's clock only)"
-    );
-    println!("{PREFIX}");
-    println!(
-        "{PREFIX} {:<14} {:>4} {:>12} {:>15} {:>7} {:>7} {:>7} {:>7} {:>6} {:>7} {:>5} {:>7} {:>8} {:>8} {:>8} {:>9}",
+        "{PREFIX} {:<14} {:>4} {:>12} {:>15} {:>7} {:>7} {:>7} {:>7} {:>6} {:>7} {:>5} {:>7}",
         "scenario",
         "runs",
         "all_running",
@@ -559,41 +608,64 @@ fn report(results: &[(usize, Run, Vec<Run>)]) {
         "own%",
         "outside",
         "conc",
-        "overlap",
-        "rss_idle",
-        "rss_run",
-        "cpu_idle",
-        "cpu_start"
+        "overlap"
     );
-    for (n, cold, measured) in results {
-        for (label, runs) in [("cold", std::slice::from_ref(cold)), ("warm", measured.as_slice())] {
-            let r = row(runs);
-            let (conc, overlap) = if *n > 1 {
-                (format!("{:.1}", r.concurrency), format!("{:.1}", r.overlap))
-            } else {
-                ("-".into(), "-".into())
-            };
-            println!(
-                "{PREFIX} {:<14} {:>4} {:>11.3}s {:>15} {:>6.3}s {:>6.3}s {:>6.3}s {:>6.3}s {:>5.1}% {:>6.3}s {:>5} {:>7} \
-                 {:>6.1}MB {:>6.1}MB {:>7.1}% {:>8.3}s",
-                format!("{n} pod{} {label}", if *n == 1 { "" } else { "s" }),
-                runs.len(),
-                r.all_running,
-                format!("({:.3}-{:.3})", r.all_running_range.0, r.all_running_range.1),
-                r.seen,
-                r.start,
-                r.cri,
-                r.own,
-                r.own_share * 100.0,
-                r.outside,
-                conc,
-                overlap,
-                r.rss_idle,
-                r.rss_running,
-                r.cpu_idle * 100.0,
-                r.cpu_start,
-            );
-        }
+    for (n, label, runs, r) in &rows {
+        let (conc, overlap) = if *n > 1 {
+            (format!("{:.1}", r.concurrency), format!("{:.1}", r.overlap))
+        } else {
+            ("-".into(), "-".into())
+        };
+        println!(
+            "{PREFIX} {:<14} {:>4} {:>11.3}s {:>15} {:>6.3}s {:>6.3}s {:>6.3}s {:>6.3}s {:>5.1}% {:>6.3}s {:>5} {:>7}",
+            scenario_label(*n, label),
+            runs,
+            r.all_running,
+            format!("({:.3}-{:.3})", r.all_running_range.0, r.all_running_range.1),
+            r.seen,
+            r.start,
+            r.cri,
+            r.own,
+            r.own_share * 100.0,
+            r.outside,
+            conc,
+            overlap,
+        );
+    }
+    if rows.iter().any(|(_, label, _, r)| *label == "warm" && r.own < 0.0) {
+        println!(
+            "{PREFIX} note: own < 0 means the CRI time exceeds the start time: the agent adds up the durations of CRI \
+             calls it awaits concurrently (observe_pod), so the split cannot resolve own time below ~1 ms per pod"
+        );
+    }
+
+    println!("{PREFIX}");
+    println!("{PREFIX} RESOURCES of the agent process (medians over runs)");
+    legend(&[
+        "rss_idle     VmRSS of a fresh agent before T0; rss_run: once all pods run",
+        "cpu_idle     CPU use while idle before T0; cpu_run: over 2 s once all pods run, nothing polling (of one CPU)",
+        "cpu_start    CPU seconds from T0 to all running, including answering the /pods polls",
+        "per_poll     CPU per /pods answer (200 back to back, all pods running)",
+        "cpu_net      cpu_start - polls x per_poll: the agent's CPU for starting the pods",
+        "load1        1-minute load average at T0 (this machine may be shared with other work)",
+    ]);
+    println!(
+        "{PREFIX} {:<14} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8} {:>8} {:>6}",
+        "scenario", "rss_idle", "rss_run", "cpu_idle", "cpu_run", "cpu_start", "per_poll", "cpu_net", "load1"
+    );
+    for (n, label, _, r) in &rows {
+        println!(
+            "{PREFIX} {:<14} {:>6.1}MB {:>6.1}MB {:>7.1}% {:>6.1}% {:>8.3}s {:>6.2}ms {:>7.3}s {:>6.1}",
+            scenario_label(*n, label),
+            r.rss_idle,
+            r.rss_running,
+            r.cpu_idle * 100.0,
+            r.cpu_running * 100.0,
+            r.cpu_start,
+            r.cpu_per_poll * 1e3,
+            r.cpu_start_net,
+            r.load1,
+        );
     }
 
     println!("{PREFIX}");
@@ -619,29 +691,32 @@ fn report(results: &[(usize, Run, Vec<Run>)]) {
     }
 
     println!("{PREFIX}");
-    println!("{PREFIX} against Go kubelet v1.28 on this machine (ours / kubelet, midpoints of its quoted ranges)");
+    println!("{PREFIX} AGAINST Go kubelet v1.28 on this machine (ours / kubelet, midpoints of its quoted ranges)");
     let compare = |what: &str, ours: f64, theirs: f64, unit: &str, aim: f64| {
         println!(
             "{PREFIX} vs kubelet {what:<28} {ours:>7.3}{unit} / {theirs:>6.2}{unit} = {:.2} (aim <= {aim:.2})",
             ours / theirs
         );
     };
-    for (n, _, measured) in results {
-        let r = row(measured);
-        match n {
-            1 => compare("1 pod, manifest to Running", r.all_running, KUBELET_1_POD_S, "s", AIM_TIME_RATIO),
-            30 => compare("30 pods, manifest to Running", r.all_running, KUBELET_30_PODS_S, "s", AIM_TIME_RATIO),
+    for (n, label, _, r) in &rows {
+        match (n, *label) {
+            (1, "warm") => compare("1 pod, manifest to Running", r.all_running, KUBELET_1_POD_S, "s", AIM_TIME_RATIO),
+            (30, "warm") => {
+                compare("30 pods, manifest to Running", r.all_running, KUBELET_30_PODS_S, "s", AIM_TIME_RATIO)
+            }
             _ => {}
         }
     }
     let idle: Vec<f64> = results.iter().flat_map(|(_, _, m)| m.iter().map(|r| mb(r.rss_idle_kb))).collect();
     compare("idle RSS", median(&idle), KUBELET_IDLE_RSS_MB, "MB", AIM_RSS_RATIO);
-    for (n, _, measured) in results {
-        let r = row(measured);
-        println!(
-            "{PREFIX} agent's own share, {n} pod(s): {:.1}% (aim < {:.0}%)",
-            r.own_share * 100.0,
-            AIM_OWN_SHARE * 100.0
-        );
+    for (n, label, _, r) in &rows {
+        if *label == "warm" {
+            println!(
+                "{PREFIX} agent's own share, {}: {:.1}% (aim < {:.0}%)",
+                scenario_label(*n, label),
+                r.own_share * 100.0,
+                AIM_OWN_SHARE * 100.0
+            );
+        }
     }
 }

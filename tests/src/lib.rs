@@ -6,5 +6,6 @@
 //! * [`containerd`]: private, disposable containerd instances with the CRI plugin.
 
 pub mod agent;
+pub mod apiserver;
 pub mod containerd;
 pub mod images;

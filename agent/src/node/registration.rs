@@ -11,6 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::watch;
 
+use crate::pods::admission::NodeInfo;
+
 use super::status::{initial_node, node_status, status_changed, NodeFacts, LABEL_ARCH, LABEL_HOSTNAME, LABEL_OS};
 
 /// kubelet's `nodeStatusUpdateFrequency`: how often the status is computed (and sent if it changed).
@@ -36,6 +38,8 @@ pub struct NodeRegistration {
     pub facts: FactsFn,
     /// The node's `spec.podCIDR(s)` as the API assigns it.
     pub pod_cidr: watch::Sender<Option<String>>,
+    /// The node as pod admission sees it: its labels follow the Node object, including labels set by others.
+    pub admission: watch::Sender<NodeInfo>,
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -61,7 +65,7 @@ impl NodeRegistration {
             };
             retry = RETRY_INITIAL;
             tracing::info!(node = %self.node_name, "successfully registered node");
-            self.publish_pod_cidr(&node);
+            self.publish_node(&node);
             if last.is_none() {
                 last = node.status.clone();
             }
@@ -80,7 +84,7 @@ impl NodeRegistration {
                     Ok(node) => {
                         last = Some(status);
                         last_report = Instant::now();
-                        self.publish_pod_cidr(&node);
+                        self.publish_node(&node);
                     }
                     Err(e) if is_status(&e, 404) => {
                         tracing::warn!(node = %self.node_name, "node object was deleted; registering again");
@@ -91,6 +95,17 @@ impl NodeRegistration {
                     }
                 }
             }
+        }
+    }
+
+    fn publish_node(&self, node: &Node) {
+        self.publish_pod_cidr(node);
+        if let Some(labels) = &node.metadata.labels {
+            self.admission.send_if_modified(|n| {
+                let changed = n.labels != *labels;
+                n.labels = labels.clone();
+                changed
+            });
         }
     }
 

@@ -136,6 +136,19 @@ pub fn node_status(facts: &NodeFacts, previous: Option<&NodeStatus>, now: System
     }
 }
 
+/// kubelet's default node labels plus `--node-labels`.
+pub fn node_labels(hostname: &str, architecture: &str, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (LABEL_HOSTNAME.to_string(), hostname.to_owned()),
+        (LABEL_OS.to_string(), "linux".to_string()),
+        (LABEL_ARCH.to_string(), architecture.to_owned()),
+        ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
+        ("beta.kubernetes.io/arch".to_string(), architecture.to_owned()),
+    ]);
+    labels.extend(extra.clone());
+    labels
+}
+
 /// The Node to register: kubelet's default labels plus `--node-labels`, and `registerWithTaints`.
 pub fn initial_node(
     facts: &NodeFacts,
@@ -143,14 +156,7 @@ pub fn initial_node(
     taints: &[Taint],
     now: SystemTime,
 ) -> Node {
-    let mut labels = BTreeMap::from([
-        (LABEL_HOSTNAME.to_string(), facts.hostname.clone()),
-        (LABEL_OS.to_string(), "linux".to_string()),
-        (LABEL_ARCH.to_string(), facts.architecture.clone()),
-        ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
-        ("beta.kubernetes.io/arch".to_string(), facts.architecture.clone()),
-    ]);
-    labels.extend(extra_labels.clone());
+    let labels = node_labels(&facts.hostname, &facts.architecture, extra_labels);
     let mut node = Node::default();
     node.metadata.name = Some(facts.name.clone());
     node.metadata.labels = Some(labels);

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::source::SourceUpdate;
+use super::admission::{self, NodeInfo};
+use super::events::EventType;
+use super::source::{SourceUpdate, CONFIG_SOURCE_ANNOTATION, FILE_SOURCE};
 use super::spec;
 use super::worker::{kill_orphaned_pod, PodWorker, WorkerContext, WorkerInput};
 use crate::resources::cgroups::CgroupName;
@@ -46,6 +48,10 @@ pub struct PodManager {
     terminated: Option<mpsc::UnboundedSender<Arc<Pod>>>,
     /// Pods deleted in the API whose termination is done, until the API object is gone.
     finished_deletions: BTreeSet<String>,
+    /// The node as admission sees it; without it every pod is admitted.
+    node: Option<watch::Receiver<NodeInfo>>,
+    /// Pods that never run: rejected at admission, or already terminal in the API when first seen.
+    not_running: BTreeSet<String>,
 }
 
 impl PodManager {
@@ -63,7 +69,15 @@ impl PodManager {
             done_rx,
             terminated: None,
             finished_deletions: BTreeSet::new(),
+            node: None,
+            not_running: BTreeSet::new(),
         }
+    }
+
+    /// Admits new pods against the node's allocatable, `maxPods`, labels and name, as kubelet does.
+    pub fn with_admission(mut self, node: watch::Receiver<NodeInfo>) -> Self {
+        self.node = Some(node);
+        self
     }
 
     /// Reports each terminated pod on `tx`.
@@ -135,6 +149,14 @@ impl PodManager {
                 }
             }
         }
+        let gone: Vec<String> = self.not_running.iter().filter(|u| !desired.contains_key(*u)).cloned().collect();
+        for uid in gone {
+            self.not_running.remove(&uid);
+            if !self.workers.contains_key(&uid) {
+                self.ctx.store.remove(&uid);
+            }
+        }
+        let mut new_pods = Vec::new();
         for (uid, pod) in &desired {
             match self.workers.get(uid) {
                 Some(h) if h.terminating.is_some() => {} // restarts once termination is done
@@ -144,8 +166,17 @@ impl PodManager {
                         let _ = h.input.send(WorkerInput { pod: pod.clone(), terminate: false });
                     }
                 }
-                None => self.spawn_worker(uid, pod.clone()),
+                None if self.not_running.contains(uid) => {}
+                None => new_pods.push(pod.clone()),
             }
+        }
+        // kubelet admits new pods oldest first, each against the pods admitted before it.
+        new_pods.sort_by(|a, b| {
+            let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            created(a).cmp(&created(b)).then_with(|| spec::key(a).cmp(&spec::key(b)))
+        });
+        for pod in new_pods {
+            self.add_pod(pod);
         }
         self.update_qos_cgroups(&desired);
         for (uid, h) in self.workers.iter_mut() {
@@ -196,6 +227,51 @@ impl PodManager {
                 }
             }
         });
+    }
+
+    /// kubelet's `HandlePodAdditions` for one pod: a pod already terminal in the API is not run again, a pod that
+    /// does not fit is rejected with its status set to Failed, any other gets a worker.
+    fn add_pod(&mut self, pod: Arc<Pod>) {
+        let uid = spec::uid(&pod).to_owned();
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            tracing::info!(pod = %spec::key(&pod), uid, "pod is terminal in the API; not running it");
+            self.not_running.insert(uid.clone());
+            self.ctx.store.upsert_pod(&uid, pod.clone());
+            if let Some(status) = pod.status.clone() {
+                self.ctx.store.set_status(&uid, status);
+            }
+            return;
+        }
+        if let Some(node) = &self.node {
+            let node = node.borrow().clone();
+            let active: Vec<Arc<Pod>> = self
+                .workers
+                .iter()
+                .filter(|(uid, h)| h.terminating.is_none() && !self.is_terminal(uid))
+                .map(|(_, h)| h.input.borrow().pod.clone())
+                .collect();
+            let active: Vec<&Pod> = active.iter().map(|p| p.as_ref()).collect();
+            let is_static = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(CONFIG_SOURCE_ANNOTATION))
+                .is_some_and(|s| s == FILE_SOURCE);
+            if let Err(rejection) = admission::admit(&pod, &active, &node, is_static) {
+                tracing::warn!(pod = %spec::key(&pod), uid, reason = rejection.reason, "{}", rejection.message);
+                self.ctx.events.record(&pod, None, EventType::Warning, rejection.reason, rejection.message.clone());
+                self.not_running.insert(uid.clone());
+                self.ctx.store.upsert_pod(&uid, pod.clone());
+                self.ctx.store.set_status(&uid, rejection.status(&pod));
+                return;
+            }
+        }
+        self.spawn_worker(&uid, pod);
+    }
+
+    fn is_terminal(&self, uid: &str) -> bool {
+        self.ctx.store.status_phase(uid).is_some_and(|p| p == "Succeeded" || p == "Failed")
     }
 
     fn spawn_worker(&mut self, uid: &str, pod: Arc<Pod>) {

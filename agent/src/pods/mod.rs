@@ -1,6 +1,7 @@
 //! Pods: where they come from (`source`), the desired set and its workers (`manager`, `worker`), and the two pure
 //! decisions, what to do (`plan`) and what status to report (`status`).
 
+pub mod admission;
 pub mod backoff;
 pub mod env;
 pub mod events;

@@ -69,6 +69,12 @@ impl PodStore {
         }
     }
 
+    /// The phase of the pod's latest computed status.
+    pub fn status_phase(&self, uid: &str) -> Option<String> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner.get(uid).and_then(|e| e.status.as_ref()).and_then(|s| s.phase.clone())
+    }
+
     pub fn remove(&self, uid: &str) {
         if let Ok(mut m) = self.inner.write() {
             m.remove(uid);
