@@ -58,6 +58,7 @@ pub struct Agent {
     port: u16,
     node_name: String,
     extra_config: String,
+    extra_args: Vec<String>,
 }
 
 impl Agent {
@@ -83,13 +84,36 @@ impl Agent {
             port: free_port()?,
             node_name: format!("node-{}", containerd.name()),
             extra_config: extra_config.to_owned(),
+            extra_args: Vec::new(),
             dir,
         };
         Ok(agent)
     }
 
+    /// More command-line flags for the next start (e.g. `--kubeconfig`).
+    pub fn with_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Starts the process and waits for `/healthz`.
+    pub fn started(mut self) -> Result<Agent> {
+        self.spawn()?;
+        Ok(self)
+    }
+
     pub fn node_name(&self) -> &str {
         &self.node_name
+    }
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn root_dir(&self) -> PathBuf {
+        self.dir.path().join("root")
     }
     pub fn port(&self) -> u16 {
         self.port
@@ -143,6 +167,7 @@ impl Agent {
             .arg("--hostname-override")
             .arg(&self.node_name)
             .arg("--v=3")
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -243,6 +268,11 @@ impl Agent {
     pub fn pod(&self, name: &str) -> Result<Option<Value>> {
         let full = format!("{name}-{}", self.node_name);
         Ok(self.pods()?.into_iter().find(|p| p["metadata"]["name"] == full.as_str()))
+    }
+
+    /// The pod named exactly `name` (an API pod) in `/pods`.
+    pub fn pod_named(&self, name: &str) -> Result<Option<Value>> {
+        Ok(self.pods()?.into_iter().find(|p| p["metadata"]["name"] == name))
     }
 
     /// Polls pod `name` until `check` returns true; returns the pod then, or fails with the last one seen.

@@ -4,8 +4,11 @@
 //!   and served by a local registry on 127.0.0.1:5000.
 //! * [`agent`]: an rkubelet process on a private containerd, with its manifest folder and read-only API.
 //! * [`containerd`]: private, disposable containerd instances with the CRI plugin.
+//! * [`apiserver`]: an in-process Kubernetes API-server double; [`apiserver::Cluster`] picks it or a real cluster.
+//! * [`proxy`]: a TCP relay to the API server that can be cut, to stage outages.
 
 pub mod agent;
 pub mod apiserver;
 pub mod containerd;
 pub mod images;
+pub mod proxy;

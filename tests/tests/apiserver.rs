@@ -695,5 +695,8 @@ fn pause_resume_keeps_state_and_watchers_resume() {
 }
 
 async fn recv_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<watcher::Event<Pod>>) -> watcher::Event<Pod> {
-    tokio::time::timeout(Duration::from_secs(15), rx.recv()).await.expect("watcher event in time").expect("watcher alive")
+    tokio::time::timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .expect("watcher event in time")
+        .expect("watcher alive")
 }

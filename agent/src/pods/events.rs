@@ -13,6 +13,7 @@ pub const BACK_OFF_PULL_IMAGE: &str = "BackOff";
 pub const CREATED_CONTAINER: &str = "Created";
 pub const STARTED_CONTAINER: &str = "Started";
 pub const FAILED_TO_CREATE_CONTAINER: &str = "Failed";
+pub const FAILED_TO_START_CONTAINER: &str = "Failed";
 pub const KILLING_CONTAINER: &str = "Killing";
 pub const BACK_OFF_START_CONTAINER: &str = "BackOff";
 pub const FAILED_CREATE_POD_SANDBOX: &str = "FailedCreatePodSandBox";

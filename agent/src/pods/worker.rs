@@ -299,13 +299,35 @@ impl PodWorker {
             tracing::warn!(dir = %log_dir.display(), error = %e, "cannot create container log directory");
         }
         let rt = &self.ctx.runtime;
-        let id = rt
-            .create_container(sandbox_id, &spec, sandbox)
-            .await
-            .map_err(|e| Waiting { reason: plan::REASON_CREATE_CONTAINER_ERROR.into(), message: e.message() })?;
-        rt.start_container(&id)
-            .await
-            .map_err(|e| Waiting { reason: plan::REASON_RUN_CONTAINER_ERROR.into(), message: e.message() })?;
+        let events = &self.ctx.events;
+        let at = Some((container.name.as_str(), start.init));
+        let id = match rt.create_container(sandbox_id, &spec, sandbox).await {
+            Ok(id) => id,
+            Err(e) => {
+                let message = e.message();
+                events.record(pod, at, EventType::Warning, ev::FAILED_TO_CREATE_CONTAINER, format!("Error: {message}"));
+                return Err(Waiting { reason: plan::REASON_CREATE_CONTAINER_ERROR.into(), message });
+            }
+        };
+        events.record(
+            pod,
+            at,
+            EventType::Normal,
+            ev::CREATED_CONTAINER,
+            format!("Created container {}", container.name),
+        );
+        if let Err(e) = rt.start_container(&id).await {
+            let message = e.message();
+            events.record(pod, at, EventType::Warning, ev::FAILED_TO_START_CONTAINER, format!("Error: {message}"));
+            return Err(Waiting { reason: plan::REASON_RUN_CONTAINER_ERROR.into(), message });
+        }
+        events.record(
+            pod,
+            at,
+            EventType::Normal,
+            ev::STARTED_CONTAINER,
+            format!("Started container {}", container.name),
+        );
         tracing::info!(container_id = %id, restart_count = start.restart_count, "container started");
         Ok(())
     }

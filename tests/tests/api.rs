@@ -1,0 +1,696 @@
+//! API tier: rkubelet joined to an API server (the in-process double, or the real cluster named by
+//! `RKUBELET_E2E_KUBECONFIG`) and running pods on a real containerd. Every check goes through kube-rs as a cluster
+//! user would see it; the agent reaches the API through a relay the outage test can cut.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use rkubelet_tests::agent::{runtime_objects, tail, Agent};
+use rkubelet_tests::apiserver::Cluster;
+use rkubelet_tests::containerd::Containerd;
+use rkubelet_tests::images::{ensure_images, BUSYBOX};
+use rkubelet_tests::proxy::{kubeconfig_server_addr, CutProxy};
+use rkubelet_tests::skip_unless_root;
+use serde_json::json;
+
+const NAMESPACE: &str = "default";
+const START: Duration = Duration::from_secs(60);
+
+/// One test's world: the API, a private containerd, an agent joined through a cuttable relay, and an admin client.
+struct Env {
+    cluster: Cluster,
+    containerd: Containerd,
+    agent: Agent,
+    proxy: CutProxy,
+    admin: kube::Client,
+    rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(name: &str) -> Result<Env> {
+        Self::with(name, "", &[])
+    }
+
+    /// `extra_config` lines go into the agent's `KubeletConfiguration`, `args` onto its command line.
+    fn with(name: &str, extra_config: &str, args: &[&str]) -> Result<Env> {
+        ensure_images()?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let cluster = Cluster::from_env()?;
+        let dir = tempfile::Builder::new().prefix("rkubelet-api-").tempdir()?;
+        let containerd = Containerd::start(name)?;
+        let agent = Agent::new(&containerd, &agent_config(&containerd, extra_config))?;
+        let node = agent.node_name().to_owned();
+        let node_kubeconfig = cluster.node_kubeconfig(dir.path(), &node)?;
+        let proxy = CutProxy::start(kubeconfig_server_addr(&node_kubeconfig)?)?;
+        let kubeconfig = proxy.kubeconfig(&node_kubeconfig, &dir.path().join("agent.kubeconfig"))?;
+        let admin = rt.block_on(cluster.admin_client())?;
+        // A node left over from an earlier run on a real cluster would carry stale state.
+        let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(&node, &DeleteParams::default()));
+        let mut all_args = vec!["--kubeconfig".to_owned(), kubeconfig.display().to_string()];
+        all_args.extend(args.iter().map(|a| a.to_string()));
+        let agent = agent.with_args(all_args).started()?;
+        Ok(Env { cluster, containerd, agent, proxy, admin, rt, _dir: dir })
+    }
+
+    fn node(&self) -> &str {
+        self.agent.node_name()
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.admin.clone(), NAMESPACE)
+    }
+
+    fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Polls `get` until `check` holds, with the agent's log in the error.
+    fn wait<T, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        get: impl Fn() -> Fut,
+        check: impl Fn(&T) -> bool,
+    ) -> Result<T>
+    where
+        Fut: Future<Output = Result<T, kube::Error>>,
+        T: std::fmt::Debug,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.block_on(get()) {
+                Ok(v) if check(&v) => return Ok(v),
+                Ok(v) => format!("{v:?}"),
+                Err(e) => format!("error: {e}"),
+            };
+            if Instant::now() > deadline {
+                let last: String = last.chars().take(3000).collect();
+                bail!("{what}: not within {timeout:?}; last seen: {last}\nagent log:\n{}", tail(&self.agent.log(), 40));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn create_pod(&self, pod: &Pod) -> Result<Pod> {
+        Ok(self.block_on(self.pods().create(&PostParams::default(), pod))?)
+    }
+
+    fn wait_pod(&self, name: &str, timeout: Duration, check: impl Fn(&Pod) -> bool) -> Result<Pod> {
+        let pods = self.pods();
+        self.wait(&format!("pod {name}"), timeout, || pods.get(name), check)
+    }
+
+    fn events_for(&self, uid: &str) -> Result<Vec<Event>> {
+        let events: Api<Event> = Api::namespaced(self.admin.clone(), NAMESPACE);
+        let list = self.block_on(events.list(&ListParams::default()))?;
+        Ok(list.items.into_iter().filter(|e| e.involved_object.uid.as_deref() == Some(uid)).collect())
+    }
+
+    fn cleanup(self) -> Result<()> {
+        let pods = self.pods();
+        let node = self.node().to_owned();
+        let mine = self.block_on(pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))))?;
+        for p in mine.items {
+            let name = p.metadata.name.unwrap_or_default();
+            let _ = self.block_on(pods.delete(&name, &DeleteParams::default().grace_period(0)));
+        }
+        let _ = self.block_on(Api::<Node>::all(self.admin.clone()).delete(&node, &DeleteParams::default()));
+        let Env { agent, containerd, cluster, .. } = self;
+        drop(agent);
+        drop(containerd);
+        drop(cluster);
+        Ok(())
+    }
+}
+
+/// The agent writes the pod network config into its containerd's CNI folder, so a pod CIDR from a real cluster
+/// reaches the pods of this test instance only.
+fn agent_config(containerd: &Containerd, extra: &str) -> String {
+    format!("cniConfDir: {}\ncniBridgeName: {}\n{extra}", containerd.cni_conf_dir().display(), containerd.bridge())
+}
+
+/// A busybox pod bound to `node`; `script` runs under `sh -c` and exits on SIGTERM as a real workload would.
+fn pod(name: &str, node: &str, policy: &str, grace: i64, script: &str, requests: Option<(&str, &str)>) -> Pod {
+    let mut container = json!({
+        "name": "app",
+        "image": BUSYBOX,
+        "command": ["sh", "-c", format!("trap 'exit 0' TERM; {script}")],
+    });
+    if let Some((cpu, memory)) = requests {
+        container["resources"] = json!({ "requests": { "cpu": cpu, "memory": memory } });
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": NAMESPACE, "labels": { "app": name } },
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": policy,
+            "terminationGracePeriodSeconds": grace,
+            "tolerations": [{ "operator": "Exists" }],
+            "containers": [container],
+        }
+    }))
+    .expect("a valid pod literal")
+}
+
+const FOREVER: &str = "while true; do sleep 1; done";
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos());
+    format!("{prefix}-{:x}", nanos.unwrap_or_default() & 0xffffff)
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default()
+}
+
+fn condition<'a>(p: &'a Pod, kind: &str) -> Option<&'a str> {
+    p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == kind).map(|c| c.status.as_str())
+}
+
+fn app_status(p: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStatus> {
+    p.status.as_ref()?.container_statuses.as_ref()?.iter().find(|c| c.name == "app")
+}
+
+fn container_id(p: &Pod) -> String {
+    app_status(p).and_then(|c| c.container_id.clone()).unwrap_or_default()
+}
+
+fn running_and_ready(p: &Pod) -> bool {
+    phase(p) == "Running" && condition(p, "Ready") == Some("True")
+}
+
+fn node_condition<'a>(n: &'a Node, kind: &str) -> Option<&'a k8s_openapi::api::core::v1::NodeCondition> {
+    n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == kind)
+}
+
+fn lease_renew_time(l: &Lease) -> Option<jiff::Timestamp> {
+    l.spec.as_ref()?.renew_time.as_ref().map(|t| t.0)
+}
+
+fn meminfo_total_bytes() -> Result<i128> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    let kib: i128 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("MemTotal in /proc/meminfo")?;
+    Ok(kib * 1024)
+}
+
+#[test]
+fn node_registers_with_capacity_conditions_and_keeps_its_lease_fresh() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let env = Env::with(
+        "api-node",
+        "maxPods: 17\nsystemReserved:\n  memory: 64Mi\nregisterWithTaints:\n- key: rkubelet.test/e2e\n  value: \"yes\"\n  effect: NoSchedule\n",
+        &["--node-labels", "rkubelet.test/role=e2e,tier=edge", "--node-ip", "127.0.0.1"],
+    )?;
+    let nodes: Api<Node> = Api::all(env.admin.clone());
+    let node = env.wait(
+        "node Ready",
+        START,
+        || nodes.get(env.node()),
+        |n| node_condition(n, "Ready").is_some_and(|c| c.status == "True"),
+    )?;
+
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let expect = |k: &str, v: &str| assert_eq!(labels.get(k).map(String::as_str), Some(v), "label {k}");
+    expect("kubernetes.io/hostname", env.node());
+    expect("kubernetes.io/os", "linux");
+    expect("kubernetes.io/arch", "amd64");
+    expect("rkubelet.test/role", "e2e");
+    expect("tier", "edge");
+    let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    assert!(
+        taints
+            .iter()
+            .any(|t| t.key == "rkubelet.test/e2e" && t.value.as_deref() == Some("yes") && t.effect == "NoSchedule"),
+        "registerWithTaints: {taints:?}"
+    );
+
+    let status = node.status.clone().context("node status")?;
+    let capacity = status.capacity.clone().unwrap_or_default();
+    let allocatable = status.allocatable.clone().unwrap_or_default();
+    let cpus = std::thread::available_parallelism()?.get();
+    let memory = meminfo_total_bytes()?;
+    assert_eq!(capacity["cpu"].0, cpus.to_string());
+    assert_eq!(capacity["memory"].0, format!("{}Ki", memory / 1024));
+    assert_eq!(capacity["pods"].0, "17");
+    assert_eq!(allocatable["pods"].0, "17");
+    assert!(capacity.contains_key("ephemeral-storage"));
+    // allocatable = capacity - systemReserved (64Mi) - evictionHard memory.available (kubelet's default 100Mi).
+    assert_eq!(allocatable["memory"].0, format!("{}Ki", (memory - (64 << 20) - (100 << 20)) / 1024));
+    assert_eq!(allocatable["cpu"].0, cpus.to_string());
+
+    let expect_condition = |kind: &str, st: &str, reason: &str| {
+        let c = node_condition(&node, kind).unwrap_or_else(|| panic!("condition {kind}"));
+        assert_eq!((c.status.as_str(), c.reason.as_deref()), (st, Some(reason)), "condition {kind}");
+    };
+    expect_condition("Ready", "True", "KubeletReady");
+    expect_condition("MemoryPressure", "False", "KubeletHasSufficientMemory");
+    expect_condition("DiskPressure", "False", "KubeletHasNoDiskPressure");
+    expect_condition("PIDPressure", "False", "KubeletHasSufficientPID");
+
+    let addresses = status.addresses.clone().unwrap_or_default();
+    assert!(addresses.iter().any(|a| a.type_ == "InternalIP" && a.address == "127.0.0.1"), "{addresses:?}");
+    assert!(addresses.iter().any(|a| a.type_ == "Hostname" && a.address == env.node()), "{addresses:?}");
+    let info = status.node_info.clone().context("nodeInfo")?;
+    assert!(info.container_runtime_version.starts_with("containerd://"), "{}", info.container_runtime_version);
+    assert!(info.kubelet_version.starts_with('v'), "{}", info.kubelet_version);
+    assert_eq!(info.operating_system, "linux");
+    assert_eq!(info.architecture, "amd64");
+    assert!(!info.kernel_version.is_empty() && !info.os_image.is_empty());
+
+    // The Lease: held by the node, 40 s, owned by the Node, renewed every 10 s.
+    let leases: Api<Lease> = Api::namespaced(env.admin.clone(), "kube-node-lease");
+    let lease = env.wait("node lease", Duration::from_secs(20), || leases.get(env.node()), |_| true)?;
+    let spec = lease.spec.clone().context("lease spec")?;
+    assert_eq!(spec.holder_identity.as_deref(), Some(env.node()));
+    assert_eq!(spec.lease_duration_seconds, Some(40));
+    let owner = lease.metadata.owner_references.clone().unwrap_or_default();
+    assert!(owner
+        .iter()
+        .any(|o| o.kind == "Node" && o.name == env.node() && Some(&o.uid) == node.metadata.uid.as_ref()));
+    let first = lease_renew_time(&lease).context("renewTime")?;
+    let renewed = env.wait(
+        "lease renewal",
+        Duration::from_secs(25),
+        || leases.get(env.node()),
+        |l| lease_renew_time(l).is_some_and(|t| t > first),
+    )?;
+    let gap = lease_renew_time(&renewed).context("renewTime")?.duration_since(first);
+    assert!(gap.as_secs_f64() >= 5.0 && gap.as_secs_f64() <= 20.0, "renewal after {gap:?}");
+
+    // The runtime going away makes the node NotReady with kubelet's reason.
+    // SAFETY: kill(2) on the test's own containerd process.
+    unsafe { libc::kill(env.containerd.pid() as i32, libc::SIGKILL) };
+    let node = env.wait(
+        "node NotReady after the runtime died",
+        Duration::from_secs(40),
+        || nodes.get(env.node()),
+        |n| node_condition(n, "Ready").is_some_and(|c| c.status == "False"),
+    )?;
+    let ready = node_condition(&node, "Ready").context("Ready")?;
+    assert_eq!(ready.reason.as_deref(), Some("KubeletNotReady"));
+    assert!(ready.message.as_deref().unwrap_or_default().contains("container runtime is down"), "{ready:?}");
+    env.cleanup()
+}
+
+#[test]
+fn bound_pod_runs_reports_status_and_events_and_api_deletion_stops_it_within_grace() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let env = Env::new("api-pod")?;
+    let name = unique("web");
+    let created = env.create_pod(&pod(&name, env.node(), "Always", 5, FOREVER, Some(("50m", "32Mi"))))?;
+    let uid = created.metadata.uid.clone().context("uid")?;
+    let p = env.wait_pod(&name, START, running_and_ready)?;
+
+    let status = p.status.clone().context("status")?;
+    for kind in ["PodScheduled", "PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready"] {
+        assert_eq!(condition(&p, kind), Some("True"), "condition {kind}: {:?}", status.conditions);
+    }
+    assert_eq!(status.qos_class.as_deref(), Some("Burstable"));
+    assert!(status.start_time.is_some());
+    assert!(status.host_ip.as_deref().is_some_and(|ip| !ip.is_empty()));
+    assert!(status.host_ips.as_ref().is_some_and(|ips| !ips.is_empty()));
+    let pod_ip = status.pod_ip.clone().context("podIP")?;
+    let prefix = env.containerd.subnet().rsplit_once('.').map(|(p, _)| p.to_owned()).unwrap_or_default();
+    if !env.cluster.is_real() {
+        assert!(pod_ip.starts_with(&prefix), "pod IP {pod_ip} outside {}", env.containerd.subnet());
+    }
+    assert_eq!(status.pod_ips.as_ref().and_then(|v| v.first()).map(|i| i.ip.clone()), Some(pod_ip));
+    let app = app_status(&p).context("app status")?;
+    assert!(app.ready && app.started == Some(true) && app.restart_count == 0);
+    assert!(app.state.as_ref().and_then(|s| s.running.as_ref()).is_some());
+    assert!(app.container_id.as_deref().unwrap_or_default().starts_with("containerd://"));
+    assert!(!app.image_id.is_empty());
+    assert_eq!(app.image, BUSYBOX);
+
+    // Events from kubelet on this node, with kubelet's reasons.
+    let events = env.wait(
+        "Created and Started events",
+        Duration::from_secs(20),
+        || {
+            let events: Api<Event> = Api::namespaced(env.admin.clone(), NAMESPACE);
+            let uid = uid.clone();
+            async move {
+                let list = events.list(&ListParams::default()).await?;
+                Ok(list
+                    .items
+                    .into_iter()
+                    .filter(|e| e.involved_object.uid.as_deref() == Some(uid.as_str()))
+                    .collect::<Vec<_>>())
+            }
+        },
+        |evs: &Vec<Event>| {
+            ["Created", "Started"].iter().all(|r| evs.iter().any(|e| e.reason.as_deref() == Some(r)))
+                && evs.iter().any(|e| matches!(e.reason.as_deref(), Some("Pulled")))
+        },
+    )?;
+    for e in &events {
+        let source = e.source.clone().unwrap_or_default();
+        assert_eq!(source.component.as_deref(), Some("kubelet"));
+        assert_eq!(source.host.as_deref(), Some(env.node()));
+        assert_eq!(e.involved_object.name.as_deref(), Some(name.as_str()));
+        if matches!(e.reason.as_deref(), Some("Created" | "Started")) {
+            assert_eq!(e.involved_object.field_path.as_deref(), Some("spec.containers{app}"));
+            assert_eq!(e.type_.as_deref(), Some("Normal"));
+        }
+    }
+
+    // Deletion in the API: containers stop within the 5 s grace period, then the object goes.
+    let cid = container_id(&p).trim_start_matches("containerd://").to_owned();
+    let t0 = Instant::now();
+    env.block_on(env.pods().delete(&name, &DeleteParams::default()))?;
+    let endpoint = env.containerd.endpoint();
+    loop {
+        let objs = runtime_objects(&endpoint)?;
+        let running =
+            objs.containers.iter().any(|c| c.id == cid && c.state == rkubelet::runtime::ContainerRunState::Running);
+        if !running {
+            break;
+        }
+        ensure!(t0.elapsed() < Duration::from_secs(8), "container still running {:?} after deletion", t0.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopped_after = t0.elapsed();
+    let pods = env.pods();
+    env.wait("pod object deleted", Duration::from_secs(20), || pods.get_opt(&name), |p: &Option<Pod>| p.is_none())?;
+    let gone_after = t0.elapsed();
+    eprintln!("container stopped after {stopped_after:?}, pod object gone after {gone_after:?}");
+    let objs = runtime_objects(&endpoint)?;
+    assert!(objs.containers.iter().all(|c| c.id != cid), "the container was not removed");
+    let evs = env.events_for(&uid)?;
+    assert!(evs.iter().any(|e| e.reason.as_deref() == Some("Killing")), "no Killing event: {evs:?}");
+    env.cleanup()
+}
+
+#[test]
+fn crash_loop_events_are_aggregated_and_status_shows_back_off() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let env = Env::new("api-crash")?;
+    let name = unique("crash");
+    let created = env.create_pod(&pod(&name, env.node(), "Always", 1, "echo bye; exit 3", None))?;
+    let uid = created.metadata.uid.clone().context("uid")?;
+    let p = env.wait_pod(&name, Duration::from_secs(90), |p| {
+        app_status(p).is_some_and(|c| {
+            c.restart_count >= 2
+                && c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref())
+                    == Some("CrashLoopBackOff")
+        })
+    })?;
+    let app = app_status(&p).context("app")?;
+    let last = app.last_state.as_ref().and_then(|s| s.terminated.as_ref()).context("lastState.terminated")?;
+    assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
+    assert_eq!(condition(&p, "Ready"), Some("False"));
+    assert_eq!(condition(&p, "ContainersReady"), Some("False"));
+
+    let events = env.events_for(&uid)?;
+    let started: Vec<&Event> = events.iter().filter(|e| e.reason.as_deref() == Some("Started")).collect();
+    // Three starts, one event object: repeats are aggregated into its count.
+    assert_eq!(started.len(), 1, "Started events: {started:?}");
+    assert!(started[0].count.unwrap_or(1) >= 3, "count {:?}", started[0].count);
+    let back_off: Vec<&Event> = events.iter().filter(|e| e.reason.as_deref() == Some("BackOff")).collect();
+    assert!(!back_off.is_empty(), "no BackOff event: {events:?}");
+    assert!(back_off.iter().all(|e| e.type_.as_deref() == Some("Warning")));
+    assert_eq!(back_off.len(), 1, "BackOff events: {back_off:?}");
+    env.cleanup()
+}
+
+#[test]
+fn api_outage_of_30_seconds_loses_no_status() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let env = Env::new("api-outage")?;
+    let steady = unique("steady");
+    let finisher = unique("finisher");
+    env.create_pod(&pod(&steady, env.node(), "Always", 2, FOREVER, None))?;
+    // Exits with code 3 some seconds into the outage, so its final status can only reach the API afterwards.
+    env.create_pod(&pod(&finisher, env.node(), "Never", 2, "sleep 12; exit 3", None))?;
+    let steady_before = env.wait_pod(&steady, START, running_and_ready)?;
+    env.wait_pod(&finisher, START, running_and_ready)?;
+
+    env.proxy.cut();
+    let cut_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(30));
+    // Meanwhile the agent kept running its pods and knows the finisher is done.
+    let local = env.agent.pod_named(&finisher)?.context("finisher in /pods")?;
+    assert_eq!(local["status"]["phase"], "Failed", "{local}");
+    let steady_local = env.agent.pod_named(&steady)?.context("steady in /pods")?;
+    assert_eq!(steady_local["status"]["phase"], "Running");
+    assert_eq!(
+        steady_local["status"]["containerStatuses"][0]["containerID"].as_str(),
+        Some(container_id(&steady_before).as_str())
+    );
+    env.proxy.restore();
+    eprintln!("API cut for {:?}", cut_at.elapsed());
+
+    let p = env.wait_pod(&finisher, Duration::from_secs(60), |p| phase(p) == "Failed")?;
+    let term = app_status(&p)
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+        .context("finisher terminated state")?;
+    assert_eq!((term.exit_code, term.reason.as_deref()), (3, Some("Error")));
+    assert_eq!(condition(&p, "Ready"), Some("False"));
+    let s = env.wait_pod(&steady, Duration::from_secs(30), running_and_ready)?;
+    assert_eq!(container_id(&s), container_id(&steady_before), "the steady pod's container was restarted");
+    assert_eq!(app_status(&s).map(|c| c.restart_count), Some(0));
+    // The heartbeat resumes.
+    let leases: Api<Lease> = Api::namespaced(env.admin.clone(), "kube-node-lease");
+    let restored = jiff::Timestamp::now();
+    env.wait(
+        "lease renewed after the outage",
+        Duration::from_secs(30),
+        || leases.get(env.node()),
+        |l| lease_renew_time(l).is_some_and(|t| t >= restored),
+    )?;
+    // New pods bound after the outage are picked up by the resumed watch.
+    let late = unique("late");
+    env.create_pod(&pod(&late, env.node(), "Always", 1, FOREVER, None))?;
+    env.wait_pod(&late, START, running_and_ready)?;
+    let mut agent = env.agent;
+    assert!(agent.is_running(), "the agent exited during the outage:\n{}", tail(&agent.log(), 40));
+    let env = Env { agent, ..env };
+    env.cleanup()
+}
+
+#[test]
+fn agent_restart_keeps_containers_and_reregisters_cleanly() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let mut env = Env::new("api-restart")?;
+    let name = unique("keep");
+    let created = env.create_pod(&pod(&name, env.node(), "Always", 2, FOREVER, None))?;
+    let uid = created.metadata.uid.clone().context("uid")?;
+    let before = env.wait_pod(&name, START, running_and_ready)?;
+    let nodes: Api<Node> = Api::all(env.admin.clone());
+    let node_before = env.block_on(nodes.get(env.node()))?;
+    let started_before = env.events_for(&uid)?.iter().filter(|e| e.reason.as_deref() == Some("Started")).count();
+
+    env.agent.restart()?;
+    let restarted = Instant::now();
+    // Re-registration reconciles the existing Node: same object, fresh heartbeat, still Ready.
+    let heartbeat = |n: &Node| node_condition(n, "Ready").and_then(|c| c.last_heartbeat_time.as_ref()).map(|t| t.0);
+    let hb_before = heartbeat(&node_before).context("heartbeat")?;
+    let node_after = env.wait(
+        "node heartbeat after restart",
+        Duration::from_secs(40),
+        || nodes.get(env.node()),
+        |n| {
+            heartbeat(n).is_some_and(|t| t > hb_before)
+                && node_condition(n, "Ready").is_some_and(|c| c.status == "True")
+        },
+    )?;
+    assert_eq!(node_after.metadata.uid, node_before.metadata.uid, "the Node was recreated");
+    std::thread::sleep(Duration::from_secs(5));
+    let after = env.wait_pod(&name, Duration::from_secs(20), running_and_ready)?;
+    assert_eq!(container_id(&after), container_id(&before), "the container was restarted");
+    assert_eq!(app_status(&after).map(|c| c.restart_count), Some(0));
+    let started_after = env.events_for(&uid)?.iter().filter(|e| e.reason.as_deref() == Some("Started")).count();
+    assert_eq!(started_after, started_before, "a Started event after the agent restart");
+    let log = env.agent.log();
+    assert!(!log.contains("panicked"), "{}", tail(&log, 40));
+    eprintln!("re-registered {:?} after restart", restarted.elapsed());
+
+    // A Node deleted while the agent is down is registered anew at its next start, and its pods keep running.
+    env.agent.stop()?;
+    env.block_on(nodes.delete(env.node(), &DeleteParams::default()))?;
+    env.agent.restart()?;
+    env.wait(
+        "node registered again",
+        Duration::from_secs(40),
+        || nodes.get_opt(env.node()),
+        |n: &Option<Node>| {
+            n.as_ref().is_some_and(|n| {
+                n.metadata.uid != node_before.metadata.uid
+                    && node_condition(n, "Ready").is_some_and(|c| c.status == "True")
+            })
+        },
+    )?;
+    let after = env.wait_pod(&name, Duration::from_secs(20), running_and_ready)?;
+    assert_eq!(container_id(&after), container_id(&before), "the container was restarted");
+    env.cleanup()
+}
+
+#[test]
+fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let env = Env::with("api-admit", "maxPods: 2\n", &["--node-labels", "disk=ssd"])?;
+    let cpus = std::thread::available_parallelism()?.get();
+    let a = unique("fits");
+    env.create_pod(&pod(&a, env.node(), "Always", 1, FOREVER, Some(("100m", "16Mi"))))?;
+    env.wait_pod(&a, START, running_and_ready)?;
+
+    let too_big = unique("bigcpu");
+    env.create_pod(&pod(&too_big, env.node(), "Always", 1, FOREVER, Some((&format!("{}", cpus + 1), "16Mi"))))?;
+    let p = env.wait_pod(&too_big, Duration::from_secs(30), |p| phase(p) == "Failed")?;
+    let s = p.status.clone().unwrap_or_default();
+    assert_eq!(s.reason.as_deref(), Some("OutOfcpu"));
+    assert_eq!(
+        s.message.as_deref(),
+        Some(
+            format!(
+                "Pod was rejected: Node didn't have enough resource: cpu, requested: {}, used: 100, capacity: {}",
+                (cpus + 1) * 1000,
+                cpus * 1000
+            )
+            .as_str()
+        )
+    );
+    let big_mem = unique("bigmem");
+    env.create_pod(&pod(&big_mem, env.node(), "Always", 1, FOREVER, Some(("10m", "100Ti"))))?;
+    let p = env.wait_pod(&big_mem, Duration::from_secs(30), |p| phase(p) == "Failed")?;
+    assert_eq!(p.status.and_then(|s| s.reason).as_deref(), Some("OutOfmemory"));
+
+    let mut selective = pod(&unique("selector"), env.node(), "Always", 1, FOREVER, None);
+    selective.spec.as_mut().context("spec")?.node_selector = Some(BTreeMap::from([("disk".into(), "hdd".into())]));
+    let selective = env.create_pod(&selective)?;
+    let sel_name = selective.metadata.name.clone().unwrap_or_default();
+    let p = env.wait_pod(&sel_name, Duration::from_secs(30), |p| phase(p) == "Failed")?;
+    let s = p.status.clone().unwrap_or_default();
+    assert_eq!(s.reason.as_deref(), Some("NodeAffinity"));
+    assert_eq!(
+        s.message.as_deref(),
+        Some("Pod was rejected: Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector")
+    );
+
+    let b = unique("second");
+    env.create_pod(&pod(&b, env.node(), "Always", 1, FOREVER, None))?;
+    env.wait_pod(&b, START, running_and_ready)?;
+    let c = unique("third");
+    env.create_pod(&pod(&c, env.node(), "Always", 1, FOREVER, None))?;
+    let p = env.wait_pod(&c, Duration::from_secs(30), |p| phase(p) == "Failed")?;
+    let s = p.status.clone().unwrap_or_default();
+    assert_eq!(s.reason.as_deref(), Some("OutOfpods"));
+    assert_eq!(
+        s.message.as_deref(),
+        Some("Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: 2, capacity: 2")
+    );
+    let uid = p.metadata.uid.clone().context("uid")?;
+    let evs = env.events_for(&uid)?;
+    assert!(evs.iter().any(|e| e.reason.as_deref() == Some("OutOfpods") && e.type_.as_deref() == Some("Warning")));
+    // A rejected pod never reached the runtime, and deleting it removes the object.
+    let objs = runtime_objects(&env.containerd.endpoint())?;
+    assert_eq!(objs.sandboxes.len(), 2, "only the two admitted pods have sandboxes");
+    env.block_on(env.pods().delete(&c, &DeleteParams::default()))?;
+    let pods = env.pods();
+    env.wait("rejected pod deleted", Duration::from_secs(20), || pods.get_opt(&c), |p: &Option<Pod>| p.is_none())?;
+    env.cleanup()
+}
+
+#[test]
+fn tls_bootstrap_yields_a_working_client_certificate_that_is_reused() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let cluster = Cluster::from_env()?;
+    let dir = tempfile::Builder::new().prefix("rkubelet-boot-").tempdir()?;
+    let bootstrap = match cluster.double() {
+        Some(api) => api.bootstrap_kubeconfig(dir.path())?,
+        None => match std::env::var_os("RKUBELET_E2E_BOOTSTRAP_KUBECONFIG") {
+            Some(p) => p.into(),
+            None => {
+                rkubelet_tests::containerd::print_skip(
+                    "api::tls_bootstrap_yields_a_working_client_certificate_that_is_reused",
+                    &"a real cluster needs RKUBELET_E2E_BOOTSTRAP_KUBECONFIG (a bootstrap-token kubeconfig)",
+                );
+                return Ok(());
+            }
+        },
+    };
+    ensure_images()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let admin = rt.block_on(cluster.admin_client())?;
+    let containerd = Containerd::start("api-boot")?;
+    let agent = Agent::new(&containerd, &agent_config(&containerd, ""))?;
+    let node = agent.node_name().to_owned();
+    let kubeconfig = agent.dir().join("kubelet.kubeconfig");
+    let pki = agent.dir().join("pki");
+    let mut agent = agent
+        .with_args([
+            "--bootstrap-kubeconfig".to_owned(),
+            bootstrap.display().to_string(),
+            "--kubeconfig".to_owned(),
+            kubeconfig.display().to_string(),
+            "--cert-dir".to_owned(),
+            pki.display().to_string(),
+        ])
+        .started()?;
+
+    // The CSR: kubelet's signer and subject, approved and issued.
+    let csrs: Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest> = Api::all(admin.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let node_registered = loop {
+        if let Ok(Some(n)) = rt.block_on(Api::<Node>::all(admin.clone()).get_opt(&node)) {
+            break n;
+        }
+        ensure!(Instant::now() < deadline, "node not registered after bootstrap:\n{}", tail(&agent.log(), 40));
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(node_registered.metadata.name.as_deref(), Some(node.as_str()));
+    let all = rt.block_on(csrs.list(&ListParams::default()))?;
+    let mine: Vec<_> = all
+        .items
+        .iter()
+        .filter(|c| c.spec.username.as_deref().is_some_and(|u| u.starts_with("system:bootstrap:")))
+        .filter(|c| c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet")
+        .collect();
+    ensure!(!mine.is_empty(), "no kubelet client CSR from a bootstrapper");
+    let csrs_before = all.items.len();
+
+    // The issued certificate names the node, and the kubeconfig written uses it.
+    let cert_path = pki.join("kubelet-client-current.pem");
+    let cert_pem = std::fs::read_to_string(&cert_path).with_context(|| format!("read {}", cert_path.display()))?;
+    let der = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?.1;
+    let cert = der.parse_x509().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let subject = cert.subject().to_string();
+    assert!(subject.contains(&format!("CN=system:node:{node}")), "{subject}");
+    assert!(subject.contains("O=system:nodes"), "{subject}");
+    let kc = std::fs::read_to_string(&kubeconfig)?;
+    assert!(kc.contains(&pki.display().to_string()), "kubeconfig does not use the issued certificate:\n{kc}");
+    if let Some(api) = cluster.double() {
+        let user = format!("system:node:{node}");
+        let as_node = api
+            .requests()
+            .iter()
+            .filter(|r| r.user == user && r.path_only() == format!("/api/v1/nodes/{node}/status"))
+            .count();
+        assert!(as_node > 0, "no node status written with the issued identity");
+    }
+
+    // A restart reuses the certificate: no new CSR.
+    agent.restart()?;
+    std::thread::sleep(Duration::from_secs(3));
+    let after = rt.block_on(csrs.list(&ListParams::default()))?;
+    assert_eq!(after.items.len(), csrs_before, "a new CSR after restart");
+    assert_eq!(std::fs::read_to_string(&cert_path)?, cert_pem, "the certificate was replaced");
+    let _ = rt.block_on(Api::<Node>::all(admin).delete(&node, &DeleteParams::default()));
+    drop(agent);
+    drop(containerd);
+    Ok(())
+}
