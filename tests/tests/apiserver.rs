@@ -350,11 +350,13 @@ fn graceful_pod_deletion() {
         // unscheduled pods go at once; preconditions are checked
         let un = unique("unsched");
         let p = pods.create(&PostParams::default(), &pod(&un, None, json!({}))).await.unwrap();
-        let mut dp = DeleteParams::default();
-        dp.preconditions = Some(kube::api::Preconditions {
-            uid: Some("00000000-0000-0000-0000-000000000000".into()),
-            resource_version: None,
-        });
+        let mut dp = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: Some("00000000-0000-0000-0000-000000000000".into()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
         assert_eq!(api_err(pods.delete(&un, &dp).await).code, 409);
         dp.preconditions = Some(kube::api::Preconditions { uid: p.metadata.uid.clone(), resource_version: None });
         pods.delete(&un, &dp).await.unwrap();

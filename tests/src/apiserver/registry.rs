@@ -197,6 +197,7 @@ pub(crate) fn update(
     update_existing(ctx, store, def, sub, old, body).map(|o| (o, false))
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn patch(
     ctx: &Ctx,
     store: &mut Store,
