@@ -1,7 +1,7 @@
 //! One pod worker per pod: observes the pod in the runtime, asks `plan` what to do, does it, and publishes the status
 //! computed by `status`. Updates to the pod are coalesced: the worker always acts on the newest spec.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,8 +22,8 @@ use crate::resources::convert::container_cgroup_values;
 use crate::resources::pod::pod_resource_config;
 use crate::resources::pod_qos_class;
 use crate::runtime::{
-    ContainerRunState, ContainerSpec, DnsSettings, ObservedPod, PortMappingSpec, Runtime, RuntimeError, SandboxSpec,
-    CRI_TIME,
+    ContainerRunState, ContainerSpec, CriClock, DnsSettings, ObservedPod, PortMappingSpec, Runtime, RuntimeError,
+    SandboxSpec, CRI_TIME,
 };
 
 /// How long to wait before retrying a sync that failed on a runtime error.
@@ -97,7 +97,7 @@ impl PodWorker {
     pub async fn run(self) {
         let pod = self.input.borrow().pod.clone();
         let span = tracing::info_span!("pod", pod = %spec::key(&pod), uid = %spec::uid(&pod));
-        CRI_TIME.scope(Cell::new(Duration::ZERO), self.run_inner()).instrument(span).await
+        CRI_TIME.scope(RefCell::new(CriClock::default()), self.run_inner()).instrument(span).await
     }
 
     async fn run_inner(mut self) {
@@ -183,7 +183,7 @@ impl PodWorker {
             self.start_recorded = true;
             let record = PodStartRecord {
                 total: self.first_seen_instant.elapsed(),
-                cri: CRI_TIME.try_with(|t| t.get()).unwrap_or_default(),
+                cri: CRI_TIME.try_with(|c| c.borrow().total()).unwrap_or_default(),
             };
             tracing::info!(seconds = record.total.as_secs_f64(), cri_seconds = record.cri.as_secs_f64(), "pod started");
             self.ctx.store.record_start(spec::uid(pod), record);

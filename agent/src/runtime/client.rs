@@ -1,7 +1,7 @@
 //! The CRI client: RuntimeService and ImageService over the runtime's Unix socket, translated to the agent's types.
 //! Every call is timed; the totals feed `/metrics` and the pod start figures.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -80,7 +80,55 @@ impl RuntimeMetrics {
 tokio::task_local! {
     /// Time the current task spent waiting on CRI calls; a pod worker runs its start-up inside this scope to split
     /// its start time into runtime time and its own.
-    pub static CRI_TIME: Cell<Duration>;
+    pub static CRI_TIME: RefCell<CriClock>;
+}
+
+/// Wall-clock time during which at least one CRI call of a task was in flight. Calls a task runs concurrently
+/// (e.g. listing sandboxes and containers together) overlap, so their durations are not simply added.
+#[derive(Debug, Default)]
+pub struct CriClock {
+    in_flight: u32,
+    busy_since: Option<Instant>,
+    total: Duration,
+}
+
+impl CriClock {
+    fn enter(&mut self) {
+        if self.in_flight == 0 {
+            self.busy_since = Some(Instant::now());
+        }
+        self.in_flight += 1;
+    }
+
+    fn leave(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.in_flight == 0 {
+            if let Some(since) = self.busy_since.take() {
+                self.total += since.elapsed();
+            }
+        }
+    }
+
+    /// The busy time so far, including a call in flight.
+    pub fn total(&self) -> Duration {
+        self.total + self.busy_since.map(|s| s.elapsed()).unwrap_or_default()
+    }
+}
+
+/// One CRI call on the task's [`CriClock`]; leaving on drop keeps the clock right when a call is cancelled.
+struct CriCall;
+
+impl CriCall {
+    fn enter() -> CriCall {
+        let _ = CRI_TIME.try_with(|c| c.borrow_mut().enter());
+        CriCall
+    }
+}
+
+impl Drop for CriCall {
+    fn drop(&mut self) {
+        let _ = CRI_TIME.try_with(|c| c.borrow_mut().leave());
+    }
 }
 
 #[derive(Clone)]
@@ -147,6 +195,7 @@ impl Runtime {
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let start = Instant::now();
+        let in_flight = CriCall::enter();
         let result = match timeout {
             Some(t) => match tokio::time::timeout(t, fut).await {
                 Ok(r) => r.map_err(|status| RuntimeError::Call { op, status: Box::new(status) }),
@@ -156,7 +205,7 @@ impl Runtime {
         };
         let elapsed = start.elapsed();
         self.metrics.record(op, elapsed, result.is_ok());
-        let _ = CRI_TIME.try_with(|t| t.set(t.get() + elapsed));
+        drop(in_flight);
         result.map(tonic::Response::into_inner)
     }
 
@@ -630,5 +679,32 @@ fn container_config(spec: &ContainerSpec, sandbox: &SandboxSpec) -> cri::Contain
             }),
         }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod cri_clock_tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_calls_count_once_and_sequential_calls_add_up() {
+        let mut clock = CriClock::default();
+        let wall = Instant::now();
+        clock.enter();
+        clock.enter();
+        std::thread::sleep(Duration::from_millis(30));
+        clock.leave();
+        std::thread::sleep(Duration::from_millis(30));
+        clock.leave();
+        let wall = wall.elapsed();
+        let overlapped = clock.total();
+        // Summing the two calls would give at least wall + 30 ms; the clock counts the time they overlap once.
+        assert!(overlapped >= Duration::from_millis(60) && overlapped <= wall, "{overlapped:?} vs wall {wall:?}");
+        std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(clock.total(), overlapped, "idle time is not CRI time");
+        clock.enter();
+        std::thread::sleep(Duration::from_millis(20));
+        clock.leave();
+        assert!(clock.total() >= overlapped + Duration::from_millis(20));
     }
 }

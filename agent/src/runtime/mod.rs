@@ -5,6 +5,6 @@ pub mod labels;
 pub mod pleg;
 pub mod types;
 
-pub use client::{Runtime, RuntimeError, RuntimeMetrics, CRI_TIME};
+pub use client::{CriClock, Runtime, RuntimeError, RuntimeMetrics, CRI_TIME};
 pub use pleg::{Pleg, PlegEvent, PlegHealth};
 pub use types::*;
