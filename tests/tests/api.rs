@@ -90,7 +90,9 @@ impl Env {
                 Err(e) => format!("error: {e}"),
             };
             if Instant::now() > deadline {
-                let last: String = last.chars().take(3000).collect();
+                // The end of a Debug-printed object is its status, the part a wait is usually about.
+                let skip = last.chars().count().saturating_sub(3000);
+                let last: String = last.chars().skip(skip).collect();
                 bail!("{what}: not within {timeout:?}; last seen: {last}\nagent log:\n{}", tail(&self.agent.log(), 40));
             }
             std::thread::sleep(Duration::from_millis(250));
@@ -693,4 +695,67 @@ fn tls_bootstrap_yields_a_working_client_certificate_that_is_reused() -> Result<
     drop(agent);
     drop(containerd);
     Ok(())
+}
+
+#[test]
+fn static_pods_get_mirror_pods_and_pods_gone_from_the_api_are_killed() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let env = Env::new("api-mirror")?;
+    let static_name = unique("static");
+    env.agent.write_manifest(
+        "static.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {static_name}\nspec:\n  terminationGracePeriodSeconds: 1\n  \
+             containers:\n  - name: app\n    image: {BUSYBOX}\n    command: [sh, -c, \"trap 'exit 0' TERM; {FOREVER}\"]\n"
+        ),
+    )?;
+    let mirror_name = format!("{static_name}-{}", env.node());
+    let is_mirror =
+        |p: &Pod| p.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"));
+    let mirror = env.wait_pod(&mirror_name, START, |p| is_mirror(p) && running_and_ready(p))?;
+    assert_eq!(mirror.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some(env.node()));
+    let static_uid = env.agent.pod(&static_name)?.context("static pod in /pods")?["metadata"]["uid"].clone();
+    assert_eq!(
+        mirror.metadata.annotations.as_ref().and_then(|a| a.get("kubernetes.io/config.mirror")).map(String::as_str),
+        static_uid.as_str(),
+        "the mirror annotation carries the static pod's hash"
+    );
+    let static_cid = container_id(&mirror);
+
+    // A deleted mirror pod is recreated; the static pod itself is not touched.
+    env.block_on(env.pods().delete(&mirror_name, &DeleteParams::default().grace_period(0)))?;
+    let recreated =
+        env.wait_pod(&mirror_name, Duration::from_secs(30), |p| is_mirror(p) && p.metadata.uid != mirror.metadata.uid)?;
+    let recreated = env.wait_pod(&mirror_name, Duration::from_secs(30), |p| {
+        p.metadata.uid == recreated.metadata.uid && running_and_ready(p)
+    })?;
+    assert_eq!(container_id(&recreated), static_cid, "the static pod's container was restarted");
+
+    // A pod force-deleted from the API (gone without a graceful deletion) is killed.
+    let name = unique("forced");
+    env.create_pod(&pod(&name, env.node(), "Always", 30, FOREVER, None))?;
+    let p = env.wait_pod(&name, START, running_and_ready)?;
+    let cid = container_id(&p).trim_start_matches("containerd://").to_owned();
+    env.block_on(env.pods().delete(&name, &DeleteParams::default().grace_period(0)))?;
+    let endpoint = env.containerd.endpoint();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while runtime_objects(&endpoint)?.containers.iter().any(|c| c.id == cid) {
+        ensure!(
+            Instant::now() < deadline,
+            "container of a force-deleted pod still there:\n{}",
+            tail(&env.agent.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Removing the manifest removes the mirror pod.
+    env.agent.remove_manifest("static.yaml")?;
+    let pods = env.pods();
+    env.wait(
+        "mirror pod removed",
+        Duration::from_secs(40),
+        || pods.get_opt(&mirror_name),
+        |p: &Option<Pod>| p.is_none(),
+    )?;
+    env.cleanup()
 }

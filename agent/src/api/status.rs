@@ -64,7 +64,8 @@ pub fn merge_status(ours: &PodStatus, in_api: Option<&PodStatus>) -> PodStatus {
 impl StatusManager {
     pub async fn run(mut self) {
         let mut changes = self.store.subscribe();
-        let mut written: BTreeMap<String, PodStatus> = BTreeMap::new();
+        // Last status written per pod UID, with the UID of the object it was written to.
+        let mut written: BTreeMap<String, (String, PodStatus)> = BTreeMap::new();
         let mut pending_deletes: BTreeMap<String, Arc<Pod>> = BTreeMap::new();
         let mut tick = tokio::time::interval(STATUS_SYNC_PERIOD);
         loop {
@@ -84,7 +85,7 @@ impl StatusManager {
         }
     }
 
-    async fn sync_statuses(&self, written: &mut BTreeMap<String, PodStatus>) {
+    async fn sync_statuses(&self, written: &mut BTreeMap<String, (String, PodStatus)>) {
         let mirrors = self.mirrors.borrow().clone();
         let entries = self.store.list();
         let live: BTreeSet<String> = entries.iter().map(|e| spec::uid(&e.pod).to_owned()).collect();
@@ -92,9 +93,6 @@ impl StatusManager {
         for entry in entries {
             let Some(status) = entry.status.as_ref() else { continue };
             let uid = spec::uid(&entry.pod).to_owned();
-            if written.get(&uid) == Some(status) {
-                continue;
-            }
             // A static pod's status goes to its mirror pod.
             let (target_uid, api_status) = if is_static(&entry.pod) {
                 match mirrors.get(&spec::key(&entry.pod)) {
@@ -104,6 +102,10 @@ impl StatusManager {
             } else {
                 (uid.clone(), entry.pod.status.clone())
             };
+            // Written already, to this very object (a recreated mirror pod has a new UID and gets the status anew).
+            if written.get(&uid).is_some_and(|(to, st)| *to == target_uid && st == status) {
+                continue;
+            }
             // Never move a pod back from a terminal phase.
             if terminal(api_status.as_ref().and_then(|s| s.phase.as_deref())) && !terminal(status.phase.as_deref()) {
                 continue;
@@ -114,10 +116,10 @@ impl StatusManager {
             let api: Api<Pod> = Api::namespaced(self.client.clone(), spec::namespace(&entry.pod));
             match api.patch_status(spec::name(&entry.pod), &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => {
-                    written.insert(uid, status.clone());
+                    written.insert(uid, (target_uid, status.clone()));
                 }
                 Err(e) if code(&e) == Some(404) => {
-                    written.insert(uid, status.clone());
+                    written.insert(uid, (target_uid, status.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(pod = %spec::key(&entry.pod), error = %e, "failed to update pod status; will retry");
