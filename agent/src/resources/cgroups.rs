@@ -250,7 +250,9 @@ impl CgroupManager {
         match started {
             Ok(_) => Ok(()),
             Err(zbus::Error::MethodError(err, _, _)) if err.as_str() == "org.freedesktop.systemd1.UnitExists" => {
-                // Runtime-only properties: the slice disappears with the node's next boot anyway.
+                // Only resource-control properties can change on a live unit (systemd refuses the others, e.g.
+                // DefaultDependencies); runtime-only, as the slice disappears with the node's next boot anyway.
+                props.retain(|(k, _)| !matches!(*k, "Description" | "DefaultDependencies"));
                 let set: Result<(), zbus::Error> =
                     manager.call("SetUnitProperties", &(unit.as_str(), true, &props)).await;
                 set.map_err(|e| CgroupError::Systemd { unit: unit.clone(), message: format!("set properties: {e}") })
