@@ -634,8 +634,8 @@ fn report(results: &[(usize, Run, Vec<Run>)]) {
     }
     if rows.iter().any(|(_, label, _, r)| *label == "warm" && r.own < 0.0) {
         println!(
-            "{PREFIX} note: own < 0 means the CRI time exceeds the start time: the agent adds up the durations of CRI \
-             calls it awaits concurrently (observe_pod), so the split cannot resolve own time below ~1 ms per pod"
+            "{PREFIX} note: own < 0 means the CRI time exceeds the start time; the agent counts the wall time with a \
+             CRI call in flight, so this is measurement noise of under a millisecond per pod"
         );
     }
 
