@@ -82,6 +82,8 @@ pub struct KubeletConfigurationFile {
     pub kube_reserved: Option<BTreeMap<String, String>>,
     pub eviction_hard: Option<BTreeMap<String, String>>,
     pub register_with_taints: Option<Vec<k8s_openapi::api::core::v1::Taint>>,
+    #[serde(rename = "singleProcessOOMKill")]
+    pub single_process_oom_kill: Option<bool>,
     /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_yaml::Value>,
@@ -134,6 +136,7 @@ pub struct KubeletConfig {
     pub kube_reserved: CpuMemory,
     pub eviction_hard_memory: EvictionThreshold,
     pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    pub single_process_oom_kill: bool,
     /// Unknown file fields, reported once logging is up.
     pub warnings: Vec<String>,
 }
@@ -311,6 +314,7 @@ impl KubeletConfig {
             kube_reserved: parse_reserved("kubeReserved", &file.kube_reserved)?,
             eviction_hard_memory,
             register_with_taints: file.register_with_taints.clone().unwrap_or_default(),
+            single_process_oom_kill: file.single_process_oom_kill.unwrap_or(false),
             node_name,
             static_pod_path,
             file_check_frequency,

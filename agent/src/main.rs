@@ -300,6 +300,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         sync_frequency: config.sync_frequency,
         image_pull_lock: config.serialize_image_pulls.then(|| Mutex::new(())),
         cgroups,
+        oom_kill_whole_container: !config.single_process_oom_kill
+            && rkubelet::resources::cgroups::check_cgroup_v2(std::path::Path::new(CGROUP_MOUNT)).is_ok(),
         events: if flags.kubeconfig.is_some() { EventRecorder::new(events_tx) } else { EventRecorder::default() },
     });
 
@@ -401,6 +403,12 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         });
     }
 
+    // READY=1 once /healthz answers ok, i.e. after the PLEG's first relist, so that `systemctl start` returning
+    // means the agent is serving. A runtime that does not answer must not keep the unit activating forever.
+    let ready_by = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !pleg_health.healthy() && tokio::time::Instant::now() < ready_by {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut watchdog_usec = 0;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)

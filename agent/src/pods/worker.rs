@@ -50,6 +50,9 @@ pub struct WorkerContext {
     pub image_pull_lock: Option<Mutex<()>>,
     /// The pod cgroup hierarchy (`cgroupsPerQOS`); `None` runs pods without pod-level cgroups.
     pub cgroups: Option<Arc<CgroupManager>>,
+    /// Set `memory.oom.group` on containers: the host has the unified cgroup v2 hierarchy and
+    /// `singleProcessOOMKill` is off.
+    pub oom_kill_whole_container: bool,
     pub events: EventRecorder,
 }
 
@@ -518,6 +521,13 @@ impl PodWorker {
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             resources,
+            // kubelet on cgroup v2: an OOM kill takes the whole container down, not just the process that hit the
+            // limit, unless `singleProcessOOMKill` is set.
+            unified: if self.ctx.oom_kill_whole_container {
+                BTreeMap::from([("memory.oom.group".to_owned(), "1".to_owned())])
+            } else {
+                BTreeMap::new()
+            },
             stdin: container.stdin.unwrap_or(false),
             stdin_once: container.stdin_once.unwrap_or(false),
             tty: container.tty.unwrap_or(false),

@@ -662,6 +662,7 @@ fn container_config(spec: &ContainerSpec, sandbox: &SandboxSpec) -> cri::Contain
                 cpu_shares: r.cpu_shares as i64,
                 memory_limit_in_bytes: r.memory_limit_bytes,
                 oom_score_adj: r.oom_score_adj,
+                unified: spec.unified.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 ..Default::default()
             }),
             security_context: Some(cri::LinuxContainerSecurityContext {

@@ -138,6 +138,8 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub resources: ContainerCgroupValues,
+    /// cgroup v2 files set as they are (CRI `unified`), e.g. `memory.oom.group`.
+    pub unified: BTreeMap<String, String>,
     pub stdin: bool,
     pub stdin_once: bool,
     pub tty: bool,
