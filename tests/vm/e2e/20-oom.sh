@@ -58,20 +58,28 @@ if wait_until 240 oom_reported; then
   fi
   last_id=$(jq -r '.lastState.terminated.containerID // ""' <<<"$h" | sed 's|^[a-z]*://||')
   first_restarts=$(jq -r .restartCount <<<"$h")
-  # Restarted: a new container (the hog is OOM-killed again, so it may be running or in
-  # back-off when we look), and the count keeps growing with the next kill.
-  grown() { local n; n=$(hog | jq -r .restartCount); [ -n "$n" ] && [ "$n" -gt "$first_restarts" ]; }
+  # Restarted: the container that replaced the first victim is OOM-killed in turn and reported
+  # as such in lastState, and the count keeps growing. containerd may publish a container's exit
+  # before its OOM event, so the reason can read "Error" for a moment after a kill: wait for the
+  # runtime's final word rather than reading the status at the instant the count grows.
+  grown() {
+    local h
+    h=$(hog)
+    [ -n "$h" ] && jq -e --argjson n "$first_restarts" --arg old "$last_id" \
+      '.restartCount > $n and .lastState.terminated.reason == "OOMKilled"
+       and (.lastState.terminated.containerID | sub("^[a-z]*://"; "")) != $old' <<<"$h" >/dev/null 2>&1
+  }
   if wait_until 120 grown; then
     h=$(hog)
-    new_id=$(jq -r '.containerID // ""' <<<"$h" | sed 's|^[a-z]*://||')
-    if [ -n "$new_id" ] && [ "$new_id" != "$last_id" ] && [ "$(jq -r .lastState.terminated.reason <<<"$h")" = OOMKilled ]; then
+    new_id=$(jq -r '.lastState.terminated.containerID // ""' <<<"$h" | sed 's|^[a-z]*://||')
+    if [ -n "$new_id" ] && [ "$new_id" != "$last_id" ]; then
       ok oom-restarted
       note "restartCount $first_restarts -> $(jq -r .restartCount <<<"$h"), container ${last_id:0:12} -> ${new_id:0:12}"
     else
       not_ok oom-restarted "after the next restart: containerID ${new_id:-none} (previous ${last_id:-none}), lastState $(jq -c .lastState <<<"$h" | cut -c1-300)"
     fi
   else
-    not_ok oom-restarted "restartCount stayed at $first_restarts for 120 s: $(hog | cut -c1-400)"
+    not_ok oom-restarted "no further OOMKilled restart after restartCount $first_restarts within 120 s: $(hog | cut -c1-400)"
   fi
 else
   not_ok oom-killed-reported "no OOMKilled restart within 240 s: $(hog | cut -c1-600)"
