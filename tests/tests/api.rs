@@ -599,8 +599,15 @@ fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() -> Result<()> {
     let evs = env.events_for(&uid)?;
     assert!(evs.iter().any(|e| e.reason.as_deref() == Some("OutOfpods") && e.type_.as_deref() == Some("Warning")));
     // A rejected pod never reached the runtime, and deleting it removes the object.
+    let mut rejected_uids = vec![uid.clone()];
+    for name in [&too_big, &big_mem, &sel_name] {
+        rejected_uids.extend(env.block_on(env.pods().get(name))?.metadata.uid);
+    }
     let objs = runtime_objects(&env.containerd.endpoint())?;
-    assert_eq!(objs.sandboxes.len(), 2, "only the two admitted pods have sandboxes");
+    let leaked: Vec<_> = objs.containers.iter().filter(|c| rejected_uids.contains(&c.pod_uid)).collect();
+    assert!(leaked.is_empty(), "rejected pods have containers: {leaked:?}");
+    let admitted = env.block_on(env.pods().get(&b))?.metadata.uid.context("uid")?;
+    assert!(objs.containers.iter().any(|c| c.pod_uid == admitted), "the admitted pod has no container");
     env.block_on(env.pods().delete(&c, &DeleteParams::default()))?;
     let pods = env.pods();
     env.wait("rejected pod deleted", Duration::from_secs(20), || pods.get_opt(&c), |p: &Option<Pod>| p.is_none())?;
