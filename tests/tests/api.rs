@@ -197,6 +197,15 @@ fn lease_renew_time(l: &Lease) -> Option<jiff::Timestamp> {
     l.spec.as_ref()?.renew_time.as_ref().map(|t| t.0)
 }
 
+/// The architecture as Go names it (`GOARCH`), which the node label and nodeInfo carry.
+fn expected_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 fn meminfo_total_bytes() -> Result<i128> {
     let text = std::fs::read_to_string("/proc/meminfo")?;
     let kib: i128 = text
@@ -228,7 +237,7 @@ fn node_registers_with_capacity_conditions_and_keeps_its_lease_fresh() -> Result
     let expect = |k: &str, v: &str| assert_eq!(labels.get(k).map(String::as_str), Some(v), "label {k}");
     expect("kubernetes.io/hostname", env.node());
     expect("kubernetes.io/os", "linux");
-    expect("kubernetes.io/arch", "amd64");
+    expect("kubernetes.io/arch", expected_arch());
     expect("rkubelet.test/role", "e2e");
     expect("tier", "edge");
     let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
@@ -269,7 +278,7 @@ fn node_registers_with_capacity_conditions_and_keeps_its_lease_fresh() -> Result
     assert!(info.container_runtime_version.starts_with("containerd://"), "{}", info.container_runtime_version);
     assert!(info.kubelet_version.starts_with('v'), "{}", info.kubelet_version);
     assert_eq!(info.operating_system, "linux");
-    assert_eq!(info.architecture, "amd64");
+    assert_eq!(info.architecture, expected_arch());
     assert!(!info.kernel_version.is_empty() && !info.os_image.is_empty());
 
     // The Lease: held by the node, 40 s, owned by the Node, renewed every 10 s.
