@@ -144,23 +144,22 @@ async fn follow_pod_cidr(mut cidr: watch::Receiver<Option<String>>, runtime: Run
 #[allow(clippy::too_many_arguments)]
 fn node_facts_fn(
     config: &KubeletConfig,
-    flags: &Flags,
+    hostname: String,
     runtime: Runtime,
     runtime_version: String,
     pleg: rkubelet::runtime::PlegHealth,
-    capacity: CpuMemory,
+    (capacity, allocatable): (CpuMemory, CpuMemory),
     host_ips: Vec<String>,
 ) -> FactsFn {
     let info = node::host_info(&config.root_dir);
-    let reservations = config.reservations(capacity.memory_bytes);
     let base = NodeFacts {
         name: config.node_name.clone(),
         capacity,
-        allocatable: node_allocatable(capacity, &reservations),
+        allocatable,
         ephemeral_storage_bytes: info.ephemeral_storage_bytes,
         max_pods: config.max_pods,
         addresses: host_ips,
-        hostname: flags.hostname_override.clone().unwrap_or_else(node::hostname).to_lowercase(),
+        hostname,
         kernel_version: info.kernel_version,
         os_image: info.os_image,
         architecture: go_arch().into(),
@@ -195,7 +194,11 @@ const KUBELET_COMPAT_VERSION: &str = "1.34.0";
 
 /// kubelet's container manager start-up: checks the host's cgroups and creates `kubepods` with the node allocatable
 /// limits, and the `burstable` and `besteffort` QoS cgroups.
-async fn setup_pod_hierarchy(config: &KubeletConfig, capacity: CpuMemory) -> anyhow::Result<CgroupManager> {
+async fn setup_pod_hierarchy(
+    config: &KubeletConfig,
+    capacity: CpuMemory,
+    allocatable: CpuMemory,
+) -> anyhow::Result<CgroupManager> {
     let manager = CgroupManager::new(config.cgroup_driver, std::path::Path::new(CGROUP_MOUNT)).await.context(
         "cgroupsPerQOS needs pod-level cgroups; set cgroupsPerQOS: false in the config to run without pod-level enforcement",
     )?;
@@ -209,7 +212,6 @@ async fn setup_pod_hierarchy(config: &KubeletConfig, capacity: CpuMemory) -> any
             .await
             .with_context(|| format!("create the {} QoS cgroup", qos.as_str()))?;
     }
-    let allocatable = node_allocatable(capacity, &reservations);
     tracing::info!(
         driver = ?config.cgroup_driver,
         kubepods = %manager.path(&CgroupName::kubepods()).display(),
@@ -249,8 +251,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .with_context(|| format!("create pod logs dir {}", config.pod_logs_dir.display()))?;
 
     let capacity = CpuMemory { cpu_milli: node::cpu_capacity_milli(), memory_bytes: node::memory_capacity() };
+    let allocatable = node_allocatable(capacity, &config.reservations(capacity.memory_bytes));
+    let hostname = flags.hostname_override.clone().unwrap_or_else(node::hostname).to_lowercase();
+    let extra_labels = parse_labels(flags.node_labels.as_deref())?;
     let cgroups = if config.cgroups_per_qos {
-        Some(Arc::new(setup_pod_hierarchy(&config, capacity).await?))
+        Some(Arc::new(setup_pod_hierarchy(&config, capacity, allocatable).await?))
     } else {
         tracing::warn!(
             "cgroupsPerQOS is false: pods run without the kubepods cgroup hierarchy; limits apply per container only"
@@ -325,15 +330,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         ));
     }
     let (terminated_tx, terminated_rx) = mpsc::unbounded_channel();
-    let node_labels = node::status::node_labels(
-        &flags.hostname_override.clone().unwrap_or_else(node::hostname).to_lowercase(),
-        go_arch(),
-        &parse_labels(flags.node_labels.as_deref())?,
-    );
+    let node_labels = node::status::node_labels(&hostname, go_arch(), &extra_labels);
     let (admission_tx, admission_rx) = watch::channel(NodeInfo {
         name: config.node_name.clone(),
         labels: node_labels,
-        allocatable: node_allocatable(capacity, &config.reservations(capacity.memory_bytes)),
+        allocatable,
         max_pods: config.max_pods,
     });
     if let Some(kubeconfig) = &flags.kubeconfig {
@@ -363,18 +364,18 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         tokio::spawn(follow_pod_cidr(pod_cidr_rx, runtime.clone(), config.clone()));
         let facts = node_facts_fn(
             &config,
-            &flags,
+            hostname.clone(),
             runtime.clone(),
             runtime_version.clone(),
             pleg_health.clone(),
-            capacity,
+            (capacity, allocatable),
             host_ips.clone(),
         );
         tokio::spawn(
             NodeRegistration {
                 client: client.clone(),
                 node_name: config.node_name.clone(),
-                labels: parse_labels(flags.node_labels.as_deref())?,
+                labels: extra_labels,
                 taints: config.register_with_taints.clone(),
                 facts,
                 pod_cidr: pod_cidr_tx,

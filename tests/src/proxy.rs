@@ -41,6 +41,8 @@ impl CutProxy {
                     continue;
                 };
                 if let Ok(mut open) = o.lock() {
+                    // Relayed connections that ended were shut down on both sides and no longer have a peer.
+                    open.retain(|s| s.peer_addr().is_ok());
                     open.extend(client.try_clone().ok());
                     open.extend(server.try_clone().ok());
                 }

@@ -109,9 +109,7 @@ impl Env {
     }
 
     fn events_for(&self, uid: &str) -> Result<Vec<Event>> {
-        let events: Api<Event> = Api::namespaced(self.admin.clone(), NAMESPACE);
-        let list = self.block_on(events.list(&ListParams::default()))?;
-        Ok(list.items.into_iter().filter(|e| e.involved_object.uid.as_deref() == Some(uid)).collect())
+        Ok(self.block_on(pod_events(self.admin.clone(), uid.to_owned()))?)
     }
 
     fn cleanup(self) -> Result<()> {
@@ -129,6 +127,12 @@ impl Env {
         drop(cluster);
         Ok(())
     }
+}
+
+/// The events whose involved object is the pod with `uid`.
+async fn pod_events(admin: kube::Client, uid: String) -> Result<Vec<Event>, kube::Error> {
+    let list = Api::<Event>::namespaced(admin, NAMESPACE).list(&ListParams::default()).await?;
+    Ok(list.items.into_iter().filter(|e| e.involved_object.uid.as_deref() == Some(uid.as_str())).collect())
 }
 
 /// The agent writes the pod network config into its containerd's CNI folder, so a pod CIDR from a real cluster
@@ -350,18 +354,7 @@ fn bound_pod_runs_reports_status_and_events_and_api_deletion_stops_it_within_gra
     let events = env.wait(
         "Created and Started events",
         Duration::from_secs(20),
-        || {
-            let events: Api<Event> = Api::namespaced(env.admin.clone(), NAMESPACE);
-            let uid = uid.clone();
-            async move {
-                let list = events.list(&ListParams::default()).await?;
-                Ok(list
-                    .items
-                    .into_iter()
-                    .filter(|e| e.involved_object.uid.as_deref() == Some(uid.as_str()))
-                    .collect::<Vec<_>>())
-            }
-        },
+        || pod_events(env.admin.clone(), uid.clone()),
         |evs: &Vec<Event>| {
             ["Created", "Started"].iter().all(|r| evs.iter().any(|e| e.reason.as_deref() == Some(r)))
                 && evs.iter().any(|e| matches!(e.reason.as_deref(), Some("Pulled")))

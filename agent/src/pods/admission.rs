@@ -72,9 +72,7 @@ pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeInfo, is_static: bool) -> 
         }
         let request = pod_requests(spec::spec(pod));
         if request.cpu_milli != 0 || request.memory_bytes != 0 {
-            let used = admitted.iter().map(|p| pod_requests(spec::spec(p))).fold(CpuMemory::default(), |a, b| {
-                CpuMemory { cpu_milli: a.cpu_milli + b.cpu_milli, memory_bytes: a.memory_bytes + b.memory_bytes }
-            });
+            let used = admitted.iter().map(|p| pod_requests(spec::spec(p))).fold(CpuMemory::default(), |a, b| a + b);
             if request.cpu_milli > 0 && request.cpu_milli > node.allocatable.cpu_milli - used.cpu_milli {
                 return Err(insufficient(
                     "cpu",

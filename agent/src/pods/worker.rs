@@ -304,26 +304,21 @@ impl PodWorker {
         let rt = &self.ctx.runtime;
         let events = &self.ctx.events;
         let at = Some((container.name.as_str(), start.init));
-        let id = match rt.create_container(sandbox_id, &spec, sandbox).await {
-            Ok(id) => id,
-            Err(e) => {
-                let message = e.message();
-                events.record(pod, at, EventType::Warning, ev::FAILED_TO_CREATE_CONTAINER, format!("Error: {message}"));
-                return Err(Waiting { reason: plan::REASON_CREATE_CONTAINER_ERROR.into(), message });
-            }
-        };
-        events.record(
-            pod,
-            at,
-            EventType::Normal,
-            ev::CREATED_CONTAINER,
-            format!("Created container {}", container.name),
-        );
-        if let Err(e) = rt.start_container(&id).await {
+        // kubelet reports a failed create or start as a `Failed` event, and the container as waiting with a reason.
+        let failed = |event: &'static str, reason: &str, e: RuntimeError| {
             let message = e.message();
-            events.record(pod, at, EventType::Warning, ev::FAILED_TO_START_CONTAINER, format!("Error: {message}"));
-            return Err(Waiting { reason: plan::REASON_RUN_CONTAINER_ERROR.into(), message });
-        }
+            events.record(pod, at, EventType::Warning, event, format!("Error: {message}"));
+            Waiting { reason: reason.into(), message }
+        };
+        let id = rt
+            .create_container(sandbox_id, &spec, sandbox)
+            .await
+            .map_err(|e| failed(ev::FAILED_TO_CREATE_CONTAINER, plan::REASON_CREATE_CONTAINER_ERROR, e))?;
+        let created = format!("Created container {}", container.name);
+        events.record(pod, at, EventType::Normal, ev::CREATED_CONTAINER, created);
+        rt.start_container(&id)
+            .await
+            .map_err(|e| failed(ev::FAILED_TO_START_CONTAINER, plan::REASON_RUN_CONTAINER_ERROR, e))?;
         events.record(
             pod,
             at,

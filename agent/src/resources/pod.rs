@@ -23,6 +23,14 @@ pub struct CpuMemory {
     pub memory_bytes: i128,
 }
 
+impl std::ops::Add for CpuMemory {
+    type Output = CpuMemory;
+
+    fn add(self, other: CpuMemory) -> CpuMemory {
+        CpuMemory { cpu_milli: self.cpu_milli + other.cpu_milli, memory_bytes: self.memory_bytes + other.memory_bytes }
+    }
+}
+
 fn container_amounts(c: &Container, limits: bool) -> CpuMemory {
     let res = c.resources.as_ref();
     let list = if limits { res.and_then(|r| r.limits.as_ref()) } else { res.and_then(|r| r.requests.as_ref()) };
@@ -37,12 +45,8 @@ fn container_amounts(c: &Container, limits: bool) -> CpuMemory {
 /// `resource.PodRequests` / `PodLimits`: app containers summed, then raised to the largest init container, since
 /// init containers run one at a time before the app containers.
 fn pod_amounts(spec: &PodSpec, limits: bool) -> CpuMemory {
-    let mut total = CpuMemory::default();
-    for c in &spec.containers {
-        let a = container_amounts(c, limits);
-        total.cpu_milli += a.cpu_milli;
-        total.memory_bytes += a.memory_bytes;
-    }
+    let mut total =
+        spec.containers.iter().map(|c| container_amounts(c, limits)).fold(CpuMemory::default(), |a, b| a + b);
     for c in spec.init_containers.iter().flatten() {
         let a = container_amounts(c, limits);
         total.cpu_milli = total.cpu_milli.max(a.cpu_milli);
