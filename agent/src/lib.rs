@@ -3,8 +3,10 @@
 
 pub mod api;
 pub mod config;
+pub mod kuberuntime;
 pub mod node;
 pub mod pods;
+pub mod probes;
 pub mod resources;
 pub mod runtime;
 pub mod server;

@@ -10,12 +10,13 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::sync::{mpsc, watch, Mutex};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rkubelet::api::events::run_event_poster;
 use rkubelet::api::pods::{run_api_source, API_SOURCE};
 use rkubelet::api::status::StatusManager;
 use rkubelet::config::{FlagOverrides, KubeletConfig, KubeletConfigurationFile};
+use rkubelet::kuberuntime::KubeRuntime;
 use rkubelet::node;
 use rkubelet::node::registration::{run_node_lease, FactsFn, NodeRegistration};
 use rkubelet::node::status::{go_arch, NodeFacts};
@@ -24,7 +25,7 @@ use rkubelet::pods::events::EventRecorder;
 use rkubelet::pods::manager::PodManager;
 use rkubelet::pods::source::{run_file_source, FILE_SOURCE};
 use rkubelet::pods::store::PodStore;
-use rkubelet::pods::worker::WorkerContext;
+use rkubelet::pods::worker::{PodWorkerMetrics, WorkerContext};
 use rkubelet::resources::cgroups::{CgroupManager, CgroupName, CGROUP_MOUNT};
 use rkubelet::resources::pod::{kubepods_config, node_allocatable, CpuMemory, ResourceConfig};
 use rkubelet::resources::QosClass;
@@ -77,6 +78,36 @@ struct Flags {
     /// Log verbosity, as kubelet's -v: 0-2 info, 3-4 debug, 5 and above trace. RUST_LOG overrides it.
     #[arg(short = 'v', long = "v")]
     v: Option<u32>,
+}
+
+/// The agent's long-running tasks by name. None of them is meant to end while the agent runs.
+#[derive(Default)]
+struct Supervisor {
+    tasks: tokio::task::JoinSet<()>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Supervisor {
+    fn spawn(&mut self, name: &'static str, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = self.tasks.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits for the first task to end and says which and how; pending forever when there are none.
+    async fn next_ended(&mut self) -> String {
+        match self.tasks.join_next_with_id().await {
+            Some(Ok((id, ()))) => format!("{} ended", self.names.get(&id).unwrap_or(&"a task")),
+            Some(Err(e)) => {
+                let name = self.names.get(&e.id()).unwrap_or(&"a task");
+                if e.is_panic() {
+                    format!("{name} panicked")
+                } else {
+                    format!("{name} was cancelled")
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// The watchdog is fed at half its interval, as systemd recommends.
@@ -293,41 +324,46 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     };
     let store = PodStore::default();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let pod_worker_metrics = Arc::new(PodWorkerMetrics::default());
     let ctx = Arc::new(WorkerContext {
-        runtime: runtime.clone(),
+        kuberuntime: KubeRuntime {
+            runtime: runtime.clone(),
+            node_name: config.node_name.clone(),
+            host_ips: host_ips.clone(),
+            pod_logs_dir: config.pod_logs_dir.clone(),
+            host_dns: node::parse_resolv_conf(&resolv),
+            cluster_dns: config.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
+            cluster_domain: config.cluster_domain.clone(),
+            memory_capacity: capacity.memory_bytes,
+            image_pull_lock: config.serialize_image_pulls.then(|| Mutex::new(())),
+            cgroups,
+            oom_kill_whole_container: !config.single_process_oom_kill
+                && rkubelet::resources::cgroups::check_cgroup_v2(std::path::Path::new(CGROUP_MOUNT)).is_ok(),
+            events: if flags.kubeconfig.is_some() { EventRecorder::new(events_tx) } else { EventRecorder::default() },
+        },
         runtime_name,
         store: store.clone(),
-        node_name: config.node_name.clone(),
-        host_ips: host_ips.clone(),
-        pod_logs_dir: config.pod_logs_dir.clone(),
-        host_dns: node::parse_resolv_conf(&resolv),
-        cluster_dns: config.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
-        cluster_domain: config.cluster_domain.clone(),
-        memory_capacity: capacity.memory_bytes,
         sync_frequency: config.sync_frequency,
-        image_pull_lock: config.serialize_image_pulls.then(|| Mutex::new(())),
-        cgroups,
-        oom_kill_whole_container: !config.single_process_oom_kill
-            && rkubelet::resources::cgroups::check_cgroup_v2(std::path::Path::new(CGROUP_MOUNT)).is_ok(),
-        events: if flags.kubeconfig.is_some() { EventRecorder::new(events_tx) } else { EventRecorder::default() },
+        metrics: pod_worker_metrics.clone(),
     });
 
+    // Every long-running part of the agent: if one ends, the agent exits non-zero so that systemd restarts it
+    // whole, instead of reporting healthy with a part missing.
+    let mut tasks = Supervisor::default();
     let pleg = Pleg::new(runtime.clone());
     let pleg_health = pleg.health();
     let (pleg_tx, pleg_rx) = mpsc::unbounded_channel();
-    tokio::spawn(pleg.run(pleg_tx));
+    tasks.spawn("PLEG", pleg.run(pleg_tx));
 
     let mut sources = Vec::new();
     let (source_tx, source_rx) = mpsc::channel(16);
     if let Some(dir) = &config.static_pod_path {
         sources.push(FILE_SOURCE);
         tracing::info!(dir = %dir.display(), "watching static pod manifests");
-        tokio::spawn(run_file_source(
-            dir.clone(),
-            config.node_name.clone(),
-            config.file_check_frequency,
-            source_tx.clone(),
-        ));
+        tasks.spawn(
+            "static pod source",
+            run_file_source(dir.clone(), config.node_name.clone(), config.file_check_frequency, source_tx.clone()),
+        );
     }
     let (terminated_tx, terminated_rx) = mpsc::unbounded_channel();
     let node_labels = node::status::node_labels(&hostname, go_arch(), &extra_labels);
@@ -349,8 +385,12 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .context("API client")?;
         sources.push(API_SOURCE);
         let (mirrors_tx, mirrors_rx) = watch::channel(Default::default());
-        tokio::spawn(run_api_source(client.clone(), config.node_name.clone(), source_tx.clone(), mirrors_tx));
-        tokio::spawn(
+        tasks.spawn(
+            "API pod source",
+            run_api_source(client.clone(), config.node_name.clone(), source_tx.clone(), mirrors_tx),
+        );
+        tasks.spawn(
+            "status manager",
             StatusManager {
                 client: client.clone(),
                 node_name: config.node_name.clone(),
@@ -361,7 +401,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             .run(),
         );
         let (pod_cidr_tx, pod_cidr_rx) = watch::channel(None);
-        tokio::spawn(follow_pod_cidr(pod_cidr_rx, runtime.clone(), config.clone()));
+        tasks.spawn("pod CIDR follower", follow_pod_cidr(pod_cidr_rx, runtime.clone(), config.clone()));
         let facts = node_facts_fn(
             &config,
             hostname.clone(),
@@ -371,7 +411,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             (capacity, allocatable),
             host_ips.clone(),
         );
-        tokio::spawn(
+        tasks.spawn(
+            "node status",
             NodeRegistration {
                 client: client.clone(),
                 node_name: config.node_name.clone(),
@@ -383,11 +424,12 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             }
             .run(),
         );
-        tokio::spawn(run_event_poster(client.clone(), config.node_name.clone(), events_rx));
-        tokio::spawn(run_node_lease(client, config.node_name.clone()));
+        tasks.spawn("event poster", run_event_poster(client.clone(), config.node_name.clone(), events_rx));
+        tasks.spawn("node lease", run_node_lease(client, config.node_name.clone()));
     }
     drop(source_tx);
-    tokio::spawn(
+    tasks.spawn(
+        "pod manager",
         PodManager::new(ctx, &sources)
             .report_terminated(terminated_tx)
             .with_admission(admission_rx)
@@ -398,8 +440,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         let addr = SocketAddr::new(config.address, config.read_only_port);
         let listener = server::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
         tracing::info!(%addr, "read-only server listening");
-        let state = ServerState { store, runtime_metrics: runtime.metrics(), pleg: pleg_health.clone() };
-        tokio::spawn(async move {
+        let state = ServerState {
+            store,
+            runtime_metrics: runtime.metrics(),
+            pod_workers: pod_worker_metrics,
+            pleg: pleg_health.clone(),
+        };
+        tasks.spawn("read-only server", async move {
             if let Err(e) = server::serve(listener, state).await {
                 tracing::error!(error = %e, "read-only server stopped");
             }
@@ -430,6 +477,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            ended = tasks.next_ended() => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+                anyhow::bail!("{ended}; exiting so that the service manager restarts the agent (pods keep running)");
+            }
         }
     }
     // Pods keep running: a restarted agent picks them up again from the runtime.

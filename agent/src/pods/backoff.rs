@@ -80,6 +80,18 @@ impl Backoff {
     }
 }
 
+/// apimachinery's `wait.Jitter`: `d` plus up to `max_factor` times `d`, scaled by `unit` in [0, 1).
+pub fn jitter(d: Duration, max_factor: f64, unit: f64) -> Duration {
+    d + d.mul_f64(max_factor * unit.clamp(0.0, 1.0))
+}
+
+/// A random number in [0, 1) for jitter; the standard library's per-instance random hash keys are enough here.
+pub fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +130,17 @@ mod tests {
         // Ten minutes and more since the last failure: start over.
         b.next("k", t(30 + 601));
         assert_eq!(b.get("k"), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_factor_and_random_units_vary() {
+        let d = Duration::from_secs(10);
+        assert_eq!(jitter(d, 0.5, 0.0), d);
+        assert_eq!(jitter(d, 0.5, 0.5), Duration::from_millis(12_500));
+        assert!(jitter(d, 0.5, 0.999) < Duration::from_secs(15));
+        let units: Vec<f64> = (0..16).map(|_| random_unit()).collect();
+        assert!(units.iter().all(|u| (0.0..1.0).contains(u)));
+        assert!(units.windows(2).any(|w| w[0] != w[1]), "jitter must not be constant");
     }
 
     #[test]

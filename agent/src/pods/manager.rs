@@ -7,15 +7,30 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::admission::{self, NodeInfo};
+use super::admission::{self, NodeInfo, Rejection};
 use super::events::EventType;
 use super::source::{SourceUpdate, CONFIG_SOURCE_ANNOTATION, FILE_SOURCE};
 use super::spec;
-use super::worker::{kill_orphaned_pod, PodWorker, WorkerContext, WorkerInput};
+use super::unsupported::{self, REASON_UNSUPPORTED_POD_SPEC};
+use super::worker::{PodWorker, WorkerContext, WorkerInput};
 use crate::resources::cgroups::CgroupName;
 use crate::resources::pod::{burstable_cpu_shares, ResourceConfig};
 use crate::resources::QosClass;
 use crate::runtime::PlegEvent;
+
+/// kubelet's event reason for a volume that could not be set up.
+const EVENT_FAILED_MOUNT: &str = "FailedMount";
+
+/// kubelet's `podsDifferSemantically`: what a pod worker acts on. Status, resourceVersion and managed fields
+/// changes are not among it.
+pub fn pods_differ_semantically(existing: &Pod, update: &Pod) -> bool {
+    let (a, b) = (&existing.metadata, &update.metadata);
+    existing.spec != update.spec
+        || a.labels != b.labels
+        || a.annotations != b.annotations
+        || a.deletion_timestamp != b.deletion_timestamp
+        || a.deletion_grace_period_seconds != b.deletion_grace_period_seconds
+}
 
 /// Orphaned pod cgroups are looked for every this many relists (kubelet's housekeeping runs every 2 s).
 const CGROUP_CLEANUP_EVERY_RELISTS: u32 = 2;
@@ -161,8 +176,14 @@ impl PodManager {
             match self.workers.get(uid) {
                 Some(h) if h.terminating.is_some() => {} // restarts once termination is done
                 Some(h) => {
-                    if !Arc::ptr_eq(&h.input.borrow().pod, pod) && h.input.borrow().pod.as_ref() != pod.as_ref() {
-                        self.ctx.store.upsert_pod(uid, pod.clone());
+                    let current = h.input.borrow().pod.clone();
+                    if Arc::ptr_eq(&current, pod) {
+                        continue;
+                    }
+                    // The status manager reads the API's status from the store; only a change the worker acts on
+                    // wakes the worker (a status write coming back through the watch does not).
+                    self.ctx.store.upsert_pod(uid, pod.clone());
+                    if pods_differ_semantically(&current, pod) {
                         let _ = h.input.send(WorkerInput { pod: pod.clone(), terminate: false });
                     }
                 }
@@ -191,7 +212,7 @@ impl PodManager {
 
     /// kubelet's QoS container manager: the burstable cgroup's CPU shares follow the Burstable pods' requests.
     fn update_qos_cgroups(&mut self, desired: &BTreeMap<String, Arc<Pod>>) {
-        let Some(cgroups) = self.ctx.cgroups.clone() else { return };
+        let Some(cgroups) = self.ctx.kuberuntime.cgroups.clone() else { return };
         let shares = burstable_cpu_shares(desired.values().map(|p| spec::spec(p)));
         if self.burstable_shares == Some(shares) {
             return;
@@ -207,7 +228,7 @@ impl PodManager {
 
     /// Removes pod cgroups of pods that no source wants and the runtime no longer holds.
     fn cleanup_orphaned_cgroups(&self, runtime_uids: &BTreeSet<String>) {
-        let Some(cgroups) = self.ctx.cgroups.clone() else { return };
+        let Some(cgroups) = self.ctx.kuberuntime.cgroups.clone() else { return };
         let orphaned: Vec<CgroupName> = cgroups
             .pod_cgroups()
             .into_iter()
@@ -260,14 +281,37 @@ impl PodManager {
                 .is_some_and(|s| s == FILE_SOURCE);
             if let Err(rejection) = admission::admit(&pod, &active, &node, is_static) {
                 tracing::warn!(pod = %spec::key(&pod), uid, reason = rejection.reason, "{}", rejection.message);
-                self.ctx.events.record(&pod, None, EventType::Warning, rejection.reason, rejection.message.clone());
-                self.not_running.insert(uid.clone());
-                self.ctx.store.upsert_pod(&uid, pod.clone());
-                self.ctx.store.set_status(&uid, rejection.status(&pod));
+                self.reject(&uid, pod, &rejection);
                 return;
             }
         }
+        let unsupported = unsupported::unsupported_fields(&pod);
+        if !unsupported.is_empty() {
+            let rejection = Rejection {
+                reason: REASON_UNSUPPORTED_POD_SPEC,
+                message: format!("this node does not support these pod fields yet: {}", unsupported.join(", ")),
+            };
+            tracing::warn!(pod = %spec::key(&pod), uid, reason = rejection.reason, "{}", rejection.message);
+            self.reject(&uid, pod, &rejection);
+            return;
+        }
+        for volume in unsupported::unmounted_service_account_volumes(&pod) {
+            let message = format!(
+                "MountVolume.SetUp skipped for volume {volume:?}: service-account token volumes are not \
+                 supported on this node yet; the pod runs without it"
+            );
+            self.ctx.kuberuntime.events.record(&pod, None, EventType::Warning, EVENT_FAILED_MOUNT, message);
+        }
         self.spawn_worker(&uid, pod);
+    }
+
+    /// kubelet's `rejectPod`: a warning event, and the pod Failed with the reason, never run.
+    fn reject(&mut self, uid: &str, pod: Arc<Pod>, rejection: &Rejection) {
+        let events = &self.ctx.kuberuntime.events;
+        events.record(&pod, None, EventType::Warning, rejection.reason, rejection.message.clone());
+        self.not_running.insert(uid.to_owned());
+        self.ctx.store.upsert_pod(uid, pod.clone());
+        self.ctx.store.set_status(uid, rejection.status(&pod));
     }
 
     fn is_terminal(&self, uid: &str) -> bool {
@@ -313,11 +357,73 @@ impl PodManager {
                     let ctx = self.ctx.clone();
                     let done = self.done_tx.clone();
                     tokio::spawn(async move {
-                        kill_orphaned_pod(ctx, uid.clone()).await;
+                        ctx.kuberuntime.kill_orphaned_pod(uid.clone()).await;
                         let _ = done.send(Done::Orphan(uid));
                     });
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn pod() -> Pod {
+        let mut p = Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container { name: "app".into(), ..Default::default() }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        p.metadata.resource_version = Some("1".into());
+        p
+    }
+
+    #[test]
+    fn status_and_bookkeeping_changes_do_not_reach_the_worker() {
+        let old = pod();
+        let mut new = old.clone();
+        new.metadata.resource_version = Some("2".into());
+        new.metadata.managed_fields = Some(vec![Default::default()]);
+        new.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            message: Some("create failed: container 3f1c…".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert!(!pods_differ_semantically(&old, &new));
+    }
+
+    #[test]
+    fn spec_label_annotation_and_deletion_changes_do() {
+        let old = pod();
+        let mut spec_change = old.clone();
+        spec_change.spec.as_mut().unwrap().containers[0].image = Some("busybox:2".into());
+        let mut label = old.clone();
+        label.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());
+        let mut annotation = old.clone();
+        annotation.metadata.annotations = Some([("a".to_owned(), "b".to_owned())].into());
+        let mut deleted = old.clone();
+        deleted.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        let mut grace = old.clone();
+        grace.metadata.deletion_grace_period_seconds = Some(5);
+        for (what, new) in [
+            ("spec", spec_change),
+            ("labels", label),
+            ("annotations", annotation),
+            ("deletion", deleted),
+            ("grace", grace),
+        ] {
+            assert!(pods_differ_semantically(&old, &new), "{what} must reach the worker");
         }
     }
 }

@@ -11,4 +11,5 @@ pub mod source;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod unsupported;
 pub mod worker;

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 
 use super::backoff::Backoff;
 use super::spec::{self, RestartPolicy};
+use crate::probes::{ProbeKind, ProbeResult, ProbeResults};
 use crate::runtime::{ContainerRecord, ContainerRunState, ObservedPod};
 
 /// kubelet keeps this many dead instances of each container (`MaxPerPodContainer`); older ones are removed.
@@ -152,8 +153,28 @@ enum InitBlocked {
     Failed,
 }
 
-pub fn compute_pod_actions(pod: &Pod, observed: &ObservedPod, backoff: &BackoffState, now: SystemTime) -> PodActions {
+/// Everything `compute_pod_actions` decides from, gathered by the pod worker.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    pub pod: &'a Pod,
+    pub observed: &'a ObservedPod,
+    pub backoff: &'a BackoffState,
+    /// The latest liveness and startup results of the pod's running containers.
+    pub probes: &'a ProbeResults,
+    /// The pod's volumes are set up; containers are not started before (kubelet's `WaitForAttachAndMount`).
+    pub volumes_ready: bool,
+    pub now: SystemTime,
+}
+
+/// kubelet's `computePodActions` for one pod.
+pub fn compute_pod_actions(input: &PlanInput<'_>) -> PodActions {
+    let PlanInput { pod, observed, backoff, probes, volumes_ready, now } = *input;
     let mut actions = PodActions::default();
+    if !volumes_ready {
+        // Nothing is started before the volumes are there; dead instances may still be collected.
+        collect_garbage(observed, &mut actions);
+        return actions;
+    }
     let policy = spec::restart_policy(spec::spec(pod));
     let containers = &spec::spec(pod).containers;
     collect_garbage(observed, &mut actions);
@@ -213,6 +234,17 @@ pub fn compute_pod_actions(pod: &Pod, observed: &ObservedPod, backoff: &BackoffS
                     // The replaced instance did not fail: no back-off for a spec change.
                     start.previous_finished_at = None;
                     actions.containers_to_start.push(start);
+                } else if let Some(probe) = failed_probe(c, l, probes) {
+                    // Probes report, the planner decides: a failed liveness or startup probe kills the container,
+                    // which restarts per the restart policy once it has exited.
+                    actions.containers_to_kill.push(ContainerKill {
+                        id: l.id.clone(),
+                        name: c.name.clone(),
+                        reason: format!("Container {} failed {probe} probe", c.name),
+                    });
+                    if should_restart_after_kill(policy) {
+                        keep += 1;
+                    }
                 } else {
                     keep += 1;
                 }
@@ -232,6 +264,24 @@ pub fn compute_pod_actions(pod: &Pod, observed: &ObservedPod, backoff: &BackoffS
     }
     apply_backoff(pod, backoff, now, &mut actions);
     actions
+}
+
+/// The probe that failed for a running container: startup until it has passed, liveness after (kubelet's
+/// `computePodActions` checks both results the same way).
+fn failed_probe(c: &Container, running: &ContainerRecord, probes: &ProbeResults) -> Option<&'static str> {
+    let failed = |kind| probes.get(&running.id, kind) == Some(ProbeResult::Failure);
+    if c.startup_probe.is_some() && failed(ProbeKind::Startup) {
+        return Some("startup");
+    }
+    if c.liveness_probe.is_some() && failed(ProbeKind::Liveness) {
+        return Some("liveness");
+    }
+    None
+}
+
+/// A killed container comes back only when its pod's restart policy restarts it.
+fn should_restart_after_kill(policy: RestartPolicy) -> bool {
+    policy != RestartPolicy::Never
 }
 
 /// Holds back containers whose restart or image pull is in back-off, as kubelet's `doBackOff` and image puller do.
@@ -325,6 +375,11 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(2_000_000 + secs)
     }
 
+    fn plan(pod: &Pod, observed: &ObservedPod, backoff: &BackoffState, now: SystemTime) -> PodActions {
+        let probes = ProbeResults::default();
+        compute_pod_actions(&PlanInput { pod, observed, backoff, probes: &probes, volumes_ready: true, now })
+    }
+
     fn container(name: &str) -> Container {
         Container { name: name.into(), image: Some(format!("127.0.0.1:5000/{name}:1")), ..Default::default() }
     }
@@ -399,7 +454,7 @@ mod tests {
     #[test]
     fn fresh_pod_creates_sandbox_and_starts_all_containers() {
         let p = pod("Always", &[], &["app", "side"]);
-        let a = compute_pod_actions(&p, &ObservedPod::default(), &BackoffState::default(), t(0));
+        let a = plan(&p, &ObservedPod::default(), &BackoffState::default(), t(0));
         assert_eq!(a.create_sandbox, Some(0));
         assert!(!a.kill_pod, "nothing to kill yet");
         assert_eq!(names(&a), vec!["app", "side"]);
@@ -413,8 +468,86 @@ mod tests {
             vec![sandbox("sb1", 0, true, 0)],
             vec![record(&p, "app", "c1", 0, ContainerRunState::Running, 0, 1)],
         );
-        let a = compute_pod_actions(&p, &o, &BackoffState::default(), t(10));
+        let a = plan(&p, &o, &BackoffState::default(), t(10));
         assert_eq!(a, PodActions { sandbox_id: Some("sb1".into()), ..Default::default() });
+    }
+
+    #[test]
+    fn failed_liveness_kills_the_running_container_and_other_results_do_not() {
+        let mut p = pod("Always", &[], &["app"]);
+        p.spec.as_mut().unwrap().containers[0].liveness_probe = Some(Default::default());
+        let o = observed(
+            vec![sandbox("sb1", 0, true, 0)],
+            vec![record(&p, "app", "c1", 0, ContainerRunState::Running, 0, 1)],
+        );
+        let decide = |probes: &ProbeResults| {
+            let b = BackoffState::default();
+            compute_pod_actions(&PlanInput {
+                pod: &p,
+                observed: &o,
+                backoff: &b,
+                probes,
+                volumes_ready: true,
+                now: t(10),
+            })
+        };
+        let mut probes = ProbeResults::default();
+        assert!(decide(&probes).containers_to_kill.is_empty(), "no result yet: nothing to kill");
+        probes.set("c1", ProbeKind::Liveness, ProbeResult::Success);
+        assert!(decide(&probes).containers_to_kill.is_empty());
+        probes.set("c1", ProbeKind::Readiness, ProbeResult::Failure);
+        assert!(decide(&probes).containers_to_kill.is_empty(), "readiness never kills");
+        probes.set("c1", ProbeKind::Liveness, ProbeResult::Failure);
+        let a = decide(&probes);
+        assert_eq!(
+            a.containers_to_kill,
+            vec![ContainerKill {
+                id: "c1".into(),
+                name: "app".into(),
+                reason: "Container app failed liveness probe".into()
+            }]
+        );
+        assert!(!a.kill_pod, "the sandbox stays for the restart");
+        // A result for another instance (an earlier container) does not touch this one.
+        let mut other = ProbeResults::default();
+        other.set("c0", ProbeKind::Liveness, ProbeResult::Failure);
+        assert!(decide(&other).containers_to_kill.is_empty());
+    }
+
+    #[test]
+    fn failed_startup_probe_kills_and_liveness_without_a_probe_in_the_spec_is_ignored() {
+        let mut p = pod("Always", &[], &["app"]);
+        p.spec.as_mut().unwrap().containers[0].startup_probe = Some(Default::default());
+        let o = observed(
+            vec![sandbox("sb1", 0, true, 0)],
+            vec![record(&p, "app", "c1", 0, ContainerRunState::Running, 0, 1)],
+        );
+        let b = BackoffState::default();
+        let kills = |probes: &ProbeResults| {
+            let input = PlanInput { pod: &p, observed: &o, backoff: &b, probes, volumes_ready: true, now: t(10) };
+            compute_pod_actions(&input).containers_to_kill
+        };
+        let mut probes = ProbeResults::default();
+        probes.set("c1", ProbeKind::Liveness, ProbeResult::Failure);
+        assert!(kills(&probes).is_empty(), "no livenessProbe in the spec");
+        probes.set("c1", ProbeKind::Startup, ProbeResult::Failure);
+        let kills = kills(&probes);
+        assert_eq!(kills.len(), 1);
+        assert_eq!(kills[0].reason, "Container app failed startup probe");
+    }
+
+    #[test]
+    fn nothing_starts_before_volumes_are_ready() {
+        let p = pod("Always", &["init"], &["app"]);
+        let b = BackoffState::default();
+        let probes = ProbeResults::default();
+        let o = ObservedPod::default();
+        let input = PlanInput { pod: &p, observed: &o, backoff: &b, probes: &probes, volumes_ready: false, now: t(0) };
+        let a = compute_pod_actions(&input);
+        assert_eq!(a.create_sandbox, None);
+        assert!(a.containers_to_start.is_empty());
+        let a = compute_pod_actions(&PlanInput { volumes_ready: true, ..input });
+        assert_eq!(a.create_sandbox, Some(0));
     }
 
     #[test]
@@ -424,7 +557,7 @@ mod tests {
             vec![sandbox("sb1", 0, false, 0)],
             vec![record(&p, "app", "c1", 0, ContainerRunState::Exited, 137, 1)],
         );
-        let a = compute_pod_actions(&p, &o, &BackoffState::default(), t(10));
+        let a = plan(&p, &o, &BackoffState::default(), t(10));
         assert!(a.kill_pod);
         assert_eq!(a.create_sandbox, Some(1));
         assert_eq!(names(&a), vec!["app"]);
@@ -438,7 +571,7 @@ mod tests {
             vec![sandbox("sb1", 0, false, 0)],
             vec![record(&p, "app", "c1", 0, ContainerRunState::Exited, 1, 1)],
         );
-        let a = compute_pod_actions(&p, &o, &BackoffState::default(), t(10));
+        let a = plan(&p, &o, &BackoffState::default(), t(10));
         assert_eq!(a.create_sandbox, None);
         assert!(a.containers_to_start.is_empty());
     }
@@ -458,7 +591,7 @@ mod tests {
                 vec![sandbox("sb1", 0, true, 0)],
                 vec![record(&p, "app", "c1", 0, ContainerRunState::Exited, exit, 1)],
             );
-            let a = compute_pod_actions(&p, &o, &BackoffState::default(), t(10));
+            let a = plan(&p, &o, &BackoffState::default(), t(10));
             assert_eq!(!a.containers_to_start.is_empty(), restart, "{policy} exit {exit}");
             // When nothing restarts and nothing runs, the sandbox is stopped.
             assert_eq!(a.kill_pod, !restart, "{policy} exit {exit}");
@@ -475,7 +608,7 @@ mod tests {
                 record(&p, "side", "c2", 0, ContainerRunState::Running, 0, 1),
             ],
         );
-        let a = compute_pod_actions(&p, &o, &BackoffState::default(), t(10));
+        let a = plan(&p, &o, &BackoffState::default(), t(10));
         assert!(!a.kill_pod);
         assert_eq!(a.sandbox_id.as_deref(), Some("sb1"));
         assert_eq!(names(&a), vec!["app"]);
@@ -493,7 +626,7 @@ mod tests {
             vec![sandbox("sb1", 0, true, 0)],
             vec![record(&p, "app", "c1", 0, ContainerRunState::Exited, 1, 5)],
         );
-        assert_eq!(names(&compute_pod_actions(&p, &o, &b, t(6))), vec!["app"]);
+        assert_eq!(names(&plan(&p, &o, &b, t(6))), vec!["app"]);
         b.crash.next(&key, t(6));
         // It fails again at t=8: held back until t=18.
         let o = observed(
@@ -503,7 +636,7 @@ mod tests {
                 record(&p, "app", "c1", 0, ContainerRunState::Exited, 1, 5),
             ],
         );
-        let a = compute_pod_actions(&p, &o, &b, t(12));
+        let a = plan(&p, &o, &b, t(12));
         assert!(a.containers_to_start.is_empty());
         assert!(!a.kill_pod, "a container in back-off still counts as restarting");
         let w = &a.waiting["app"];
@@ -512,7 +645,7 @@ mod tests {
         assert_eq!(a.resync_after, Some(Duration::from_secs(6)));
         // The old instance beyond the newest dead one is garbage.
         assert_eq!(a.containers_to_remove, vec!["c1".to_string()]);
-        let a = compute_pod_actions(&p, &o, &b, t(18));
+        let a = plan(&p, &o, &b, t(18));
         assert_eq!(names(&a), vec!["app"]);
         b.crash.next(&key, t(8));
         assert_eq!(b.crash.get(&key), Some(Duration::from_secs(20)));
@@ -524,7 +657,7 @@ mod tests {
         let mut running = record(&p, "app", "c1", 0, ContainerRunState::Running, 0, 1);
         running.spec_hash = "deadbeef".into();
         let o = observed(vec![sandbox("sb1", 0, true, 0)], vec![running]);
-        let a = compute_pod_actions(&p, &o, &BackoffState::default(), t(10));
+        let a = plan(&p, &o, &BackoffState::default(), t(10));
         assert_eq!(a.containers_to_kill.len(), 1);
         assert_eq!(a.containers_to_kill[0].reason, "Container app definition changed");
         assert_eq!(names(&a), vec!["app"]);
@@ -539,26 +672,26 @@ mod tests {
         let mut b = BackoffState::default();
         b.image_pull.next(&image_backoff_key(&p, "127.0.0.1:5000/app:1"), t(0));
         let o = observed(vec![sandbox("sb1", 0, true, 0)], vec![]);
-        let a = compute_pod_actions(&p, &o, &b, t(3));
+        let a = plan(&p, &o, &b, t(3));
         assert!(a.containers_to_start.is_empty());
         assert_eq!(a.waiting["app"].reason, "ImagePullBackOff");
         assert_eq!(a.waiting["app"].message, "Back-off pulling image \"127.0.0.1:5000/app:1\"");
         assert_eq!(a.resync_after, Some(Duration::from_secs(7)));
         // After the back-off the pull is tried again.
-        assert_eq!(names(&compute_pod_actions(&p, &o, &b, t(11))), vec!["app"]);
+        assert_eq!(names(&plan(&p, &o, &b, t(11))), vec!["app"]);
     }
 
     #[test]
     fn init_containers_run_one_at_a_time_before_app_containers() {
         let p = pod("Always", &["init1", "init2"], &["app"]);
-        let a = compute_pod_actions(&p, &ObservedPod::default(), &BackoffState::default(), t(0));
+        let a = plan(&p, &ObservedPod::default(), &BackoffState::default(), t(0));
         assert_eq!(names(&a), vec!["init1"]);
         assert!(a.containers_to_start[0].init);
         let sb = || vec![sandbox("sb1", 0, true, 0)];
         let o = observed(sb(), vec![record(&p, "init1", "i1", 0, ContainerRunState::Running, 0, 1)]);
-        assert!(compute_pod_actions(&p, &o, &BackoffState::default(), t(2)).containers_to_start.is_empty());
+        assert!(plan(&p, &o, &BackoffState::default(), t(2)).containers_to_start.is_empty());
         let o = observed(sb(), vec![record(&p, "init1", "i1", 0, ContainerRunState::Exited, 0, 1)]);
-        assert_eq!(names(&compute_pod_actions(&p, &o, &BackoffState::default(), t(3))), vec!["init2"]);
+        assert_eq!(names(&plan(&p, &o, &BackoffState::default(), t(3))), vec!["init2"]);
         let o = observed(
             sb(),
             vec![
@@ -566,7 +699,7 @@ mod tests {
                 record(&p, "init2", "i2", 0, ContainerRunState::Exited, 0, 3),
             ],
         );
-        assert_eq!(names(&compute_pod_actions(&p, &o, &BackoffState::default(), t(5))), vec!["app"]);
+        assert_eq!(names(&plan(&p, &o, &BackoffState::default(), t(5))), vec!["app"]);
     }
 
     #[test]
@@ -577,7 +710,7 @@ mod tests {
                 vec![sandbox("sb1", 0, true, 0)],
                 vec![record(&p, "init1", "i1", 0, ContainerRunState::Exited, 1, 1)],
             );
-            let a = compute_pod_actions(&p, &o, &BackoffState::default(), t(5));
+            let a = plan(&p, &o, &BackoffState::default(), t(5));
             assert_eq!(a.kill_pod, !restarts, "{policy}");
             assert_eq!(names(&a), if restarts { vec!["init1"] } else { vec![] }, "{policy}");
         }
@@ -589,7 +722,7 @@ mod tests {
         let mut c = record(&p, "app", "c2", 1, ContainerRunState::Running, 0, 20);
         c.sandbox_id = "sb2".into();
         let o = observed(vec![sandbox("sb2", 1, true, 10), sandbox("sb1", 0, false, 0)], vec![c]);
-        let a = compute_pod_actions(&p, &o, &BackoffState::default(), t(30));
+        let a = plan(&p, &o, &BackoffState::default(), t(30));
         assert_eq!(a.sandboxes_to_remove, vec!["sb1".to_string()]);
         assert!(a.containers_to_start.is_empty() && !a.kill_pod);
     }

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::plan::{Waiting, REASON_CONTAINER_CREATING, REASON_POD_INITIALIZING};
 use super::spec::{self, RestartPolicy};
+use crate::probes::{ProbeKind, ProbeResult, ProbeResults};
 use crate::resources::pod_qos_class;
 use crate::runtime::{ContainerRecord, ContainerRunState, ObservedPod};
 
@@ -41,6 +42,8 @@ pub struct StatusInput<'a> {
     pub host_ips: &'a [String],
     /// Prefix of container IDs, the runtime's name (`containerd`).
     pub runtime_name: &'a str,
+    /// The latest readiness and startup results of the pod's containers.
+    pub probes: &'a ProbeResults,
     pub now: SystemTime,
 }
 
@@ -114,15 +117,19 @@ fn container_status(input: &StatusInput<'_>, container: &Container, default_wait
         ),
     };
     let running = state.running.is_some();
+    // kubelet's prober manager: a container with a startup probe is started once that probe passed, and ready only
+    // once started and, with a readiness probe, once that probe passed; neither probe has passed before it ran.
+    let passed = |kind| latest.is_some_and(|c| input.probes.get(&c.id, kind) == Some(ProbeResult::Success));
+    let started = running && (container.startup_probe.is_none() || passed(ProbeKind::Startup));
+    let ready = started && (container.readiness_probe.is_none() || passed(ProbeKind::Readiness));
     ContainerStatus {
         name: container.name.clone(),
         image: spec::image_of(container).to_owned(),
         image_id: latest.map(|c| c.image_ref.clone()).unwrap_or_default(),
         container_id: latest.map(|c| format!("{}://{}", input.runtime_name, c.id)),
         restart_count: latest.map(|c| c.restart_count as i32).unwrap_or(0),
-        // Without a readiness probe a running container is ready.
-        ready: running,
-        started: Some(running),
+        ready,
+        started: Some(started),
         state: Some(state),
         last_state: Some(last_state.unwrap_or_default()),
         ..Default::default()
@@ -389,6 +396,7 @@ mod tests {
             start_time: t(0),
             host_ips: &host_ips,
             runtime_name: "containerd",
+            probes: &ProbeResults::default(),
             now: t(100),
         })
     }
@@ -414,6 +422,50 @@ mod tests {
         assert_eq!(s.qos_class.as_deref(), Some("BestEffort"));
         assert_eq!(s.pod_ip.as_deref(), Some("10.88.0.5"));
         assert_eq!(s.host_ip.as_deref(), Some("192.0.2.10"));
+    }
+
+    #[test]
+    fn readiness_and_startup_probes_hold_ready_and_started_until_they_pass() {
+        let mut p = pod("Always", &[], &["app"]);
+        let app = &mut p.spec.as_mut().unwrap().containers[0];
+        app.readiness_probe = Some(Default::default());
+        app.startup_probe = Some(Default::default());
+        let mut observed = ObservedPod {
+            sandboxes: vec![sandbox(true)],
+            containers: vec![record("app", "abc", 0, ContainerRunState::Running, 0, 1)],
+        };
+        observed.sort();
+        let host_ips = vec!["192.0.2.10".to_string()];
+        let waiting = BTreeMap::new();
+        let compute = |probes: &ProbeResults| {
+            compute_pod_status(&StatusInput {
+                pod: &p,
+                observed: &observed,
+                waiting: &waiting,
+                previous: None,
+                start_time: t(0),
+                host_ips: &host_ips,
+                runtime_name: "containerd",
+                probes,
+                now: t(100),
+            })
+        };
+        let mut probes = ProbeResults::default();
+        let s = compute(&probes);
+        assert_eq!((cstatus(&s, "app").started, cstatus(&s, "app").ready), (Some(false), false));
+        assert_eq!(cond(&s, "Ready").status, "False");
+        assert_eq!(cond(&s, "ContainersReady").reason.as_deref(), Some("ContainersNotReady"));
+        // Readiness passing before the startup probe does not make the container ready.
+        probes.set("abc", ProbeKind::Readiness, ProbeResult::Success);
+        assert!(!cstatus(&compute(&probes), "app").ready);
+        probes.set("abc", ProbeKind::Startup, ProbeResult::Success);
+        let s = compute(&probes);
+        assert_eq!((cstatus(&s, "app").started, cstatus(&s, "app").ready), (Some(true), true));
+        assert_eq!(cond(&s, "Ready").status, "True");
+        probes.set("abc", ProbeKind::Readiness, ProbeResult::Failure);
+        let s = compute(&probes);
+        assert!(!cstatus(&s, "app").ready);
+        assert_eq!(s.phase.as_deref(), Some("Running"), "readiness never changes the phase");
     }
 
     #[test]

@@ -12,12 +12,14 @@ use axum::Router;
 
 use crate::pods::spec;
 use crate::pods::store::PodStore;
+use crate::pods::worker::PodWorkerMetrics;
 use crate::runtime::{PlegHealth, RuntimeMetrics};
 
 #[derive(Clone)]
 pub struct ServerState {
     pub store: PodStore,
     pub runtime_metrics: Arc<RuntimeMetrics>,
+    pub pod_workers: Arc<PodWorkerMetrics>,
     pub pleg: PlegHealth,
 }
 
@@ -83,6 +85,17 @@ async fn metrics(State(s): State<ServerState>) -> Response {
             st.total.as_secs_f64()
         );
     }
+    let (syncs, failed, took) = s.pod_workers.snapshot();
+    out.push_str("# HELP kubelet_pod_worker_duration_seconds Duration in seconds to sync a single pod.\n");
+    out.push_str("# TYPE kubelet_pod_worker_duration_seconds summary\n");
+    let _ =
+        writeln!(out, "kubelet_pod_worker_duration_seconds_sum{{operation_type=\"sync\"}} {:.6}", took.as_secs_f64());
+    let _ = writeln!(out, "kubelet_pod_worker_duration_seconds_count{{operation_type=\"sync\"}} {syncs}");
+    out.push_str(
+        "# HELP rkubelet_pod_worker_failed_syncs_total Pod syncs that ended with an error and were requeued.\n",
+    );
+    out.push_str("# TYPE rkubelet_pod_worker_failed_syncs_total counter\n");
+    let _ = writeln!(out, "rkubelet_pod_worker_failed_syncs_total {failed}");
     out.push_str(
         "# HELP rkubelet_pod_start_seconds Time from the agent first seeing a pod to all its containers running.\n",
     );

@@ -1,0 +1,127 @@
+//! Container start: config from the spec (env, command expansion, resources, security settings), then CRI
+//! CreateContainer and StartContainer, with kubelet's events and waiting reasons on failure.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+use super::{grace_period, KubeRuntime};
+use crate::pods::events::{self as ev, EventType};
+use crate::pods::plan::{self, BackoffState, ContainerStart, Waiting};
+use crate::pods::{env, spec};
+use crate::resources::convert::container_cgroup_values;
+use crate::resources::pod_qos_class;
+use crate::runtime::{ContainerSpec, RuntimeError, SandboxSpec};
+
+impl KubeRuntime {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn start_container(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        start: &ContainerStart,
+        sandbox_id: &str,
+        sandbox: &SandboxSpec,
+        pod_ips: &[String],
+        backoff: &mut BackoffState,
+    ) -> Result<(), Waiting> {
+        let image_ref = self.ensure_image(pod, container, start.init, sandbox, backoff).await?;
+        let spec = self.container_spec(pod, container, start, image_ref, pod_ips)?;
+        let log_dir = Path::new(&sandbox.log_directory).join(&container.name);
+        if let Err(e) = std::fs::create_dir_all(&log_dir) {
+            tracing::warn!(dir = %log_dir.display(), error = %e, "cannot create container log directory");
+        }
+        let rt = &self.runtime;
+        let events = &self.events;
+        let at = Some((container.name.as_str(), start.init));
+        // kubelet reports a failed create or start as a `Failed` event, and the container as waiting with a reason.
+        let failed = |event: &'static str, reason: &str, e: RuntimeError| {
+            let message = e.message();
+            events.record(pod, at, EventType::Warning, event, format!("Error: {message}"));
+            Waiting { reason: reason.into(), message }
+        };
+        let id = rt
+            .create_container(sandbox_id, &spec, sandbox)
+            .await
+            .map_err(|e| failed(ev::FAILED_TO_CREATE_CONTAINER, plan::REASON_CREATE_CONTAINER_ERROR, e))?;
+        let created = format!("Created container {}", container.name);
+        events.record(pod, at, EventType::Normal, ev::CREATED_CONTAINER, created);
+        rt.start_container(&id)
+            .await
+            .map_err(|e| failed(ev::FAILED_TO_START_CONTAINER, plan::REASON_RUN_CONTAINER_ERROR, e))?;
+        events.record(
+            pod,
+            at,
+            EventType::Normal,
+            ev::STARTED_CONTAINER,
+            format!("Started container {}", container.name),
+        );
+        tracing::info!(container_id = %id, restart_count = start.restart_count, "container started");
+        Ok(())
+    }
+
+    fn container_spec(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        start: &ContainerStart,
+        image_ref: String,
+        pod_ips: &[String],
+    ) -> Result<ContainerSpec, Waiting> {
+        let config_error = |message: String| {
+            let at = Some((container.name.as_str(), start.init));
+            self.events.record(
+                pod,
+                at,
+                EventType::Warning,
+                ev::FAILED_TO_CREATE_CONTAINER,
+                format!("Error: {message}"),
+            );
+            Waiting { reason: plan::REASON_CREATE_CONTAINER_CONFIG_ERROR.into(), message }
+        };
+        let envs =
+            env::container_envs(pod, container, &self.node_name, &self.host_ips, pod_ips).map_err(config_error)?;
+        let expand = |list: &Option<Vec<String>>| -> Vec<String> {
+            list.iter().flatten().map(|s| env::expand(s, &envs)).collect()
+        };
+        let qos = pod_qos_class(spec::spec(pod));
+        let resources =
+            container_cgroup_values(container, qos, self.memory_capacity).map_err(|e| config_error(e.to_string()))?;
+        let sc = container.security_context.as_ref();
+        let pod_sc = spec::spec(pod).security_context.as_ref();
+        let caps = sc.and_then(|s| s.capabilities.as_ref());
+        Ok(ContainerSpec {
+            name: container.name.clone(),
+            restart_count: start.restart_count,
+            spec_hash: spec::container_hash(container),
+            termination_grace_period: grace_period(pod),
+            image: spec::image_of(container).to_owned(),
+            image_ref,
+            command: expand(&container.command),
+            args: expand(&container.args),
+            working_dir: container.working_dir.clone().unwrap_or_default(),
+            log_path: format!("{}/{}.log", container.name, start.restart_count),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            resources,
+            // kubelet on cgroup v2: an OOM kill takes the whole container down, not just the process that hit the
+            // limit, unless `singleProcessOOMKill` is set.
+            unified: if self.oom_kill_whole_container {
+                BTreeMap::from([("memory.oom.group".to_owned(), "1".to_owned())])
+            } else {
+                BTreeMap::new()
+            },
+            stdin: container.stdin.unwrap_or(false),
+            stdin_once: container.stdin_once.unwrap_or(false),
+            tty: container.tty.unwrap_or(false),
+            privileged: sc.and_then(|s| s.privileged).unwrap_or(false),
+            run_as_user: sc.and_then(|s| s.run_as_user).or(pod_sc.and_then(|s| s.run_as_user)),
+            run_as_group: sc.and_then(|s| s.run_as_group).or(pod_sc.and_then(|s| s.run_as_group)),
+            readonly_rootfs: sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false),
+            capabilities_add: caps.and_then(|c| c.add.clone()).unwrap_or_default(),
+            capabilities_drop: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
+            envs,
+        })
+    }
+}

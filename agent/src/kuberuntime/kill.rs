@@ -1,0 +1,129 @@
+//! Stopping pods: containers with the grace period (CRI StopContainer's timeout: SIGTERM, then SIGKILL), then the
+//! sandboxes, then removal of everything the runtime holds for the pod, its cgroup and its log folder.
+
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Pod;
+use tracing::Instrument;
+
+use super::{pod_log_dir, KubeRuntime};
+use crate::pods::backoff::Backoff;
+use crate::pods::events::{self as ev, EventType};
+use crate::pods::spec;
+use crate::runtime::{ContainerRunState, ObservedPod, RuntimeError};
+
+/// Retry bounds for removing a terminated pod from the runtime.
+const TERMINATE_RETRY_INITIAL: Duration = Duration::from_secs(1);
+const TERMINATE_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The grace period to stop the pod's containers with, never below kubelet's minimum.
+pub fn grace_period(pod: &Pod) -> i64 {
+    spec::termination_grace_period(pod).max(spec::MINIMUM_GRACE_PERIOD_SECONDS)
+}
+
+impl KubeRuntime {
+    /// Stops every running container (in parallel, each with the grace period) and every ready sandbox. Returns
+    /// whether there was anything to stop.
+    pub async fn kill_containers_and_sandboxes(&self, pod: &Pod, observed: &ObservedPod) -> bool {
+        let rt = &self.runtime;
+        let grace = grace_period(pod);
+        let running: Vec<_> = observed
+            .containers
+            .iter()
+            .filter(|c| {
+                matches!(c.state, ContainerRunState::Running | ContainerRunState::Created | ContainerRunState::Unknown)
+            })
+            .collect();
+        let ready: Vec<_> = observed.sandboxes.iter().filter(|s| s.ready).collect();
+        if running.is_empty() && ready.is_empty() {
+            return false;
+        }
+        let stops = running.iter().map(|c| async move {
+            let message = format!("Stopping container {}", c.name);
+            self.events.record(pod, Some((&c.name, false)), EventType::Normal, ev::KILLING_CONTAINER, message);
+            if let Err(e) = rt.stop_container(&c.id, grace).await {
+                tracing::warn!(container = %c.name, error = %e, "stop container failed");
+            }
+        });
+        futures::future::join_all(stops).await;
+        for s in ready {
+            if let Err(e) = rt.stop_pod_sandbox(&s.id).await {
+                tracing::warn!(sandbox_id = %s.id, error = %e, "stop pod sandbox failed");
+            }
+        }
+        true
+    }
+
+    /// Kills a pod that is gone from its source and removes all it left in the runtime, retrying until the runtime
+    /// confirms nothing is left; then its cgroup and log folder.
+    pub async fn terminate_pod(&self, pod: &Pod) {
+        tracing::info!(grace_seconds = grace_period(pod), "terminating pod");
+        let uid = spec::uid(pod);
+        let mut retry = Backoff::new(TERMINATE_RETRY_INITIAL, TERMINATE_RETRY_MAX);
+        loop {
+            match self.remove_pod_from_runtime(pod, uid).await {
+                Ok(()) => break,
+                Err(e) => {
+                    retry.next("terminate", SystemTime::now());
+                    let wait = retry.get("terminate").unwrap_or(TERMINATE_RETRY_INITIAL);
+                    tracing::warn!(error = %e, retry_in = ?wait, "terminating pod failed");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        if let Some(cgroups) = &self.cgroups {
+            if let Some(name) = cgroups.pod_cgroups().get(uid) {
+                if let Err(e) = cgroups.remove(name).await {
+                    tracing::warn!(error = %e, "cannot remove pod cgroup");
+                }
+            }
+        }
+        let log_dir = pod_log_dir(&self.pod_logs_dir, pod);
+        if let Err(e) = std::fs::remove_dir_all(&log_dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %log_dir.display(), error = %e, "cannot remove pod log directory");
+            }
+        }
+        tracing::info!("pod terminated");
+    }
+
+    async fn remove_pod_from_runtime(&self, pod: &Pod, uid: &str) -> Result<(), RuntimeError> {
+        let observed = self.runtime.observe_pod(uid).await?;
+        self.kill_containers_and_sandboxes(pod, &observed).await;
+        for s in &observed.sandboxes {
+            self.runtime.remove_pod_sandbox(&s.id).await?;
+        }
+        // Containers whose sandbox is already gone.
+        for c in &observed.containers {
+            self.runtime.remove_container(&c.id).await?;
+        }
+        let left = self.runtime.observe_pod(uid).await?;
+        if left.sandboxes.is_empty() && left.containers.is_empty() {
+            Ok(())
+        } else {
+            Err(RuntimeError::Incomplete { op: "RemovePodSandbox", field: "removal of every sandbox and container" })
+        }
+    }
+
+    /// Kills what the runtime holds for a pod UID no source knows (left over from a deleted pod while the agent was
+    /// down), with the grace period recorded on its containers.
+    pub async fn kill_orphaned_pod(&self, uid: String) {
+        let observed = match self.runtime.observe_pod(&uid).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(uid, error = %e, "cannot observe orphaned pod");
+                return;
+            }
+        };
+        let mut pod = Pod::default();
+        pod.metadata.uid = Some(uid.clone());
+        if let Some(s) = observed.latest_sandbox() {
+            pod.metadata.name = Some(s.name.clone());
+            pod.metadata.namespace = Some(s.namespace.clone());
+        }
+        let grace = observed.containers.iter().filter_map(|c| c.termination_grace_period).max();
+        pod.metadata.deletion_grace_period_seconds = grace;
+        let span = tracing::info_span!("orphan", pod = %spec::key(&pod), uid = %uid);
+        self.terminate_pod(&pod).instrument(span).await;
+    }
+}

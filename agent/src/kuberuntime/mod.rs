@@ -1,0 +1,186 @@
+//! kubelet's `kuberuntime`: the executor of a pod's computed actions and the one caller of `runtime/` for pods.
+//! It builds sandbox and container configs (DNS, ports, env, security settings), pulls images with the pull
+//! policy and back-off, starts and kills containers with the grace period, and removes what a terminated pod
+//! leaves in the runtime. It decides nothing: `pods::plan` does.
+
+mod container;
+mod image;
+mod kill;
+mod sandbox;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use tokio::sync::Mutex;
+use tracing::Instrument;
+
+pub use kill::grace_period;
+
+use crate::pods::events::{self as ev, EventRecorder, EventType};
+use crate::pods::plan::{BackoffState, PodActions, Waiting};
+use crate::pods::spec;
+use crate::resources::cgroups::{CgroupManager, CgroupName};
+use crate::resources::pod::pod_resource_config;
+use crate::resources::pod_qos_class;
+use crate::runtime::{DnsSettings, ObservedPod, Runtime};
+
+/// What the executor needs of the node, fixed at start.
+pub struct KubeRuntime {
+    pub runtime: Runtime,
+    pub node_name: String,
+    pub host_ips: Vec<String>,
+    pub pod_logs_dir: PathBuf,
+    pub host_dns: DnsSettings,
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+    pub memory_capacity: i128,
+    /// Held around each pull when `serializeImagePulls` is on.
+    pub image_pull_lock: Option<Mutex<()>>,
+    /// The pod cgroup hierarchy (`cgroupsPerQOS`); `None` runs pods without pod-level cgroups.
+    pub cgroups: Option<Arc<CgroupManager>>,
+    /// Set `memory.oom.group` on containers: the host has the unified cgroup v2 hierarchy and
+    /// `singleProcessOOMKill` is off.
+    pub oom_kill_whole_container: bool,
+    pub events: EventRecorder,
+}
+
+/// The outcome of one `sync_pod`, kubelet's `PodSyncResult`.
+#[derive(Debug, Default)]
+pub struct PodSyncResult {
+    /// Something in the runtime changed, so the pod must be observed again for its status.
+    pub changed: bool,
+    /// Per container started or tried: `None` when it started, the waiting reason when it did not.
+    pub containers: BTreeMap<String, Option<Waiting>>,
+    /// The sandbox could not be created or its cgroup set up.
+    pub sandbox_error: Option<String>,
+}
+
+impl PodSyncResult {
+    /// Whether any step failed, which makes the pod worker requeue the pod with its back-off.
+    pub fn failed(&self) -> bool {
+        self.sandbox_error.is_some() || self.containers.values().any(Option::is_some)
+    }
+}
+
+/// The pod's cgroup, under its QoS class's parent.
+pub fn pod_cgroup_name(pod: &Pod) -> CgroupName {
+    CgroupName::pod(pod_qos_class(spec::spec(pod)), spec::uid(pod))
+}
+
+/// `<podLogsDir>/<namespace>_<name>_<uid>`, kubelet's layout that log collectors rely on.
+pub fn pod_log_dir(root: &Path, pod: &Pod) -> PathBuf {
+    root.join(format!("{}_{}_{}", spec::namespace(pod), spec::name(pod), spec::uid(pod)))
+}
+
+fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    spec::init_containers(pod).iter().chain(spec::spec(pod).containers.iter()).find(|c| c.name == name)
+}
+
+impl KubeRuntime {
+    /// kubelet's `SyncPod`: carries out the actions `plan` computed. Back-off steps of image pulls and of restarted
+    /// containers are recorded in `backoff`.
+    pub async fn sync_pod(
+        &self,
+        pod: &Pod,
+        observed: &ObservedPod,
+        actions: &PodActions,
+        backoff: &mut BackoffState,
+    ) -> PodSyncResult {
+        let rt = &self.runtime;
+        let mut result = PodSyncResult::default();
+        if actions.kill_pod {
+            result.changed |= self.kill_containers_and_sandboxes(pod, observed).await;
+        }
+        for kill in &actions.containers_to_kill {
+            let message = format!("{}, will be restarted", kill.reason);
+            self.events.record(pod, Some((&kill.name, false)), EventType::Normal, ev::KILLING_CONTAINER, message);
+            if let Err(e) = rt.stop_container(&kill.id, grace_period(pod)).await {
+                tracing::warn!(container = %kill.name, error = %e, "stop container failed");
+            }
+            result.changed = true;
+        }
+        for id in &actions.containers_to_remove {
+            if let Err(e) = rt.remove_container(id).await {
+                tracing::warn!(container_id = %id, error = %e, "remove dead container failed");
+            }
+        }
+        for id in &actions.sandboxes_to_remove {
+            if let Err(e) = rt.remove_pod_sandbox(id).await {
+                tracing::warn!(sandbox_id = %id, error = %e, "remove old sandbox failed");
+            }
+        }
+        if actions.containers_to_start.is_empty() {
+            return result;
+        }
+
+        let mut sandbox = self.sandbox_spec(pod, actions.create_sandbox.unwrap_or(0));
+        let (sandbox_id, pod_ips) = match (&actions.create_sandbox, &actions.sandbox_id) {
+            (Some(attempt), _) => {
+                sandbox.attempt = *attempt;
+                result.changed = true;
+                if let Some(cgroups) = &self.cgroups {
+                    let name = pod_cgroup_name(pod);
+                    if let Err(e) = cgroups.ensure(&name, &pod_resource_config(spec::spec(pod))).await {
+                        tracing::error!(error = %e, "failed to ensure that the pod cgroup exists");
+                        result.sandbox_error = Some(e.to_string());
+                        return result;
+                    }
+                }
+                if let Err(e) = std::fs::create_dir_all(&sandbox.log_directory) {
+                    tracing::warn!(dir = %sandbox.log_directory, error = %e, "cannot create pod log directory");
+                }
+                match rt.run_pod_sandbox(&sandbox).await {
+                    Ok(id) => {
+                        tracing::info!(sandbox_id = %id, attempt, "pod sandbox started");
+                        let ips = rt.pod_sandbox_ips(&id).await.unwrap_or_default();
+                        (id, ips)
+                    }
+                    Err(e) => {
+                        // Containers stay ContainerCreating; the worker tries again after its back-off.
+                        let message = format!("Failed to create pod sandbox: {}", e.message());
+                        self.events.record(pod, None, EventType::Warning, ev::FAILED_CREATE_POD_SANDBOX, message);
+                        result.sandbox_error = Some(e.message());
+                        return result;
+                    }
+                }
+            }
+            (None, Some(id)) => (id.clone(), observed.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default()),
+            (None, None) => return result,
+        };
+        if let Some(s) = observed.latest_sandbox() {
+            if actions.create_sandbox.is_none() {
+                sandbox.attempt = s.attempt;
+            }
+        }
+
+        // kubelet starts a pod's containers one after another, in spec order.
+        for start in &actions.containers_to_start {
+            let Some(container) = find_container(pod, &start.name) else { continue };
+            let span = tracing::info_span!("container", container = %start.name);
+            let outcome = self
+                .start_container(pod, container, start, &sandbox_id, &sandbox, &pod_ips, backoff)
+                .instrument(span)
+                .await;
+            result.changed = true;
+            match outcome {
+                Ok(()) => {
+                    if let Some(finished) = start.previous_finished_at {
+                        backoff.crash.next(&start.backoff_key, finished);
+                    }
+                    result.containers.insert(start.name.clone(), None);
+                }
+                Err(waiting) => {
+                    tracing::warn!(container = %start.name, reason = %waiting.reason, message = %waiting.message, "start container failed");
+                    result.containers.insert(start.name.clone(), Some(waiting));
+                    // An init container that cannot start blocks the rest, as in kubelet.
+                    if start.init {
+                        break;
+                    }
+                }
+            }
+        }
+        result
+    }
+}
