@@ -1,0 +1,316 @@
+//! The pod sync loop as kubelet runs it, seen through an API server (the real one named by
+//! `RKUBELET_E2E_KUBECONFIG`, else the in-repo double): a pod whose container cannot be created is retried with
+//! kubelet's back-off and its status writes do not wake its worker again; pod fields the node does not support yet
+//! are refused with a reason instead of ignored.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use rkubelet_tests::agent::{http_get, runtime_objects, tail, Agent};
+use rkubelet_tests::apiserver::Cluster;
+use rkubelet_tests::containerd::Containerd;
+use rkubelet_tests::images::{ensure_images, BUSYBOX, REGISTRY};
+use rkubelet_tests::skip_unless_root;
+use serde_json::json;
+
+const NAMESPACE: &str = "default";
+/// How long the sync loop is watched, as the issue that asked for this test measured it.
+const OBSERVATION: Duration = Duration::from_secs(30);
+
+/// An agent joined to the API on a private containerd, with an admin client.
+struct Env {
+    cluster: Cluster,
+    containerd: Containerd,
+    agent: Agent,
+    admin: kube::Client,
+    rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(name: &str) -> Result<Env> {
+        ensure_images()?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let cluster = Cluster::from_env()?;
+        if !cluster.is_real() {
+            println!("API server: the in-repo double (RKUBELET_E2E_KUBECONFIG not set)");
+        }
+        let dir = tempfile::Builder::new().prefix("rkubelet-sync-").tempdir()?;
+        let containerd = Containerd::start(name)?;
+        let config =
+            format!("cniConfDir: {}\ncniBridgeName: {}\n", containerd.cni_conf_dir().display(), containerd.bridge());
+        let agent = Agent::new(&containerd, &config)?;
+        let kubeconfig = cluster.node_kubeconfig(dir.path(), agent.node_name())?;
+        let admin = rt.block_on(cluster.admin_client())?;
+        let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(agent.node_name(), &DeleteParams::default()));
+        let agent = agent.with_args(["--kubeconfig".to_owned(), kubeconfig.display().to_string()]).started()?;
+        Ok(Env { cluster, containerd, agent, admin, rt, _dir: dir })
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.admin.clone(), NAMESPACE)
+    }
+
+    fn create(&self, pod: serde_json::Value) -> Result<Pod> {
+        let pod: Pod = serde_json::from_value(pod)?;
+        Ok(self.rt.block_on(self.pods().create(&PostParams::default(), &pod))?)
+    }
+
+    fn wait_pod(&self, name: &str, timeout: Duration, check: impl Fn(&Pod) -> bool) -> Result<Pod> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pod = self.rt.block_on(self.pods().get(name))?;
+            if check(&pod) {
+                return Ok(pod);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pod {name}: not within {timeout:?}: {:?}\nagent log:\n{}",
+                    pod.status,
+                    tail(&self.agent.log(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn events(&self, uid: &str) -> Result<Vec<Event>> {
+        let list =
+            self.rt.block_on(Api::<Event>::namespaced(self.admin.clone(), NAMESPACE).list(&ListParams::default()))?;
+        Ok(list.items.into_iter().filter(|e| e.involved_object.uid.as_deref() == Some(uid)).collect())
+    }
+
+    /// One counter from the agent's `/metrics`.
+    fn metric(&self, line_prefix: &str) -> Result<f64> {
+        let (code, body) = http_get(self.agent.port(), "/metrics")?;
+        ensure!(code == 200, "/metrics answered {code}");
+        let line = body.lines().find(|l| l.starts_with(line_prefix)).with_context(|| format!("no {line_prefix}"))?;
+        Ok(line.rsplit(' ').next().unwrap_or_default().parse()?)
+    }
+
+    fn cleanup(self) {
+        let node = self.agent.node_name().to_owned();
+        if let Ok(mine) =
+            self.rt.block_on(self.pods().list(&ListParams::default().fields(&format!("spec.nodeName={node}"))))
+        {
+            for p in mine.items {
+                let name = p.metadata.name.unwrap_or_default();
+                let _ = self.rt.block_on(self.pods().delete(&name, &DeleteParams::default().grace_period(0)));
+            }
+        }
+        let _ = self.rt.block_on(Api::<Node>::all(self.admin.clone()).delete(&node, &DeleteParams::default()));
+        let Env { agent, containerd, cluster, .. } = self;
+        drop(agent);
+        drop(containerd);
+        drop(cluster);
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos());
+    format!("{prefix}-{:x}", nanos.unwrap_or_default() & 0xffffff)
+}
+
+fn waiting_reason(p: &Pod) -> Option<&str> {
+    let c = p.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    c.state.as_ref()?.waiting.as_ref()?.reason.as_deref()
+}
+
+/// A busybox image without command or entrypoint, pushed to the local registry. containerd's CreateContainer fails
+/// for it with "failed to generate container <fresh id> spec: no command specified": every attempt's error message
+/// differs, the case in which a status write that woke the worker made it spin.
+fn image_without_command() -> Result<String> {
+    let image = format!("{REGISTRY}/busybox-no-command:1");
+    let dir = tempfile::tempdir()?;
+    let layout = format!("{}/layout:img", dir.path().display());
+    let run = |cmd: &mut Command| -> Result<()> {
+        let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+        ensure!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    };
+    run(Command::new("skopeo")
+        .args(["copy", "-q", "--src-tls-verify=false"])
+        .arg(format!("docker://{BUSYBOX}"))
+        .arg(format!("oci:{layout}")))?;
+    run(Command::new("umoci").args(["config", "--image", &layout, "--clear=config.cmd", "--clear=config.entrypoint"]))?;
+    run(Command::new("skopeo")
+        .args(["copy", "-q", "--dest-tls-verify=false"])
+        .arg(format!("oci:{layout}"))
+        .arg(format!("docker://{image}")))?;
+    Ok(image)
+}
+
+#[test]
+fn a_container_that_cannot_be_created_is_retried_with_back_off_and_its_status_writes_do_not_wake_the_worker(
+) -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let image = image_without_command()?;
+    let env = Env::new("sync-backoff")?;
+    let name = unique("no-command");
+    let created = env.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": NAMESPACE },
+        "spec": {
+            "nodeName": env.agent.node_name(),
+            "automountServiceAccountToken": false,
+            "tolerations": [{ "operator": "Exists" }],
+            "containers": [{ "name": "app", "image": image }],
+        }
+    }))?;
+    let uid = created.metadata.uid.clone().unwrap_or_default();
+    let pod = env.wait_pod(&name, Duration::from_secs(60), |p| waiting_reason(p) == Some("CreateContainerError"))?;
+
+    // Every write to the pod's status shows up as a MODIFIED watch event.
+    let rv = pod.metadata.resource_version.clone().unwrap_or_default();
+    let syncs_before = env.metric("kubelet_pod_worker_duration_seconds_count")?;
+    let creates_before = env.metric("kubelet_runtime_operations_total{operation_type=\"CreateContainer\"}")?;
+    let params = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(OBSERVATION.as_secs() as u32);
+    let pods = env.pods();
+    let writes = env.rt.block_on(async {
+        let stream = pods.watch(&params, &rv).await?;
+        let counted = tokio::time::timeout(
+            OBSERVATION,
+            stream.try_fold(0u32, |n, ev| async move { Ok(n + u32::from(matches!(ev, WatchEvent::Modified(_)))) }),
+        )
+        .await;
+        Ok::<_, anyhow::Error>(match counted {
+            Ok(r) => r?,
+            // The server-side timeout may come a little after ours; the count so far is what was asked for.
+            Err(_) => bail!("watch outlived its {OBSERVATION:?} timeout"),
+        })
+    });
+    let syncs = env.metric("kubelet_pod_worker_duration_seconds_count")? - syncs_before;
+    let creates = env.metric("kubelet_runtime_operations_total{operation_type=\"CreateContainer\"}")? - creates_before;
+    let writes = writes?;
+    println!("over {OBSERVATION:?}: {syncs} syncs, {creates} CreateContainer attempts, {writes} pods/status writes");
+    // kubelet requeues a failed sync after 10 s with up to 50 % jitter: two or three attempts in 30 s.
+    ensure!((1.0..=4.0).contains(&creates), "CreateContainer attempts in {OBSERVATION:?}: {creates} (expected 2-3)");
+    ensure!(syncs <= 5.0, "pod syncs in {OBSERVATION:?}: {syncs}; the worker is woken by its own status writes");
+    ensure!(writes <= 4, "pods/status writes in {OBSERVATION:?}: {writes} (one per attempt at most)");
+    let pod = env.rt.block_on(env.pods().get(&name))?;
+    ensure!(waiting_reason(&pod) == Some("CreateContainerError"), "still waiting with the reason: {:?}", pod.status);
+    let message = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c[0].state.as_ref())
+        .and_then(|s| s.waiting.as_ref())
+        .and_then(|w| w.message.clone())
+        .unwrap_or_default();
+    ensure!(message.contains("no command specified"), "the runtime's error is the message: {message:?}");
+    let failed = env.events(&uid)?.into_iter().filter(|e| e.reason.as_deref() == Some("Failed")).count();
+    ensure!(failed >= 1, "a Failed event per attempt");
+    env.cleanup();
+    Ok(())
+}
+
+#[test]
+fn unsupported_pod_fields_are_refused_with_a_reason_and_the_service_account_volume_runs_with_a_warning() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let env = Env::new("sync-unsupported")?;
+    let node = env.agent.node_name().to_owned();
+    let refused = unique("empty-dir");
+    let created = env.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": refused, "namespace": NAMESPACE },
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": false,
+            "tolerations": [{ "operator": "Exists" }],
+            "volumes": [{ "name": "scratch", "emptyDir": {} }],
+            "containers": [{
+                "name": "app", "image": BUSYBOX, "command": ["sleep", "3600"],
+                "volumeMounts": [{ "name": "scratch", "mountPath": "/scratch" }],
+                "livenessProbe": { "exec": { "command": ["true"] } },
+            }],
+        }
+    }))?;
+    let pod = env.wait_pod(&refused, Duration::from_secs(60), |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+    })?;
+    let status = pod.status.unwrap_or_default();
+    ensure!(status.reason.as_deref() == Some("UnsupportedPodSpec"), "reason: {:?}", status.reason);
+    let message = status.message.unwrap_or_default();
+    for field in ["spec.volumes[0].emptyDir (\"scratch\")", "spec.containers[0].livenessProbe"] {
+        ensure!(message.contains(field), "the message names {field}: {message:?}");
+    }
+    let uid = created.metadata.uid.unwrap_or_default();
+    let events = env.events(&uid)?;
+    ensure!(events.iter().any(|e| e.reason.as_deref() == Some("UnsupportedPodSpec")), "a warning event: {events:?}");
+    let objects = runtime_objects(&env.containerd.endpoint())?;
+    ensure!(objects.sandboxes.is_empty(), "a refused pod gets no sandbox: {:?}", objects.sandboxes);
+
+    // The token volume the API injects (added by hand on the double, which has no ServiceAccount admission); the
+    // readiness probe holds Ready false, never true before a probe has passed.
+    let runs = unique("token-volume");
+    let mut spec = json!({
+        "nodeName": node,
+        "tolerations": [{ "operator": "Exists" }],
+        "containers": [{
+            "name": "app", "image": BUSYBOX, "command": ["sleep", "3600"],
+            "readinessProbe": { "exec": { "command": ["true"] }, "periodSeconds": 1 },
+        }],
+    });
+    if !env.cluster.is_real() {
+        spec["volumes"] = json!([{ "name": "kube-api-access-test1", "projected": { "sources": [
+            { "serviceAccountToken": { "path": "token", "expirationSeconds": 3607 } }
+        ] } }]);
+        spec["containers"][0]["volumeMounts"] =
+            json!([{ "name": "kube-api-access-test1", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount" }]);
+    }
+    let created = env.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": { "name": runs, "namespace": NAMESPACE }, "spec": spec,
+    }))?;
+    let uid = created.metadata.uid.unwrap_or_default();
+    ensure!(
+        created
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .is_some_and(|v| v.iter().any(|v| v.name.starts_with("kube-api-access-"))),
+        "the pod carries a service-account token volume"
+    );
+    let pod = env.wait_pod(&runs, Duration::from_secs(60), |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })?;
+    std::thread::sleep(Duration::from_secs(3));
+    let pod = env.rt.block_on(env.pods().get(&runs)).unwrap_or(pod);
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.clone());
+    ensure!(ready.as_deref() == Some("False"), "Ready before any readiness probe passed: {ready:?}");
+    let events = env.events(&uid)?;
+    ensure!(
+        events.iter().any(|e| e.reason.as_deref() == Some("FailedMount") && e.type_.as_deref() == Some("Warning")),
+        "a FailedMount warning for the token volume: {events:?}"
+    );
+    env.cleanup();
+    Ok(())
+}
+
+#[test]
+fn a_static_pod_with_an_unsupported_field_is_refused_and_reported() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    ensure_images()?;
+    let containerd = Containerd::start("sync-static-unsupported")?;
+    let agent = Agent::start(&containerd)?;
+    agent.write_manifest(
+        "hooked.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: hooked, namespace: default}}\nspec:\n  containers:\n  - name: app\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n    lifecycle: {{postStart: {{exec: {{command: ['true']}}}}}}\n"
+        ),
+    )?;
+    let pod = agent.wait_pod("hooked", Duration::from_secs(30), |p| p["status"]["phase"] == "Failed")?;
+    ensure!(pod["status"]["reason"] == "UnsupportedPodSpec", "{pod}");
+    let message = pod["status"]["message"].as_str().unwrap_or_default();
+    ensure!(message.contains("spec.containers[0].lifecycle.postStart"), "{message}");
+    ensure!(runtime_objects(&containerd.endpoint())?.sandboxes.is_empty(), "nothing ran");
+    Ok(())
+}
