@@ -500,3 +500,20 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_supervisor_names_the_task_that_ended_or_panicked() {
+        let mut tasks = Supervisor::default();
+        tasks.spawn("forever", std::future::pending());
+        tasks.spawn("short", async {});
+        assert_eq!(tasks.next_ended().await, "short ended");
+        tasks.spawn("broken", async { panic!("boom") });
+        assert_eq!(tasks.next_ended().await, "broken panicked");
+        let still_running = tokio::time::timeout(Duration::from_millis(50), tasks.next_ended()).await;
+        assert!(still_running.is_err(), "the remaining task runs on");
+    }
+}
