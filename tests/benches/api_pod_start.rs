@@ -1,0 +1,349 @@
+//! Pod start through a real API server, rkubelet side by side with the Go kubelet: N pods (default 30) bound to
+//! the node are created at once through the kube-apiserver of the kit in `../shared/k8s`, and the clock runs until
+//! the API shows every one Running, then Ready. Both agents run one after the other, each on its own private
+//! containerd with the same images, CNI plugins and pods; the agents' RSS is read once all pods run.
+//!
+//! ```text
+//! cargo build --release -p rkubelet
+//! RKUBELET_BIN=$PWD/target/release/rkubelet cargo bench -p rkubelet-tests --bench api_pod_start
+//! ```
+//!
+//! Each agent first runs one pod (the warm-up pulls busybox and the pause image), then `RKUBELET_BENCH_RUNS`
+//! (default 2) measured runs of `RKUBELET_BENCH_PODS` pods. Between runs every pod is deleted through the API and
+//! the run waits until the agent has finished the deletions. `RKUBELET_K8S_KIT` names the kit (default
+//! `../shared/k8s` beside the repository); its `up.sh` is run first (it starts only what is not running).
+//!
+//! Output on stdout, lines starting with `bench api_pod_start`: per run, then a table with both agents' medians and
+//! the ratio rkubelet / kubelet. Without root or without the kit it prints a `SKIPPED:` line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use rkubelet_tests::agent::{tail, Agent};
+use rkubelet_tests::containerd::{is_root, Containerd};
+use rkubelet_tests::images::{ensure_images, BUSYBOX};
+use serde_json::json;
+
+const PREFIX: &str = "bench api_pod_start";
+const POLL: Duration = Duration::from_millis(100);
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+const NODE_READY_TIMEOUT: Duration = Duration::from_secs(90);
+const NAMESPACE: &str = "default";
+/// The aims of the issue that asked for this bench: through the API, at most half of kubelet's time, and an agent
+/// RSS of at most 20 MB after the run.
+const AIM_TIME_RATIO: f64 = 0.5;
+const AIM_RSS_MB: f64 = 20.0;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AgentKind {
+    Rkubelet,
+    Kubelet,
+}
+
+impl AgentKind {
+    fn name(self) -> &'static str {
+        match self {
+            AgentKind::Rkubelet => "rkubelet",
+            AgentKind::Kubelet => "kubelet",
+        }
+    }
+}
+
+/// What one run measured.
+struct Run {
+    running: Duration,
+    ready: Duration,
+    rss_mb: f64,
+}
+
+fn main() -> ExitCode {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{PREFIX}: not run (no --bench argument); use `cargo bench -p rkubelet-tests --bench api_pod_start`");
+        return ExitCode::SUCCESS;
+    }
+    if !is_root() {
+        println!("SKIPPED: {PREFIX}: needs root (containerd, the control plane kit)");
+        return ExitCode::SUCCESS;
+    }
+    let kit = kit_dir();
+    if !kit.join("up.sh").exists() {
+        println!("SKIPPED: {PREFIX}: no control plane kit at {} (set RKUBELET_K8S_KIT)", kit.display());
+        return ExitCode::SUCCESS;
+    }
+    match run(&kit) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{PREFIX}: harness failure: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn kit_dir() -> PathBuf {
+    match std::env::var_os("RKUBELET_K8S_KIT") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s"),
+    }
+}
+
+fn env_number(name: &str, default: usize) -> Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().with_context(|| format!("{name}={v:?}: want a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Runs a kit script and returns the last line it printed (the scripts print their result last).
+fn kit_script(kit: &Path, script: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new("bash").arg(kit.join(script)).args(args).output().with_context(|| format!("run {script}"))?;
+    ensure!(
+        out.status.success(),
+        "{script} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(stdout.lines().last().unwrap_or_default().trim().to_owned())
+}
+
+fn run(kit: &Path) -> Result<()> {
+    let pods = env_number("RKUBELET_BENCH_PODS", 30)?;
+    let runs = env_number("RKUBELET_BENCH_RUNS", 2)?.max(1);
+    ensure_images()?;
+    let admin_kubeconfig = kit_script(kit, "up.sh", &[])?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let admin = rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(&admin_kubeconfig)?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        Ok::<_, anyhow::Error>(kube::Client::try_from(cfg)?)
+    })?;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("{PREFIX}: {pods} pods at once, {runs} runs per agent, load {}", load.split(' ').next().unwrap_or("?"));
+    let mut results = Vec::new();
+    for kind in [AgentKind::Rkubelet, AgentKind::Kubelet] {
+        let measured = measure(kind, kit, &rt, &admin, pods, runs)?;
+        results.push((kind, measured));
+    }
+    let median = |runs: &[Run], f: fn(&Run) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("{PREFIX}: | agent | all Running (median) | all Ready (median) | RSS after the run |");
+    for (kind, runs) in &results {
+        println!(
+            "{PREFIX}: | {} | {:.2} s | {:.2} s | {:.1} MB |",
+            kind.name(),
+            median(runs, |r| r.running.as_secs_f64()),
+            median(runs, |r| r.ready.as_secs_f64()),
+            median(runs, |r| r.rss_mb),
+        );
+    }
+    if let [(_, ours), (_, theirs)] = results.as_slice() {
+        let ratio = |f: fn(&Run) -> f64| median(ours, f) / median(theirs, f);
+        let running = ratio(|r| r.running.as_secs_f64());
+        let ready = ratio(|r| r.ready.as_secs_f64());
+        let rss = median(ours, |r| r.rss_mb);
+        println!(
+            "{PREFIX}: ratio rkubelet/kubelet: Running {running:.2}x, Ready {ready:.2}x, RSS {:.2}x (aims: time <= {AIM_TIME_RATIO}x: {}, rkubelet RSS <= {AIM_RSS_MB} MB: {})",
+            ratio(|r| r.rss_mb),
+            if running <= AIM_TIME_RATIO { "met" } else { "NOT met" },
+            if rss <= AIM_RSS_MB { "met" } else { "NOT met" },
+        );
+    }
+    Ok(())
+}
+
+/// An agent of `kind` as a node of the kit on a private containerd; stopped and removed on drop.
+struct NodeUnderTest {
+    kind: AgentKind,
+    kit: PathBuf,
+    node: String,
+    agent: Option<Agent>,
+    kubelet_pid: Option<u32>,
+    _dir: tempfile::TempDir,
+    // Dropped last: the agent must be gone before its runtime.
+    _containerd: Containerd,
+}
+
+impl NodeUnderTest {
+    fn start(kind: AgentKind, kit: &Path) -> Result<Self> {
+        let containerd = Containerd::start(&format!("bench-api-{}", kind.name()))?;
+        let dir = tempfile::Builder::new().prefix("rkubelet-bench-api-").tempdir()?;
+        let mut this = NodeUnderTest {
+            kind,
+            kit: kit.to_owned(),
+            node: String::new(),
+            agent: None,
+            kubelet_pid: None,
+            _dir: dir,
+            _containerd: containerd,
+        };
+        match kind {
+            AgentKind::Rkubelet => {
+                let config = format!(
+                    "cniConfDir: {}\ncniBridgeName: {}\n",
+                    this._containerd.cni_conf_dir().display(),
+                    this._containerd.bridge()
+                );
+                let agent = Agent::new(&this._containerd, &config)?;
+                this.node = agent.node_name().to_owned();
+                let kubeconfig = kit_script(kit, "node-kubeconfig.sh", &[&this.node])?;
+                // kubelet's usual verbosity; the harness's default is debug.
+                std::env::set_var("RUST_LOG", "info");
+                this.agent = Some(agent.with_args(["--kubeconfig".to_owned(), kubeconfig]).started()?);
+            }
+            AgentKind::Kubelet => {
+                this.node = format!("node-bench-api-kubelet-{}", std::process::id());
+                let socket = this._containerd.socket_path().display().to_string();
+                let root = this._dir.path().join("kubelet");
+                let out = Command::new("bash")
+                    .arg(kit.join("kubelet.sh"))
+                    .args([&this.node, &socket])
+                    .env("K8S_KUBELET_DIR", &root)
+                    .output()
+                    .context("run kubelet.sh")?;
+                ensure!(out.status.success(), "kubelet.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+                let pid = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().parse()?;
+                this.kubelet_pid = Some(pid);
+            }
+        }
+        Ok(this)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.agent.as_ref().and_then(Agent::pid).or(self.kubelet_pid)
+    }
+
+    fn log_tail(&self) -> String {
+        match &self.agent {
+            Some(a) => tail(&a.log(), 30),
+            None => format!("(kubelet log in the kit's run folder: kubelet-{}.log)", self.node),
+        }
+    }
+}
+
+impl Drop for NodeUnderTest {
+    fn drop(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.stop();
+        }
+        if self.kind == AgentKind::Kubelet {
+            let _ = Command::new("bash").arg(self.kit.join("kubelet.sh")).args(["--stop", &self.node]).output();
+        }
+    }
+}
+
+fn rss_mb(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kb / 1024.0)
+}
+
+fn bench_pod(name: &str, node: &str) -> Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": NAMESPACE, "labels": { "bench": "api-pod-start" } },
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 5,
+            "tolerations": [{ "operator": "Exists" }],
+            "containers": [{
+                "name": "app", "image": BUSYBOX,
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+            }],
+        }
+    }))?)
+}
+
+fn measure(
+    kind: AgentKind,
+    kit: &Path,
+    rt: &tokio::runtime::Runtime,
+    admin: &kube::Client,
+    pods: usize,
+    runs: usize,
+) -> Result<Vec<Run>> {
+    let node = NodeUnderTest::start(kind, kit)?;
+    let api: Api<Pod> = Api::namespaced(admin.clone(), NAMESPACE);
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={}", node.node));
+    let deadline = Instant::now() + NODE_READY_TIMEOUT;
+    loop {
+        let ready = rt.block_on(nodes.get_opt(&node.node))?.is_some_and(|n| {
+            let conditions = n.status.and_then(|s| s.conditions).unwrap_or_default();
+            conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+        });
+        if ready {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "{} node {} not Ready:\n{}", kind.name(), node.node, node.log_tail());
+        std::thread::sleep(POLL);
+    }
+    let mut results = Vec::new();
+    // Run 0 is the warm-up with one pod: it pulls the images.
+    for run in 0..=runs {
+        let count = if run == 0 { 1 } else { pods };
+        let names: Vec<String> = (0..count).map(|i| format!("bench-{}-{run}-{i}", kind.name())).collect();
+        let specs = names.iter().map(|n| bench_pod(n, &node.node)).collect::<Result<Vec<_>>>()?;
+        let post = PostParams::default();
+        let t0 = Instant::now();
+        rt.block_on(futures::future::try_join_all(specs.iter().map(|p| api.create(&post, p))))?;
+        let (mut running, mut ready) = (None, None);
+        while ready.is_none() {
+            let list = rt.block_on(api.list(&on_node))?;
+            let mine: Vec<&Pod> =
+                list.items.iter().filter(|p| p.metadata.name.as_ref().is_some_and(|n| names.contains(n))).collect();
+            let phase_running = |p: &&&Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            let is_ready = |p: &&&Pod| {
+                let conditions = p.status.as_ref().and_then(|s| s.conditions.as_ref());
+                conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            };
+            if running.is_none() && mine.iter().filter(phase_running).count() == count {
+                running = Some(t0.elapsed());
+            }
+            if mine.iter().filter(is_ready).count() == count {
+                ready = Some(t0.elapsed());
+            }
+            if t0.elapsed() > START_TIMEOUT {
+                bail!("{}: {count} pods not all Ready within {START_TIMEOUT:?}:\n{}", kind.name(), node.log_tail());
+            }
+            std::thread::sleep(POLL);
+        }
+        let rss = node.pid().map(rss_mb).transpose()?.unwrap_or(f64::NAN);
+        let (running, ready) = (running.unwrap_or_default(), ready.unwrap_or_default());
+        if run == 0 {
+            println!("{PREFIX}: {} warm-up: 1 pod Running in {:.2} s", kind.name(), running.as_secs_f64());
+        } else {
+            println!(
+                "{PREFIX}: {} run {run}: {count} pods Running in {:.2} s, Ready in {:.2} s, RSS {rss:.1} MB",
+                kind.name(),
+                running.as_secs_f64(),
+                ready.as_secs_f64()
+            );
+            results.push(Run { running, ready, rss_mb: rss });
+        }
+        for n in &names {
+            rt.block_on(api.delete(n, &DeleteParams::default()))?;
+        }
+        let gone_by = Instant::now() + START_TIMEOUT;
+        while !rt.block_on(api.list(&on_node))?.items.is_empty() {
+            ensure!(Instant::now() < gone_by, "{}: pods not deleted:\n{}", kind.name(), node.log_tail());
+            std::thread::sleep(POLL);
+        }
+    }
+    let name = node.node.clone();
+    drop(node);
+    let _ = rt.block_on(nodes.delete(&name, &DeleteParams::default()));
+    Ok(results)
+}
