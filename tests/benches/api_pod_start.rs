@@ -198,7 +198,7 @@ impl NodeUnderTest {
                 this.agent = Some(agent.with_args(["--kubeconfig".to_owned(), kubeconfig]).started()?);
             }
             AgentKind::Kubelet => {
-                this.node = format!("node-bench-api-kubelet-{}", std::process::id());
+                this.node = node_name(kind);
                 let socket = this._containerd.socket_path().display().to_string();
                 let root = this._dir.path().join("kubelet");
                 let out = Command::new("bash")
@@ -238,6 +238,11 @@ impl Drop for NodeUnderTest {
     }
 }
 
+/// The node's name: the harness names an rkubelet node after its containerd (`node-<containerd name>`).
+fn node_name(kind: AgentKind) -> String {
+    format!("node-bench-api-{}", kind.name())
+}
+
 fn rss_mb(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
@@ -274,9 +279,12 @@ fn measure(
     pods: usize,
     runs: usize,
 ) -> Result<Vec<Run>> {
-    let node = NodeUnderTest::start(kind, kit)?;
     let api: Api<Pod> = Api::namespaced(admin.clone(), NAMESPACE);
     let nodes: Api<Node> = Api::all(admin.clone());
+    // A Node left by an earlier, interrupted run would carry its old status into this one.
+    let _ = rt.block_on(nodes.delete(&node_name(kind), &DeleteParams::default()));
+    let node = NodeUnderTest::start(kind, kit)?;
+    ensure!(node.node == node_name(kind), "node {} is not named as expected", node.node);
     let on_node = ListParams::default().fields(&format!("spec.nodeName={}", node.node));
     let deadline = Instant::now() + NODE_READY_TIMEOUT;
     loop {
