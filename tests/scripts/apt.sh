@@ -19,6 +19,7 @@
 APT_CODENAME=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
 APT_BACKPORTS_FILE=/etc/apt/sources.list.d/rkubelet-tests-backports.sources
 APT_UPDATED=0
+APT_BACKPORTS_ADDED=0
 
 apt_log() { printf 'apt: %s\n' "$*" >&2; }
 
@@ -75,8 +76,9 @@ apt_restore() {
   fi
   APT_POLICY_BACKUP=""
   APT_POLICY_CREATED=0
-  if [ -f "$APT_BACKPORTS_FILE" ]; then
+  if [ "$APT_BACKPORTS_ADDED" = 1 ]; then
     rm -f "$APT_BACKPORTS_FILE"
+    APT_BACKPORTS_ADDED=0
   fi
 }
 
@@ -115,6 +117,7 @@ add_backports() {
   local uri key
   read -r uri key < <(debian_source)
   apt_log "adding $APT_CODENAME-backports ($uri) for this install"
+  APT_BACKPORTS_ADDED=1
   cat >"$APT_BACKPORTS_FILE" <<EOF
 # temporary, from rkubelet tests/scripts/apt.sh (removed after the install)
 Types: deb
