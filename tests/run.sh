@@ -110,6 +110,49 @@ unused_netns() {
   return 0
 }
 
+# Whether a live test holds LOCK (the harness's name and subnet locks under
+# /run/rkubelet-test): what it guards is then in use, by this run or by someone else's.
+lock_held() {
+  [ -e "$1" ] || return 1
+  local rc=0
+  flock -n -E 75 "$1" true 2>/dev/null || rc=$?
+  [ "$rc" = 75 ]
+}
+# live_owner LEFTOVER-LINE: true when a test that is still running owns it (the machine
+# may be shared: another user's test is not a leftover of this run).
+live_owner() {
+  local line=$1 x name pid n chain table net
+  case "$line" in
+  "mount /run/rkt-"*)
+    name=${line#mount /run/rkt-}
+    lock_held "/run/rkubelet-test/names/${name%%/*}.lock"
+    ;;
+  "mount $STATE/instances/"*)
+    x=${line#"mount $STATE/instances/"}
+    x=${x%%/*}
+    pid=${x%-*}
+    pid=${pid##*-}
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+    ;;
+  "link "*)
+    x=$(grep -o 'rkt[0-9a-f][0-9a-f]' <<<"$line" | head -n1)
+    [ -n "$x" ] || return 1
+    n=$((16#${x:3:2}))
+    lock_held "/run/rkubelet-test/subnets/$n.lock"
+    ;;
+  "iptables "*)
+    chain=${line##*:}
+    table=${line#iptables \*}
+    table=${table%% *}
+    net=$({ iptables-save -t "$table" 2>/dev/null || true; } | grep -F -- "$chain" | grep -o 'rkt-[A-Za-z0-9_.-]*-[0-9][0-9]*' | head -n1)
+    [ -n "$net" ] || return 1
+    name=${net#rkt-}
+    lock_held "/run/rkubelet-test/names/${name%-*}.lock"
+    ;;
+  *) return 1 ;;
+  esac
+}
+
 # --- cleanup (also on failure) ------------------------------------------------------------------
 REGISTRY_PID=""
 KIT_STARTED=0
@@ -278,7 +321,8 @@ fi
 # (other users of the machine may start and stop things meanwhile): processes carrying
 # our run id, /run/netns turned into a mount point, network namespaces nobody is in, the
 # harness's bridges (rkt*) and their veths, iptables chains of the tests' CNI networks,
-# mounts under the suite's own folders. A leftover must still be there after a few seconds.
+# mounts under the suite's own folders; not those whose harness lock a live test holds.
+# A leftover must still be there after a few seconds.
 leftovers() {
   snapshot "$SNAP/after"
   {
@@ -289,7 +333,9 @@ leftovers() {
       awk '$1 ~ /^(rkt|cnt)/ || $3 ~ /^(rkt|cnt)/ { print "link " $1 " (" $2 ", master " $3 ")" }'
     comm -13 "$SNAP/before/chains" "$SNAP/after/chains" | grep -iE 'CNI|rkt' | sed 's/^/iptables /' || true
     our_leftovers | sed 's/^/process /'
-  } | sort -u
+  } | sort -u | while read -r line; do
+    live_owner "$line" || echo "$line"
+  done
   return 0
 }
 HOST_CHECK="host left as found: skipped (not root)"
@@ -312,11 +358,10 @@ if [ "$IS_ROOT" = 1 ]; then
     echo "$left" | sed 's/^/   LEFT BEHIND: /'
     HOST_CHECK="host left as found: NO ($(echo "$left" | wc -l) leftover(s), listed above; removing them)"
     status=1
-    # Remove what can be removed, so the next run and the machine's other users are not
-    # affected: our processes, then the netns files nobody uses.
+    # Our processes (they carry this run's id) are stopped, so they do not hold ports and
+    # files the next run needs; the rest is only reported: it cannot be attributed to this
+    # run with certainty on a machine others use too.
     echo "$left" | awk '$1 == "process" { print $2 }' | xargs -r kill 2>/dev/null || true
-    echo "$left" | awk '$1 == "netns" { print $2 }' | while read -r f; do umount "$f" 2>/dev/null; rm -f "$f"; done
-    echo "$left" | awk '$1 == "link" { print $2 }' | while read -r l; do ip link del "$l" 2>/dev/null || true; done
   fi
 fi
 
