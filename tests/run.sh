@@ -230,7 +230,7 @@ start_kit() {
     return
   fi
   local set ports=""
-  for set in "6443 2379 10257 10259" "16443 12379 20257 20259"; do
+  for set in "6443 2379 10257 10259" "16443 12379 20257 20259" "26443 22379 30257 30259" "36443 32379 40257 40259"; do
     # shellcheck disable=SC2086 # the set is four words; etcd's peer port is its client port + 1
     set -- $set
     if ports_free "$1" "$2" "$(($2 + 1))" "$3" "$4"; then
@@ -239,7 +239,7 @@ start_kit() {
     fi
   done
   if [ -z "$ports" ]; then
-    API_TIER="API tier: no free ports for a private control plane (6443 and 16443 sets busy); API tests run against the in-repo API-server double"
+    API_TIER="API tier: no free ports for a private control plane (apiserver 6443, 16443, 26443, 36443 and their sets busy); API tests run against the in-repo API-server double"
     return
   fi
   # shellcheck disable=SC2086
