@@ -164,7 +164,15 @@ if [ "$REBUILD" = 1 ] || [ ! -f "$BASE/done" ]; then
   log "building base $BASE_KEY (mmdebstrap $SUITE minbase, ${#BASE_PACKAGES[@]} packages)"
   rm -rf "$BASE" "$BASE.tmp"
   mkdir -p "$BASE.tmp"
-  if ! build_base "$BASE.tmp" >"$VMDIR/base/mmdebstrap.log" 2>&1; then
+  # Without the descriptors we inherit (our locks, a caller's): mmdebstrap hands apt a
+  # pipe as `cat >&N`, and with N above 9 dash fails ("/bin/sh: Bad fd number").
+  if ! (
+    for fd in /proc/"$BASHPID"/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+    done
+    build_base "$BASE.tmp"
+  ) </dev/null >"$VMDIR/base/mmdebstrap.log" 2>&1; then
     tail -n 30 "$VMDIR/base/mmdebstrap.log" >&2
     rm -rf "$BASE.tmp"
     die "mmdebstrap failed (log: $VMDIR/base/mmdebstrap.log)"
