@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -34,35 +35,45 @@ macro_rules! require_root {
     };
 }
 
-/// A named network namespace, deleted on drop.
+/// A network namespace held only by an open file of this process, gone when it is dropped
+/// (or when the test process dies). No `ip netns add`: that bind-mounts the host's /run/netns
+/// over itself, after which containerd cannot remove the namespaces of pods already running.
 struct Netns {
-    name: String,
+    file: std::fs::File,
 }
 
 impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("cnt-{}-{tag}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("ip netns add");
-        assert!(st.success(), "ip netns add {name}");
-        Netns { name }
+    fn new() -> Netns {
+        let file = std::thread::spawn(|| {
+            // SAFETY: unshare(CLONE_NEWNET) only moves this short-lived thread into a new
+            // network namespace; no memory is involved.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            std::fs::File::open("/proc/thread-self/ns/net")
+        })
+        .join()
+        .expect("netns thread")
+        .expect("unshare a network namespace");
+        Netns { file }
     }
+    /// The path other processes (plugins, nsenter) open the namespace by.
     fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/var/run/netns/{}", self.name))
+        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd()))
     }
     /// Run `f` on a thread inside this namespace.
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let file = std::fs::File::open(self.path()).expect("open netns");
-        cni_plugins::netns::run_in(&file, || Ok(f())).expect("run in netns")
+        cni_plugins::netns::run_in(&self.file, || Ok(f())).expect("run in netns")
+    }
+    /// `nsenter --net=PATH cmd`: a command in this namespace.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display())).arg("--").arg(program);
+        c
     }
     fn sh(&self, args: &[&str]) -> String {
-        let out = Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec");
+        let out = self.command(args[0]).args(&args[1..]).output().expect("nsenter");
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
     }
 }
 
@@ -101,11 +112,7 @@ impl Out {
 fn cni(bin: &str, host: Option<&Netns>, cmd: &str, id: &str, netns: Option<&Path>, conf: &Value) -> Out {
     let bin_dir = Path::new(BRIDGE).parent().expect("bin dir");
     let mut c = match host {
-        Some(h) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &h.name, bin]);
-            c
-        }
+        Some(h) => h.command(bin),
         None => Command::new(bin),
     };
     c.env("CNI_COMMAND", cmd)
@@ -180,8 +187,8 @@ fn link_exists(ns: &Netns, name: &str) -> bool {
 #[test]
 fn two_pods_reach_each_other_gateway_and_host_then_del_cleans_up() {
     require_root!();
-    let host = Netns::new("host");
-    let (a, b) = (Netns::new("a"), Netns::new("b"));
+    let host = Netns::new();
+    let (a, b) = (Netns::new(), Netns::new());
     let dir = TempDir::new();
     let conf = bridge_conf(11, &dir.0, true);
     let ra = cni(BRIDGE, Some(&host), "ADD", "pod-a", Some(&a.path()), &conf);
@@ -230,8 +237,8 @@ fn two_pods_reach_each_other_gateway_and_host_then_del_cleans_up() {
 #[test]
 fn second_add_for_same_container_fails_and_keeps_the_first() {
     require_root!();
-    let host = Netns::new("host");
-    let a = Netns::new("a");
+    let host = Netns::new();
+    let a = Netns::new();
     let dir = TempDir::new();
     let conf = bridge_conf(12, &dir.0, true);
     let first = cni(BRIDGE, Some(&host), "ADD", "pod-a", Some(&a.path()), &conf);
@@ -259,10 +266,10 @@ fn second_add_for_same_container_fails_and_keeps_the_first() {
 #[test]
 fn fifty_concurrent_adds_get_distinct_ips() {
     require_root!();
-    let host = Netns::new("host");
+    let host = Netns::new();
     let dir = TempDir::new();
     let conf = bridge_conf(13, &dir.0, false);
-    let pods: Vec<Netns> = (0..50).map(|i| Netns::new(&format!("c{i}"))).collect();
+    let pods: Vec<Netns> = (0..50).map(|_| Netns::new()).collect();
     let results: Vec<Out> = std::thread::scope(|s| {
         let hs: Vec<_> = pods
             .iter()
@@ -303,8 +310,8 @@ fn fifty_concurrent_adds_get_distinct_ips() {
 #[test]
 fn check_reports_a_deleted_veth() {
     require_root!();
-    let host = Netns::new("host");
-    let a = Netns::new("a");
+    let host = Netns::new();
+    let a = Netns::new();
     let dir = TempDir::new();
     let mut conf = bridge_conf(14, &dir.0, false);
     let add = cni(BRIDGE, Some(&host), "ADD", "pod-a", Some(&a.path()), &conf);
@@ -323,8 +330,8 @@ fn check_reports_a_deleted_veth() {
 #[test]
 fn host_port_reaches_the_pod_and_del_removes_it() {
     require_root!();
-    let host = Netns::new("host");
-    let (a, b) = (Netns::new("a"), Netns::new("b"));
+    let host = Netns::new();
+    let (a, b) = (Netns::new(), Netns::new());
     let dir = TempDir::new();
     let conf = bridge_conf(15, &dir.0, true);
     // A fresh namespace has lo down, and so no 127.0.0.0/8 local route.
@@ -366,7 +373,7 @@ fn host_port_reaches_the_pod_and_del_removes_it() {
 #[test]
 fn loopback_brings_lo_up() {
     require_root!();
-    let a = Netns::new("lo");
+    let a = Netns::new();
     let conf = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
     let r = cni(LOOPBACK, None, "ADD", "pod-a", Some(&a.path()), &conf);
     assert_eq!(r.code, 0, "{}", r.json);

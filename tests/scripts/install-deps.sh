@@ -8,7 +8,7 @@
 #   * containerd: Debian's unit serves /run/containerd/containerd.sock with root
 #     /var/lib/containerd. The tests run private instances (own socket, root and
 #     state), so a host containerd does not conflict: if it runs, it is left alone,
-#     and if this script installs containerd it is NOT started (policy-rc.d below).
+#     and if this script installs containerd it is NOT started (policy-rc.d, see apt.sh).
 #   * docker-registry: Debian's default config listens on :5000 (all interfaces)
 #     with htpasswd auth, so it answers 401 to anonymous pushes/pulls and holds the
 #     port our own registry needs. When its config still has an `auth:` section it
@@ -25,53 +25,19 @@ PKGS=(
 
 log() { printf 'install-deps: %s\n' "$*"; }
 
-missing_packages() {
-  local status
-  # One dpkg-query for all packages; unknown packages print to stderr and are
-  # simply absent from stdout.
-  status=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${PKGS[@]}" 2>/dev/null || true)
-  local p
-  for p in "${PKGS[@]}"; do
-    if ! grep -qx "$p installed" <<<"$status"; then
-      printf '%s\n' "$p"
-    fi
-  done
-}
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=apt.sh
+. "$SCRIPT_DIR/apt.sh"
+
+# The control-plane kit beside the checkout (tests/run.sh starts it) installs etcd-server
+# itself, but without a policy-rc.d: on a machine without systemd Debian's etcd would
+# then start on the kit's port 2379. Installed here, nothing starts.
+KIT=$(cd "$SCRIPT_DIR/../.." && pwd)/../shared/k8s
+if [ -x "$KIT/up.sh" ]; then
+  PKGS+=(etcd-server zstd openssl)
+fi
 
 have_systemd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
-
-# Make sure package scripts cannot start services while we install: a policy-rc.d
-# that answers 101 ("action forbidden") is honoured by invoke-rc.d and, on systemd
-# machines, by deb-systemd-invoke. An existing policy that already forbids starts
-# is kept; any other is moved aside and restored on exit.
-POLICY=/usr/sbin/policy-rc.d
-POLICY_BACKUP=""
-POLICY_CREATED=0
-restore_policy() {
-  if [ -n "$POLICY_BACKUP" ]; then
-    mv -f "$POLICY_BACKUP" "$POLICY"
-  elif [ "$POLICY_CREATED" = 1 ]; then
-    rm -f "$POLICY"
-  fi
-}
-forbid_service_starts() {
-  if [ -x "$POLICY" ]; then
-    local rc=0
-    "$POLICY" containerd start >/dev/null 2>&1 || rc=$?
-    if [ "$rc" = 101 ]; then
-      return 0
-    fi
-    POLICY_BACKUP="$POLICY.rkubelet-backup"
-    mv -f "$POLICY" "$POLICY_BACKUP"
-  elif [ -e "$POLICY" ]; then
-    POLICY_BACKUP="$POLICY.rkubelet-backup"
-    mv -f "$POLICY" "$POLICY_BACKUP"
-  fi
-  trap restore_policy EXIT
-  POLICY_CREATED=1
-  printf '#!/bin/sh\n# temporary, from rkubelet tests/scripts/install-deps.sh\nexit 101\n' >"$POLICY"
-  chmod 755 "$POLICY"
-}
 
 debian_registry_conflicts() {
   local cfg=/etc/docker/registry/config.yml
@@ -102,25 +68,15 @@ disable_debian_registry() {
 
 main() {
   local missing
-  missing=$(missing_packages)
+  missing=$(apt_missing "${PKGS[@]}")
   if [ -n "$missing" ]; then
     if [ "$(id -u)" != 0 ]; then
       log "missing packages: $(echo "$missing" | tr '\n' ' ')" >&2
       log "run this script as root to install them" >&2
       exit 1
     fi
-    local -a pkgs
-    mapfile -t pkgs <<<"$missing"
-    log "installing: ${pkgs[*]}"
-    forbid_service_starts
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
-    restore_policy
-    trap - EXIT
-    POLICY_BACKUP=""
-    POLICY_CREATED=0
-    log "installed: ${pkgs[*]}"
+    # shellcheck disable=SC2086 # one package name per word
+    apt_ensure $missing || exit 1
   fi
   if [ "$(id -u)" = 0 ]; then
     disable_debian_registry

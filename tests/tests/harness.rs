@@ -31,6 +31,35 @@ fn tags(repo: &str) -> Result<Vec<String>> {
     Ok(v["tags"].as_array().context("no tags")?.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
 }
 
+/// A network namespace held only by an open file of this process: no `ip netns add`, which
+/// bind-mounts the host's /run/netns over itself and leaves containerd unable to remove the
+/// namespaces of pods already running. The namespace ends when the file is closed, also
+/// when the test process dies.
+struct PodNetns(std::fs::File);
+
+impl PodNetns {
+    fn new() -> Result<PodNetns> {
+        let file = std::thread::spawn(|| -> std::io::Result<std::fs::File> {
+            // SAFETY: unshare(CLONE_NEWNET) only moves this short-lived thread into a new
+            // network namespace; no memory is involved.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            std::fs::File::open("/proc/thread-self/ns/net")
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+        .context("creating a network namespace")?;
+        Ok(PodNetns(file))
+    }
+
+    /// A path other processes (the CNI plugins) can open the namespace by.
+    fn path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), self.0.as_raw_fd()))
+    }
+}
+
 /// What must be gone once an instance is dropped.
 struct Footprint {
     socket: PathBuf,
@@ -205,14 +234,12 @@ fn cni_config_sets_up_the_instance_bridge() -> Result<()> {
     let mut bridge_conf = conflist["plugins"][0].clone();
     bridge_conf["name"] = conflist["name"].clone();
     bridge_conf["cniVersion"] = conflist["cniVersion"].clone();
-    let netns = format!("rkt-harness-{}", std::process::id());
-    let status = Command::new("ip").args(["netns", "add", &netns]).status()?;
-    ensure!(status.success(), "ip netns add {netns}");
+    let netns = PodNetns::new()?;
     let cni = |command: &str| -> Result<String> {
         let mut child = Command::new(c.cni_bin_dir().join("bridge"))
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", "harness-cni-test")
-            .env("CNI_NETNS", format!("/run/netns/{netns}"))
+            .env("CNI_NETNS", netns.path())
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", c.cni_bin_dir())
             .stdin(std::process::Stdio::piped())
@@ -228,7 +255,7 @@ fn cni_config_sets_up_the_instance_bridge() -> Result<()> {
     };
     let result = cni("ADD");
     let del = cni("DEL");
-    let _ = Command::new("ip").args(["netns", "del", &netns]).status();
+    drop(netns);
     let result: serde_json::Value = serde_json::from_str(&result?)?;
     del?;
     let ip = result["ips"][0]["address"].as_str().unwrap_or_default();

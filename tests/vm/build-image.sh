@@ -106,11 +106,41 @@ build_base() {
     --customize-hook="copy-out /boot $dir" \
     --customize-hook="copy-out /.packages.txt $dir" \
     --customize-hook='rm -f "$1/.packages.txt"' \
-    "$SUITE" "$dir/rootfs.tar" "${MIRRORS[@]}"
-  mv "$dir"/boot/vmlinuz-* "$dir/vmlinuz"
-  mv "$dir"/boot/initrd.img-* "$dir/initrd.img"
-  mv "$dir/.packages.txt" "$dir/packages.txt"
+    "$SUITE" "$dir/rootfs.tar" "${MIRRORS[@]}" || return 1
+  # Called as a condition, so `set -e` does not apply in here: every step checks.
+  mv "$dir"/boot/vmlinuz-* "$dir/vmlinuz" || return 1
+  mv "$dir"/boot/initrd.img-* "$dir/initrd.img" || return 1
+  mv "$dir/.packages.txt" "$dir/packages.txt" || return 1
   rm -rf "${dir:?}/boot"
+}
+
+# verify_base DIR [--quick]: kernel, initrd and package list are there, and (unless
+# --quick) the tarball reads to its end and holds what the guest boots with. Only a base
+# that passes is cached.
+verify_base() {
+  local dir=$1 list f
+  for f in vmlinuz initrd.img packages.txt rootfs.tar; do
+    [ -s "$dir/$f" ] || { log "base check: $f missing or empty"; return 1; }
+  done
+  grep -q '^linux-image-[0-9]' "$dir/packages.txt" || { log "base check: no kernel in packages.txt"; return 1; }
+  [ "${2:-}" != --quick ] || return 0
+  list=$(mktemp)
+  if ! tar -tf "$dir/rootfs.tar" >"$list" 2>"$list.err"; then
+    log "base check: rootfs.tar does not read as a tar archive: $(head -c 300 "$list.err")"
+    rm -f "$list" "$list.err"
+    return 1
+  fi
+  rm -f "$list.err"
+  # (Paths as dpkg installs them; with merged /usr they are in the tar under usr/.)
+  for f in etc/os-release usr/bin/containerd usr/sbin/runc lib/systemd/systemd sbin/iptables \
+    bin/busybox usr/lib/cni/bridge; do
+    grep -qxF -e "./$f" -e "./usr/${f#usr/}" "$list" || {
+      log "base check: /$f not in rootfs.tar"
+      rm -f "$list"
+      return 1
+    }
+  done
+  rm -f "$list"
 }
 
 BASE_KEY=$(
@@ -125,19 +155,40 @@ ensure_packages mmdebstrap e2fsprogs tar
 mkdir -p "$VMDIR/base"
 exec 8>"$VMDIR/base.lock"
 flock 8
+if [ -f "$BASE/done" ] && [ "$REBUILD" = 0 ] && ! verify_base "$BASE" --quick; then
+  log "cached base $BASE_KEY fails its check; rebuilding"
+  rm -f "$BASE/done"
+fi
 if [ "$REBUILD" = 1 ] || [ ! -f "$BASE/done" ]; then
   t0=$(now_ms)
   log "building base $BASE_KEY (mmdebstrap $SUITE minbase, ${#BASE_PACKAGES[@]} packages)"
   rm -rf "$BASE" "$BASE.tmp"
   mkdir -p "$BASE.tmp"
-  if ! build_base "$BASE.tmp" >"$VMDIR/base/mmdebstrap.log" 2>&1; then
+  # Without the descriptors we inherit (our locks, a caller's): mmdebstrap hands apt a
+  # pipe as `cat >&N`, and with N above 9 dash fails ("/bin/sh: Bad fd number").
+  if ! (
+    for fd in /proc/"$BASHPID"/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+    done
+    build_base "$BASE.tmp"
+  ) </dev/null >"$VMDIR/base/mmdebstrap.log" 2>&1; then
     tail -n 30 "$VMDIR/base/mmdebstrap.log" >&2
+    rm -rf "$BASE.tmp"
     die "mmdebstrap failed (log: $VMDIR/base/mmdebstrap.log)"
+  fi
+  if ! verify_base "$BASE.tmp"; then
+    tail -n 30 "$VMDIR/base/mmdebstrap.log" >&2
+    rm -rf "$BASE.tmp"
+    die "the base built by mmdebstrap is incomplete; not cached (log: $VMDIR/base/mmdebstrap.log)"
   fi
   mv "$VMDIR/base/mmdebstrap.log" "$BASE.tmp/"
   secs_since "$t0" >"$BASE.tmp/build-seconds"
-  touch "$BASE.tmp/done"
+  # The whole folder appears under its final name in one rename, and carries its
+  # `done` marker only from then on: an interrupted or failed build is never taken
+  # for a cached one.
   mv "$BASE.tmp" "$BASE"
+  touch "$BASE/done"
   # Older bases are dead weight (~600 MB each).
   for old in "$VMDIR"/base/*/; do
     [ "${old%/}" = "$BASE" ] || rm -rf "${old%/}"

@@ -12,28 +12,13 @@ secs_since() { # start_ms -> "12.3"
   printf '%d.%d' $((d / 1000)) $((d % 1000 / 100))
 }
 
+# shellcheck source=../scripts/apt.sh
+. "$REPO/tests/scripts/apt.sh"
+
 # ensure_packages PKG... : apt-get installs whichever of them is not installed (one
-# dpkg-query when all are present). Services the packages ship are not started.
+# dpkg-query when all are present), picking versions that fit what is installed
+# (qemu-system-x86 next to a backports QEMU, the release's mmdebstrap; see apt.sh).
+# Services the packages ship are not started.
 ensure_packages() {
-  local status p missing=()
-  status=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null || true)
-  for p in "$@"; do
-    grep -qx "$p installed" <<<"$status" || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  [ "$(id -u)" = 0 ] || die "missing packages (run as root to install): ${missing[*]}"
-  log "installing ${missing[*]}"
-  local policy=/usr/sbin/policy-rc.d created=0
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
-    created=1
-  fi
-  local rc=0
-  {
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  } || rc=$?
-  [ "$created" = 0 ] || rm -f "$policy"
-  [ "$rc" = 0 ] || die "apt-get install ${missing[*]} failed"
+  apt_ensure "$@" || die "apt-get install $* failed"
 }
