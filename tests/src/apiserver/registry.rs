@@ -268,6 +268,14 @@ fn update_existing(
                     vec![("status.phase".into(), format!("Forbidden: cannot transition from {op} to {np}"))],
                 ));
             }
+            let restart = old.pointer("/spec/restartPolicy").and_then(Value::as_str).unwrap_or("Always");
+            let mut causes = Vec::new();
+            for list in ["containerStatuses", "initContainerStatuses"] {
+                causes.extend(container_state_transition(&old, &merged, list, restart));
+            }
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(def, &name, causes));
+            }
         }
         ("", "nodes" | "namespaces", None) => copy_field(&mut merged, &old, "status"),
         ("", "nodes" | "namespaces", Some("status")) => copy_field(&mut merged, &old, "spec"),
@@ -380,6 +388,32 @@ fn update_existing(
         process_csr(ctx.shared, store, &name);
     }
     Ok(out)
+}
+
+/// `ValidateContainerStateTransition`: unless the pod restarts its containers, a terminated container (with
+/// `OnFailure`: one that exited 0) may not be reported running or waiting again.
+fn container_state_transition(old: &Value, new: &Value, list: &str, restart: &str) -> Vec<(String, String)> {
+    if restart == "Always" {
+        return Vec::new();
+    }
+    let statuses =
+        |o: &Value| o.pointer(&format!("/status/{list}")).and_then(Value::as_array).cloned().unwrap_or_default();
+    let news = statuses(new);
+    let mut causes = Vec::new();
+    for (i, o) in statuses(old).iter().enumerate() {
+        let Some(term) = o.pointer("/state/terminated") else { continue };
+        if restart == "OnFailure" && term.get("exitCode").and_then(Value::as_i64).unwrap_or(0) != 0 {
+            continue;
+        }
+        let name = o.get("name");
+        if news.iter().any(|n| n.get("name") == name && n.pointer("/state/terminated").is_none()) {
+            causes.push((
+                format!("status.{list}[{i}].state"),
+                "Forbidden: may not be transitioned to non-terminated state".to_string(),
+            ));
+        }
+    }
+    causes
 }
 
 fn stamp_conditions(conds: &mut [Value]) {
