@@ -3,7 +3,8 @@
 //! aggregates similar events, counts repeats of the same event into one object (patched `count`/`lastTimestamp`) and
 //! rate-limits each source and object with a token bucket; and client-go's retry rules: an event the server rejected is
 //! never sent again, a 404 on the patch of an aggregated event (deleted or expired in the API) creates it anew, and
-//! only transport failures are retried, a bounded number of times.
+//! only transport failures are retried, a bounded number of times (429/503/504 are retried after the server's
+//! Retry-After by kube's client itself, as by client-go's REST client).
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
@@ -23,8 +24,6 @@ pub const MAX_QUEUED_EVENTS: usize = 1000;
 pub const MAX_TRIES_PER_EVENT: u32 = 12;
 /// Pause between those tries (`defaultSleepDuration`); the first one is randomised so that nodes do not retry in step.
 pub const SLEEP_DURATION: Duration = Duration::from_secs(10);
-/// client-go's REST client retries a throttled request (429 with Retry-After) at most this often (`maxRetries`).
-pub const MAX_THROTTLE_RETRIES: u32 = 10;
 /// Entries kept by each of the correlator's caches (`maxLruCacheEntries`).
 pub const LRU_CACHE_ENTRIES: usize = 4096;
 /// More distinct messages than this for one source, object, type and reason within the interval get aggregated
@@ -307,23 +306,19 @@ impl EventCorrelator {
     }
 }
 
-/// What to do after a failed write, by client-go's `recordEvent` and REST-client rules.
+/// What to do after a failed write, by client-go's `recordEvent` rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
-    /// The server answered with an error: it will answer the same again, so the event is dropped.
+    /// The server answered with an error (`StatusError`): it would answer the same again, so the event is dropped.
+    /// A 409 AlreadyExists means the event is there already. Throttling (429) and 503/504 never get here before
+    /// kube's client has retried them after the server's Retry-After, as client-go's REST client does.
     Never,
-    /// Throttled (429): wait as long as the server asked, then send again.
-    After(Duration),
     /// The server was not reached or did not answer: try again after the back-off.
     BackOff,
 }
 
 pub fn classify(e: &kube::Error) -> Retry {
     match e {
-        kube::Error::Api(s) if s.code == 429 => {
-            let secs = s.details.as_ref().map(|d| d.retry_after_seconds).filter(|s| *s > 0).unwrap_or(1);
-            Retry::After(Duration::from_secs(u64::from(secs)))
-        }
         kube::Error::Api(_) => Retry::Never,
         // Serialisation of our own request: it will fail the same way next time.
         kube::Error::SerdeError(_) | kube::Error::BuildRequest(_) => Retry::Never,
@@ -398,7 +393,6 @@ async fn write_event(client: &kube::Client, correlator: &mut EventCorrelator, co
     let pod = format!("{namespace}/{}", event.involved_object.name.as_deref().unwrap_or_default());
     let reason = event.reason.clone().unwrap_or_default();
     let mut tries = 0;
-    let mut throttled = 0;
     loop {
         let result = send(&api, &event, patch.as_ref()).await;
         let err = match result {
@@ -416,14 +410,6 @@ async fn write_event(client: &kube::Client, correlator: &mut EventCorrelator, co
                     tracing::warn!(%pod, %reason, error = %err, "server rejected event (will not retry)");
                 }
                 return;
-            }
-            Retry::After(wait) => {
-                throttled += 1;
-                if throttled > MAX_THROTTLE_RETRIES {
-                    tracing::warn!(%pod, %reason, error = %err, "event throttled too often; dropping it");
-                    return;
-                }
-                tokio::time::sleep(wait).await;
             }
             Retry::BackOff => {
                 tries += 1;
@@ -623,28 +609,16 @@ mod tests {
         assert_eq!(next.event.count, Some(8));
     }
 
-    fn api_error(code: u16, retry_after: Option<u32>) -> kube::Error {
-        let mut s = kube::core::Status::failure("no", "Reason").with_code(code);
-        if let Some(secs) = retry_after {
-            s = s.with_details(kube::core::response::StatusDetails {
-                name: String::new(),
-                group: String::new(),
-                kind: String::new(),
-                uid: String::new(),
-                causes: Vec::new(),
-                retry_after_seconds: secs,
-            });
-        }
+    fn api_error(code: u16) -> kube::Error {
+        let s = kube::core::Status::failure("no", "Reason").with_code(code);
         kube::Error::Api(Box::new(s))
     }
 
     #[test]
-    fn rejections_are_not_retried_throttling_waits_and_transport_errors_back_off() {
-        for code in [400, 403, 404, 409, 410, 422, 500, 503] {
-            assert_eq!(classify(&api_error(code, None)), Retry::Never, "HTTP {code}");
+    fn rejections_are_not_retried_and_transport_errors_back_off() {
+        for code in [400, 403, 404, 409, 410, 422, 429, 500, 503] {
+            assert_eq!(classify(&api_error(code)), Retry::Never, "HTTP {code}");
         }
-        assert_eq!(classify(&api_error(429, Some(3))), Retry::After(Duration::from_secs(3)));
-        assert_eq!(classify(&api_error(429, None)), Retry::After(Duration::from_secs(1)));
         let io = kube::Error::Service(Box::new(std::io::Error::other("connection refused")));
         assert_eq!(classify(&io), Retry::BackOff);
     }

@@ -108,14 +108,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, cert_user: Option<UserInfo>, req
         }
     };
     let (status, resp) = match reply {
-        Reply::Json(code, v) => (
-            code,
-            Response::builder()
-                .status(code)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(serde_json::to_vec(&v).expect("serializable")))
-                .expect("response"),
-        ),
+        Reply::Json(code, v) => {
+            let mut b = Response::builder().status(code).header(header::CONTENT_TYPE, "application/json");
+            // As upstream's error writer: a Status asking the client to come back later says so in the header too.
+            if let Some(secs) = v.pointer("/details/retryAfterSeconds").and_then(Value::as_u64).filter(|s| *s > 0) {
+                b = b.header(header::RETRY_AFTER, secs.to_string());
+            }
+            (code, b.body(Body::from(serde_json::to_vec(&v).expect("serializable"))).expect("response"))
+        }
         Reply::Text(code, t) => (
             code,
             Response::builder()

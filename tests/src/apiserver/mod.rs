@@ -55,7 +55,8 @@
 //! * Graceful pod deletion: DELETE sets `deletionTimestamp` (now + grace) and
 //!   `deletionGracePeriodSeconds` (from the request, else `spec.terminationGracePeriodSeconds`,
 //!   else 30) and keeps the pod (MODIFIED); grace 0, an unscheduled pod or a pod in a terminal
-//!   phase is removed at once (DELETED). A longer grace than the pending one changes
+//!   phase is removed at once, after the write of `deletionTimestamp` with a grace of 0 as upstream
+//!   (MODIFIED, then DELETED). A longer grace than the pending one changes
 //!   nothing. Finalizers keep any object until they are removed. Other kinds are deleted
 //!   at once; deleting a namespace deletes its objects with it.
 //! * Authentication: client certificates signed by the double's CA (CN = user,

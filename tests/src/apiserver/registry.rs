@@ -514,6 +514,16 @@ pub(crate) fn delete(
             m.insert("deletionGracePeriodSeconds".into(), json!(grace));
             return Ok(ext(ctx.commit(store, def, EventType::Modified, obj, Some(old))));
         }
+        if !has_finalizers(&old) {
+            // A deletion without grace still goes through the graceful path upstream (BeforeDelete stamps
+            // deletionTimestamp and a grace of 0, and that update is written), so watchers see MODIFIED, then DELETED.
+            let mut obj = old.clone();
+            let m = meta(&mut obj);
+            m.insert("deletionTimestamp".into(), json!(kinds::now_rfc3339()));
+            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            let stamped = ctx.commit(store, def, EventType::Modified, obj, Some(old));
+            return Ok(ext(ctx.commit(store, def, EventType::Deleted, stamped.clone(), Some(stamped))));
+        }
     }
     if def.is("", "namespaces") && !ctx.dry_run {
         for d in
