@@ -23,13 +23,14 @@ const START: Duration = Duration::from_secs(60);
 
 /// One test's world: the API, a private containerd, an agent joined through a cuttable relay, and an admin client.
 struct Env {
-    cluster: Cluster,
-    containerd: Containerd,
     agent: Agent,
+    containerd: Containerd,
     proxy: CutProxy,
+    cluster: Cluster,
     admin: kube::Client,
     rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
+    cleaned: bool,
 }
 
 impl Env {
@@ -55,7 +56,7 @@ impl Env {
         let mut all_args = vec!["--kubeconfig".to_owned(), kubeconfig.display().to_string()];
         all_args.extend(args.iter().map(|a| a.to_string()));
         let agent = agent.with_args(all_args).started()?;
-        Ok(Env { cluster, containerd, agent, proxy, admin, rt, _dir: dir })
+        Ok(Env { agent, containerd, proxy, cluster, admin, rt, _dir: dir, cleaned: false })
     }
 
     fn node(&self) -> &str {
@@ -112,7 +113,13 @@ impl Env {
         Ok(self.block_on(pod_events(self.admin.clone(), uid.to_owned()))?)
     }
 
-    fn cleanup(self) -> Result<()> {
+    /// Deletes this node's pods and its Node from the API; on a shared real cluster a failed test must not leave
+    /// them behind either, so [`Drop`] does it too.
+    fn delete_api_objects(&mut self) -> Result<()> {
+        if self.cleaned {
+            return Ok(());
+        }
+        self.cleaned = true;
         let pods = self.pods();
         let node = self.node().to_owned();
         let mine = self.block_on(pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))))?;
@@ -121,11 +128,20 @@ impl Env {
             let _ = self.block_on(pods.delete(&name, &DeleteParams::default().grace_period(0)));
         }
         let _ = self.block_on(Api::<Node>::all(self.admin.clone()).delete(&node, &DeleteParams::default()));
-        let Env { agent, containerd, cluster, .. } = self;
-        drop(agent);
-        drop(containerd);
-        drop(cluster);
         Ok(())
+    }
+
+    /// The agent stops before its containerd, and both before the API double (fields drop in declaration order).
+    fn cleanup(mut self) -> Result<()> {
+        self.delete_api_objects()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Err(e) = self.delete_api_objects() {
+            eprintln!("cleaning up the API objects of {}: {e:#}", self.node());
+        }
     }
 }
 
@@ -483,9 +499,8 @@ fn api_outage_of_30_seconds_loses_no_status() -> Result<()> {
     let late = unique("late");
     env.create_pod(&pod(&late, env.node(), "Always", 1, FOREVER, None))?;
     env.wait_pod(&late, START, running_and_ready)?;
-    let mut agent = env.agent;
-    assert!(agent.is_running(), "the agent exited during the outage:\n{}", tail(&agent.log(), 40));
-    let env = Env { agent, ..env };
+    let mut env = env;
+    assert!(env.agent.is_running(), "the agent exited during the outage:\n{}", tail(&env.agent.log(), 40));
     env.cleanup()
 }
 

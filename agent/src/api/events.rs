@@ -349,25 +349,8 @@ pub async fn run_event_poster(client: kube::Client, node_name: String, mut event
     let intake = async move {
         let mut dropped: u64 = 0;
         while let Some(ev) = events.recv().await {
-            match queue.try_send(ev) {
-                Ok(()) => {
-                    if dropped > 0 {
-                        tracing::warn!(dropped, "event queue has room again");
-                        dropped = 0;
-                    }
-                }
-                Err(mpsc::error::TrySendError::Full(ev)) => {
-                    dropped += 1;
-                    if dropped == 1 || dropped.is_power_of_two() {
-                        tracing::warn!(
-                            pod = %format!("{}/{}", ev.namespace, ev.name),
-                            reason = ev.reason,
-                            dropped,
-                            "event queue full ({MAX_QUEUED_EVENTS}); dropping event"
-                        );
-                    }
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            if !offer(&queue, ev, &mut dropped) {
+                return;
             }
         }
     };
@@ -383,6 +366,33 @@ pub async fn run_event_poster(client: kube::Client, node_name: String, mut event
         }
     };
     tokio::join!(intake, writer);
+}
+
+/// Queues one event without waiting (client-go's `DropIfChannelFull`): a full queue drops it, logged at the first
+/// drop and at each power of two after. False once the writer is gone.
+fn offer(queue: &mpsc::Sender<PodEvent>, ev: PodEvent, dropped: &mut u64) -> bool {
+    match queue.try_send(ev) {
+        Ok(()) => {
+            if *dropped > 0 {
+                tracing::warn!(dropped = *dropped, "event queue has room again");
+                *dropped = 0;
+            }
+            true
+        }
+        Err(mpsc::error::TrySendError::Full(ev)) => {
+            *dropped += 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    pod = %format!("{}/{}", ev.namespace, ev.name),
+                    reason = ev.reason,
+                    dropped = *dropped,
+                    "event queue full ({MAX_QUEUED_EVENTS}); dropping event"
+                );
+            }
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
 }
 
 /// One event through client-go's `recordToSink` loop.
@@ -621,6 +631,22 @@ mod tests {
         }
         let io = kube::Error::Service(Box::new(std::io::Error::other("connection refused")));
         assert_eq!(classify(&io), Retry::BackOff);
+    }
+
+    #[test]
+    fn a_full_queue_drops_events_instead_of_waiting() {
+        let (tx, mut rx) = mpsc::channel(MAX_QUEUED_EVENTS);
+        let mut dropped = 0;
+        for i in 0..MAX_QUEUED_EVENTS + 5 {
+            assert!(offer(&tx, pod_event(&i.to_string(), "Started", "m"), &mut dropped));
+        }
+        assert_eq!(dropped, 5);
+        // The oldest events are kept, in order.
+        assert_eq!(rx.try_recv().map(|e| e.uid).as_deref(), Ok("0"));
+        assert!(offer(&tx, pod_event("late", "Started", "m"), &mut dropped));
+        assert_eq!(dropped, 0, "room again resets the count");
+        drop(rx);
+        assert!(!offer(&tx, pod_event("x", "Started", "m"), &mut dropped), "a closed queue ends the intake");
     }
 
     #[test]
