@@ -781,31 +781,6 @@ fn static_pods_get_mirror_pods_and_pods_gone_from_the_api_are_killed() -> Result
     env.cleanup()
 }
 
-/// The volume and mount the ServiceAccount admission plugin adds to a pod that does not opt out, as the real API
-/// server writes them; the double has no such plugin, so tests add them themselves there.
-fn inject_service_account_volume(pod: &mut Pod) -> Result<()> {
-    let name = "kube-api-access-rk8s1";
-    let spec = pod.spec.as_mut().context("spec")?;
-    spec.volumes.get_or_insert_default().push(serde_json::from_value(json!({
-        "name": name,
-        "projected": {
-            "defaultMode": 420,
-            "sources": [
-                { "serviceAccountToken": { "expirationSeconds": 3607, "path": "token" } },
-                { "configMap": { "name": "kube-root-ca.crt", "items": [{ "key": "ca.crt", "path": "ca.crt" }] } },
-                { "downwardAPI": { "items": [{ "path": "namespace",
-                    "fieldRef": { "apiVersion": "v1", "fieldPath": "metadata.namespace" } }] } },
-            ],
-        },
-    }))?);
-    for c in &mut spec.containers {
-        c.volume_mounts.get_or_insert_default().push(serde_json::from_value(json!({
-            "name": name, "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-        }))?);
-    }
-    Ok(())
-}
-
 /// Lines of the agent's own log (its WARN/ERROR/INFO records, not the client library's debug output) with `needle`.
 fn count_in_log(agent: &Agent, needle: &str) -> usize {
     agent.log().lines().filter(|l| l.contains(needle) && !l.contains(" DEBUG ") && !l.contains(" TRACE ")).count()
@@ -818,14 +793,6 @@ fn a_default_pod_with_the_injected_service_account_token_volume_runs() -> Result
     let name = unique("satoken");
     let mut p = pod(&name, env.node(), "Always", 1, FOREVER, None);
     p.spec.as_mut().context("spec")?.automount_service_account_token = None;
-    if env.cluster.double().is_some() {
-        rkubelet_tests::containerd::print_skip(
-            "api::a_default_pod_with_the_injected_service_account_token_volume_runs (admission part)",
-            &"the double has no ServiceAccount admission: the test adds the volume itself; \
-              set RKUBELET_E2E_KUBECONFIG for the real kube-apiserver",
-        );
-        inject_service_account_volume(&mut p)?;
-    }
     let created = env.create_pod(&p)?;
     let spec = created.spec.clone().context("spec")?;
     let volume = spec

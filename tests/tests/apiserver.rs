@@ -793,3 +793,55 @@ fn injected_faults_answer_matching_requests_then_stop() {
         assert_eq!(codes, [409, 409, 429, 200]);
     });
 }
+
+#[test]
+fn service_account_admission_mounts_the_token_volume_unless_the_pod_opts_out() {
+    let cluster = Cluster::from_env().unwrap();
+    block_on(async {
+        let pods: Api<Pod> = Api::namespaced(cluster.admin_client().await.unwrap(), "default");
+        let name = unique("satoken");
+        let mut p = pod(&name, None, json!({}));
+        p.spec.as_mut().unwrap().init_containers = Some(vec![p.spec.as_ref().unwrap().containers[0].clone()]);
+        p.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0].name = "init".into();
+        let created = pods.create(&PostParams::default(), &p).await.unwrap();
+        let spec = created.spec.unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some("default"));
+        let volumes = spec.volumes.unwrap_or_default();
+        assert_eq!(volumes.len(), 1, "{volumes:?}");
+        let v = &volumes[0];
+        let suffix = v.name.strip_prefix("kube-api-access-").unwrap_or_else(|| panic!("{}", v.name));
+        assert_eq!(suffix.len(), 5, "{}", v.name);
+        let projected = serde_json::to_value(v.projected.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            projected,
+            json!({
+                "defaultMode": 420,
+                "sources": [
+                    { "serviceAccountToken": { "expirationSeconds": 3607, "path": "token" } },
+                    { "configMap": { "name": "kube-root-ca.crt", "items": [{ "key": "ca.crt", "path": "ca.crt" }] } },
+                    { "downwardAPI": { "items": [{ "path": "namespace",
+                        "fieldRef": { "apiVersion": "v1", "fieldPath": "metadata.namespace" } }] } },
+                ],
+            })
+        );
+        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+            let mounts = serde_json::to_value(c.volume_mounts.clone().unwrap_or_default()).unwrap();
+            assert_eq!(
+                mounts,
+                json!([{ "name": v.name, "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount" }]),
+                "container {}",
+                c.name
+            );
+        }
+        pods.delete(&name, &DeleteParams::default().grace_period(0)).await.unwrap();
+
+        let opted_out = unique("nosatoken");
+        let mut p = pod(&opted_out, None, json!({}));
+        p.spec.as_mut().unwrap().automount_service_account_token = Some(false);
+        let created = pods.create(&PostParams::default(), &p).await.unwrap();
+        let spec = created.spec.unwrap();
+        assert!(spec.volumes.unwrap_or_default().is_empty());
+        assert!(spec.containers[0].volume_mounts.clone().unwrap_or_default().is_empty());
+        pods.delete(&opted_out, &DeleteParams::default().grace_period(0)).await.unwrap();
+    });
+}

@@ -28,7 +28,9 @@
 //!   like `ValidatePodUpdate` (images, activeDeadlineSeconds, tolerations, grace period):
 //!   `spec.nodeName` is set at create or through `pods/<name>/binding` only. Pod creation
 //!   applies the API defaults and those of the stock admission plugins (ServiceAccount's
-//!   `serviceAccountName: default` except for mirror pods, Priority, DefaultTolerationSeconds)
+//!   `serviceAccountName: default` and the projected `kube-api-access-<random>` token volume mounted at
+//!   `/var/run/secrets/kubernetes.io/serviceaccount`, except for mirror pods and pods with
+//!   `automountServiceAccountToken: false`; Priority; DefaultTolerationSeconds)
 //!   and sets `status: {phase: Pending, qosClass}`. Creating in a missing namespace → 404.
 //! * Strategic merge patch list keys as declared in k8s.io/api: pod `status.conditions` by
 //!   `type`, `podIPs`/`hostIPs` by `ip`, containers/volumes/env by `name`, ports by
@@ -97,8 +99,8 @@
 //!   aggregated discovery (plain discovery documents are served), OpenAPI documents.
 //! * Validation is limited to names, required pod container fields, pod spec immutability,
 //!   CSR request/signer/usages and a few status rules; no other field validation.
-//! * No ServiceAccount token projection (pods get `serviceAccountName` but no
-//!   `kube-api-access-*` volume), no secrets/configmaps/services, no scheduler or other
+//! * No tokens are issued for the `kube-api-access-*` volume the double injects like the ServiceAccount
+//!   admission (no TokenRequest, no `kube-root-ca.crt` ConfigMap), no secrets/configmaps/services, no scheduler or other
 //!   controllers (pods stay Pending until a test binds them or creates them with
 //!   `spec.nodeName`), namespaces are deleted at once rather than going through
 //!   `Terminating`.

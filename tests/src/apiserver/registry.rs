@@ -148,6 +148,7 @@ pub(crate) fn create(
     match (def.group, def.plural) {
         ("", "pods") => {
             kinds::default_pod(&mut obj);
+            kinds::mount_service_account_token(&mut obj);
             kinds::validate_pod(def, &name, &obj)?;
             meta(&mut obj).insert("generation".into(), json!(1));
             let qos = kinds::qos_class(&obj);
