@@ -162,7 +162,7 @@ pub async fn bootstrap_client_certificate(
 }
 
 /// kubelet's `csr.WaitForCertificate`: a watch of the one CSR (relisting with a back-off when it breaks), until it
-/// carries a certificate or is denied or failed, for at most [`CSR_WAIT`]. Approval may come at any time, from a
+/// carries a certificate or is denied, failed or deleted, for at most [`CSR_WAIT`]. Approval may come at any time, from a
 /// controller or by hand, and costs no request while nothing changes.
 async fn wait_for_certificate(
     csrs: &Api<CertificateSigningRequest>,
@@ -170,18 +170,22 @@ async fn wait_for_certificate(
     uid: &str,
 ) -> Result<String, ClientError> {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut stream = watcher::watcher(csrs.clone(), config).default_backoff().applied_objects().boxed();
+    let mut stream = watcher::watcher(csrs.clone(), config).default_backoff().boxed();
     let wait = async {
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(csr) => {
-                    if let Some(outcome) = certificate_outcome(&csr, name, uid) {
-                        return outcome;
-                    }
+        while let Some(event) = stream.next().await {
+            let csr = match event {
+                Ok(watcher::Event::Apply(csr) | watcher::Event::InitApply(csr)) => csr,
+                Ok(watcher::Event::Delete(_)) => {
+                    return Err(ClientError::Bootstrap(format!("certificate signing request {name} was deleted")));
                 }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
                 Err(e) => {
-                    tracing::warn!(csr = %name, error = %e, "watch of the certificate signing request failed; retrying")
+                    tracing::warn!(csr = %name, error = %e, "watch of the certificate signing request failed; retrying");
+                    continue;
                 }
+            };
+            if let Some(outcome) = certificate_outcome(&csr, name, uid) {
+                return outcome;
             }
         }
         Err(ClientError::Bootstrap(format!("watch of certificate signing request {name} ended")))
@@ -191,7 +195,7 @@ async fn wait_for_certificate(
     })?
 }
 
-/// The issued certificate, the refusal, or `None` while the CSR is pending (approved but not signed yet included).
+/// The issued certificate, the refusal, or `None` while the CSR waits for approval or, approved, for the signer.
 fn certificate_outcome(csr: &CertificateSigningRequest, name: &str, uid: &str) -> Option<Result<String, ClientError>> {
     // A CSR recreated under the same name is not ours.
     if !uid.is_empty() && csr.metadata.uid.as_deref().is_some_and(|u| u != uid) {
