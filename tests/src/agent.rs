@@ -194,7 +194,8 @@ impl Agent {
         }
     }
 
-    fn wait_healthy(&mut self) -> Result<()> {
+    /// Waits up to 20 s for `/healthz` to answer `ok` (after [`Agent::spawn_process`]).
+    pub fn wait_healthy(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((200, body)) = http_get(self.port, "/healthz") {

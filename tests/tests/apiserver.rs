@@ -82,6 +82,22 @@ fn event_kind<K: kube::Resource>(ev: &WatchEvent<K>) -> (String, String) {
     }
 }
 
+/// A pod deleted with grace period 0 is first written with `deletionTimestamp` and a grace of 0 (MODIFIED), then
+/// removed (DELETED), as the real API server's graceful-deletion path does.
+async fn expect_graceless_deletion<S>(w: &mut S, name: &str)
+where
+    S: Stream<Item = kube::Result<WatchEvent<Pod>>> + Unpin,
+{
+    match next_event(w).await {
+        WatchEvent::Modified(p) => {
+            assert!(p.metadata.deletion_timestamp.is_some(), "{:?}", p.metadata);
+            assert_eq!(p.metadata.deletion_grace_period_seconds, Some(0));
+        }
+        other => panic!("expected MODIFIED with deletionTimestamp, got {:?}", event_kind(&other)),
+    }
+    assert_eq!(event_kind(&next_event(w).await), ("DELETED".into(), name.to_owned()));
+}
+
 #[test]
 fn pod_crud_conflicts_and_errors() {
     let cluster = Cluster::from_env().unwrap();
@@ -196,8 +212,8 @@ fn watch_follows_selectors_and_binding() {
         assert_eq!(e.code, 409);
 
         pods.delete(&name, &DeleteParams::default().grace_period(0)).await.unwrap();
-        assert_eq!(event_kind(&next_event(&mut wn).await), ("DELETED".into(), name.clone()));
-        assert_eq!(event_kind(&next_event(&mut w).await), ("DELETED".into(), name.clone()));
+        expect_graceless_deletion(&mut wn, &name).await;
+        expect_graceless_deletion(&mut w, &name).await;
     });
 }
 
@@ -344,7 +360,7 @@ fn graceful_pod_deletion() {
         assert_eq!(again.metadata.deletion_grace_period_seconds, Some(30));
 
         pods.delete(&name, &DeleteParams::default().grace_period(0)).await.unwrap();
-        assert_eq!(event_kind(&next_event(&mut w).await), ("DELETED".into(), name.clone()));
+        expect_graceless_deletion(&mut w, &name).await;
         assert_eq!(api_err(pods.get(&name).await).code, 404);
 
         // unscheduled pods go at once; preconditions are checked
@@ -701,4 +717,131 @@ async fn recv_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<watcher::Event
         .await
         .expect("watcher event in time")
         .expect("watcher alive")
+}
+
+#[test]
+fn status_that_revives_a_terminated_container_is_invalid() {
+    let cluster = Cluster::from_env().unwrap();
+    block_on(async {
+        let pods: Api<Pod> = Api::namespaced(cluster.admin_client().await.unwrap(), "default");
+        let pp = PatchParams::default();
+        let state = |s: serde_json::Value| {
+            json!({ "status": { "containerStatuses": [{
+                "name": "c", "image": "registry.invalid/pause:3.10", "imageID": "", "ready": false, "restartCount": 0,
+                "state": s,
+            }]}})
+        };
+        let running = json!({ "running": { "startedAt": "2024-01-01T00:00:00Z" } });
+        let exited = |code: i32| json!({ "terminated": { "exitCode": code, "startedAt": "2024-01-01T00:00:00Z", "finishedAt": "2024-01-01T00:00:01Z" } });
+        for (policy, code, allowed) in [
+            ("Never", 0, false),
+            ("Never", 1, false),
+            ("OnFailure", 0, false),
+            ("OnFailure", 1, true),
+            ("Always", 0, true),
+        ] {
+            let name = unique("revive");
+            let mut p = pod(&name, Some(&unique("node")), json!({}));
+            p.spec.as_mut().unwrap().restart_policy = Some(policy.into());
+            pods.create(&PostParams::default(), &p).await.unwrap();
+            pods.patch_status(&name, &pp, &Patch::Merge(state(running.clone()))).await.unwrap();
+            pods.patch_status(&name, &pp, &Patch::Merge(state(exited(code)))).await.unwrap();
+            let again = pods.patch_status(&name, &pp, &Patch::Merge(state(running.clone()))).await;
+            if allowed {
+                again.unwrap_or_else(|e| panic!("{policy}, exit {code}: {e}"));
+            } else {
+                let e = api_err(again);
+                assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"), "{policy}, exit {code}");
+                assert_eq!(
+                    e.message,
+                    format!(
+                        "Pod \"{name}\" is invalid: status.containerStatuses[0].state: Forbidden: may not be \
+                         transitioned to non-terminated state"
+                    )
+                );
+            }
+            pods.delete(&name, &DeleteParams::default().grace_period(0)).await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn injected_faults_answer_matching_requests_then_stop() {
+    use rkubelet_tests::apiserver::Fault;
+    let api = ApiServer::start().unwrap();
+    block_on(async {
+        let admin = api.admin_client().await.unwrap();
+        let leases: Api<Lease> = Api::namespaced(admin.clone(), "kube-node-lease");
+        let lease: Lease = serde_json::from_value(json!({ "metadata": { "name": "n1" }, "spec": {} })).unwrap();
+        leases.create(&PostParams::default(), &lease).await.unwrap();
+        let mut throttled = Fault::new("PUT", "/leases/n1", 1, 429, "TooManyRequests", "slow down");
+        throttled.retry_after_seconds = 2;
+        api.inject_fault(Fault::new("PUT", "/leases/n1", 2, 409, "Conflict", "the object has been modified"));
+        api.inject_fault(throttled);
+        api.inject_fault(Fault::new("GET", "/leases/n1", 1, 500, "InternalError", "boom").for_user("someone-else"));
+        let current = leases.get("n1").await.unwrap();
+        for expected in [409, 409] {
+            assert_eq!(api_err(leases.replace("n1", &PostParams::default(), &current).await).code, expected);
+        }
+        // kube's client retries a 429 after the server's Retry-After by itself (as client-go's REST client does);
+        // the fault is used up, so the retry is served from the unchanged store.
+        let t0 = Instant::now();
+        leases.replace("n1", &PostParams::default(), &current).await.unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(1500), "Retry-After not honoured: {:?}", t0.elapsed());
+        assert_eq!(api.faults_left(), 1, "the fault for another user was not left alone");
+        let codes: Vec<u16> = api.requests().iter().filter(|r| r.method == "PUT").map(|r| r.status).collect();
+        assert_eq!(codes, [409, 409, 429, 200]);
+    });
+}
+
+#[test]
+fn service_account_admission_mounts_the_token_volume_unless_the_pod_opts_out() {
+    let cluster = Cluster::from_env().unwrap();
+    block_on(async {
+        let pods: Api<Pod> = Api::namespaced(cluster.admin_client().await.unwrap(), "default");
+        let name = unique("satoken");
+        let mut p = pod(&name, None, json!({}));
+        p.spec.as_mut().unwrap().init_containers = Some(vec![p.spec.as_ref().unwrap().containers[0].clone()]);
+        p.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0].name = "init".into();
+        let created = pods.create(&PostParams::default(), &p).await.unwrap();
+        let spec = created.spec.unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some("default"));
+        let volumes = spec.volumes.unwrap_or_default();
+        assert_eq!(volumes.len(), 1, "{volumes:?}");
+        let v = &volumes[0];
+        let suffix = v.name.strip_prefix("kube-api-access-").unwrap_or_else(|| panic!("{}", v.name));
+        assert_eq!(suffix.len(), 5, "{}", v.name);
+        let projected = serde_json::to_value(v.projected.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            projected,
+            json!({
+                "defaultMode": 420,
+                "sources": [
+                    { "serviceAccountToken": { "expirationSeconds": 3607, "path": "token" } },
+                    { "configMap": { "name": "kube-root-ca.crt", "items": [{ "key": "ca.crt", "path": "ca.crt" }] } },
+                    { "downwardAPI": { "items": [{ "path": "namespace",
+                        "fieldRef": { "apiVersion": "v1", "fieldPath": "metadata.namespace" } }] } },
+                ],
+            })
+        );
+        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+            let mounts = serde_json::to_value(c.volume_mounts.clone().unwrap_or_default()).unwrap();
+            assert_eq!(
+                mounts,
+                json!([{ "name": v.name, "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount" }]),
+                "container {}",
+                c.name
+            );
+        }
+        pods.delete(&name, &DeleteParams::default().grace_period(0)).await.unwrap();
+
+        let opted_out = unique("nosatoken");
+        let mut p = pod(&opted_out, None, json!({}));
+        p.spec.as_mut().unwrap().automount_service_account_token = Some(false);
+        let created = pods.create(&PostParams::default(), &p).await.unwrap();
+        let spec = created.spec.unwrap();
+        assert!(spec.volumes.unwrap_or_default().is_empty());
+        assert!(spec.containers[0].volume_mounts.clone().unwrap_or_default().is_empty());
+        pods.delete(&opted_out, &DeleteParams::default().grace_period(0)).await.unwrap();
+    });
 }

@@ -5,18 +5,20 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestSpec};
 use k8s_openapi::ByteString;
 use kube::api::{Api, PostParams};
 use kube::config::{
     AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
 };
+use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt;
 
 /// The signer kubelet asks for its client certificate.
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 /// kubelet's file holding the current client certificate and key.
 pub const CLIENT_CERT_FILE: &str = "kubelet-client-current.pem";
-const CSR_POLL: Duration = Duration::from_secs(1);
 /// kubelet gives up waiting for its CSR after an hour and starts over.
 const CSR_WAIT: Duration = Duration::from_secs(3600);
 
@@ -103,29 +105,8 @@ pub async fn bootstrap_client_certificate(
     let name = created.metadata.name.clone().unwrap_or_default();
     tracing::info!(csr = %name, "waiting for the client certificate to be approved and issued");
 
-    let deadline = tokio::time::Instant::now() + CSR_WAIT;
-    let cert_pem = loop {
-        let current = csrs.get(&name).await?;
-        let status = current.status.unwrap_or_default();
-        for c in status.conditions.iter().flatten() {
-            if (c.type_ == "Denied" || c.type_ == "Failed") && c.status == "True" {
-                return Err(ClientError::Bootstrap(format!(
-                    "certificate signing request {name} was {}: {}",
-                    c.type_.to_lowercase(),
-                    c.message.clone().unwrap_or_default()
-                )));
-            }
-        }
-        if let Some(cert) = status.certificate.filter(|c| !c.0.is_empty()) {
-            break String::from_utf8_lossy(&cert.0).into_owned();
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(ClientError::Bootstrap(format!(
-                "certificate signing request {name} not issued within {CSR_WAIT:?}"
-            )));
-        }
-        tokio::time::sleep(CSR_POLL).await;
-    };
+    let uid = created.metadata.uid.clone().unwrap_or_default();
+    let cert_pem = wait_for_certificate(&csrs, &name, &uid).await?;
 
     std::fs::create_dir_all(pki_dir).map_err(|source| ClientError::Write { path: pki_dir.to_owned(), source })?;
     let pem_path = pki_dir.join(CLIENT_CERT_FILE);
@@ -180,6 +161,65 @@ pub async fn bootstrap_client_certificate(
     Ok(())
 }
 
+/// kubelet's `csr.WaitForCertificate`: a watch of the one CSR (relisting with a back-off when it breaks), until it
+/// carries a certificate or is denied, failed or deleted, for at most [`CSR_WAIT`]. Approval may come at any time, from a
+/// controller or by hand, and costs no request while nothing changes.
+async fn wait_for_certificate(
+    csrs: &Api<CertificateSigningRequest>,
+    name: &str,
+    uid: &str,
+) -> Result<String, ClientError> {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher::watcher(csrs.clone(), config).default_backoff().boxed();
+    let wait = async {
+        while let Some(event) = stream.next().await {
+            let csr = match event {
+                Ok(watcher::Event::Apply(csr) | watcher::Event::InitApply(csr)) => csr,
+                Ok(watcher::Event::Delete(_)) => {
+                    return Err(ClientError::Bootstrap(format!("certificate signing request {name} was deleted")));
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
+                Err(e) => {
+                    tracing::warn!(csr = %name, error = %e, "watch of the certificate signing request failed; retrying");
+                    continue;
+                }
+            };
+            if let Some(outcome) = certificate_outcome(&csr, name, uid) {
+                return outcome;
+            }
+        }
+        Err(ClientError::Bootstrap(format!("watch of certificate signing request {name} ended")))
+    };
+    tokio::time::timeout(CSR_WAIT, wait).await.map_err(|_| {
+        ClientError::Bootstrap(format!("certificate signing request {name} not issued within {CSR_WAIT:?}"))
+    })?
+}
+
+/// The issued certificate, the refusal, or `None` while the CSR waits for approval or, approved, for the signer.
+fn certificate_outcome(csr: &CertificateSigningRequest, name: &str, uid: &str) -> Option<Result<String, ClientError>> {
+    // A CSR recreated under the same name is not ours.
+    if !uid.is_empty() && csr.metadata.uid.as_deref().is_some_and(|u| u != uid) {
+        return Some(Err(ClientError::Bootstrap(format!(
+            "certificate signing request {name} was replaced by another object"
+        ))));
+    }
+    let status = csr.status.as_ref()?;
+    for c in status.conditions.iter().flatten() {
+        if (c.type_ == "Denied" || c.type_ == "Failed") && c.status == "True" {
+            return Some(Err(ClientError::Bootstrap(format!(
+                "certificate signing request {name} was {}: {}",
+                c.type_.to_lowercase(),
+                c.message.clone().unwrap_or_default()
+            ))));
+        }
+    }
+    let approved = status.conditions.iter().flatten().any(|c| c.type_ == "Approved" && c.status == "True");
+    match &status.certificate {
+        Some(cert) if approved && !cert.0.is_empty() => Some(Ok(String::from_utf8_lossy(&cert.0).into_owned())),
+        _ => None,
+    }
+}
+
 /// Writes a file readable by root only, replacing it atomically.
 fn write_private(path: &Path, text: &str) -> Result<(), ClientError> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -192,4 +232,50 @@ fn write_private(path: &Path, text: &str) -> Result<(), ClientError> {
         f.write_all(text.as_bytes()).map_err(err)?;
     }
     std::fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::certificates::v1::{CertificateSigningRequestCondition, CertificateSigningRequestStatus};
+
+    fn csr(uid: &str, conditions: &[(&str, &str)], cert: &str) -> CertificateSigningRequest {
+        let mut c = CertificateSigningRequest::default();
+        c.metadata.uid = Some(uid.into());
+        c.status = Some(CertificateSigningRequestStatus {
+            conditions: Some(
+                conditions
+                    .iter()
+                    .map(|(t, s)| CertificateSigningRequestCondition {
+                        type_: (*t).into(),
+                        status: (*s).into(),
+                        message: Some("by test".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            certificate: (!cert.is_empty()).then(|| ByteString(cert.as_bytes().to_vec())),
+        });
+        c
+    }
+
+    #[test]
+    fn a_csr_is_waited_for_until_approved_and_signed() {
+        assert!(certificate_outcome(&CertificateSigningRequest::default(), "n", "").is_none());
+        assert!(certificate_outcome(&csr("u", &[], ""), "n", "u").is_none());
+        // Approved, but the signer has not issued it yet.
+        assert!(certificate_outcome(&csr("u", &[("Approved", "True")], ""), "n", "u").is_none());
+        let issued = certificate_outcome(&csr("u", &[("Approved", "True")], "PEM"), "n", "u");
+        assert_eq!(issued.and_then(Result::ok).as_deref(), Some("PEM"));
+    }
+
+    #[test]
+    fn a_denied_failed_or_replaced_csr_ends_the_wait() {
+        for t in ["Denied", "Failed"] {
+            let r = certificate_outcome(&csr("u", &[(t, "True")], ""), "n", "u");
+            let msg = r.and_then(Result::err).map(|e| e.to_string()).unwrap_or_default();
+            assert!(msg.contains(&t.to_lowercase()), "{msg}");
+        }
+        assert!(matches!(certificate_outcome(&csr("other", &[], ""), "n", "u"), Some(Err(_))));
+    }
 }

@@ -1,5 +1,6 @@
-//! The API pod source: a watch of the pods bound to this node (`spec.nodeName=<node>`), relisting when the watch
-//! expires, sent to the pod manager as the complete set (kubelet's `apiserver` config source). Mirror pods are not
+//! The API pod source: a watch of the pods bound to this node (`spec.nodeName=<node>`) with bookmarks
+//! (`allowWatchBookmarks`, so a resumed watch starts from a recent resourceVersion), relisting when the watch
+//! expires (`410 Gone`), sent to the pod manager as the complete set (kubelet's `apiserver` config source). Mirror pods are not
 //! pods to run: they are reported separately to the status manager.
 
 use std::collections::BTreeMap;
@@ -58,6 +59,12 @@ pub async fn run_api_source(
             Ok(Event::Delete(pod)) => {
                 current.remove(spec::uid(&pod));
                 true
+            }
+            // The resourceVersion fell out of the server's watch window: the watcher relists, and the relist
+            // (Init..InitDone) replaces the whole set, so pods added or deleted meanwhile are not missed.
+            Err(watcher::Error::WatchError(s)) if s.code == 410 => {
+                tracing::info!(reason = %s.reason, "pod watch expired (410 Gone); relisting");
+                false
             }
             Err(e) => {
                 // The stream backs off and relists by itself; pods keep running meanwhile.

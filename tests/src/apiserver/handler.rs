@@ -100,19 +100,22 @@ pub(crate) async fn handle(shared: Arc<Shared>, cert_user: Option<UserInfo>, req
         }
         (Ok(u), Ok(b)) => {
             let text = String::from_utf8_lossy(&b).into_owned();
-            let reply = route(&shared, &u, &method, &path, &query, &headers, &b);
+            let reply = match take_fault(&shared, &u.name, method.as_str(), &path) {
+                Some(e) => Reply::from(e),
+                None => route(&shared, &u, &method, &path, &query, &headers, &b),
+            };
             (u.name.clone(), reply, text)
         }
     };
     let (status, resp) = match reply {
-        Reply::Json(code, v) => (
-            code,
-            Response::builder()
-                .status(code)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(serde_json::to_vec(&v).expect("serializable")))
-                .expect("response"),
-        ),
+        Reply::Json(code, v) => {
+            let mut b = Response::builder().status(code).header(header::CONTENT_TYPE, "application/json");
+            // As upstream's error writer: a Status asking the client to come back later says so in the header too.
+            if let Some(secs) = v.pointer("/details/retryAfterSeconds").and_then(Value::as_u64).filter(|s| *s > 0) {
+                b = b.header(header::RETRY_AFTER, secs.to_string());
+            }
+            (code, b.body(Body::from(serde_json::to_vec(&v).expect("serializable"))).expect("response"))
+        }
         Reply::Text(code, t) => (
             code,
             Response::builder()
@@ -139,6 +142,23 @@ pub(crate) async fn handle(shared: Arc<Shared>, cert_user: Option<UserInfo>, req
         body: body_text,
     });
     resp
+}
+
+/// The first armed fault matching this request, used up by one.
+fn take_fault(shared: &Shared, user: &str, method: &str, path: &str) -> Option<ApiError> {
+    let mut faults = shared.faults.lock().unwrap_or_else(|e| e.into_inner());
+    let fault = faults.iter_mut().find(|f| {
+        f.times > 0
+            && f.method == method
+            && path.ends_with(&f.path_suffix)
+            && f.user.as_deref().is_none_or(|u| u == user)
+    })?;
+    fault.times -= 1;
+    let mut e = ApiError::new(fault.code, fault.reason, fault.message.clone());
+    if fault.retry_after_seconds > 0 {
+        e.details = Some(json!({ "retryAfterSeconds": fault.retry_after_seconds }));
+    }
+    Some(e)
 }
 
 fn version() -> Value {

@@ -179,6 +179,55 @@ pub(crate) fn default_pod(pod: &mut Value) {
     }
 }
 
+/// Where the ServiceAccount admission mounts the token volume (`DefaultAPITokenMountPath`).
+pub(crate) const SERVICE_ACCOUNT_TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The ServiceAccount admission plugin on pod creation: unless the pod opts out (`automountServiceAccountToken:
+/// false`) or is a mirror pod, a projected `kube-api-access-<5 random>` volume (bound token, cluster CA, namespace)
+/// mounted read-only in every container and init container that has nothing at the mount path yet.
+pub(crate) fn mount_service_account_token(pod: &mut Value) {
+    if is_mirror_pod(pod) || pod.pointer("/spec/automountServiceAccountToken") == Some(&json!(false)) {
+        return;
+    }
+    // utilrand.String's alphabet: no vowels, no confusable characters.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let suffix: String =
+        uuid::Uuid::new_v4().as_bytes()[..5].iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+    let name = format!("kube-api-access-{suffix}");
+    let spec = obj_mut(pod, "spec");
+    if !spec.get("volumes").is_some_and(Value::is_array) {
+        spec.remove("volumes");
+    }
+    let volumes = spec.entry("volumes").or_insert_with(|| json!([]));
+    if let Some(vs) = volumes.as_array_mut() {
+        vs.push(json!({
+            "name": name,
+            "projected": {
+                "defaultMode": 420,
+                "sources": [
+                    { "serviceAccountToken": { "expirationSeconds": 3607, "path": "token" } },
+                    { "configMap": { "name": "kube-root-ca.crt", "items": [{ "key": "ca.crt", "path": "ca.crt" }] } },
+                    { "downwardAPI": { "items": [{ "path": "namespace",
+                        "fieldRef": { "apiVersion": "v1", "fieldPath": "metadata.namespace" } }] } },
+                ],
+            },
+        }));
+    }
+    for list in ["containers", "initContainers"] {
+        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+            if !c.get("volumeMounts").is_some_and(Value::is_array) {
+                c["volumeMounts"] = json!([]);
+            }
+            let Some(list) = c["volumeMounts"].as_array_mut() else { continue };
+            if list.iter().any(|m| m.get("mountPath").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_TOKEN_MOUNT_PATH))
+            {
+                continue;
+            }
+            list.push(json!({ "name": name, "readOnly": true, "mountPath": SERVICE_ACCOUNT_TOKEN_MOUNT_PATH }));
+        }
+    }
+}
+
 /// QoS class as `qos.GetPodQOS` computes it (cpu and memory only).
 pub(crate) fn qos_class(pod: &Value) -> &'static str {
     let mut any = false;

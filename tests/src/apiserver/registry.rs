@@ -148,6 +148,7 @@ pub(crate) fn create(
     match (def.group, def.plural) {
         ("", "pods") => {
             kinds::default_pod(&mut obj);
+            kinds::mount_service_account_token(&mut obj);
             kinds::validate_pod(def, &name, &obj)?;
             meta(&mut obj).insert("generation".into(), json!(1));
             let qos = kinds::qos_class(&obj);
@@ -268,6 +269,14 @@ fn update_existing(
                     vec![("status.phase".into(), format!("Forbidden: cannot transition from {op} to {np}"))],
                 ));
             }
+            let restart = old.pointer("/spec/restartPolicy").and_then(Value::as_str).unwrap_or("Always");
+            let mut causes = Vec::new();
+            for list in ["containerStatuses", "initContainerStatuses"] {
+                causes.extend(container_state_transition(&old, &merged, list, restart));
+            }
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(def, &name, causes));
+            }
         }
         ("", "nodes" | "namespaces", None) => copy_field(&mut merged, &old, "status"),
         ("", "nodes" | "namespaces", Some("status")) => copy_field(&mut merged, &old, "spec"),
@@ -382,6 +391,32 @@ fn update_existing(
     Ok(out)
 }
 
+/// `ValidateContainerStateTransition`: unless the pod restarts its containers, a terminated container (with
+/// `OnFailure`: one that exited 0) may not be reported running or waiting again.
+fn container_state_transition(old: &Value, new: &Value, list: &str, restart: &str) -> Vec<(String, String)> {
+    if restart == "Always" {
+        return Vec::new();
+    }
+    let statuses =
+        |o: &Value| o.pointer(&format!("/status/{list}")).and_then(Value::as_array).cloned().unwrap_or_default();
+    let news = statuses(new);
+    let mut causes = Vec::new();
+    for (i, o) in statuses(old).iter().enumerate() {
+        let Some(term) = o.pointer("/state/terminated") else { continue };
+        if restart == "OnFailure" && term.get("exitCode").and_then(Value::as_i64).unwrap_or(0) != 0 {
+            continue;
+        }
+        let name = o.get("name");
+        if news.iter().any(|n| n.get("name") == name && n.pointer("/state/terminated").is_none()) {
+            causes.push((
+                format!("status.{list}[{i}].state"),
+                "Forbidden: may not be transitioned to non-terminated state".to_string(),
+            ));
+        }
+    }
+    causes
+}
+
 fn stamp_conditions(conds: &mut [Value]) {
     let now = kinds::now_rfc3339();
     for c in conds.iter_mut().filter_map(Value::as_object_mut) {
@@ -479,6 +514,16 @@ pub(crate) fn delete(
             m.insert("deletionTimestamp".into(), json!(kinds::rfc3339_in(grace)));
             m.insert("deletionGracePeriodSeconds".into(), json!(grace));
             return Ok(ext(ctx.commit(store, def, EventType::Modified, obj, Some(old))));
+        }
+        if !has_finalizers(&old) {
+            // A deletion without grace still goes through the graceful path upstream (BeforeDelete stamps
+            // deletionTimestamp and a grace of 0, and that update is written), so watchers see MODIFIED, then DELETED.
+            let mut obj = old.clone();
+            let m = meta(&mut obj);
+            m.insert("deletionTimestamp".into(), json!(kinds::now_rfc3339()));
+            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            let stamped = ctx.commit(store, def, EventType::Modified, obj, Some(old));
+            return Ok(ext(ctx.commit(store, def, EventType::Deleted, stamped.clone(), Some(stamped))));
         }
     }
     if def.is("", "namespaces") && !ctx.dry_run {

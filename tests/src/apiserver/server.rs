@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use super::auth::UserInfo;
 use super::pki::{cert_identity, Pki};
 use super::store::Store;
-use super::RequestRecord;
+use super::{Fault, RequestRecord};
 
 /// State shared by the test-facing handle and the server tasks.
 pub(crate) struct Shared {
@@ -27,6 +27,7 @@ pub(crate) struct Shared {
     pub auto_approve_serving: AtomicBool,
     pub bookmark_interval: Mutex<Duration>,
     pub requests: Mutex<Vec<RequestRecord>>,
+    pub faults: Mutex<Vec<Fault>>,
     pub addr: SocketAddr,
 }
 
