@@ -331,6 +331,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             node_name: config.node_name.clone(),
             host_ips: host_ips.clone(),
             pod_logs_dir: config.pod_logs_dir.clone(),
+            seccomp_profile_root: config.root_dir.join("seccomp"),
             host_dns: node::parse_resolv_conf(&resolv),
             cluster_dns: config.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
             cluster_domain: config.cluster_domain.clone(),

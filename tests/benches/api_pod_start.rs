@@ -99,7 +99,8 @@ fn env_number(name: &str, default: usize) -> Result<usize> {
 
 /// Runs a kit script and returns the last line it printed (the scripts print their result last).
 fn kit_script(kit: &Path, script: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new("bash").arg(kit.join(script)).args(args).output().with_context(|| format!("run {script}"))?;
+    let out =
+        Command::new("bash").arg(kit.join(script)).args(args).output().with_context(|| format!("run {script}"))?;
     ensure!(
         out.status.success(),
         "{script} {args:?} failed: {}{}",

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use super::{grace_period, KubeRuntime};
+use super::{grace_period, security, KubeRuntime};
 use crate::pods::events::{self as ev, EventType};
 use crate::pods::plan::{self, BackoffState, ContainerStart, Waiting};
 use crate::pods::{env, spec};
@@ -27,6 +27,14 @@ impl KubeRuntime {
         backoff: &mut BackoffState,
     ) -> Result<(), Waiting> {
         let image_ref = self.ensure_image(pod, container, start.init, sandbox, backoff).await?;
+        if security::needs_image_user(pod, container) {
+            let user = match self.runtime.image_user(&image_ref).await {
+                Ok(user) => user.unwrap_or_default(),
+                Err(e) => return Err(self.config_error(pod, container, start, e.message())),
+            };
+            security::verify_run_as_non_root(pod, container, &user)
+                .map_err(|m| self.config_error(pod, container, start, m))?;
+        }
         let spec = self.container_spec(pod, container, start, image_ref, pod_ips)?;
         let log_dir = Path::new(&sandbox.log_directory).join(&container.name);
         if let Err(e) = std::fs::create_dir_all(&log_dir) {
@@ -121,7 +129,16 @@ impl KubeRuntime {
             readonly_rootfs: sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false),
             capabilities_add: caps.and_then(|c| c.add.clone()).unwrap_or_default(),
             capabilities_drop: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
+            no_new_privs: security::no_new_privs(container),
+            seccomp: security::seccomp_profile(pod, container, &self.seccomp_profile_root).map_err(config_error)?,
             envs,
         })
+    }
+
+    /// kubelet's `CreateContainerConfigError`: a `Failed` event and the waiting reason.
+    fn config_error(&self, pod: &Pod, container: &Container, start: &ContainerStart, message: String) -> Waiting {
+        let at = Some((container.name.as_str(), start.init));
+        self.events.record(pod, at, EventType::Warning, ev::FAILED_TO_CREATE_CONTAINER, format!("Error: {message}"));
+        Waiting { reason: plan::REASON_CREATE_CONTAINER_CONFIG_ERROR.into(), message }
     }
 }

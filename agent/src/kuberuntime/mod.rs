@@ -7,6 +7,7 @@ mod container;
 mod image;
 mod kill;
 mod sandbox;
+pub mod security;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ pub struct KubeRuntime {
     pub node_name: String,
     pub host_ips: Vec<String>,
     pub pod_logs_dir: PathBuf,
+    /// Where `Localhost` seccomp profiles are (kubelet's `<root-dir>/seccomp`).
+    pub seccomp_profile_root: PathBuf,
     pub host_dns: DnsSettings,
     pub cluster_dns: Vec<String>,
     pub cluster_domain: String,

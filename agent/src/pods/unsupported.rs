@@ -43,12 +43,7 @@ pub fn unsupported_fields(pod: &Pod) -> Vec<String> {
             "spec.securityContext.supplementalGroups",
         );
         pod_field(sc.fs_group.is_some(), "spec.securityContext.fsGroup");
-        pod_field(sc.run_as_non_root == Some(true), "spec.securityContext.runAsNonRoot");
         pod_field(sc.se_linux_options.is_some(), "spec.securityContext.seLinuxOptions");
-        pod_field(
-            sc.seccomp_profile.as_ref().is_some_and(|p| p.type_ != "Unconfined"),
-            "spec.securityContext.seccompProfile",
-        );
     }
     let init = spec::init_containers(pod).iter().enumerate().map(|(i, c)| (format!("spec.initContainers[{i}]"), c));
     let app = s.containers.iter().enumerate().map(|(i, c)| (format!("spec.containers[{i}]"), c));
@@ -73,10 +68,7 @@ fn container_fields(path: &str, c: &Container, found: &mut Vec<String>) {
     field(c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()), "volumeDevices");
     field(c.resources.as_ref().and_then(|r| r.claims.as_ref()).is_some_and(|cl| !cl.is_empty()), "resources.claims");
     if let Some(sc) = &c.security_context {
-        field(sc.allow_privilege_escalation == Some(false), "securityContext.allowPrivilegeEscalation");
-        field(sc.run_as_non_root == Some(true), "securityContext.runAsNonRoot");
         field(sc.se_linux_options.is_some(), "securityContext.seLinuxOptions");
-        field(sc.seccomp_profile.as_ref().is_some_and(|p| p.type_ != "Unconfined"), "securityContext.seccompProfile");
         field(sc.proc_mount.as_deref().is_some_and(|m| m != "Default"), "securityContext.procMount");
     }
     for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
@@ -165,7 +157,7 @@ mod tests {
             name: "app".into(),
             liveness_probe: Some(Probe::default()),
             lifecycle: Some(Lifecycle { pre_stop: Some(LifecycleHandler::default()), ..Default::default() }),
-            security_context: Some(SecurityContext { allow_privilege_escalation: Some(false), ..Default::default() }),
+            security_context: Some(SecurityContext { proc_mount: Some("Unmasked".into()), ..Default::default() }),
             ..Default::default()
         };
         // A readiness probe is not rejected: without a prober the container simply never becomes ready.
@@ -190,7 +182,7 @@ mod tests {
                 "spec.runtimeClassName",
                 "spec.containers[0].livenessProbe",
                 "spec.containers[0].lifecycle.preStop",
-                "spec.containers[0].securityContext.allowPrivilegeEscalation",
+                "spec.containers[0].securityContext.procMount",
             ]
         );
     }

@@ -516,6 +516,19 @@ impl Runtime {
         Ok(resp.image.map(|i| i.id).filter(|id| !id.is_empty()))
     }
 
+    /// The user the image runs as (kubelet's `getImageUser`); `None` when the image is not present.
+    pub async fn image_user(&self, image: &str) -> Result<Option<ImageUser>, RuntimeError> {
+        let mut c = self.images.clone();
+        let resp = self
+            .call(
+                "ImageStatus",
+                Some(RUNTIME_REQUEST_TIMEOUT),
+                c.image_status(cri::ImageStatusRequest { image: Some(image_spec(image)), verbose: false }),
+            )
+            .await?;
+        Ok(resp.image.map(|i| ImageUser { uid: i.uid.map(|u| u.value), username: i.username }))
+    }
+
     /// Pulls an image and returns its reference. No timeout: kubelet bounds pulls by progress, not duration, and a
     /// large image on a slow registry may legitimately take long.
     pub async fn pull_image(&self, image: &str, sandbox: &SandboxSpec) -> Result<String, RuntimeError> {
@@ -676,6 +689,21 @@ fn container_config(spec: &ContainerSpec, sandbox: &SandboxSpec) -> cri::Contain
                 run_as_user: spec.run_as_user.map(|value| cri::Int64Value { value }),
                 run_as_group: spec.run_as_group.map(|value| cri::Int64Value { value }),
                 readonly_rootfs: spec.readonly_rootfs,
+                no_new_privs: spec.no_new_privs,
+                seccomp: Some(match &spec.seccomp {
+                    SeccompProfile::Unconfined => cri::SecurityProfile {
+                        profile_type: cri::security_profile::ProfileType::Unconfined as i32,
+                        localhost_ref: String::new(),
+                    },
+                    SeccompProfile::RuntimeDefault => cri::SecurityProfile {
+                        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                        localhost_ref: String::new(),
+                    },
+                    SeccompProfile::Localhost(path) => cri::SecurityProfile {
+                        profile_type: cri::security_profile::ProfileType::Localhost as i32,
+                        localhost_ref: path.clone(),
+                    },
+                }),
                 ..Default::default()
             }),
         }),

@@ -149,6 +149,27 @@ pub struct ContainerSpec {
     pub readonly_rootfs: bool,
     pub capabilities_add: Vec<String>,
     pub capabilities_drop: Vec<String>,
+    /// `no_new_privs`: set when `allowPrivilegeEscalation` is false.
+    pub no_new_privs: bool,
+    pub seccomp: SeccompProfile,
+}
+
+/// The seccomp profile a container runs with, kubelet's mapping of `securityContext.seccompProfile`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SeccompProfile {
+    /// kubelet's default while the `seccompDefault` setting is off.
+    #[default]
+    Unconfined,
+    RuntimeDefault,
+    /// An absolute path to a profile file under the node's seccomp profile root.
+    Localhost(String),
+}
+
+/// The user an image runs as, from the runtime's ImageStatus.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageUser {
+    pub uid: Option<i64>,
+    pub username: String,
 }
 
 /// CRI `Status`: whether the runtime and its pod network are usable.

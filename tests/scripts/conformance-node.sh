@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Runs the kit's upstream e2e [NodeConformance] specs against rkubelet: a private control plane from the kit (its
+# own K8S_HOME and ports, so a shared kit is not disturbed), a private containerd on our CNI plugins, rkubelet as
+# the one node (--node-ip: the API server refuses loopback node addresses), then conformance.sh, then everything it
+# started is stopped and the runtime emptied (pods killed, sandboxes removed through CRI by a standalone rkubelet).
+#   conformance-node.sh [conformance.sh args...]        e.g. --focus='Pods should'
+# env: RKUBELET_BIN (default target/debug/rkubelet), RKUBELET_CNI_BIN_DIR (default target/debug),
+#      RKUBELET_K8S_KIT (default ../shared/k8s), RKUBELET_NODE_IP (default: the first global IPv4 address),
+#      K8S_E2E_PROCS (default 40: the waiting specs cost little CPU).
+# Results: the kit's folder under $K8S_HOME/e2e/<timestamp>/ (results.txt), its last line printed last.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+KIT=${RKUBELET_K8S_KIT:-$REPO/../shared/k8s}
+BIN=${RKUBELET_BIN:-$REPO/target/debug/rkubelet}
+CNI=${RKUBELET_CNI_BIN_DIR:-$REPO/target/debug}
+NODE=rkubelet-conformance
+export K8S_HOME=${K8S_HOME:-/var/lib/rkubelet-test/conformance-kit}
+export K8S_APISERVER_PORT=${K8S_APISERVER_PORT:-46443} K8S_ETCD_PORT=${K8S_ETCD_PORT:-42379}
+export K8S_KCM_PORT=${K8S_KCM_PORT:-41257} K8S_SCHED_PORT=${K8S_SCHED_PORT:-41259}
+export K8S_E2E_PROCS=${K8S_E2E_PROCS:-40}
+NODE_IP=${RKUBELET_NODE_IP:-$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -1)}
+log() { printf 'conformance-node: %s\n' "$*" >&2; }
+[ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
+[ -x "$KIT/up.sh" ] || [ -f "$KIT/up.sh" ] || { log "no kit at $KIT"; exit 2; }
+[ -n "$NODE_IP" ] || { log "no global IPv4 address for --node-ip"; exit 2; }
+
+STATE=$(mktemp -d /var/lib/rkubelet-test/conformance-node.XXXXXX)
+SOCK_DIR=/run/rkt-conformance-containerd
+SOCK=$SOCK_DIR/containerd.sock
+CTRD_PID="" AGENT_PID=""
+cleanup() {
+  set +e
+  [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
+  if [ -n "$CTRD_PID" ]; then
+    # Kill what still runs (specs with long grace periods), then let a standalone agent with no pods remove every
+    # sandbox and container through CRI, which also tears down their network namespaces.
+    for id in $(ctr --address "$SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
+      ctr --address "$SOCK" -n k8s.io tasks kill -s KILL "$id" >/dev/null 2>&1
+    done
+    mkdir -p "$STATE/empty"
+    printf 'apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncontainerRuntimeEndpoint: unix://%s\ncgroupsPerQOS: false\nreadOnlyPort: 0\npodLogsDir: %s/logs\nstaticPodPath: %s/empty\ncniConfDir: %s/cni\ncniBridgeName: rktconf0\n' \
+      "$SOCK" "$STATE" "$STATE" "$STATE" >"$STATE/cleanup.yaml"
+    "$BIN" --config "$STATE/cleanup.yaml" --root-dir "$STATE/root" --hostname-override "$NODE" >"$STATE/cleanup.log" 2>&1 &
+    local cleaner=$!
+    for _ in $(seq 120); do
+      [ -z "$(ctr --address "$SOCK" -n k8s.io containers ls -q 2>/dev/null)" ] && break
+      sleep 1
+    done
+    kill "$cleaner" 2>/dev/null; wait "$cleaner" 2>/dev/null
+    kill "$CTRD_PID" 2>/dev/null && wait "$CTRD_PID" 2>/dev/null
+    grep ' /run/rkt-conformance\| '"$STATE" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l
+  fi
+  ip link del rktconf0 2>/dev/null
+  bash "$KIT/down.sh" >/dev/null 2>&1
+  rm -rf "$STATE" "$SOCK_DIR"
+}
+trap cleanup EXIT
+
+kc=$(bash "$KIT/up.sh" --wipe | tail -1)
+nkc=$(bash "$KIT/node-kubeconfig.sh" "$NODE" | tail -1)
+mkdir -p "$STATE/cni" "$STATE/logs" "$SOCK_DIR"
+cat >"$STATE/containerd.toml" <<T
+version = 2
+root = "$STATE/containerd-root"
+state = "$SOCK_DIR/state"
+[grpc]
+  address = "$SOCK"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "127.0.0.1:${K8S_REGISTRY_PORT:-5050}/pause:3.9"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$CNI"
+    conf_dir = "$STATE/cni"
+T
+containerd --config "$STATE/containerd.toml" >"$STATE/containerd.log" 2>&1 &
+CTRD_PID=$!
+for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
+cat >"$STATE/config.yaml" <<T
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+containerRuntimeEndpoint: unix://$SOCK
+cgroupsPerQOS: false
+readOnlyPort: 0
+podLogsDir: $STATE/logs
+cniConfDir: $STATE/cni
+cniBridgeName: rktconf0
+T
+"$BIN" --config "$STATE/config.yaml" --kubeconfig "$nkc" --hostname-override "$NODE" --node-ip "$NODE_IP" \
+  --root-dir "$STATE/root" >"$STATE/rkubelet.log" 2>&1 &
+AGENT_PID=$!
+for _ in $(seq 120); do
+  [ "$("$K8S_HOME/bin/kubectl" --kubeconfig "$kc" get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ] && break
+  kill -0 "$AGENT_PID" 2>/dev/null || { tail -n 30 "$STATE/rkubelet.log" >&2; exit 1; }
+  sleep 0.5
+done
+log "node $NODE Ready ($NODE_IP); running the specs with $K8S_E2E_PROCS processes"
+rc=0
+K8S_E2E_CONTAINERD=unix://$SOCK bash "$KIT/conformance.sh" "$NODE" "$@" || rc=$?
+cp "$STATE/rkubelet.log" "$(ls -d "$K8S_HOME"/e2e/2*/ | tail -1)/rkubelet.log" 2>/dev/null || true
+exit "$rc"
