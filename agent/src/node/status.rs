@@ -249,14 +249,12 @@ pub fn node_status_patch(original: Option<&NodeStatus>, status: &NodeStatus) -> 
             .and_then(|v| v.as_object().cloned())
             .unwrap_or_default()
     };
-    let old = json(original);
+    let mut old = json(original);
     let mut new = json(Some(status));
+    // Left out of the diff (by type, several InternalIPs would pair up wrongly); sent whole below when changed.
+    let old_addresses = old.remove("addresses");
     let new_addresses = new.remove("addresses");
-    let addresses_changed = old.get("addresses") != new_addresses.as_ref();
-    // Diffed as unchanged; added back below as a replacement.
-    if let Some(a) = old.get("addresses") {
-        new.insert("addresses".into(), a.clone());
-    }
+    let addresses_changed = old_addresses != new_addresses;
     let wrap = |m: Map<String, Value>| {
         let mut w = Map::new();
         w.insert("status".to_owned(), Value::Object(m));
@@ -405,6 +403,19 @@ mod tests {
         assert_eq!(conditions.len(), 4);
         assert!(conditions.iter().all(|c| c.as_object().unwrap().len() == 2 && c.get("lastHeartbeatTime").is_some()));
         assert!(patch["status"].get("$setElementOrder/addresses").is_none());
+        // From two InternalIPs to one: the list goes whole again, with no by-type pairing of the two.
+        f.addresses = vec!["fd00::2".into()];
+        let one = set_node_status(Some(&new), &f, t(20));
+        let patch = node_status_patch(Some(&new), &one).expect("a patch");
+        assert_eq!(
+            patch["status"]["addresses"],
+            serde_json::json!([
+                {"type": "InternalIP", "address": "fd00::2"},
+                {"type": "Hostname", "address": "node-1"},
+                {"$patch": "replace"},
+            ])
+        );
+        assert!(patch["status"].get("$setElementOrder/addresses").is_none(), "{patch}");
     }
 
     #[test]

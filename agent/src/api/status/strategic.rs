@@ -128,11 +128,21 @@ fn diff_merging_list(
     patch: &mut Map<String, Value>,
 ) {
     let empty = Map::new();
+    // The n-th element with a key pairs with the n-th element with that key on the other side, as apimachinery's
+    // walk over both lists sorted by key pairs them.
+    let nth = |list: &'_ [Value], key: &str, n: usize| {
+        list.iter().filter(|e| key_string(e, merge_key) == key).nth(n).cloned()
+    };
+    let occurrence = |list: &[Value], i: usize| {
+        let key = key_string(&list[i], merge_key);
+        let n = list[..i].iter().filter(|e| key_string(e, merge_key) == key).count();
+        (key, n)
+    };
     let mut changes = Vec::new();
-    for m in modified {
-        let k = key_string(m, merge_key);
+    for (i, m) in modified.iter().enumerate() {
+        let (k, n) = occurrence(modified, i);
         let mm = m.as_object().unwrap_or(&empty);
-        match original.iter().find(|o| key_string(o, merge_key) == k) {
+        match nth(original, &k, n) {
             Some(o) => {
                 let mut sub = diff_maps(o.as_object().unwrap_or(&empty), mm, keys, path);
                 if !sub.is_empty() {
@@ -144,9 +154,9 @@ fn diff_merging_list(
         }
     }
     let mut deletions = Vec::new();
-    for o in original {
-        let k = key_string(o, merge_key);
-        if !modified.iter().any(|m| key_string(m, merge_key) == k) {
+    for (i, o) in original.iter().enumerate() {
+        let (k, n) = occurrence(original, i);
+        if nth(modified, &k, n).is_none() {
             let mut d = Map::new();
             d.insert(merge_key.to_owned(), o.get(merge_key).cloned().unwrap_or(Value::Null));
             d.insert(DIRECTIVE.to_owned(), Value::String("delete".into()));
@@ -273,6 +283,15 @@ mod tests {
             json!({"status": {"conditions": [{"type": "B", "status": "True"}, {"type": "A", "status": "True"}]}}),
         );
         assert_eq!(p, json!({"status": {"$setElementOrder/conditions": [{"type": "B"}, {"type": "A"}]}}));
+    }
+
+    #[test]
+    fn elements_sharing_a_key_pair_up_in_order() {
+        let old = json!({"status": {"addresses": [
+            {"type": "InternalIP", "address": "192.0.2.2"}, {"type": "InternalIP", "address": "fd00::2"},
+        ]}});
+        let p = two_way(&obj(old.clone()), &obj(old), node_merge_keys);
+        assert!(p.is_empty(), "{p:?}");
     }
 
     #[test]
