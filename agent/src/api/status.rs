@@ -249,10 +249,15 @@ impl StatusManager {
         for entry in entries {
             let uid = spec::uid(&entry.pod).to_owned();
             let record = records.entry(uid).or_default();
-            let same = record
-                .entry
-                .as_ref()
-                .is_some_and(|old| Arc::ptr_eq(&old.pod, &entry.pod) && old.status == entry.status);
+            // The API source hands over new copies of every pod on each watch event: a pod is the same when its
+            // resourceVersion is.
+            let same = record.entry.as_ref().is_some_and(|old| {
+                let same_pod = Arc::ptr_eq(&old.pod, &entry.pod)
+                    || (old.pod.metadata.resource_version.is_some()
+                        && old.pod.metadata.resource_version == entry.pod.metadata.resource_version
+                        && old.pod.metadata.uid == entry.pod.metadata.uid);
+                same_pod && old.status == entry.status
+            });
             if !same {
                 statics_changed |= record.entry.is_none() && is_static(&entry.pod);
                 record.dirty = true;
