@@ -273,7 +273,12 @@ fn node_is_ready_and_untainted_soon_after_an_api_outage_with_its_containers_unch
     assert_eq!(container_id(&after).as_deref(), Some(before.as_str()), "the container was not restarted");
     // The node controller marked the pod not Ready along with the node; the status manager sets it back once the pod
     // watch, reconnecting with its back-off (at most 30 s between attempts), shows it the change.
-    let ready_again = wait_for(&agent, "pod Ready again", POD_READY_AGAIN, get_pod, pod_ready)?;
+    let ready_again = wait_for(&agent, "pod Ready again", POD_READY_AGAIN, get_pod, pod_ready).inspect_err(|_| {
+        let path = std::env::temp_dir().join("rkubelet-node-outage-agent.log");
+        if std::fs::write(&path, agent.log()).is_ok() {
+            eprintln!("full agent log: {}", path.display());
+        }
+    })?;
     println!("pod Ready again {:.1} s after the API server was back", back.elapsed().as_secs_f64());
     assert_eq!(container_id(&ready_again).as_deref(), Some(before.as_str()), "the container was not restarted");
 
