@@ -72,8 +72,9 @@ struct PrivateControlPlane {
 }
 
 impl PrivateControlPlane {
+    /// Starts it from an empty etcd, so nothing of an earlier run is left in it.
     fn up() -> Result<Self> {
-        match kit("up.sh", &[]) {
+        match kit("up.sh", &["--wipe"]) {
             Ok(admin) => Ok(Self { admin_kubeconfig: PathBuf::from(admin) }),
             Err(e) => {
                 // Whatever did start is stopped again.
