@@ -132,6 +132,13 @@ fn mark_mirrors_changed(records: &mut BTreeMap<String, PodRecord>, old: &MirrorP
     }
 }
 
+fn digest(v: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
+}
+
 /// Numeric resource versions (etcd's) tell which of two copies of an object is newer; others are opaque.
 fn newer(a: Option<&str>, than: Option<&str>) -> bool {
     match (a.and_then(|v| v.parse::<u64>().ok()), than.and_then(|v| v.parse::<u64>().ok())) {
@@ -145,10 +152,10 @@ fn newer(a: Option<&str>, than: Option<&str>) -> bool {
 struct Written {
     /// UID of the object written (the mirror pod's for a static pod).
     target_uid: String,
-    /// The status asked for, normalized.
-    sent: Value,
-    /// The status the server returned, normalized, and its resourceVersion.
-    response: Value,
+    /// Digest of the status asked for (normalized).
+    sent: u64,
+    /// The status the server returned, kept only until the watch has caught up with it, and its resourceVersion.
+    response: Option<PodStatus>,
     resource_version: Option<String>,
 }
 
@@ -165,12 +172,15 @@ struct PodRecord {
     gone: Option<String>,
 }
 
+/// The status and resourceVersion a write was answered with.
+type Answer = (Option<PodStatus>, Option<String>);
+
 enum Outcome {
-    /// On success, the status the server answered with (normalized) and its resourceVersion.
+    /// On success, the status the server answered with and its resourceVersion.
     Status {
         target_uid: String,
-        sent: Value,
-        result: Result<(Value, Option<String>), kube::Error>,
+        sent: u64,
+        result: Result<Box<Answer>, kube::Error>,
     },
     Delete {
         result: Result<(), kube::Error>,
@@ -300,22 +310,27 @@ impl StatusManager {
             // The server's status: the copy from the watch, or the answer to our last write while the watch has
             // not caught up with it.
             let watched_rv = target.metadata.resource_version.as_deref();
-            let written = record.written.as_ref().filter(|w| w.target_uid == target_uid);
-            let from_write = written.filter(|w| newer(w.resource_version.as_deref(), watched_rv));
-            let base_status: Option<PodStatus> = match from_write {
-                Some(w) => serde_json::from_value(w.response.clone()).ok(),
+            let written = record.written.as_mut().filter(|w| w.target_uid == target_uid);
+            let lagging = written.as_ref().is_some_and(|w| newer(w.resource_version.as_deref(), watched_rv));
+            let base_status: Option<PodStatus> = match written {
+                Some(w) if lagging => w.response.clone(),
+                Some(w) => {
+                    w.response = None;
+                    target.status.clone()
+                }
                 None => target.status.clone(),
             };
+            let written = record.written.as_ref().filter(|w| w.target_uid == target_uid);
             // Never move a pod back from a terminal phase.
             if terminal(base_status.as_ref().and_then(|s| s.phase.as_deref())) && !terminal(ours.phase.as_deref()) {
                 continue;
             }
             let new = status_json(Some(&merge_status(ours, base_status.as_ref())));
             let base = status_json(base_status.as_ref());
+            let sent = digest(&new);
             // Asked for already and the server has not changed since: what differs is what it normalizes away.
-            let unchanged_since_write = written.is_some_and(|w| {
-                w.sent == new && (from_write.is_some() || w.resource_version.as_deref() == watched_rv)
-            });
+            let unchanged_since_write =
+                written.is_some_and(|w| w.sent == sent && (lagging || w.resource_version.as_deref() == watched_rv));
             if unchanged_since_write {
                 continue;
             }
@@ -331,8 +346,8 @@ impl StatusManager {
                     let result = api
                         .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
                         .await
-                        .map(|pod| (status_json(pod.status.as_ref()), pod.metadata.resource_version));
-                    (uid, Outcome::Status { target_uid, sent: new, result })
+                        .map(|pod| Box::new((pod.status, pod.metadata.resource_version)));
+                    (uid, Outcome::Status { target_uid, sent, result })
                 }
                 .instrument(span),
             );
@@ -351,7 +366,8 @@ impl StatusManager {
                 let Some(record) = records.get_mut(uid) else { return true };
                 let key = record.entry.as_ref().map(|e| spec::key(&e.pod)).unwrap_or_default();
                 match result {
-                    Ok((response, resource_version)) => {
+                    Ok(answer) => {
+                        let (response, resource_version) = *answer;
                         record.written = Some(Written { target_uid, sent, response, resource_version });
                     }
                     // Gone, or the name now belongs to another pod (the UID precondition failed): nothing to write.
