@@ -161,7 +161,8 @@ impl NodeRegistration {
         if !due && !node_status_has_changed(original.status.as_ref(), &status) {
             return Ok(original);
         }
-        let Some(patch) = node_status_patch(original.status.as_ref(), &status) else { return Ok(original) };
+        // A report that is due goes out even when the heartbeat did not move (the same second as the last one).
+        let patch = node_status_patch(original.status.as_ref(), &status).unwrap_or_else(|| serde_json::json!({}));
         tracing::debug!(node = %self.node_name, %patch, "patching node status");
         let updated = nodes.patch_status(&self.node_name, &PatchParams::default(), &Patch::Strategic(&patch)).await?;
         reported.0 = Some(Instant::now());
