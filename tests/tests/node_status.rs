@@ -124,6 +124,12 @@ impl Drop for PrivateControlPlane {
     }
 }
 
+async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
 fn agent_config(containerd: &Containerd) -> String {
     format!("cniConfDir: {}\ncniBridgeName: {}\n", containerd.cni_conf_dir().display(), containerd.bridge())
 }
@@ -193,8 +199,7 @@ fn node_is_ready_and_untainted_soon_after_an_api_outage_with_its_containers_unch
     ensure_images()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let plane = PrivateControlPlane::up()?;
-    let cluster = Cluster::Real { kubeconfig: plane.admin_kubeconfig.clone() };
-    let admin = rt.block_on(cluster.admin_client())?;
+    let admin = rt.block_on(client_from(&plane.admin_kubeconfig))?;
     let containerd = Containerd::start("node-outage")?;
     let agent = Agent::new(&containerd, &agent_config(&containerd))?;
     let node = agent.node_name().to_owned();
