@@ -5,20 +5,29 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Node, NodeStatus, Taint};
+use k8s_openapi::api::core::v1::{Node, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, GetParams, Patch, PatchParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
 use tokio::sync::watch;
 
 use crate::pods::admission::NodeInfo;
 
-use super::status::{initial_node, node_status, status_changed, NodeFacts, LABEL_ARCH, LABEL_HOSTNAME, LABEL_OS};
+use super::status::{
+    initial_node, kubelet_version, node_status_has_changed, node_status_patch, set_node_status, NodeFacts, LABEL_ARCH,
+    LABEL_HOSTNAME, LABEL_OS,
+};
 
-/// kubelet's `nodeStatusUpdateFrequency`: how often the status is computed (and sent if it changed).
+/// kubelet's `nodeStatusUpdateFrequency`: how often the status is computed and compared with the Node in the API.
 pub const NODE_STATUS_UPDATE_FREQUENCY: Duration = Duration::from_secs(10);
 /// kubelet's `nodeStatusReportFrequency`: the status is sent at least this often even when unchanged.
 pub const NODE_STATUS_REPORT_FREQUENCY: Duration = Duration::from_secs(300);
+/// kubelet's `nodeStatusUpdateRetry`: attempts per status update before waiting for the next period.
+pub const NODE_STATUS_UPDATE_RETRY: usize = 5;
+/// A change to the Node by someone else (the node controller marking it `Unknown`) is answered this soon at most.
+const NODE_WATCH_MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// kubelet's `nodeLeaseDurationSeconds`; the lease is renewed every quarter of it (`renewIntervalFraction`).
 pub const NODE_LEASE_DURATION_SECONDS: i32 = 40;
 pub const NODE_LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(10);
@@ -46,15 +55,23 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
+/// When the status was last sent, for `nodeStatusReportFrequency`.
+#[derive(Debug, Default)]
+struct Reported(Option<Instant>);
+
 impl NodeRegistration {
     /// Registers the node, then keeps its status current. Never returns.
     pub async fn run(self) {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let mut retry = RETRY_INITIAL;
-        let mut last: Option<NodeStatus> = None;
-        let mut last_report = Instant::now();
+        let mut reported = Reported::default();
+        // The Node as the API has it: a change by someone else (the node controller setting `Ready=Unknown` after
+        // an outage) is compared with our status at once instead of at the next period.
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.node_name));
+        let mut node_events = watcher::watcher(nodes.clone(), config).default_backoff().applied_objects().boxed();
         loop {
-            let node = match self.register(&nodes).await {
+            let server = self.client.apiserver_version().await.ok();
+            let node = match self.register(&nodes, server.as_ref()).await {
                 Ok(node) => node,
                 Err(e) => {
                     tracing::warn!(node = %self.node_name, error = %e, retry_in = ?retry, "unable to register node with API server");
@@ -66,26 +83,11 @@ impl NodeRegistration {
             retry = RETRY_INITIAL;
             tracing::info!(node = %self.node_name, "successfully registered node");
             self.publish_node(&node);
-            if last.is_none() {
-                last = node.status.clone();
-            }
-            // Status loop; leaves it only when the Node object is gone and must be registered again.
+            // Status loop, first right after registration as kubelet's `syncNodeStatus` runs; left only when the
+            // Node object is gone and must be registered again.
             loop {
-                tokio::time::sleep(NODE_STATUS_UPDATE_FREQUENCY).await;
-                let facts = (self.facts)().await;
-                let status = node_status(&facts, last.as_ref(), SystemTime::now());
-                let due = last.as_ref().is_none_or(|l| status_changed(l, &status))
-                    || last_report.elapsed() >= NODE_STATUS_REPORT_FREQUENCY;
-                if !due {
-                    continue;
-                }
-                let patch = serde_json::json!({ "status": status });
-                match nodes.patch_status(&self.node_name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
-                    Ok(node) => {
-                        last = Some(status);
-                        last_report = Instant::now();
-                        self.publish_node(&node);
-                    }
+                match self.update_node_status(&nodes, server.as_ref(), &mut reported).await {
+                    Ok(node) => self.publish_node(&node),
                     Err(e) if is_status(&e, 404) => {
                         tracing::warn!(node = %self.node_name, "node object was deleted; registering again");
                         break;
@@ -94,8 +96,77 @@ impl NodeRegistration {
                         tracing::warn!(node = %self.node_name, error = %e, "error updating node status, will retry")
                     }
                 }
+                let updated = tokio::time::Instant::now();
+                let mut next = updated + NODE_STATUS_UPDATE_FREQUENCY;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next) => break,
+                        Some(event) = node_events.next() => {
+                            let Ok(seen) = event else { continue };
+                            let facts = self.facts(server.as_ref()).await;
+                            let status = set_node_status(seen.status.as_ref(), &facts, SystemTime::now());
+                            if node_status_has_changed(seen.status.as_ref(), &status) {
+                                tracing::info!(node = %self.node_name, "node status in the API differs from ours; updating");
+                                next = next.min(updated + NODE_WATCH_MIN_INTERVAL);
+                            }
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// The node's facts, with the version capped by the API server's.
+    async fn facts(&self, server: Option<&k8s_openapi::apimachinery::pkg::version::Info>) -> NodeFacts {
+        let mut facts = (self.facts)().await;
+        let (compat, build) = facts.kubelet_version.split_once("-rkubelet.").unwrap_or((&facts.kubelet_version, ""));
+        let build = if build.is_empty() { env!("CARGO_PKG_VERSION") } else { build };
+        facts.kubelet_version = kubelet_version(compat, server, build);
+        facts
+    }
+
+    /// kubelet's `updateNodeStatus`: up to `nodeStatusUpdateRetry` attempts, the first read from the API server's
+    /// cache.
+    async fn update_node_status(
+        &self,
+        nodes: &Api<Node>,
+        server: Option<&k8s_openapi::apimachinery::pkg::version::Info>,
+        reported: &mut Reported,
+    ) -> Result<Node, kube::Error> {
+        let mut attempt = 0;
+        loop {
+            match self.try_update_node_status(nodes, server, attempt == 0, reported).await {
+                Ok(node) => return Ok(node),
+                Err(e) if is_status(&e, 404) || attempt + 1 >= NODE_STATUS_UPDATE_RETRY => return Err(e),
+                Err(e) => tracing::debug!(node = %self.node_name, error = %e, attempt, "error updating node status"),
+            }
+            attempt += 1;
+        }
+    }
+
+    /// kubelet's `tryUpdateNodeStatus`: reads the Node back, computes our status on top of it, and patches it when
+    /// the two differ or the report is due.
+    async fn try_update_node_status(
+        &self,
+        nodes: &Api<Node>,
+        server: Option<&k8s_openapi::apimachinery::pkg::version::Info>,
+        from_cache: bool,
+        reported: &mut Reported,
+    ) -> Result<Node, kube::Error> {
+        let params = if from_cache { GetParams::any() } else { GetParams::default() };
+        let original = nodes.get_with(&self.node_name, &params).await?;
+        let facts = self.facts(server).await;
+        let status = set_node_status(original.status.as_ref(), &facts, SystemTime::now());
+        let due = reported.0.is_none_or(|at| at.elapsed() >= NODE_STATUS_REPORT_FREQUENCY);
+        if !due && !node_status_has_changed(original.status.as_ref(), &status) {
+            return Ok(original);
+        }
+        // A report that is due goes out even when the heartbeat did not move (the same second as the last one).
+        let patch = node_status_patch(original.status.as_ref(), &status).unwrap_or_else(|| serde_json::json!({}));
+        tracing::debug!(node = %self.node_name, %patch, "patching node status");
+        let updated = nodes.patch_status(&self.node_name, &PatchParams::default(), &Patch::Strategic(&patch)).await?;
+        reported.0 = Some(Instant::now());
+        Ok(updated)
     }
 
     fn publish_node(&self, node: &Node) {
@@ -129,18 +200,16 @@ impl NodeRegistration {
 
     /// Creates the Node, or reconciles an existing one (kubelet's `tryRegisterWithAPIServer`): the default labels
     /// are brought up to date; everything else on an existing node (labels others set, taints, spec) is kept.
-    async fn register(&self, nodes: &Api<Node>) -> Result<Node, kube::Error> {
-        let facts = (self.facts)().await;
+    async fn register(
+        &self,
+        nodes: &Api<Node>,
+        server: Option<&k8s_openapi::apimachinery::pkg::version::Info>,
+    ) -> Result<Node, kube::Error> {
+        let facts = self.facts(server).await;
         let node = initial_node(&facts, &self.labels, &self.taints, SystemTime::now());
         match nodes.create(&PostParams::default(), &node).await {
-            Ok(created) => {
-                // The create ignores status (status subresource); send it right away.
-                let patch = serde_json::json!({ "status": node.status });
-                nodes
-                    .patch_status(&self.node_name, &PatchParams::default(), &Patch::Strategic(&patch))
-                    .await
-                    .or(Ok(created))
-            }
+            // Where the create dropped the status, the status update that follows registration sends it.
+            Ok(created) => Ok(created),
             Err(e) if is_status(&e, 409) => {
                 let existing = nodes.get(&self.node_name).await?;
                 let have = existing.metadata.labels.clone().unwrap_or_default();

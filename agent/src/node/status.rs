@@ -6,9 +6,13 @@ use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::version::Info;
+use serde_json::{Map, Value};
 
+use crate::api::status::strategic;
 use crate::pods::status::to_time;
 use crate::resources::pod::CpuMemory;
+use crate::resources::quantity::parse_milli;
 
 /// Labels kubelet always sets on its Node (`kubernetes.io/hostname`, os, arch).
 pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
@@ -169,16 +173,129 @@ pub fn initial_node(
     node
 }
 
-/// True when two statuses differ in anything but heartbeat times: only then is an early status update needed.
-pub fn status_changed(a: &NodeStatus, b: &NodeStatus) -> bool {
-    let strip = |s: &NodeStatus| {
-        let mut s = s.clone();
-        for c in s.conditions.iter_mut().flatten() {
+/// The status to report, computed on top of the one the API holds, as kubelet's `setNodeStatus` updates the Node it
+/// read back: our conditions replace theirs by type (keeping the transition time while the status is unchanged),
+/// conditions and capacity others set stay, addresses and nodeInfo are ours.
+pub fn set_node_status(api: Option<&NodeStatus>, facts: &NodeFacts, now: SystemTime) -> NodeStatus {
+    let ours = node_status(facts, api, now);
+    let mut status = api.cloned().unwrap_or_default();
+    let mut conditions = status.conditions.take().unwrap_or_default();
+    for c in ours.conditions.into_iter().flatten() {
+        match conditions.iter_mut().find(|have| have.type_ == c.type_) {
+            Some(have) => *have = c,
+            None => conditions.push(c),
+        }
+    }
+    status.conditions = Some(conditions);
+    // Extended resources others advertise stay in capacity and are allocatable whole; allocatable keeps nothing
+    // that capacity no longer has (kubelet's MachineInfo setter).
+    let mut capacity = status.capacity.take().unwrap_or_default();
+    capacity.extend(ours.capacity.into_iter().flatten());
+    let mut allocatable: BTreeMap<String, Quantity> = capacity.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    allocatable.extend(ours.allocatable.into_iter().flatten());
+    status.capacity = Some(capacity);
+    status.allocatable = Some(allocatable);
+    status.addresses = ours.addresses;
+    status.node_info = ours.node_info;
+    status
+}
+
+/// Quantities compared by value: the server may print `4Gi` for our `4194304Ki`.
+fn same_resources(a: &Option<BTreeMap<String, Quantity>>, b: &Option<BTreeMap<String, Quantity>>) -> bool {
+    let values = |m: &Option<BTreeMap<String, Quantity>>| -> BTreeMap<String, Option<i128>> {
+        m.iter().flatten().map(|(k, q)| (k.clone(), parse_milli(&q.0).ok())).collect()
+    };
+    values(a) == values(b)
+}
+
+/// kubelet's `nodeStatusHasChanged`: true when the statuses differ in anything but the conditions' heartbeat times
+/// (conditions compared regardless of their order).
+pub fn node_status_has_changed(original: Option<&NodeStatus>, status: &NodeStatus) -> bool {
+    let Some(original) = original else { return true };
+    let conditions = |s: &NodeStatus| {
+        let mut cs = s.conditions.clone().unwrap_or_default();
+        for c in &mut cs {
             c.last_heartbeat_time = None;
         }
-        s
+        cs.sort_by(|a, b| a.type_.cmp(&b.type_));
+        cs
     };
-    strip(a) != strip(b)
+    if conditions(original) != conditions(status) {
+        return true;
+    }
+    if !same_resources(&original.capacity, &status.capacity)
+        || !same_resources(&original.allocatable, &status.allocatable)
+    {
+        return true;
+    }
+    let rest = |s: &NodeStatus| {
+        let mut s = s.clone();
+        s.conditions = None;
+        s.capacity = None;
+        s.allocatable = None;
+        serde_json::to_value(&s).ok().and_then(|v| strategic::normalize(&v))
+    };
+    rest(original) != rest(status)
+}
+
+/// The status patch kubelet's `nodeutil.PatchNodeStatus` sends: a two-way strategic merge patch from the status the
+/// API holds, conditions merged by type, except that changed addresses go whole under `$patch: replace`. Their
+/// patch merge key is the address type, so a merge would fold several InternalIPs of a dual-stack node into one.
+/// `None` when there is nothing to change.
+pub fn node_status_patch(original: Option<&NodeStatus>, status: &NodeStatus) -> Option<Value> {
+    let json = |s: Option<&NodeStatus>| -> Map<String, Value> {
+        s.and_then(|s| serde_json::to_value(s).ok())
+            .and_then(|v| strategic::normalize(&v))
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default()
+    };
+    let mut old = json(original);
+    let mut new = json(Some(status));
+    // Left out of the diff (by type, several InternalIPs would pair up wrongly); sent whole below when changed.
+    let old_addresses = old.remove("addresses");
+    let new_addresses = new.remove("addresses");
+    let addresses_changed = old_addresses != new_addresses;
+    let wrap = |m: Map<String, Value>| {
+        let mut w = Map::new();
+        w.insert("status".to_owned(), Value::Object(m));
+        w
+    };
+    let mut patch = strategic::two_way(&wrap(old), &wrap(new), strategic::node_merge_keys);
+    if addresses_changed {
+        let items = new_addresses.and_then(|a| a.as_array().cloned()).unwrap_or_default();
+        let status = patch.entry("status").or_insert_with(|| Value::Object(Map::new()));
+        if let Some(m) = status.as_object_mut() {
+            m.insert("addresses".into(), strategic::replace_list(items));
+        }
+    }
+    (!patch.is_empty()).then_some(Value::Object(patch))
+}
+
+/// `major.minor.patch` of a Kubernetes version string (`v1.28.7`, `1.34.0`, `v1.28.7+k3s1`).
+fn semver_core(text: &str) -> Option<(u64, u64, u64)> {
+    let core = text.trim().trim_start_matches('v');
+    let core = core.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+}
+
+/// The `kubeletVersion` to report: the Kubernetes version whose kubelet behaviour we follow (`compat`), lowered to
+/// the API server's own version when that is older, so the node never claims to be newer than its control plane
+/// (the version skew policy forbids kubelets newer than the API server). The `-rkubelet.<build>` suffix is a semver
+/// pre-release, which orders below the plain version it follows.
+pub fn kubelet_version(compat: &str, server: Option<&Info>, build: &str) -> String {
+    let ours = semver_core(compat).unwrap_or((0, 0, 0));
+    let theirs = server.and_then(|i| {
+        semver_core(&i.git_version).or_else(|| {
+            let minor = i.minor.trim_end_matches('+');
+            Some((i.major.parse().ok()?, minor.parse().ok()?, 0))
+        })
+    });
+    let (major, minor, patch) = match theirs {
+        Some(v) if v < ours => v,
+        _ => ours,
+    };
+    format!("v{major}.{minor}.{patch}-rkubelet.{build}")
 }
 
 #[cfg(test)]
@@ -246,9 +363,9 @@ mod tests {
         assert_eq!(ready.message.as_deref(), Some("container runtime is down"));
         assert_eq!(ready.last_transition_time, to_time(t(10)));
         assert_eq!(cond(&down, "DiskPressure").last_transition_time, to_time(t(0)), "unchanged keeps its time");
-        assert!(status_changed(&ok, &down));
+        assert!(node_status_has_changed(Some(&ok), &down));
         let again = node_status(&facts(), Some(&ok), t(20));
-        assert!(!status_changed(&ok, &again), "only heartbeats moved");
+        assert!(!node_status_has_changed(Some(&ok), &again), "only heartbeats moved");
     }
 
     #[test]
@@ -262,5 +379,101 @@ mod tests {
         assert_eq!(labels["kubernetes.io/arch"], "amd64");
         assert_eq!(labels["role"], "edge");
         assert_eq!(n.spec.unwrap().taints.unwrap()[0].key, "dedicated");
+    }
+
+    #[test]
+    fn changed_addresses_are_replaced_whole_and_conditions_merged_by_type() {
+        let mut f = facts();
+        f.addresses = vec!["192.0.2.2".into()];
+        let old = node_status(&f, None, t(0));
+        f.addresses = vec!["192.0.2.2".into(), "fd00::2".into()];
+        let new = set_node_status(Some(&old), &f, t(10));
+        let patch = node_status_patch(Some(&old), &new).expect("a patch");
+        assert_eq!(
+            patch["status"]["addresses"],
+            serde_json::json!([
+                {"type": "InternalIP", "address": "192.0.2.2"},
+                {"type": "InternalIP", "address": "fd00::2"},
+                {"type": "Hostname", "address": "node-1"},
+                {"$patch": "replace"},
+            ])
+        );
+        // Only heartbeats moved in the conditions: each goes by type, with its heartbeat alone.
+        let conditions = patch["status"]["conditions"].as_array().expect("conditions");
+        assert_eq!(conditions.len(), 4);
+        assert!(conditions.iter().all(|c| c.as_object().unwrap().len() == 2 && c.get("lastHeartbeatTime").is_some()));
+        assert!(patch["status"].get("$setElementOrder/addresses").is_none());
+        // From two InternalIPs to one: the list goes whole again, with no by-type pairing of the two.
+        f.addresses = vec!["fd00::2".into()];
+        let one = set_node_status(Some(&new), &f, t(20));
+        let patch = node_status_patch(Some(&new), &one).expect("a patch");
+        assert_eq!(
+            patch["status"]["addresses"],
+            serde_json::json!([
+                {"type": "InternalIP", "address": "fd00::2"},
+                {"type": "Hostname", "address": "node-1"},
+                {"$patch": "replace"},
+            ])
+        );
+        assert!(patch["status"].get("$setElementOrder/addresses").is_none(), "{patch}");
+    }
+
+    #[test]
+    fn the_node_controller_marking_the_node_unknown_is_a_change_to_write() {
+        let ours = node_status(&facts(), None, t(0));
+        let mut api = ours.clone();
+        for c in api.conditions.iter_mut().flatten() {
+            c.status = "Unknown".into();
+            c.reason = Some("NodeStatusUnknown".into());
+            c.message = Some("Kubelet stopped posting node status.".into());
+        }
+        api.conditions.get_or_insert_with(Vec::new).push(NodeCondition {
+            type_: "NetworkUnavailable".into(),
+            status: "False".into(),
+            ..Default::default()
+        });
+        let new = set_node_status(Some(&api), &facts(), t(60));
+        assert!(node_status_has_changed(Some(&api), &new));
+        let ready = cond(&new, "Ready");
+        assert_eq!((ready.status.as_str(), ready.last_transition_time.clone()), ("True", to_time(t(60))));
+        assert_eq!(cond(&new, "NetworkUnavailable").status, "False", "conditions others own stay");
+        let patch = node_status_patch(Some(&api), &new).expect("a patch");
+        assert!(patch["status"].get("addresses").is_none(), "unchanged addresses are not sent: {patch}");
+        let sent: Vec<&str> =
+            patch["status"]["conditions"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
+        assert!(sent.contains(&"Ready") && !sent.contains(&"NetworkUnavailable"), "{sent:?}");
+        // Read back after the write: nothing differs but heartbeats.
+        let again = set_node_status(Some(&new), &facts(), t(70));
+        assert!(!node_status_has_changed(Some(&new), &again));
+    }
+
+    #[test]
+    fn quantities_compare_by_value() {
+        let ours = node_status(&facts(), None, t(0));
+        let mut api = ours.clone();
+        api.capacity.as_mut().unwrap().insert("memory".into(), Quantity("4Gi".into()));
+        api.capacity.as_mut().unwrap().insert("example.com/dongle".into(), Quantity("2".into()));
+        let new = set_node_status(Some(&api), &facts(), t(0));
+        assert_eq!(new.allocatable.as_ref().unwrap()["example.com/dongle"], Quantity("2".into()));
+        let mut api_with_allocatable = api.clone();
+        api_with_allocatable.allocatable = new.allocatable.clone();
+        assert!(!node_status_has_changed(Some(&api_with_allocatable), &new));
+    }
+
+    #[test]
+    fn kubelet_version_never_claims_to_be_newer_than_the_api_server() {
+        let info = |git: &str, major: &str, minor: &str| Info {
+            git_version: git.into(),
+            major: major.into(),
+            minor: minor.into(),
+            ..Default::default()
+        };
+        assert_eq!(kubelet_version("1.34.0", Some(&info("v1.28.7", "1", "28")), "0.1.0"), "v1.28.7-rkubelet.0.1.0");
+        assert_eq!(
+            kubelet_version("v1.34.0", Some(&info("v1.35.2+k3s1", "1", "35")), "0.1.0"),
+            "v1.34.0-rkubelet.0.1.0"
+        );
+        assert_eq!(kubelet_version("1.34.0", Some(&info("", "1", "29+")), "0.1.0"), "v1.29.0-rkubelet.0.1.0");
+        assert_eq!(kubelet_version("1.34.0", None, "0.1.0"), "v1.34.0-rkubelet.0.1.0");
     }
 }

@@ -1,0 +1,342 @@
+//! Node status as kubelet reports it: reconciled against the Node read back from the API, so that the node is Ready
+//! again soon after an API outage in which the node controller marked it `Unknown`; and its addresses replaced, not
+//! merged, when the agent restarts with another `--node-ip`.
+//!
+//! The outage test stops a real kube-apiserver: it runs a private control plane from the kit (`../shared/k8s`, or
+//! `RKUBELET_K8S_KIT`) on its own ports and state folder, so that nobody else's cluster is disturbed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, ensure, Context, Result};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use rkubelet_tests::agent::{tail, Agent};
+use rkubelet_tests::apiserver::Cluster;
+use rkubelet_tests::containerd::Containerd;
+use rkubelet_tests::images::{ensure_images, BUSYBOX};
+use rkubelet_tests::skip_unless_root;
+use serde_json::json;
+
+const START: Duration = Duration::from_secs(60);
+/// The private control plane of the outage test: its own state folder and ports, away from the shared kit's.
+const KIT_ENV: [(&str, &str); 5] = [
+    ("K8S_HOME", "/var/lib/rkubelet-test/kit-outage"),
+    ("K8S_APISERVER_PORT", "17443"),
+    ("K8S_ETCD_PORT", "17379"),
+    ("K8S_KCM_PORT", "17257"),
+    ("K8S_SCHED_PORT", "17259"),
+];
+/// Longer than the controller-manager's node-monitor grace period (40 s), so the node controller acts.
+const OUTAGE: Duration = Duration::from_secs(60);
+/// How soon after the API server is back the node must be Ready and untainted again.
+const RECOVERY: Duration = Duration::from_secs(20);
+/// The pod watch's longest back-off (30 s) plus a status write.
+const POD_READY_AGAIN: Duration = Duration::from_secs(40);
+/// The controller-manager's `--node-monitor-period` default.
+const NODE_MONITOR_PERIOD: Duration = Duration::from_secs(5);
+const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+
+fn kit_dir() -> PathBuf {
+    match std::env::var_os("RKUBELET_K8S_KIT") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s"),
+    }
+}
+
+/// Runs a kit script with the private control plane's environment; returns the last line it printed.
+fn kit(script: &str, args: &[&str]) -> Result<String> {
+    let path = kit_dir().join(script);
+    let out = Command::new("bash")
+        .arg(&path)
+        .args(args)
+        .envs(KIT_ENV)
+        .output()
+        .with_context(|| format!("run {}", path.display()))?;
+    ensure!(
+        out.status.success(),
+        "{} {args:?} failed ({}):\n{}{}",
+        path.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.lines().last().map(str::to_owned).context("no output")
+}
+
+/// The private control plane, stopped when dropped (also when the test fails).
+struct PrivateControlPlane {
+    admin_kubeconfig: PathBuf,
+}
+
+impl PrivateControlPlane {
+    /// Starts it from an empty etcd, so nothing of an earlier run is left in it.
+    fn up() -> Result<Self> {
+        match kit("up.sh", &["--wipe"]) {
+            Ok(admin) => Ok(Self { admin_kubeconfig: PathBuf::from(admin) }),
+            Err(e) => {
+                // Whatever did start is stopped again.
+                let _ = kit("down.sh", &[]);
+                Err(e)
+            }
+        }
+    }
+
+    fn home() -> PathBuf {
+        PathBuf::from(KIT_ENV[0].1)
+    }
+
+    /// Stops kube-apiserver alone, as a crash or an outage would: TERM, then KILL after 15 s as the kit's `down.sh`
+    /// does (its graceful shutdown can take longer).
+    fn stop_apiserver(&self) -> Result<()> {
+        let pid_file = Self::home().join("run/kube-apiserver.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse().context("kube-apiserver pid")?;
+        for (signal, wait) in [(libc::SIGTERM, Duration::from_secs(15)), (libc::SIGKILL, Duration::from_secs(10))] {
+            // SAFETY: kill(2) on the pid the kit recorded for the API server it started.
+            unsafe { libc::kill(pid, signal) };
+            let deadline = Instant::now() + wait;
+            while process_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !process_alive(pid) {
+                return Ok(());
+            }
+        }
+        bail!("kube-apiserver (pid {pid}) still running after SIGKILL")
+    }
+}
+
+/// True while `pid` runs; an exited process that nobody has reaped yet (a zombie) does not count.
+fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')))
+        .unwrap_or(false)
+}
+
+impl Drop for PrivateControlPlane {
+    fn drop(&mut self) {
+        if let Err(e) = kit("down.sh", &[]) {
+            eprintln!("stopping the private control plane: {e:#}");
+        }
+    }
+}
+
+async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn agent_config(containerd: &Containerd) -> String {
+    format!("cniConfDir: {}\ncniBridgeName: {}\n", containerd.cni_conf_dir().display(), containerd.bridge())
+}
+
+fn ready(n: &Node) -> Option<&NodeCondition> {
+    n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")
+}
+
+fn ready_status(n: &Node) -> &str {
+    ready(n).map(|c| c.status.as_str()).unwrap_or_default()
+}
+
+fn has_unreachable_taint(n: &Node) -> bool {
+    n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|ts| ts.iter().any(|t| t.key == UNREACHABLE_TAINT))
+}
+
+fn addresses(n: &Node) -> Vec<(String, String)> {
+    n.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(|a| a.iter().map(|a| (a.type_.clone(), a.address.clone())).collect())
+        .unwrap_or_default()
+}
+
+fn container_id(p: &Pod) -> Option<String> {
+    p.status.as_ref()?.container_statuses.as_ref()?.iter().find(|c| c.name == "app")?.container_id.clone()
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    let s = p.status.as_ref();
+    s.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && s.and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Polls `get` until `check` holds.
+fn wait_for<T: std::fmt::Debug>(
+    agent: &Agent,
+    what: &str,
+    timeout: Duration,
+    get: impl Fn() -> Result<T>,
+    check: impl Fn(&T) -> bool,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match get() {
+            Ok(v) if check(&v) => return Ok(v),
+            Ok(v) => format!("{v:?}"),
+            Err(e) => format!("error: {e:#}"),
+        };
+        if Instant::now() > deadline {
+            let skip = last.chars().count().saturating_sub(3000);
+            let last: String = last.chars().skip(skip).collect();
+            bail!("{what}: not within {timeout:?}; last seen: {last}\nagent log:\n{}", tail(&agent.log(), 40));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn node_is_ready_and_untainted_soon_after_an_api_outage_with_its_containers_unchanged() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    if !kit_dir().join("up.sh").exists() {
+        println!("SKIPPED: node_status outage test: no control-plane kit at {}", kit_dir().display());
+        return Ok(());
+    }
+    ensure_images()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let plane = PrivateControlPlane::up()?;
+    let admin = rt.block_on(client_from(&plane.admin_kubeconfig))?;
+    let containerd = Containerd::start("node-outage")?;
+    let agent = Agent::new(&containerd, &agent_config(&containerd))?;
+    let node = agent.node_name().to_owned();
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let _ = rt.block_on(nodes.delete(&node, &DeleteParams::default()));
+    // A node identity, so the Node authorizer and NodeRestriction apply as on a production cluster.
+    let node_kubeconfig = kit("node-kubeconfig.sh", &[&node])?;
+    let mut agent = agent.with_args(["--kubeconfig", &node_kubeconfig, "--node-ip", "192.0.2.2"]).started()?;
+
+    let get_node = || Ok(rt.block_on(nodes.get(&node))?);
+    wait_for(&agent, "node Ready", START, get_node, |n| ready_status(n) == "True")?;
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "outage", "namespace": "default" },
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 1,
+            "tolerations": [{ "operator": "Exists" }],
+            "containers": [{
+                "name": "app",
+                "image": BUSYBOX,
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+            }],
+        }
+    }))?;
+    let _ = rt.block_on(pods.delete("outage", &DeleteParams::default().grace_period(0)));
+    wait_for(&agent, "old pod gone", START, || Ok(rt.block_on(pods.get_opt("outage"))?), Option::is_none)?;
+    rt.block_on(pods.create(&PostParams::default(), &pod))?;
+    let get_pod = || Ok(rt.block_on(pods.get("outage"))?);
+    let running = wait_for(&agent, "pod Running and Ready", START, get_pod, pod_ready)?;
+    let before = container_id(&running).context("container ID before the outage")?;
+    // The node controller must know the node before the outage to miss its heartbeats: the controller-manager's
+    // node controllers have synced once the range allocator gave the node its pod CIDR; one more node-monitor
+    // period (5 s) and the lifecycle controller has recorded its health.
+    let has_cidr = |n: &Node| n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some();
+    wait_for(&agent, "node pod CIDR assigned", START, get_node, has_cidr)?;
+    std::thread::sleep(NODE_MONITOR_PERIOD);
+
+    let outage_start = SystemTime::now();
+    plane.stop_apiserver()?;
+    std::thread::sleep(OUTAGE);
+    kit("up.sh", &[])?;
+    let back = Instant::now();
+
+    // Read from the moment the API is back: the node controller marks the node Unknown (it has had no lease renewal
+    // for longer than its grace period), then the agent's status brings it back to Ready.
+    let mut seen_unknown = false;
+    let recovered = loop {
+        if let Ok(n) = rt.block_on(nodes.get(&node)) {
+            seen_unknown |= ready_status(&n) == "Unknown";
+            if seen_unknown && ready_status(&n) == "True" && !has_unreachable_taint(&n) {
+                break n;
+            }
+            if back.elapsed() > RECOVERY {
+                bail!(
+                    "node not Ready and untainted within {RECOVERY:?} of the API server's return (Unknown seen: \
+                     {seen_unknown}); last: {:?}\nagent log:\n{}",
+                    n.status,
+                    tail(&agent.log(), 60)
+                );
+            }
+        } else if back.elapsed() > RECOVERY {
+            bail!("node unreadable {RECOVERY:?} after the API server's return");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("node Ready and untainted {:.1} s after the API server was back", back.elapsed().as_secs_f64());
+    let transition =
+        ready(&recovered).and_then(|c| c.last_transition_time.as_ref()).context("Ready transition time")?;
+    ensure!(
+        SystemTime::from(transition.0) >= outage_start - Duration::from_secs(1),
+        "Ready=True carries a transition time from before the outage: {transition:?}"
+    );
+    let after = rt.block_on(pods.get("outage"))?;
+    assert_eq!(container_id(&after).as_deref(), Some(before.as_str()), "the container was not restarted");
+    // The node controller marked the pod not Ready along with the node; the status manager sets it back once the pod
+    // watch, reconnecting with its back-off (at most 30 s between attempts), shows it the change.
+    let ready_again = wait_for(&agent, "pod Ready again", POD_READY_AGAIN, get_pod, pod_ready).inspect_err(|_| {
+        let path = std::env::temp_dir().join("rkubelet-node-outage-agent.log");
+        if std::fs::write(&path, agent.log()).is_ok() {
+            eprintln!("full agent log: {}", path.display());
+        }
+    })?;
+    println!("pod Ready again {:.1} s after the API server was back", back.elapsed().as_secs_f64());
+    assert_eq!(container_id(&ready_again).as_deref(), Some(before.as_str()), "the container was not restarted");
+
+    let _ = rt.block_on(pods.delete("outage", &DeleteParams::default().grace_period(0)));
+    agent.stop()?;
+    let _ = rt.block_on(nodes.delete(&node, &DeleteParams::default()));
+    drop(agent);
+    drop(containerd);
+    drop(plane);
+    Ok(())
+}
+
+#[test]
+fn node_addresses_are_replaced_not_merged_across_restarts_with_another_node_ip() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let cluster = Cluster::from_env()?;
+    println!("node addresses against {}", if cluster.is_real() { "a real API server" } else { "the API double" });
+    let dir = tempfile::Builder::new().prefix("rkubelet-node-status-").tempdir()?;
+    let admin = rt.block_on(cluster.admin_client())?;
+    let containerd = Containerd::start("node-addr")?;
+    let nodes: Api<Node> = Api::all(admin);
+    let node = format!("node-{}", containerd.name());
+    let _ = rt.block_on(nodes.delete(&node, &DeleteParams::default()));
+    let kubeconfig = cluster.node_kubeconfig(dir.path(), &node)?.display().to_string();
+
+    // Each run is a fresh agent process on the same containerd and node name, as a restart with a new config is.
+    let detected = rkubelet::node::host_ips();
+    let runs: [(&[&str], Vec<String>); 4] = [
+        (&["--node-ip", "192.0.2.2"], vec!["192.0.2.2".into()]),
+        // Two InternalIPs: a merge by address type would fold them into one (or be refused as a duplicate).
+        (&["--node-ip", "192.0.2.2,fd00::2"], vec!["192.0.2.2".into(), "fd00::2".into()]),
+        (&["--node-ip", "fd00::2"], vec!["fd00::2".into()]),
+        (&[], detected.clone()),
+    ];
+    for (args, internal) in runs {
+        let mut all = vec!["--kubeconfig", kubeconfig.as_str()];
+        all.extend_from_slice(args);
+        let mut agent = Agent::new(&containerd, &agent_config(&containerd))?.with_args(all).started()?;
+        let mut want: Vec<(String, String)> = internal.iter().map(|ip| ("InternalIP".into(), ip.clone())).collect();
+        want.push(("Hostname".into(), node.clone()));
+        wait_for(
+            &agent,
+            &format!("addresses {want:?} with {args:?}"),
+            START,
+            || Ok(rt.block_on(nodes.get(&node))?),
+            |n| addresses(n) == want && ready_status(n) == "True",
+        )?;
+        agent.stop()?;
+    }
+    let _ = rt.block_on(nodes.delete(&node, &DeleteParams::default()));
+    drop(containerd);
+    drop(cluster);
+    Ok(())
+}
