@@ -22,10 +22,11 @@ const NAMESPACE: &str = "default";
 const OBSERVATION: Duration = Duration::from_secs(30);
 
 /// An agent joined to the API on a private containerd, with an admin client.
+/// Fields drop in order: the agent stops before its containerd, both before the API server.
 struct Env {
-    cluster: Cluster,
-    containerd: Containerd,
     agent: Agent,
+    containerd: Containerd,
+    cluster: Cluster,
     admin: kube::Client,
     rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
@@ -46,9 +47,10 @@ impl Env {
         let agent = Agent::new(&containerd, &config)?;
         let kubeconfig = cluster.node_kubeconfig(dir.path(), agent.node_name())?;
         let admin = rt.block_on(cluster.admin_client())?;
-        let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(agent.node_name(), &DeleteParams::default()));
+        // Pods and a Node left by an earlier, interrupted run on a shared cluster would be synced and counted too.
+        delete_node_and_its_pods(&rt, &admin, agent.node_name());
         let agent = agent.with_args(["--kubeconfig".to_owned(), kubeconfig.display().to_string()]).started()?;
-        Ok(Env { cluster, containerd, agent, admin, rt, _dir: dir })
+        Ok(Env { agent, containerd, cluster, admin, rt, _dir: dir })
     }
 
     fn pods(&self) -> Api<Pod> {
@@ -91,23 +93,25 @@ impl Env {
         let line = body.lines().find(|l| l.starts_with(line_prefix)).with_context(|| format!("no {line_prefix}"))?;
         Ok(line.rsplit(' ').next().unwrap_or_default().parse()?)
     }
+}
 
-    fn cleanup(self) {
-        let node = self.agent.node_name().to_owned();
-        if let Ok(mine) =
-            self.rt.block_on(self.pods().list(&ListParams::default().fields(&format!("spec.nodeName={node}"))))
-        {
-            for p in mine.items {
-                let name = p.metadata.name.unwrap_or_default();
-                let _ = self.rt.block_on(self.pods().delete(&name, &DeleteParams::default().grace_period(0)));
-            }
-        }
-        let _ = self.rt.block_on(Api::<Node>::all(self.admin.clone()).delete(&node, &DeleteParams::default()));
-        let Env { agent, containerd, cluster, .. } = self;
-        drop(agent);
-        drop(containerd);
-        drop(cluster);
+/// Cleans up after a test even when it fails: its pods and Node are removed from the API before the agent and its
+/// containerd stop.
+impl Drop for Env {
+    fn drop(&mut self) {
+        delete_node_and_its_pods(&self.rt, &self.admin, self.agent.node_name());
     }
+}
+
+fn delete_node_and_its_pods(rt: &tokio::runtime::Runtime, admin: &kube::Client, node: &str) {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NAMESPACE);
+    if let Ok(list) = rt.block_on(pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}")))) {
+        for p in list.items {
+            let name = p.metadata.name.unwrap_or_default();
+            let _ = rt.block_on(pods.delete(&name, &DeleteParams::default().grace_period(0)));
+        }
+    }
+    let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(node, &DeleteParams::default()));
 }
 
 fn unique(prefix: &str) -> String {
@@ -204,7 +208,6 @@ fn a_container_that_cannot_be_created_is_retried_with_back_off_and_its_status_wr
     ensure!(message.contains("no command specified"), "the runtime's error is the message: {message:?}");
     let failed = env.events(&uid)?.into_iter().filter(|e| e.reason.as_deref() == Some("Failed")).count();
     ensure!(failed >= 1, "a Failed event per attempt");
-    env.cleanup();
     Ok(())
 }
 
@@ -291,7 +294,6 @@ fn unsupported_pod_fields_are_refused_with_a_reason_and_the_service_account_volu
         events.iter().any(|e| e.reason.as_deref() == Some("FailedMount") && e.type_.as_deref() == Some("Warning")),
         "a FailedMount warning for the token volume: {events:?}"
     );
-    env.cleanup();
     Ok(())
 }
 

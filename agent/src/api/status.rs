@@ -180,6 +180,8 @@ enum Outcome {
     Status {
         target_uid: String,
         sent: u64,
+        /// The resourceVersion of the server's copy the patch was computed from.
+        base_rv: Option<String>,
         result: Result<Box<Answer>, kube::Error>,
     },
     Delete {
@@ -340,6 +342,7 @@ impl StatusManager {
             let name = spec::name(&target).to_owned();
             let span = tracing::debug_span!("pod", pod = %spec::key(&target), uid = %uid);
             let uid = uid.clone();
+            let base_rv = watched_rv.map(str::to_owned);
             tasks.spawn(
                 async move {
                     tracing::debug!(%patch, "patching pod status");
@@ -347,7 +350,7 @@ impl StatusManager {
                         .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
                         .await
                         .map(|pod| Box::new((pod.status, pod.metadata.resource_version)));
-                    (uid, Outcome::Status { target_uid, sent, result })
+                    (uid, Outcome::Status { target_uid, sent, base_rv, result })
                 }
                 .instrument(span),
             );
@@ -362,7 +365,7 @@ impl StatusManager {
         pending_deletes: &mut BTreeMap<String, Arc<Pod>>,
     ) -> bool {
         match outcome {
-            Outcome::Status { target_uid, sent, result } => {
+            Outcome::Status { target_uid, sent, base_rv, result } => {
                 let Some(record) = records.get_mut(uid) else { return true };
                 let key = record.entry.as_ref().map(|e| spec::key(&e.pod)).unwrap_or_default();
                 match result {
@@ -374,6 +377,12 @@ impl StatusManager {
                     Err(e) if matches!(code(&e), Some(404) | Some(409)) => {
                         tracing::debug!(pod = %key, error = %e, "pod gone; status not written");
                         record.gone = Some(target_uid);
+                    }
+                    // The server refuses this status as invalid: the same status is refused again, so it is sent
+                    // anew only once it or the server's copy changes.
+                    Err(e) if code(&e) == Some(422) => {
+                        tracing::warn!(pod = %key, error = %e, "pod status rejected as invalid; not sending it again");
+                        record.written = Some(Written { target_uid, sent, response: None, resource_version: base_rv });
                     }
                     Err(e) => {
                         tracing::warn!(pod = %key, error = %e, "failed to update pod status; will retry");

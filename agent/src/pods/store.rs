@@ -42,13 +42,23 @@ impl PodStore {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// Stores the newest copy of the pod. A copy the API changed (another resourceVersion) wakes the status manager:
+    /// what others wrote into the status (the node controller's Ready=False after an outage) is answered at once.
     pub fn upsert_pod(&self, uid: &str, pod: Arc<Pod>) {
+        let mut api_changed = false;
         if let Ok(mut m) = self.inner.write() {
-            m.entry(uid.to_owned()).and_modify(|e| e.pod = pod.clone()).or_insert(PodEntry {
-                pod,
-                status: None,
-                start: None,
-            });
+            match m.get_mut(uid) {
+                Some(e) => {
+                    api_changed = e.pod.metadata.resource_version != pod.metadata.resource_version;
+                    e.pod = pod;
+                }
+                None => {
+                    m.insert(uid.to_owned(), PodEntry { pod, status: None, start: None });
+                }
+            }
+        }
+        if api_changed {
+            self.changed();
         }
     }
 
