@@ -386,9 +386,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .context("API client")?;
         sources.push(API_SOURCE);
         let (mirrors_tx, mirrors_rx) = watch::channel(Default::default());
+        let api_reachable = Arc::new(tokio::sync::Notify::new());
         tasks.spawn(
             "API pod source",
-            run_api_source(client.clone(), config.node_name.clone(), source_tx.clone(), mirrors_tx),
+            run_api_source(
+                client.clone(),
+                config.node_name.clone(),
+                source_tx.clone(),
+                mirrors_tx,
+                api_reachable.clone(),
+            ),
         );
         tasks.spawn(
             "status manager",
@@ -426,7 +433,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             .run(),
         );
         tasks.spawn("event poster", run_event_poster(client.clone(), config.node_name.clone(), events_rx));
-        tasks.spawn("node lease", run_node_lease(client, config.node_name.clone()));
+        tasks.spawn("node lease", run_node_lease(client, config.node_name.clone(), api_reachable));
     }
     drop(source_tx);
     tasks.spawn(

@@ -235,13 +235,18 @@ impl NodeRegistration {
 }
 
 /// Renews the node's Lease every 10 s; the Lease is owned by the Node, so it goes when the Node is deleted.
-pub async fn run_node_lease(client: kube::Client, node_name: String) {
+/// Renews the node's Lease. `api_reachable` is told when a renewal succeeds after a failed one, so that the pod
+/// watch stops waiting out its back-off from an outage.
+pub async fn run_node_lease(client: kube::Client, node_name: String, api_reachable: Arc<tokio::sync::Notify>) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE);
     let nodes: Api<Node> = Api::all(client);
     let mut retry = RETRY_INITIAL;
     loop {
         match renew_lease(&leases, &nodes, &node_name).await {
             Ok(()) => {
+                if retry != RETRY_INITIAL {
+                    api_reachable.notify_waiters();
+                }
                 retry = RETRY_INITIAL;
                 tokio::time::sleep(NODE_LEASE_RENEW_INTERVAL).await;
             }
