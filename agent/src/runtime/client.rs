@@ -505,6 +505,10 @@ impl Runtime {
 
     /// The image's ID if it is present on the node.
     pub async fn image_ref(&self, image: &str) -> Result<Option<String>, RuntimeError> {
+        Ok(self.image_status(image).await?.map(|i| i.id).filter(|id| !id.is_empty()))
+    }
+
+    async fn image_status(&self, image: &str) -> Result<Option<cri::Image>, RuntimeError> {
         let mut c = self.images.clone();
         let resp = self
             .call(
@@ -513,20 +517,12 @@ impl Runtime {
                 c.image_status(cri::ImageStatusRequest { image: Some(image_spec(image)), verbose: false }),
             )
             .await?;
-        Ok(resp.image.map(|i| i.id).filter(|id| !id.is_empty()))
+        Ok(resp.image)
     }
 
     /// The user the image runs as (kubelet's `getImageUser`); `None` when the image is not present.
     pub async fn image_user(&self, image: &str) -> Result<Option<ImageUser>, RuntimeError> {
-        let mut c = self.images.clone();
-        let resp = self
-            .call(
-                "ImageStatus",
-                Some(RUNTIME_REQUEST_TIMEOUT),
-                c.image_status(cri::ImageStatusRequest { image: Some(image_spec(image)), verbose: false }),
-            )
-            .await?;
-        Ok(resp.image.map(|i| ImageUser { uid: i.uid.map(|u| u.value), username: i.username }))
+        Ok(self.image_status(image).await?.map(|i| ImageUser { uid: i.uid.map(|u| u.value), username: i.username }))
     }
 
     /// Pulls an image and returns its reference. No timeout: kubelet bounds pulls by progress, not duration, and a
