@@ -272,19 +272,31 @@ fn bookmarks_arrive_and_timeout_ends_watch() {
     block_on(async {
         let pods: Api<Pod> = Api::namespaced(cluster.admin_client().await.unwrap(), "default");
         let rv = pods.list(&ListParams::default().labels("sel=none")).await.unwrap().metadata.resource_version.unwrap();
+        // A real server sends its bookmark 2 s before the watch's deadline, and none when the watch is registered
+        // later than that: a short timeout is flaky on a busy machine.
+        let timeout: u32 = if cluster.is_real() { 8 } else { 3 };
         let start = Instant::now();
-        let mut w = pods.watch(&WatchParams::default().labels("sel=none").timeout(3), &rv).await.unwrap().boxed();
+        let mut w = pods.watch(&WatchParams::default().labels("sel=none").timeout(timeout), &rv).await.unwrap().boxed();
         let mut bookmarks = Vec::new();
-        while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), w.next()).await.expect("stream ends in time")
+        while let Some(ev) = tokio::time::timeout(Duration::from_secs(u64::from(timeout) + 7), w.next())
+            .await
+            .expect("stream ends in time")
         {
             if let WatchEvent::Bookmark(b) = ev.unwrap() {
                 bookmarks.push(b.metadata.resource_version);
             }
         }
-        assert!(!bookmarks.is_empty(), "no bookmark");
+        // The API promises bookmarks only as a hint ("clients must not assume bookmarks are returned at any specific
+        // interval"): the double sends one, a real server may not within a short watch.
+        if cluster.is_real() && bookmarks.is_empty() {
+            println!("note: the real API server sent no bookmark within {timeout} s (allowed: bookmarks are a hint)");
+        } else {
+            assert!(!bookmarks.is_empty(), "no bookmark");
+        }
         assert!(bookmarks.iter().all(|b| b.parse::<u64>().unwrap() >= rv.parse::<u64>().unwrap()));
         let took = start.elapsed();
-        assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(8), "{took:?}");
+        let limit = Duration::from_secs(u64::from(timeout));
+        assert!(took >= limit - Duration::from_secs(1) && took < limit + Duration::from_secs(5), "{took:?}");
     });
 }
 
