@@ -20,6 +20,8 @@ use serde_json::json;
 const NAMESPACE: &str = "default";
 /// How long the sync loop is watched, as the issue that asked for this test measured it.
 const OBSERVATION: Duration = Duration::from_secs(30);
+/// How much later than its timeout a server may end a watch on a busy machine.
+const WATCH_END_SLACK: Duration = Duration::from_secs(15);
 
 /// An agent joined to the API on a private containerd, with an admin client.
 /// Fields drop in order: the agent stops before its containerd, both before the API server.
@@ -84,6 +86,18 @@ impl Env {
         let list =
             self.rt.block_on(Api::<Event>::namespaced(self.admin.clone(), NAMESPACE).list(&ListParams::default()))?;
         Ok(list.items.into_iter().filter(|e| e.involved_object.uid.as_deref() == Some(uid)).collect())
+    }
+
+    /// The pod's events once one with `reason` has been posted (events are written asynchronously).
+    fn wait_event(&self, uid: &str, reason: &str) -> Result<Vec<Event>> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let events = self.events(uid)?;
+            if events.iter().any(|e| e.reason.as_deref() == Some(reason)) || Instant::now() > deadline {
+                return Ok(events);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// One counter from the agent's `/metrics`.
@@ -176,15 +190,15 @@ fn a_container_that_cannot_be_created_is_retried_with_back_off_and_its_status_wr
     let pods = env.pods();
     let writes = env.rt.block_on(async {
         let stream = pods.watch(&params, &rv).await?;
+        // The server ends the watch after OBSERVATION; the local limit only guards against a watch that hangs.
         let counted = tokio::time::timeout(
-            OBSERVATION,
+            OBSERVATION + WATCH_END_SLACK,
             stream.try_fold(0u32, |n, ev| async move { Ok(n + u32::from(matches!(ev, WatchEvent::Modified(_)))) }),
         )
         .await;
         Ok::<_, anyhow::Error>(match counted {
             Ok(r) => r?,
-            // The server-side timeout may come a little after ours; the count so far is what was asked for.
-            Err(_) => bail!("watch outlived its {OBSERVATION:?} timeout"),
+            Err(_) => bail!("the watch did not end within {WATCH_END_SLACK:?} of its {OBSERVATION:?} timeout"),
         })
     });
     let syncs = env.metric("kubelet_pod_worker_duration_seconds_count")? - syncs_before;
@@ -206,7 +220,7 @@ fn a_container_that_cannot_be_created_is_retried_with_back_off_and_its_status_wr
         .and_then(|w| w.message.clone())
         .unwrap_or_default();
     ensure!(message.contains("no command specified"), "the runtime's error is the message: {message:?}");
-    let failed = env.events(&uid)?.into_iter().filter(|e| e.reason.as_deref() == Some("Failed")).count();
+    let failed = env.wait_event(&uid, "Failed")?.into_iter().filter(|e| e.reason.as_deref() == Some("Failed")).count();
     ensure!(failed >= 1, "a Failed event per attempt");
     Ok(())
 }
@@ -242,7 +256,7 @@ fn unsupported_pod_fields_are_refused_with_a_reason_and_the_service_account_volu
         ensure!(message.contains(field), "the message names {field}: {message:?}");
     }
     let uid = created.metadata.uid.unwrap_or_default();
-    let events = env.events(&uid)?;
+    let events = env.wait_event(&uid, "UnsupportedPodSpec")?;
     ensure!(events.iter().any(|e| e.reason.as_deref() == Some("UnsupportedPodSpec")), "a warning event: {events:?}");
     let objects = runtime_objects(&env.containerd.endpoint())?;
     ensure!(objects.sandboxes.is_empty(), "a refused pod gets no sandbox: {:?}", objects.sandboxes);
@@ -289,7 +303,7 @@ fn unsupported_pod_fields_are_refused_with_a_reason_and_the_service_account_volu
         .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
         .map(|c| c.status.clone());
     ensure!(ready.as_deref() == Some("False"), "Ready before any readiness probe passed: {ready:?}");
-    let events = env.events(&uid)?;
+    let events = env.wait_event(&uid, "FailedMount")?;
     ensure!(
         events.iter().any(|e| e.reason.as_deref() == Some("FailedMount") && e.type_.as_deref() == Some("Warning")),
         "a FailedMount warning for the token volume: {events:?}"
