@@ -19,7 +19,7 @@ use rkubelet::config::{FlagOverrides, KubeletConfig, KubeletConfigurationFile};
 use rkubelet::kuberuntime::KubeRuntime;
 use rkubelet::node;
 use rkubelet::node::registration::{run_node_lease, FactsFn, NodeRegistration};
-use rkubelet::node::status::{go_arch, NodeFacts};
+use rkubelet::node::status::{go_arch, NodeFacts, KUBELET_COMPAT_VERSION};
 use rkubelet::pods::admission::NodeInfo;
 use rkubelet::pods::events::EventRecorder;
 use rkubelet::pods::manager::PodManager;
@@ -197,7 +197,8 @@ fn node_facts_fn(
         machine_id: info.machine_id,
         boot_id: info.boot_id,
         container_runtime_version: format!("containerd://{runtime_version}"),
-        kubelet_version: format!("v{KUBELET_COMPAT_VERSION}-rkubelet.{}", env!("CARGO_PKG_VERSION")),
+        // Capped by the API server's version at registration.
+        kubelet_version: node::status::kubelet_version(KUBELET_COMPAT_VERSION, None, env!("CARGO_PKG_VERSION")),
         not_ready_reason: None,
     };
     Arc::new(move || {
@@ -219,9 +220,6 @@ fn node_facts_fn(
         })
     })
 }
-
-/// The Kubernetes minor version whose kubelet behaviour this agent follows, reported in nodeInfo.
-const KUBELET_COMPAT_VERSION: &str = "1.34.0";
 
 /// kubelet's container manager start-up: checks the host's cgroups and creates `kubepods` with the node allocatable
 /// limits, and the `burstable` and `besteffort` QoS cgroups.

@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use crate::pods::admission::NodeInfo;
 
 use super::status::{
-    initial_node, kubelet_version, node_status_has_changed, node_status_patch, set_node_status, NodeFacts, LABEL_ARCH,
-    LABEL_HOSTNAME, LABEL_OS,
+    initial_node, kubelet_version, node_status_has_changed, node_status_patch, set_node_status, NodeFacts,
+    KUBELET_COMPAT_VERSION, LABEL_ARCH, LABEL_HOSTNAME, LABEL_OS,
 };
 
 /// kubelet's `nodeStatusUpdateFrequency`: how often the status is computed and compared with the Node in the API.
@@ -119,9 +119,7 @@ impl NodeRegistration {
     /// The node's facts, with the version capped by the API server's.
     async fn facts(&self, server: Option<&k8s_openapi::apimachinery::pkg::version::Info>) -> NodeFacts {
         let mut facts = (self.facts)().await;
-        let (compat, build) = facts.kubelet_version.split_once("-rkubelet.").unwrap_or((&facts.kubelet_version, ""));
-        let build = if build.is_empty() { env!("CARGO_PKG_VERSION") } else { build };
-        facts.kubelet_version = kubelet_version(compat, server, build);
+        facts.kubelet_version = kubelet_version(KUBELET_COMPAT_VERSION, server, env!("CARGO_PKG_VERSION"));
         facts
     }
 

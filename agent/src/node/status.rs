@@ -279,6 +279,10 @@ fn semver_core(text: &str) -> Option<(u64, u64, u64)> {
     Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
 }
 
+/// The Kubernetes minor version whose kubelet behaviour this agent follows, reported in nodeInfo when the API
+/// server is not older.
+pub const KUBELET_COMPAT_VERSION: &str = "1.34.0";
+
 /// The `kubeletVersion` to report: the Kubernetes version whose kubelet behaviour we follow (`compat`), lowered to
 /// the API server's own version when that is older, so the node never claims to be newer than its control plane
 /// (the version skew policy forbids kubelets newer than the API server). The `-rkubelet.<build>` suffix is a semver
