@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::version::Info;
 use serde_json::{Map, Value};
@@ -42,6 +44,8 @@ pub struct NodeFacts {
     pub boot_id: String,
     pub container_runtime_version: String,
     pub kubelet_version: String,
+    /// The port the kubelet server listens on, for `daemonEndpoints` (the API server's proxy to logs, exec...).
+    pub kubelet_port: u16,
     /// Why the node is not ready (runtime down, network not ready), or `None` when it is.
     pub not_ready_reason: Option<String>,
 }
@@ -123,6 +127,9 @@ pub fn node_status(facts: &NodeFacts, previous: Option<&NodeStatus>, now: System
         allocatable: Some(resources(facts.allocatable, facts)),
         conditions: Some(conditions),
         addresses: Some(addresses),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(facts.kubelet_port) }),
+        }),
         node_info: Some(NodeSystemInfo {
             architecture: facts.architecture.clone(),
             boot_id: facts.boot_id.clone(),
@@ -196,6 +203,7 @@ pub fn set_node_status(api: Option<&NodeStatus>, facts: &NodeFacts, now: SystemT
     status.capacity = Some(capacity);
     status.allocatable = Some(allocatable);
     status.addresses = ours.addresses;
+    status.daemon_endpoints = ours.daemon_endpoints;
     status.node_info = ours.node_info;
     status
 }
@@ -323,6 +331,7 @@ mod tests {
             boot_id: "b".into(),
             container_runtime_version: "containerd://1.6.20".into(),
             kubelet_version: "v1.34.0-rkubelet".into(),
+            kubelet_port: 10250,
             not_ready_reason: None,
         }
     }
@@ -354,6 +363,7 @@ mod tests {
         assert_eq!(addrs[0].type_, "InternalIP");
         assert_eq!(addrs[1].type_, "Hostname");
         assert_eq!(s.node_info.as_ref().unwrap().container_runtime_version, "containerd://1.6.20");
+        assert_eq!(s.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port, 10250);
     }
 
     #[test]

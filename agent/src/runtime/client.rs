@@ -133,8 +133,8 @@ impl Drop for CriCall {
 
 #[derive(Clone)]
 pub struct Runtime {
-    runtime: RuntimeServiceClient<Channel>,
-    images: ImageServiceClient<Channel>,
+    pub(super) runtime: RuntimeServiceClient<Channel>,
+    pub(super) images: ImageServiceClient<Channel>,
     metrics: Arc<RuntimeMetrics>,
 }
 
@@ -190,7 +190,12 @@ impl Runtime {
         self.metrics.clone()
     }
 
-    async fn call<T, F>(&self, op: &'static str, timeout: Option<Duration>, fut: F) -> Result<T, RuntimeError>
+    pub(super) async fn call<T, F>(
+        &self,
+        op: &'static str,
+        timeout: Option<Duration>,
+        fut: F,
+    ) -> Result<T, RuntimeError>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {

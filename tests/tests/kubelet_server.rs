@@ -1,0 +1,285 @@
+//! The kubelet server on :10250 through a real kube-apiserver: `kubectl logs` (tail, previous, follow, timestamps)
+//! reaching a pod on rkubelet through the API server's node proxy, which authenticates with its kubelet client
+//! certificate, and the server's own answers to callers without credentials (401) or without rights (403).
+//! Needs the kit's control plane (`RKUBELET_E2E_KUBECONFIG`, `RKUBELET_K8S_KIT` and `K8S_HOME`, as tests/run.sh sets
+//! them): the in-process double does not proxy to nodes.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use rkubelet_tests::agent::{tail, Agent};
+use rkubelet_tests::apiserver::Cluster;
+use rkubelet_tests::containerd::{print_skip, Containerd};
+use rkubelet_tests::images::{ensure_images, BUSYBOX};
+use rkubelet_tests::skip_unless_root;
+use serde_json::json;
+
+const NAMESPACE: &str = "default";
+const START: Duration = Duration::from_secs(90);
+
+/// A node on the kit's cluster as kubeadm sets kubelets up: webhook authentication and authorisation, client
+/// certificates checked against the cluster CA, a non-loopback node IP (the API server refuses to proxy to
+/// loopback).
+struct Env {
+    agent: Agent,
+    _containerd: Containerd,
+    admin: kube::Client,
+    kubectl: PathBuf,
+    admin_kubeconfig: PathBuf,
+    pki: PathBuf,
+    rt: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+fn node_ip() -> Option<String> {
+    let out = Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().filter_map(|l| l.split_whitespace().nth(3)).map(|a| a.split('/').next().unwrap_or(a).to_owned()).next()
+}
+
+impl Env {
+    /// `None` (after printing why) when there is no real control plane from the kit.
+    fn new(name: &str) -> Result<Option<Env>> {
+        let cluster = Cluster::from_env()?;
+        let k8s_home = std::env::var_os("K8S_HOME").map(PathBuf::from);
+        let (Some(_kit), Some(home), Some(ip)) = (cluster.kit(), k8s_home, node_ip()) else {
+            print_skip(
+                "kubelet server through the API server",
+                &"needs the kit's control plane (RKUBELET_K8S_KIT, K8S_HOME) and a global IPv4 address",
+            );
+            return Ok(None);
+        };
+        ensure_images()?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let dir = tempfile::Builder::new().prefix("rkubelet-server-").tempdir()?;
+        let containerd = Containerd::start(name)?;
+        let pki = home.join("pki");
+        let config = format!(
+            "cniConfDir: {}\ncniBridgeName: {}\nauthentication: {{anonymous: {{enabled: false}}, webhook: {{enabled: true}}, \
+             x509: {{clientCAFile: {}}}}}\nauthorization: {{mode: Webhook}}\n",
+            containerd.cni_conf_dir().display(),
+            containerd.bridge(),
+            pki.join("ca.crt").display()
+        );
+        let agent = Agent::new(&containerd, &config)?;
+        let node = agent.node_name().to_owned();
+        let node_kubeconfig = cluster.node_kubeconfig(dir.path(), &node)?;
+        let admin = rt.block_on(cluster.admin_client())?;
+        let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(&node, &DeleteParams::default()));
+        let agent = agent
+            .with_args(["--kubeconfig".to_owned(), node_kubeconfig.display().to_string(), "--node-ip".into(), ip])
+            .started()?;
+        Ok(Some(Env {
+            agent,
+            _containerd: containerd,
+            admin,
+            kubectl: home.join("bin/kubectl"),
+            admin_kubeconfig: cluster.admin_kubeconfig(dir.path())?,
+            pki,
+            rt,
+            _dir: dir,
+        }))
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.admin.clone(), NAMESPACE)
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .args(["-n", NAMESPACE])
+            .args(args)
+            .output()
+            .context("run kubectl")?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    fn logs(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["logs"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = self.kubectl(&all)?;
+        ensure!(ok, "kubectl {all:?} failed: {err}\nagent log:\n{}", tail(&self.agent.log(), 30));
+        Ok(out)
+    }
+
+    fn create_pod(&self, name: &str, policy: &str, script: &str) -> Result<()> {
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": name, "namespace": NAMESPACE },
+            "spec": {
+                "nodeName": self.agent.node_name(),
+                "automountServiceAccountToken": false,
+                "restartPolicy": policy,
+                "terminationGracePeriodSeconds": 1,
+                "tolerations": [{ "operator": "Exists" }],
+                "containers": [{ "name": "app", "image": BUSYBOX, "command": ["sh", "-c", script] }],
+            }
+        }))?;
+        self.rt.block_on(self.pods().create(&PostParams::default(), &pod))?;
+        Ok(())
+    }
+
+    fn wait_pod(&self, name: &str, what: &str, check: impl Fn(&Pod) -> bool) -> Result<Pod> {
+        let deadline = Instant::now() + START;
+        loop {
+            let last = self.rt.block_on(self.pods().get(name));
+            if let Ok(p) = &last {
+                if check(p) {
+                    return Ok(p.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pod {name}: {what} not within {START:?}: {:?}\nagent log:\n{}",
+                    last.map(|p| p.status),
+                    tail(&self.agent.log(), 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// `curl` against the agent's kubelet server directly: (HTTP status, body).
+    fn curl(&self, path: &str, extra: &[&str]) -> Result<(u16, String)> {
+        let url = format!("https://127.0.0.1:{}{path}", self.agent.server_port());
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "10", "-w", "\n%{http_code}"])
+            .args(extra)
+            .arg(&url)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("run curl")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
+        Ok((code.trim().parse().context("HTTP status")?, body.to_owned()))
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let node = self.agent.node_name().to_owned();
+        let pods = self.pods();
+        if let Ok(list) = self.rt.block_on(pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}")))) {
+            for p in list.items {
+                let name = p.metadata.name.unwrap_or_default();
+                let _ = self.rt.block_on(pods.delete(&name, &DeleteParams::default().grace_period(0)));
+            }
+        }
+        let _ = self.rt.block_on(Api::<Node>::all(self.admin.clone()).delete(&node, &DeleteParams::default()));
+    }
+}
+
+fn restart_count(p: &Pod) -> i32 {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .map(|c| c.restart_count)
+        .unwrap_or_default()
+}
+
+fn running(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|s| s.running.is_some())
+}
+
+#[test]
+fn kubectl_logs_reads_current_previous_tail_and_follow_through_the_api_server() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let Some(env) = Env::new("srv-logs")? else { return Ok(()) };
+    // Each run prints its own id, five lines and one to stderr, then exits after a while and is restarted.
+    env.create_pod(
+        "logs",
+        "Always",
+        "echo run $(date +%s%N); for i in 1 2 3 4 5; do echo line $i; done; echo oops >&2; sleep 4; exit 1",
+    )?;
+    env.wait_pod("logs", "restarted and running again", |p| restart_count(p) >= 1 && running(p))?;
+
+    let current = env.logs(&["logs"])?;
+    let lines: Vec<&str> = current.lines().collect();
+    ensure!(lines.len() == 7, "current run's log: {current:?}");
+    ensure!(
+        lines[0].starts_with("run ") && lines[1..] == ["line 1", "line 2", "line 3", "line 4", "line 5", "oops"],
+        "{current:?}"
+    );
+    let previous = env.logs(&["logs", "--previous"])?;
+    ensure!(previous.lines().count() == 7 && previous.ends_with("line 5\noops\n"), "previous: {previous:?}");
+    ensure!(
+        previous.lines().next() != current.lines().next(),
+        "--previous shows the earlier run: {previous:?} vs {current:?}"
+    );
+
+    ensure!(env.logs(&["logs", "--tail=2"])? == "line 5\noops\n");
+    ensure!(env.logs(&["logs", "--limit-bytes=9"])?.starts_with("run "), "limit-bytes");
+    ensure!(env.logs(&["logs", "--limit-bytes=9"])?.len() == 9, "limit-bytes cuts at the byte");
+    let stamped = env.logs(&["logs", "--tail=1", "--timestamps"])?;
+    let (stamp, rest) = stamped.split_once(' ').context("timestamp prefix")?;
+    ensure!(rest == "oops\n", "{stamped:?}");
+    ensure!(stamp.parse::<jiff::Timestamp>().is_ok(), "RFC 3339 timestamp: {stamp:?}");
+
+    // Follow: the stream stays open until the container exits, and then ends by itself.
+    env.wait_pod("logs", "running", running)?;
+    let started = Instant::now();
+    let followed = env.logs(&["logs", "-f"])?;
+    ensure!(followed.contains("line 5\noops\n"), "{followed:?}");
+    ensure!(started.elapsed() < Duration::from_secs(20), "follow ended {:?} after the start", started.elapsed());
+
+    // A container that never restarted has no previous logs: kubelet's message comes back through kubectl.
+    env.create_pod("fresh", "Always", "echo hello; while true; do sleep 1; done")?;
+    env.wait_pod("fresh", "running", running)?;
+    let (ok, _, err) = env.kubectl(&["logs", "fresh", "--previous"])?;
+    ensure!(!ok && err.contains(r#"previous terminated container "app" in pod "fresh" not found"#), "{err}");
+    ensure!(env.logs(&["fresh"])? == "hello\n");
+    Ok(())
+}
+
+#[test]
+fn the_kubelet_server_answers_401_without_credentials_and_403_without_rights() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let Some(env) = Env::new("srv-auth")? else { return Ok(()) };
+    let (code, body) = env.curl("/pods", &[])?;
+    ensure!((code, body.trim()) == (401, "Unauthorized"), "no credentials: {code} {body}");
+
+    // A service account's token: TokenReview knows it, SubjectAccessReview gives it no node rights.
+    let (ok, token, err) = env.kubectl(&["create", "token", "default"])?;
+    ensure!(ok, "kubectl create token: {err}");
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    let (code, body) = env.curl("/pods", &["-H", &bearer])?;
+    ensure!(code == 403, "token without rights: {code} {body}");
+    ensure!(
+        body.trim()
+            == "Forbidden (user=system:serviceaccount:default:default, verb=get, resource=nodes, subresource=proxy)",
+        "{body}"
+    );
+    let (code, body) = env.curl("/stats/summary", &["-H", &bearer])?;
+    ensure!(code == 403 && body.contains("subresource=stats"), "{code} {body}");
+    let (code, body) = env.curl("/pods", &["-H", "Authorization: Bearer not-a-token"])?;
+    ensure!(code == 401, "an invalid token: {code} {body}");
+
+    // The cluster admin's client certificate (system:masters), verified against the client CA.
+    let cert = env.pki.join("admin.crt").display().to_string();
+    let key = env.pki.join("admin.key").display().to_string();
+    let (code, body) = env.curl("/pods", &["--cert", &cert, "--key", &key])?;
+    ensure!(code == 200 && body.contains("\"PodList\""), "admin certificate: {code} {body}");
+
+    // The node tells the API server where its kubelet server listens.
+    let node = env.rt.block_on(Api::<Node>::all(env.admin.clone()).get(env.agent.node_name()))?;
+    let port = node.status.and_then(|s| s.daemon_endpoints).and_then(|d| d.kubelet_endpoint).map(|e| e.port);
+    ensure!(port == Some(i32::from(env.agent.server_port())), "daemonEndpoints: {port:?}");
+    Ok(())
+}
