@@ -283,3 +283,93 @@ fn the_kubelet_server_answers_401_without_credentials_and_403_without_rights() -
     ensure!(port == Some(i32::from(env.agent.server_port())), "daemonEndpoints: {port:?}");
     Ok(())
 }
+
+#[test]
+fn kubectl_exec_carries_stdin_output_and_exit_codes_and_port_forward_reaches_the_pod() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let Some(env) = Env::new("srv-exec")? else { return Ok(()) };
+    env.create_pod(
+        "web",
+        "Always",
+        "mkdir -p /tmp/www && echo hello-from-pod > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www",
+    )?;
+    env.wait_pod("web", "running", running)?;
+
+    // Output on both streams and the command's exit code, through SPDY to the runtime's streaming server.
+    let out = Command::new(&env.kubectl)
+        .arg("--kubeconfig")
+        .arg(&env.admin_kubeconfig)
+        .args(["-n", NAMESPACE, "exec", "web", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])
+        .output()?;
+    ensure!(out.status.code() == Some(3), "exit code: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    ensure!(out.stdout == b"out\n", "stdout: {:?}", String::from_utf8_lossy(&out.stdout));
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("err\n"),
+        "stderr: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Standard input reaches the command and its end closes it.
+    let mut child = Command::new(&env.kubectl)
+        .arg("--kubeconfig")
+        .arg(&env.admin_kubeconfig)
+        .args(["-n", NAMESPACE, "exec", "-i", "web", "--", "sh", "-c", "cat; echo done"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(b"line one\nline two\n")?;
+    }
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "exec -i: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(out.stdout == b"line one\nline two\ndone\n", "{:?}", String::from_utf8_lossy(&out.stdout));
+
+    // Port-forward: a local port that reaches the pod's port 8080.
+    let mut pf = Command::new(&env.kubectl)
+        .arg("--kubeconfig")
+        .arg(&env.admin_kubeconfig)
+        .args(["-n", NAMESPACE, "port-forward", "pod/web", ":8080"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let result = (|| -> Result<()> {
+        use std::io::BufRead;
+        let stdout = pf.stdout.take().context("stdout")?;
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut first = String::new();
+        reader.read_line(&mut first)?;
+        // kubectl prints a line per connection: its stdout must stay open.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        // "Forwarding from 127.0.0.1:PORT -> 8080"
+        let port = first
+            .split_whitespace()
+            .nth(2)
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .with_context(|| format!("port-forward said {first:?}"))?;
+        for _ in 0..3 {
+            let out = Command::new("curl")
+                .args(["-s", "--max-time", "10"])
+                .arg(format!("http://127.0.0.1:{port}/"))
+                .output()?;
+            ensure!(
+                out.stdout == b"hello-from-pod\n",
+                "through the forward: {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(())
+    })();
+    let _ = pf.kill();
+    let pf_out = pf.wait_with_output()?;
+    result.with_context(|| {
+        format!(
+            "kubectl port-forward said: {}\nagent log:\n{}",
+            String::from_utf8_lossy(&pf_out.stderr),
+            tail(&env.agent.log(), 30)
+        )
+    })
+}

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod containers;
 pub mod logs;
 pub mod secure;
+pub mod streaming;
 pub mod tls;
 
 use std::fmt::Write as _;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::pods::spec;
@@ -49,6 +50,17 @@ pub fn healthz_router(state: ServerState) -> Router {
 pub fn kubelet_router(state: ServerState, containers: containers::ContainerServerState) -> Router {
     let container_routes = Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(containers::container_logs))
+        .route("/exec/{namespace}/{pod}/{container}", get(streaming::exec).post(streaming::exec))
+        .route("/exec/{namespace}/{pod}/{uid}/{container}", get(streaming::exec_uid).post(streaming::exec_uid))
+        .route("/attach/{namespace}/{pod}/{container}", get(streaming::attach).post(streaming::attach))
+        .route("/attach/{namespace}/{pod}/{uid}/{container}", get(streaming::attach_uid).post(streaming::attach_uid))
+        .route("/portForward/{namespace}/{pod}", get(streaming::port_forward).post(streaming::port_forward))
+        .route(
+            "/portForward/{namespace}/{pod}/{uid}",
+            get(streaming::port_forward_uid).post(streaming::port_forward_uid),
+        )
+        .route("/run/{namespace}/{pod}/{container}", post(streaming::run))
+        .route("/run/{namespace}/{pod}/{uid}/{container}", post(streaming::run_uid))
         .with_state(containers);
     router(state).merge(container_routes)
 }
