@@ -518,7 +518,19 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         let auth =
             Arc::new(server::auth::Authenticator::new(config.auth.clone(), config.node_name.clone(), api_client));
         let containers = server::containers::ContainerServerState { store: store.clone(), runtime: runtime.clone() };
-        let app = server::secure::with_auth(server::kubelet_router(state.clone(), containers), auth);
+        let stats_state = server::stats::StatsState {
+            stats: rkubelet::stats::StatsProvider {
+                node_name: config.node_name.clone(),
+                runtime: runtime.clone(),
+                store: store.clone(),
+                root_dir: config.root_dir.clone(),
+                pod_logs_dir: config.pod_logs_dir.clone(),
+                node_cpu: Arc::default(),
+            },
+            store: store.clone(),
+            configz: server::stats::configz_json(&config),
+        };
+        let app = server::secure::with_auth(server::kubelet_router(state.clone(), containers, stats_state), auth);
         tracing::info!(addr = ?listener.local_addr().ok(), cert = %cert_file.display(), "kubelet server listening");
         tasks.spawn("kubelet server", async move {
             if let Err(e) = server::secure::serve_tls(listener, tls, app).await {

@@ -373,3 +373,53 @@ fn kubectl_exec_carries_stdin_output_and_exit_codes_and_port_forward_reaches_the
         )
     })
 }
+
+#[test]
+fn stats_summary_and_resource_metrics_reach_the_api_server_through_the_node_proxy() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let Some(env) = Env::new("srv-stats")? else { return Ok(()) };
+    env.create_pod("stats", "Always", "echo some output; while true; do sleep 1; done")?;
+    env.wait_pod("stats", "running", running)?;
+    let node = env.agent.node_name().to_owned();
+    let raw = |path: &str| -> Result<String> {
+        let (ok, out, err) = env.kubectl(&["get", "--raw", &format!("/api/v1/nodes/{node}/proxy{path}")])?;
+        ensure!(ok, "get --raw {path}: {err}");
+        Ok(out)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let summary: serde_json::Value = loop {
+        let s: serde_json::Value = serde_json::from_str(&raw("/stats/summary")?)?;
+        let pod = s["pods"].as_array().and_then(|ps| ps.iter().find(|p| p["podRef"]["name"] == "stats")).cloned();
+        if pod.is_some_and(|p| p["containers"][0]["cpu"]["usageCoreNanoSeconds"].is_u64()) {
+            break s;
+        }
+        ensure!(Instant::now() < deadline, "no container stats for the pod: {s}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    ensure!(summary["node"]["nodeName"] == node.as_str(), "{summary}");
+    ensure!(summary["node"]["cpu"]["usageCoreNanoSeconds"].as_u64() > Some(0), "{summary}");
+    ensure!(summary["node"]["memory"]["workingSetBytes"].as_u64() > Some(0), "{summary}");
+    ensure!(summary["node"]["fs"]["capacityBytes"].as_u64() > Some(0), "{summary}");
+    let pod =
+        summary["pods"].as_array().and_then(|ps| ps.iter().find(|p| p["podRef"]["name"] == "stats")).context("pod")?;
+    let app = &pod["containers"][0];
+    ensure!(app["name"] == "app" && app["memory"]["workingSetBytes"].as_u64() > Some(0), "{pod}");
+    ensure!(app["logs"]["usedBytes"].as_u64() > Some(0), "the log file's size: {pod}");
+    ensure!(app["rootfs"]["usedBytes"].is_u64(), "{pod}");
+    ensure!(pod["cpu"]["usageCoreNanoSeconds"].is_u64() && pod["memory"]["workingSetBytes"].is_u64(), "{pod}");
+    ensure!(pod["ephemeral-storage"]["usedBytes"].is_u64(), "{pod}");
+
+    let metrics = raw("/metrics/resource")?;
+    let line =
+        format!("container_cpu_usage_seconds_total{{container=\"app\",namespace=\"{NAMESPACE}\",pod=\"stats\"}} ");
+    ensure!(metrics.contains(&line), "{metrics}");
+    ensure!(metrics.contains("node_memory_working_set_bytes "), "{metrics}");
+    ensure!(metrics.contains("pod_memory_working_set_bytes{namespace=\"default\",pod=\"stats\"} "), "{metrics}");
+    ensure!(metrics.contains("scrape_error 0\n"), "{metrics}");
+    ensure!(raw("/metrics/probes")?.contains("# TYPE prober_probe_total counter"));
+    let configz: serde_json::Value = serde_json::from_str(&raw("/configz")?)?;
+    ensure!(configz["kubeletconfig"]["authorization"]["mode"] == "Webhook", "{configz}");
+    let running: serde_json::Value = serde_json::from_str(&raw("/runningpods/")?)?;
+    ensure!(running["items"][0]["metadata"]["name"] == "stats", "{running}");
+    Ok(())
+}

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod labels;
 pub mod pleg;
+pub mod stats;
 pub mod streaming;
 pub mod types;
 

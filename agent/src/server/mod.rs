@@ -6,6 +6,7 @@ pub mod auth;
 pub mod containers;
 pub mod logs;
 pub mod secure;
+pub mod stats;
 pub mod streaming;
 pub mod tls;
 
@@ -47,7 +48,18 @@ pub fn healthz_router(state: ServerState) -> Router {
 }
 
 /// The kubelet server's routes, before the auth filter.
-pub fn kubelet_router(state: ServerState, containers: containers::ContainerServerState) -> Router {
+pub fn kubelet_router(
+    state: ServerState,
+    containers: containers::ContainerServerState,
+    stats_state: stats::StatsState,
+) -> Router {
+    let stats_routes = Router::new()
+        .route("/stats/summary", get(stats::summary))
+        .route("/metrics/resource", get(stats::resource_metrics))
+        .route("/metrics/probes", get(stats::probe_metrics))
+        .route("/runningpods/", get(stats::running_pods))
+        .route("/configz", get(stats::configz))
+        .with_state(stats_state);
     let container_routes = Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(containers::container_logs))
         .route("/exec/{namespace}/{pod}/{container}", get(streaming::exec).post(streaming::exec))
@@ -62,7 +74,7 @@ pub fn kubelet_router(state: ServerState, containers: containers::ContainerServe
         .route("/run/{namespace}/{pod}/{container}", post(streaming::run))
         .route("/run/{namespace}/{pod}/{uid}/{container}", post(streaming::run_uid))
         .with_state(containers);
-    router(state).merge(container_routes)
+    router(state).merge(container_routes).merge(stats_routes)
 }
 
 /// kubelet retries a healthz server that cannot listen every 5 s rather than failing.
