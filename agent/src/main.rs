@@ -225,6 +225,7 @@ fn node_facts_fn(
         // Capped by the API server's version at registration.
         kubelet_version: node::status::kubelet_version(KUBELET_COMPAT_VERSION, None, env!("CARGO_PKG_VERSION")),
         kubelet_port,
+        images: Vec::new(),
         not_ready_reason: None,
     };
     Arc::new(move || {
@@ -233,6 +234,13 @@ fn node_facts_fn(
         let mut facts = base.clone();
         Box::pin(async move {
             // kubelet's readiness checks: runtime up, its network ready, PLEG relisting.
+            facts.images = match runtime.list_images().await {
+                Ok(images) => node::status::node_images(&images, node::status::NODE_STATUS_MAX_IMAGES),
+                Err(e) => {
+                    tracing::warn!(error = %e, "error getting image list");
+                    Vec::new()
+                }
+            };
             facts.not_ready_reason = match runtime.status().await {
                 Err(e) => Some(format!("container runtime is down: {e}")),
                 Ok(s) if !s.runtime_ready => {

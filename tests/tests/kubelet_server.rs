@@ -421,5 +421,21 @@ fn stats_summary_and_resource_metrics_reach_the_api_server_through_the_node_prox
     ensure!(configz["kubeletconfig"]["authorization"]["mode"] == "Webhook", "{configz}");
     let running: serde_json::Value = serde_json::from_str(&raw("/runningpods/")?)?;
     ensure!(running["items"][0]["metadata"]["name"] == "stats", "{running}");
+
+    // The pulled image shows in the node's status.images (by tag and digest, with its size) within a status period.
+    let nodes: Api<Node> = Api::all(env.admin.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = env.rt.block_on(nodes.get(&node))?;
+        let images = n.status.and_then(|s| s.images).unwrap_or_default();
+        let busybox = images.iter().find(|i| i.names.iter().flatten().any(|n| n == BUSYBOX));
+        if let Some(i) = busybox {
+            ensure!(i.size_bytes > Some(0), "{i:?}");
+            ensure!(i.names.iter().flatten().any(|n| n.contains("@sha256:")), "{i:?}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "no {BUSYBOX} in status.images: {images:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
     Ok(())
 }
