@@ -546,6 +546,14 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             }
         });
     }
+    tasks.spawn(
+        "container log manager",
+        rkubelet::logs::run_log_rotation(
+            runtime.clone(),
+            u64::try_from(config.container_log_max_size).unwrap_or(u64::MAX),
+            config.container_log_max_files as usize,
+        ),
+    );
     if config.healthz_port != 0 {
         let addr = SocketAddr::new(config.healthz_bind_address, config.healthz_port);
         tasks.spawn("healthz server", server::serve_healthz(addr, state.clone()));

@@ -439,3 +439,73 @@ fn stats_summary_and_resource_metrics_reach_the_api_server_through_the_node_prox
     }
     Ok(())
 }
+
+/// The log directory of the static pod's container `app`.
+fn container_log_dir(agent: &Agent) -> Option<PathBuf> {
+    let pods = std::fs::read_dir(agent.pod_logs_dir()).ok()?;
+    pods.flatten().map(|e| e.path().join("app")).find(|p| p.is_dir())
+}
+
+#[test]
+fn container_logs_are_rotated_at_the_size_limit_and_the_runtime_keeps_writing() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    ensure_images()?;
+    let containerd = Containerd::start("srv-rotate")?;
+    let agent = Agent::start_with(
+        &containerd,
+        "containerLogMaxSize: 2Ki\ncontainerLogMaxFiles: 3\n\
+         authentication: {anonymous: {enabled: true}, webhook: {enabled: false}}\nauthorization: {mode: AlwaysAllow}\n",
+    )?;
+    agent.write_manifest(
+        "chatty.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: chatty, namespace: default}}\nspec:\n  containers:\n  - name: app\n    \
+             image: {BUSYBOX}\n    command: [sh, -c, 'i=0; while true; do i=$((i+1)); echo line $i 0123456789012345678901234567890123456789; sleep 0.05; done']\n"
+        ),
+    )?;
+    // Two monitor periods: at least one rotation, then the limit on the number of files.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (dir, rotated) = loop {
+        if let Some(dir) = container_log_dir(&agent) {
+            let names: Vec<String> =
+                std::fs::read_dir(&dir)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            let rotated: Vec<String> = names.iter().filter(|n| n.starts_with("0.log.")).cloned().collect();
+            if rotated.len() >= 2 {
+                ensure!(names.len() <= 3, "at most containerLogMaxFiles files: {names:?}");
+                break (dir, rotated);
+            }
+        }
+        ensure!(Instant::now() < deadline, "no rotation within 60 s:\n{}", tail(&agent.log(), 30));
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for r in &rotated {
+        let stamp = r.trim_start_matches("0.log.");
+        ensure!(stamp.len() == 15 && stamp.as_bytes()[8] == b'-', "rotated name {r}");
+    }
+    // The runtime reopened the log: the current file keeps growing with later lines than the rotated ones.
+    let last_number = |text: &str| -> Option<u64> { text.lines().last()?.split_whitespace().nth(4)?.parse().ok() };
+    let mut newest_rotated = rotated.clone();
+    newest_rotated.sort();
+    let old = std::fs::read_to_string(dir.join(newest_rotated.last().context("rotated")?))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let current = std::fs::read_to_string(dir.join("0.log"))?;
+    ensure!(
+        last_number(&current) > last_number(&old),
+        "current {:?} vs rotated {:?}",
+        last_number(&current),
+        last_number(&old)
+    );
+
+    // Anonymous callers are allowed here: /containerLogs serves the current file through the kubelet server.
+    let out = Command::new("curl")
+        .args(["-sk", "--max-time", "10"])
+        .arg(format!(
+            "https://127.0.0.1:{}/containerLogs/default/chatty-{}/app?tailLines=2",
+            agent.server_port(),
+            agent.node_name()
+        ))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(text.lines().count() == 2 && text.starts_with("line "), "{text:?}");
+    Ok(())
+}
