@@ -509,3 +509,41 @@ fn container_logs_are_rotated_at_the_size_limit_and_the_runtime_keeps_writing() 
     ensure!(text.lines().count() == 2 && text.starts_with("line "), "{text:?}");
     Ok(())
 }
+
+#[test]
+fn kubectl_debug_adds_an_ephemeral_container_that_runs_and_is_reported() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let Some(env) = Env::new("srv-debug")? else { return Ok(()) };
+    env.create_pod("target", "Always", "while true; do sleep 1; done")?;
+    env.wait_pod("target", "running", running)?;
+    let (ok, _, err) = env.kubectl(&[
+        "debug",
+        "target",
+        "--image",
+        BUSYBOX,
+        "-c",
+        "debugger",
+        "--",
+        "sh",
+        "-c",
+        "echo debugging; while true; do sleep 1; done",
+    ])?;
+    ensure!(ok, "kubectl debug: {err}");
+    let pod = env.wait_pod("target", "ephemeral container running", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.ephemeral_container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == "debugger"))
+            .and_then(|c| c.state.as_ref())
+            .is_some_and(|s| s.running.is_some())
+    })?;
+    let status = pod.status.context("status")?;
+    let debugger =
+        status.ephemeral_container_statuses.iter().flatten().find(|c| c.name == "debugger").context("status")?;
+    ensure!(!debugger.ready && debugger.container_id.as_deref().is_some_and(|id| id.starts_with("containerd://")));
+    ensure!(running(&Pod { status: Some(status.clone()), ..Default::default() }), "the app container keeps running");
+    ensure!(env.logs(&["target", "-c", "debugger"])? == "debugging\n");
+    let (ok, out, err) = env.kubectl(&["exec", "target", "-c", "debugger", "--", "echo", "marco"])?;
+    ensure!(ok && out == "marco\n", "exec in the ephemeral container: {out:?} {err}");
+    Ok(())
+}

@@ -77,8 +77,10 @@ pub fn pod_log_dir(root: &Path, pod: &Pod) -> PathBuf {
     root.join(format!("{}_{}_{}", spec::namespace(pod), spec::name(pod), spec::uid(pod)))
 }
 
-fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
-    spec::init_containers(pod).iter().chain(spec::spec(pod).containers.iter()).find(|c| c.name == name)
+fn find_container(pod: &Pod, name: &str) -> Option<Container> {
+    let spec_container =
+        spec::init_containers(pod).iter().chain(spec::spec(pod).containers.iter()).find(|c| c.name == name);
+    spec_container.cloned().or_else(|| crate::pods::ephemeral::find(pod, name))
 }
 
 impl KubeRuntime {
@@ -163,7 +165,7 @@ impl KubeRuntime {
             let Some(container) = find_container(pod, &start.name) else { continue };
             let span = tracing::info_span!("container", container = %start.name);
             let outcome = self
-                .start_container(pod, container, start, &sandbox_id, &sandbox, &pod_ips, backoff)
+                .start_container(pod, &container, start, &sandbox_id, &sandbox, &pod_ips, backoff)
                 .instrument(span)
                 .await;
             result.changed = true;

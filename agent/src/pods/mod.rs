@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod backoff;
 pub mod env;
+pub mod ephemeral;
 pub mod events;
 pub mod manager;
 pub mod plan;

@@ -183,7 +183,7 @@ impl PodWorker {
         self.backoff.crash.gc(now);
         self.backoff.image_pull.gc(now);
         self.probes.retain_containers(|id| observed.containers.iter().any(|c| c.id == id));
-        let actions = plan::compute_pod_actions(&PlanInput {
+        let mut actions = plan::compute_pod_actions(&PlanInput {
             pod,
             observed: &observed,
             backoff: &self.backoff,
@@ -191,6 +191,7 @@ impl PodWorker {
             volumes_ready: true,
             now,
         });
+        super::ephemeral::add_ephemeral_starts(pod, &observed, &mut actions);
         tracing::debug!(?actions, "computed pod actions");
         self.record_back_off_events(pod, &actions);
         let result = kuberuntime.sync_pod(pod, &observed, &actions, &mut self.backoff).await;
@@ -204,7 +205,7 @@ impl PodWorker {
         let observed = if result.changed { kuberuntime.runtime.observe_pod(&uid).await? } else { observed };
         let mut waiting = self.sync_errors.clone();
         waiting.extend(actions.waiting.clone());
-        let status = compute_pod_status(&StatusInput {
+        let mut status = compute_pod_status(&StatusInput {
             pod,
             observed: &observed,
             waiting: &waiting,
@@ -215,6 +216,8 @@ impl PodWorker {
             probes: &self.probes,
             now: SystemTime::now(),
         });
+        status.ephemeral_container_statuses =
+            super::ephemeral::ephemeral_container_statuses(pod, &observed, &waiting, &self.ctx.runtime_name);
         self.record_start(pod, &observed);
         if !self.published || self.last_status.as_ref() != Some(&status) {
             self.ctx.store.set_status(&uid, status.clone());
