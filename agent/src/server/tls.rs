@@ -104,7 +104,7 @@ pub fn self_signed(hostname: &str, node_ips: &[String]) -> Result<(String, Strin
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// The server's rustls configuration: HTTP/1.1 (upgrades for exec, attach and port-forward need it), client
+/// The server's rustls configuration: HTTP/2 and HTTP/1.1 (upgrades for exec, attach and port-forward need it), client
 /// certificates requested and verified against the client CA when one is configured, but not required: callers
 /// without one may still bring a bearer token.
 pub fn server_config(cert: ServingCert, client_ca_file: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
@@ -130,7 +130,7 @@ pub fn server_config(cert: ServingCert, client_ca_file: Option<&Path>) -> Result
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(cert.chain, cert.key).map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
