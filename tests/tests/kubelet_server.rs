@@ -622,3 +622,59 @@ fn kubectl_debug_adds_an_ephemeral_container_that_runs_and_is_reported() -> Resu
     ensure!(ok && out == "marco\n", "exec in the ephemeral container: {out:?} {err}");
     Ok(())
 }
+
+#[test]
+fn kubectl_attach_reaches_the_running_containers_stdin_and_stdout() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let Some(env) = Env::new("srv-attach")? else { return Ok(()) };
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "echo", "namespace": NAMESPACE },
+        "spec": {
+            "nodeName": env.agent.node_name(),
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "tolerations": [{ "operator": "Exists" }],
+            "containers": [{ "name": "app", "image": BUSYBOX, "command": ["cat"], "stdin": true }],
+        }
+    }))?;
+    env.rt.block_on(env.pods().create(&PostParams::default(), &pod))?;
+    env.wait_pod("echo", "running", running)?;
+    let mut child = Command::new(&env.kubectl)
+        .arg("--kubeconfig")
+        .arg(&env.admin_kubeconfig)
+        .args(["-n", NAMESPACE, "attach", "-i", "echo", "-c", "app"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let result = (|| -> Result<()> {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        // The attach may take a moment to be established: repeat until the echo comes back.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            stdin.write_all(b"ping\n")?;
+            stdin.flush()?;
+            if let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
+                ensure!(line == "ping", "{line:?}");
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "no echo through kubectl attach");
+        }
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result.with_context(|| format!("agent log:\n{}", tail(&env.agent.log(), 20)))
+}
