@@ -99,7 +99,9 @@ impl KubeRuntime {
         for kill in &actions.containers_to_kill {
             let message = format!("{}, will be restarted", kill.reason);
             self.events.record(pod, Some((&kill.name, false)), EventType::Normal, ev::KILLING_CONTAINER, message);
-            if let Err(e) = rt.stop_container(&kill.id, grace_period(pod)).await {
+            let grace =
+                kill.grace_period.map_or_else(|| grace_period(pod), |g| g.max(spec::MINIMUM_GRACE_PERIOD_SECONDS));
+            if let Err(e) = rt.stop_container(&kill.id, grace).await {
                 tracing::warn!(container = %kill.name, error = %e, "stop container failed");
             }
             result.changed = true;

@@ -47,6 +47,8 @@ pub struct ContainerKill {
     pub id: String,
     pub name: String,
     pub reason: String,
+    /// A failed probe's own `terminationGracePeriodSeconds`, which replaces the pod's.
+    pub grace_period: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -229,18 +231,20 @@ pub fn compute_pod_actions(input: &PlanInput<'_>) -> PodActions {
                         id: l.id.clone(),
                         name: c.name.clone(),
                         reason: format!("Container {} definition changed", c.name),
+                        grace_period: None,
                     });
                     let mut start = start_of(pod, c, false, observed);
                     // The replaced instance did not fail: no back-off for a spec change.
                     start.previous_finished_at = None;
                     actions.containers_to_start.push(start);
-                } else if let Some(probe) = failed_probe(c, l, probes) {
+                } else if let Some((probe, grace_period)) = failed_probe(c, l, probes) {
                     // Probes report, the planner decides: a failed liveness or startup probe kills the container,
                     // which restarts per the restart policy once it has exited.
                     actions.containers_to_kill.push(ContainerKill {
                         id: l.id.clone(),
                         name: c.name.clone(),
                         reason: format!("Container {} failed {probe} probe", c.name),
+                        grace_period,
                     });
                     if should_restart_after_kill(policy) {
                         keep += 1;
@@ -268,13 +272,18 @@ pub fn compute_pod_actions(input: &PlanInput<'_>) -> PodActions {
 
 /// The probe that failed for a running container: startup until it has passed, liveness after (kubelet's
 /// `computePodActions` checks both results the same way).
-fn failed_probe(c: &Container, running: &ContainerRecord, probes: &ProbeResults) -> Option<&'static str> {
+/// With the probe's own grace period, if it has one.
+fn failed_probe(
+    c: &Container,
+    running: &ContainerRecord,
+    probes: &ProbeResults,
+) -> Option<(&'static str, Option<i64>)> {
     let failed = |kind| probes.get(&running.id, kind) == Some(ProbeResult::Failure);
-    if c.startup_probe.is_some() && failed(ProbeKind::Startup) {
-        return Some("startup");
+    if let Some(p) = c.startup_probe.as_ref().filter(|_| failed(ProbeKind::Startup)) {
+        return Some(("startup", p.termination_grace_period_seconds));
     }
-    if c.liveness_probe.is_some() && failed(ProbeKind::Liveness) {
-        return Some("liveness");
+    if let Some(p) = c.liveness_probe.as_ref().filter(|_| failed(ProbeKind::Liveness)) {
+        return Some(("liveness", p.termination_grace_period_seconds));
     }
     None
 }
@@ -504,7 +513,8 @@ mod tests {
             vec![ContainerKill {
                 id: "c1".into(),
                 name: "app".into(),
-                reason: "Container app failed liveness probe".into()
+                reason: "Container app failed liveness probe".into(),
+                grace_period: None,
             }]
         );
         assert!(!a.kill_pod, "the sandbox stays for the restart");

@@ -59,8 +59,6 @@ fn container_fields(path: &str, c: &Container, found: &mut Vec<String>) {
             found.push(format!("{path}.{name}"));
         }
     };
-    field(c.liveness_probe.is_some(), "livenessProbe");
-    field(c.startup_probe.is_some(), "startupProbe");
     field(c.lifecycle.as_ref().is_some_and(|l| l.post_start.is_some()), "lifecycle.postStart");
     field(c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()), "lifecycle.preStop");
     field(c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"), "terminationMessagePolicy");
@@ -155,13 +153,14 @@ mod tests {
     fn each_unsupported_field_is_named_by_its_path() {
         let mut app = Container {
             name: "app".into(),
-            liveness_probe: Some(Probe::default()),
             lifecycle: Some(Lifecycle { pre_stop: Some(LifecycleHandler::default()), ..Default::default() }),
             security_context: Some(SecurityContext { proc_mount: Some("Unmasked".into()), ..Default::default() }),
             ..Default::default()
         };
-        // A readiness probe is not rejected: without a prober the container simply never becomes ready.
+        // Probes are run.
         app.readiness_probe = Some(Probe::default());
+        app.liveness_probe = Some(Probe::default());
+        app.startup_probe = Some(Probe::default());
         let p = pod(PodSpec {
             containers: vec![app],
             volumes: Some(vec![
@@ -180,7 +179,6 @@ mod tests {
                 "spec.volumes[1].configMap (\"cfg\")",
                 "spec.volumes[2].volume (\"kube-api-access-fake\")",
                 "spec.runtimeClassName",
-                "spec.containers[0].livenessProbe",
                 "spec.containers[0].lifecycle.preStop",
                 "spec.containers[0].securityContext.procMount",
             ]

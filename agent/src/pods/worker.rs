@@ -20,7 +20,7 @@ use super::spec;
 use super::status::{compute_pod_status, StatusInput};
 use super::store::{PodStartRecord, PodStore};
 use crate::kuberuntime::KubeRuntime;
-use crate::probes::ProbeResults;
+use crate::probes::Prober;
 use crate::runtime::{ContainerRunState, CriClock, ObservedPod, RuntimeError, CRI_TIME};
 
 /// kubelet's `backOffPeriod`: a pod whose sync failed is synced again after this long (jittered), unless something
@@ -85,8 +85,8 @@ pub struct PodWorker {
     input: watch::Receiver<WorkerInput>,
     wake: Arc<Notify>,
     backoff: BackoffState,
-    /// Latest probe results of this pod's containers.
-    probes: ProbeResults,
+    /// The probe workers of this pod's containers and their latest results.
+    prober: Prober,
     /// Errors of the last attempt to start each container, shown as its waiting reason until it starts.
     sync_errors: BTreeMap<String, Waiting>,
     start_time: SystemTime,
@@ -107,18 +107,19 @@ impl PodWorker {
             .and_then(|s| s.start_time.as_ref())
             .map(|t| SystemTime::from(t.0))
             .unwrap_or_else(SystemTime::now);
+        let prober = Prober::new(ctx.kuberuntime.runtime.clone(), ctx.kuberuntime.events.clone(), wake.clone());
         Self {
-            ctx,
             input,
             wake,
             backoff: BackoffState::default(),
-            probes: ProbeResults::default(),
+            prober,
             sync_errors: BTreeMap::new(),
             start_time,
             first_seen_instant: Instant::now(),
             start_recorded: false,
             last_status: known,
             published: false,
+            ctx,
         }
     }
 
@@ -134,6 +135,7 @@ impl PodWorker {
         loop {
             let input = self.input.borrow_and_update().clone();
             if input.terminate {
+                self.prober.stop();
                 self.ctx.kuberuntime.terminate_pod(&input.pod).await;
                 self.ctx.store.remove(spec::uid(&input.pod));
                 return;
@@ -182,12 +184,13 @@ impl PodWorker {
         let now = SystemTime::now();
         self.backoff.crash.gc(now);
         self.backoff.image_pull.gc(now);
-        self.probes.retain_containers(|id| observed.containers.iter().any(|c| c.id == id));
+        self.prober.sync(pod, &observed, &kuberuntime.host_ips);
+        let probes = self.prober.results();
         let actions = plan::compute_pod_actions(&PlanInput {
             pod,
             observed: &observed,
             backoff: &self.backoff,
-            probes: &self.probes,
+            probes: &probes,
             volumes_ready: true,
             now,
         });
@@ -202,6 +205,9 @@ impl PodWorker {
         }
 
         let observed = if result.changed { kuberuntime.runtime.observe_pod(&uid).await? } else { observed };
+        // Containers started just now get their probe workers.
+        self.prober.sync(pod, &observed, &kuberuntime.host_ips);
+        let probes = self.prober.results();
         let mut waiting = self.sync_errors.clone();
         waiting.extend(actions.waiting.clone());
         let status = compute_pod_status(&StatusInput {
@@ -212,7 +218,7 @@ impl PodWorker {
             start_time: self.start_time,
             host_ips: &kuberuntime.host_ips,
             runtime_name: &self.ctx.runtime_name,
-            probes: &self.probes,
+            probes: &probes,
             now: SystemTime::now(),
         });
         self.record_start(pod, &observed);
