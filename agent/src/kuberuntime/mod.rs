@@ -174,10 +174,12 @@ impl KubeRuntime {
                     if let Some(finished) = start.previous_finished_at {
                         backoff.crash.next(&start.backoff_key, finished);
                     }
+                    backoff.start.forget(&start.backoff_key);
                     result.containers.insert(start.name.clone(), None);
                 }
                 Err(waiting) => {
                     tracing::warn!(container = %start.name, reason = %waiting.reason, message = %waiting.message, "start container failed");
+                    crate::pods::backoff::record_start_failure(backoff, start, &waiting);
                     result.containers.insert(start.name.clone(), Some(waiting));
                     // An init container that cannot start blocks the rest, as in kubelet.
                     if start.init {

@@ -76,6 +76,9 @@ pub struct PodActions {
 pub struct BackoffState {
     pub crash: Backoff,
     pub image_pull: Backoff,
+    /// Failed attempts to create or start a container (config errors, runtime errors), keyed as `crash`: the next
+    /// attempt waits out the back-off, so a container that cannot be created is not tried on every sync.
+    pub start: Backoff,
 }
 
 pub fn crash_backoff_key(pod: &Pod, container: &Container) -> String {
@@ -301,6 +304,11 @@ fn apply_backoff(pod: &Pod, backoff: &BackoffState, now: SystemTime, actions: &m
     let mut waiting = BTreeMap::new();
     actions.containers_to_start.retain(|start| {
         let Some(container) = all.iter().find(|c| c.name == start.name) else { return false };
+        if let Some(left) = backoff.start.remaining_since_update(&start.backoff_key, now) {
+            // The waiting reason of the failed attempt stays in the status until the next one.
+            keep_for_later(left);
+            return false;
+        }
         if let Some(finished) = start.previous_finished_at {
             if let Some(left) = backoff.crash.remaining_since(&start.backoff_key, finished, now) {
                 let period = backoff.crash.get(&start.backoff_key).unwrap_or_default();
@@ -674,6 +682,30 @@ mod tests {
         assert_eq!(a.containers_to_start[0].restart_count, 1);
         assert_eq!(a.containers_to_start[0].previous_finished_at, None);
         assert!(!a.kill_pod);
+    }
+
+    #[test]
+    fn a_container_that_failed_to_create_or_start_waits_out_a_doubling_back_off() {
+        let p = pod("Always", &[], &["app"]);
+        let key = crash_backoff_key(&p, &spec::spec(&p).containers[0]);
+        let o = observed(vec![sandbox("sb1", 0, true, 0)], vec![]);
+        let mut b = BackoffState::default();
+        // Count the attempts a worker syncing every second for 60 s would make, failing each time.
+        let mut attempts = vec![];
+        for s in 0..60 {
+            let a = plan(&p, &o, &b, t(s));
+            if names(&a) == vec!["app"] {
+                attempts.push(s);
+                b.start.next(&key, t(s));
+            } else {
+                assert!(a.resync_after.is_some(), "the worker is told when to try again");
+                assert!(a.waiting.is_empty(), "the failed attempt's reason stays shown");
+            }
+        }
+        assert_eq!(attempts, vec![0, 10, 30], "10 s, then 20 s, then 40 s");
+        // Once it starts, the back-off is forgotten.
+        b.start.forget(&key);
+        assert_eq!(names(&plan(&p, &o, &b, t(61))), vec!["app"]);
     }
 
     #[test]

@@ -184,6 +184,7 @@ impl PodWorker {
         let now = SystemTime::now();
         self.backoff.crash.gc(now);
         self.backoff.image_pull.gc(now);
+        self.backoff.start.gc(now);
         self.prober.sync(pod, &observed, &kuberuntime.host_ips);
         let probes = self.prober.results();
         let actions = plan::compute_pod_actions(&PlanInput {
