@@ -30,6 +30,7 @@ pub const POD_SCHEDULED: &str = "PodScheduled";
 pub const REASON_CONTAINERS_NOT_READY: &str = "ContainersNotReady";
 pub const REASON_CONTAINERS_NOT_INITIALIZED: &str = "ContainersNotInitialized";
 pub const REASON_POD_COMPLETED: &str = "PodCompleted";
+pub const REASON_READINESS_GATES_NOT_READY: &str = "ReadinessGatesNotReady";
 
 pub struct StatusInput<'a> {
     pub pod: &'a Pod,
@@ -212,6 +213,42 @@ fn go_list(names: &[String]) -> String {
     format!("[{}]", names.join(" "))
 }
 
+/// kubelet's readiness-gate messages for each `spec.readinessGates` condition that is not True in the pod's status
+/// as the API holds it (others set those conditions; the agent only reads them).
+fn unready_readiness_gates(pod: &Pod) -> Vec<String> {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    spec::spec(pod)
+        .readiness_gates
+        .iter()
+        .flatten()
+        .filter_map(|gate| match conditions.iter().find(|c| c.type_ == gate.condition_type) {
+            None => {
+                Some(format!("corresponding condition of pod readiness gate {:?} does not exist.", gate.condition_type))
+            }
+            Some(c) if c.status != "True" => Some(format!(
+                "the status of pod readiness gate {:?} is not \"True\", but {}",
+                gate.condition_type, c.status
+            )),
+            Some(_) => None,
+        })
+        .collect()
+}
+
+/// Whether a pod update changed a condition one of its readiness gates names: the pod's readiness must be computed
+/// again, as kubelet reconciles it on such a status change.
+pub fn readiness_gate_conditions_changed(existing: &Pod, update: &Pod) -> bool {
+    let gated = |p: &Pod| -> Vec<PodCondition> {
+        let conditions = p.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+        spec::spec(update)
+            .readiness_gates
+            .iter()
+            .flatten()
+            .filter_map(|g| conditions.iter().find(|c| c.type_ == g.condition_type).cloned())
+            .collect()
+    };
+    gated(existing) != gated(update)
+}
+
 pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
     let pod = input.pod;
     let init_specs = spec::init_containers(pod);
@@ -262,7 +299,13 @@ pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
             condition(POD_READY, false, Some(REASON_POD_COMPLETED), None),
         )
     } else if unready.is_empty() {
-        (condition(CONTAINERS_READY, true, None, None), condition(POD_READY, true, None, None))
+        let gates = unready_readiness_gates(pod);
+        let ready = if gates.is_empty() {
+            condition(POD_READY, true, None, None)
+        } else {
+            condition(POD_READY, false, Some(REASON_READINESS_GATES_NOT_READY), Some(gates.join(", ")))
+        };
+        (condition(CONTAINERS_READY, true, None, None), ready)
     } else {
         let message = format!("containers with unready status: {}", go_list(&unready));
         (
@@ -466,6 +509,53 @@ mod tests {
         let s = compute(&probes);
         assert!(!cstatus(&s, "app").ready);
         assert_eq!(s.phase.as_deref(), Some("Running"), "readiness never changes the phase");
+    }
+
+    #[test]
+    fn readiness_gates_hold_ready_until_their_conditions_are_true() {
+        use k8s_openapi::api::core::v1::PodReadinessGate;
+        let mut p = pod("Always", &[], &["app"]);
+        p.spec.as_mut().unwrap().readiness_gates = Some(vec![
+            PodReadinessGate { condition_type: "example.com/lb".into() },
+            PodReadinessGate { condition_type: "example.com/dns".into() },
+        ]);
+        let running = || vec![record("app", "abc", 0, ContainerRunState::Running, 0, 1)];
+        let s = status(&p, running(), &[], None);
+        assert_eq!(cond(&s, "ContainersReady").status, "True");
+        let ready = cond(&s, "Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("False", Some("ReadinessGatesNotReady")));
+        assert_eq!(
+            ready.message.as_deref(),
+            Some(
+                "corresponding condition of pod readiness gate \"example.com/lb\" does not exist., \
+                 corresponding condition of pod readiness gate \"example.com/dns\" does not exist."
+            )
+        );
+        let gate = |t: &str, v: &str| PodCondition { type_: t.into(), status: v.into(), ..Default::default() };
+        let before = p.clone();
+        p.status = Some(PodStatus {
+            conditions: Some(vec![gate("example.com/lb", "True"), gate("example.com/dns", "False")]),
+            ..Default::default()
+        });
+        assert!(readiness_gate_conditions_changed(&before, &p));
+        let s = status(&p, running(), &[], None);
+        assert_eq!(
+            cond(&s, "Ready").message.as_deref(),
+            Some("the status of pod readiness gate \"example.com/dns\" is not \"True\", but False")
+        );
+        let before = p.clone();
+        p.status = Some(PodStatus {
+            conditions: Some(vec![gate("example.com/lb", "True"), gate("example.com/dns", "True")]),
+            ..Default::default()
+        });
+        assert!(readiness_gate_conditions_changed(&before, &p));
+        let s = status(&p, running(), &[], None);
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert!(
+            s.conditions.as_ref().unwrap().iter().all(|c| !c.type_.starts_with("example.com/")),
+            "the gates' conditions are not ours to write"
+        );
+        assert!(!readiness_gate_conditions_changed(&p, &p.clone()));
     }
 
     #[test]
