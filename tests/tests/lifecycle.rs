@@ -56,3 +56,170 @@ spec:
     ensure!(warnings == made + before, "one warning per attempt: {warnings} warnings for {} attempts", made + before);
     Ok(())
 }
+
+/// Everything the container's instances wrote to their CRI log files so far.
+fn container_log(agent: &Agent, pod: &Value, container: &str) -> String {
+    let dir = agent
+        .pod_logs_dir()
+        .join(format!(
+            "default_{}_{}",
+            pod["metadata"]["name"].as_str().unwrap_or_default(),
+            pod["metadata"]["uid"].as_str().unwrap_or_default()
+        ))
+        .join(container);
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+    }
+    text
+}
+
+fn wait_log(agent: &Agent, pod: &Value, container: &str, needle: &str, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = container_log(agent, pod, container);
+        if log.contains(needle) {
+            return Ok(log);
+        }
+        ensure!(Instant::now() < deadline, "{container} log has no {needle:?} within {timeout:?}:\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn running(p: &Value, container: &str) -> bool {
+    container_status(p, container)["state"]["running"].is_object()
+}
+
+/// A pod serving HTTP on 8080 with busybox httpd, which logs each request's path on stderr.
+fn http_server_yaml(name: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: ["sh", "-c", "mkdir -p /www; echo ok > /www/index.html; exec httpd -f -vv -p 8080 -h /www"]
+"#
+    )
+}
+
+#[test]
+fn post_start_and_pre_stop_hooks_run_with_exec_http_to_another_host_and_sleep() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (_containerd, agent) = setup("life-hooks")?;
+    agent.write_manifest("server.yaml", &http_server_yaml("server"))?;
+    let server = agent.wait_pod("server", Duration::from_secs(60), |p| running(p, "app"))?;
+    let server_ip = server["status"]["podIP"].as_str().unwrap_or_default().to_owned();
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: hooked
+spec:
+  terminationGracePeriodSeconds: 10
+  containers:
+  - name: exec
+    image: {BUSYBOX}
+    command: ["sh", "-c", "trap 'exit 0' TERM; while [ ! -f /tmp/hook ]; do sleep 0.1; done; echo saw-$(cat /tmp/hook); while true; do sleep 1; done"]
+    lifecycle:
+      postStart:
+        exec: {{command: ["sh", "-c", "echo post-start-ran > /tmp/hook"]}}
+      preStop:
+        httpGet: {{host: "{server_ip}", port: 8080, path: /pre-stop-from-exec}}
+  - name: web
+    image: {BUSYBOX}
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    lifecycle:
+      postStart:
+        httpGet: {{host: "{server_ip}", port: 8080, path: /post-start-from-web}}
+      preStop:
+        sleep: {{seconds: 2}}
+"#
+    );
+    agent.write_manifest("hooked.yaml", &yaml)?;
+    let hooked = agent.wait_pod("hooked", Duration::from_secs(60), |p| running(p, "exec") && running(p, "web"))?;
+    wait_log(&agent, &hooked, "exec", "saw-post-start-ran", Duration::from_secs(10))?;
+    wait_log(&agent, &server, "app", "/post-start-from-web", Duration::from_secs(10))?;
+    let log = container_log(&agent, &server, "app");
+    assert!(!log.contains("/pre-stop-from-exec"), "preStop before the stop: {log}");
+
+    let began = Instant::now();
+    agent.remove_manifest("hooked.yaml")?;
+    agent.wait_pod_gone("hooked", Duration::from_secs(30))?;
+    let took = began.elapsed();
+    wait_log(&agent, &server, "app", "/pre-stop-from-exec", Duration::from_secs(5))?;
+    // The sleep hook holds the web container's stop for its 2 s.
+    ensure!(took >= Duration::from_secs(2), "pod stopped in {took:?}, before the 2 s preStop sleep ended");
+    let events = agent.log();
+    assert!(!events.contains("FailedPreStopHook") && !events.contains("FailedPostStartHook"), "{events}");
+    Ok(())
+}
+
+#[test]
+fn a_failed_post_start_hook_kills_the_container_and_pre_stop_time_comes_out_of_the_grace_period() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (_containerd, agent) = setup("life-hookfail")?;
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: badhook
+spec:
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: ["sleep", "600"]
+    lifecycle:
+      postStart:
+        exec: {{command: ["sh", "-c", "echo no >&2; exit 3"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: slowstop
+spec:
+  terminationGracePeriodSeconds: 4
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    # Ignores SIGTERM: only SIGKILL at the end of the grace period stops it.
+    command: ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
+    lifecycle:
+      preStop:
+        exec: {{command: ["sh", "-c", "sleep 100"]}}
+"#
+    );
+    agent.write_manifest("hooks.yaml", &yaml)?;
+    let pod = agent.wait_pod("badhook", Duration::from_secs(60), |p| {
+        container_status(p, "app")["lastState"]["terminated"].is_object()
+    })?;
+    let log = agent.log();
+    assert!(log.contains("PostStartHook failed"), "{log}");
+    assert!(
+        log.contains("Exec lifecycle hook ([sh -c echo no >&2; exit 3]) for Container \"app\" in Pod \"badhook-"),
+        "{log}"
+    );
+    let state = &container_status(&pod, "app")["state"]["waiting"];
+    ensure!(
+        ["PostStartHookError", "CrashLoopBackOff"].contains(&state["reason"].as_str().unwrap_or_default()),
+        "{pod}"
+    );
+
+    // slowstop: the 100 s preStop hook uses up the 4 s grace period, then StopContainer gets kubelet's 2 s minimum.
+    agent.wait_pod("slowstop", Duration::from_secs(60), |p| running(p, "app"))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let began = Instant::now();
+    agent.remove_manifest("hooks.yaml")?;
+    agent.wait_pod_gone("slowstop", Duration::from_secs(60))?;
+    let took = began.elapsed();
+    println!("stopping with a hanging preStop hook took {took:?}");
+    ensure!(
+        took >= Duration::from_secs(6) && took < Duration::from_secs(15),
+        "stop took {took:?}, want 4 s of hook + 2 s of minimum grace"
+    );
+    Ok(())
+}

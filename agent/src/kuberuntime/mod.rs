@@ -96,14 +96,10 @@ impl KubeRuntime {
         if actions.kill_pod {
             result.changed |= self.kill_containers_and_sandboxes(pod, observed).await;
         }
+        let pod_ip = observed.latest_sandbox().and_then(|sb| sb.ips.first().cloned()).unwrap_or_default();
         for kill in &actions.containers_to_kill {
             let message = format!("{}, will be restarted", kill.reason);
-            self.events.record(pod, Some((&kill.name, false)), EventType::Normal, ev::KILLING_CONTAINER, message);
-            let grace =
-                kill.grace_period.map_or_else(|| grace_period(pod), |g| g.max(spec::MINIMUM_GRACE_PERIOD_SECONDS));
-            if let Err(e) = rt.stop_container(&kill.id, grace).await {
-                tracing::warn!(container = %kill.name, error = %e, "stop container failed");
-            }
+            self.kill_instance(pod, &kill.name, &kill.id, &pod_ip, message, kill.grace_period).await;
             result.changed = true;
         }
         for id in &actions.containers_to_remove {

@@ -58,8 +58,6 @@ fn container_fields(path: &str, c: &Container, found: &mut Vec<String>) {
             found.push(format!("{path}.{name}"));
         }
     };
-    field(c.lifecycle.as_ref().is_some_and(|l| l.post_start.is_some()), "lifecycle.postStart");
-    field(c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()), "lifecycle.preStop");
     field(c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"), "terminationMessagePolicy");
     field(c.restart_policy.is_some(), "restartPolicy");
     field(c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()), "volumeDevices");
@@ -153,6 +151,7 @@ mod tests {
         let mut app = Container {
             name: "app".into(),
             lifecycle: Some(Lifecycle { pre_stop: Some(LifecycleHandler::default()), ..Default::default() }),
+            restart_policy: Some("Never".into()),
             security_context: Some(SecurityContext { proc_mount: Some("Unmasked".into()), ..Default::default() }),
             ..Default::default()
         };
@@ -178,7 +177,7 @@ mod tests {
                 "spec.volumes[1].configMap (\"cfg\")",
                 "spec.volumes[2].volume (\"kube-api-access-fake\")",
                 "spec.runtimeClassName",
-                "spec.containers[0].lifecycle.preStop",
+                "spec.containers[0].restartPolicy",
                 "spec.containers[0].securityContext.procMount",
             ]
         );
