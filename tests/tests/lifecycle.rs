@@ -223,3 +223,43 @@ spec:
     );
     Ok(())
 }
+
+#[test]
+fn a_pod_past_its_active_deadline_fails_with_deadline_exceeded_and_is_stopped() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (containerd, agent) = setup("life-deadline")?;
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: deadline
+spec:
+  activeDeadlineSeconds: 5
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+"#
+    );
+    agent.write_manifest("deadline.yaml", &yaml)?;
+    let began = Instant::now();
+    agent.wait_pod("deadline", Duration::from_secs(60), |p| running(p, "app"))?;
+    let pod = agent.wait_pod("deadline", Duration::from_secs(30), |p| {
+        p["status"]["phase"] == "Failed" && container_status(p, "app")["state"]["terminated"].is_object()
+    })?;
+    let took = began.elapsed();
+    ensure!(took >= Duration::from_secs(5), "failed after {took:?}, before its 5 s deadline");
+    assert_eq!(pod["status"]["reason"], "DeadlineExceeded");
+    assert_eq!(pod["status"]["message"], "Pod was active on the node longer than the specified deadline");
+    assert_eq!(container_status(&pod, "app")["restartCount"], 0, "{pod}");
+    let log = agent.log();
+    assert!(log.contains("reason=\"DeadlineExceeded\"") || log.contains("reason=DeadlineExceeded"), "{log}");
+    // Nothing is started again and the sandbox is stopped.
+    std::thread::sleep(Duration::from_secs(3));
+    let objects = rkubelet_tests::agent::runtime_objects(&containerd.endpoint())?;
+    ensure!(objects.containers.len() == 1, "containers: {:?}", objects.containers);
+    let pod = agent.pod("deadline")?.unwrap_or_default();
+    assert_eq!(pod["status"]["phase"], "Failed");
+    Ok(())
+}

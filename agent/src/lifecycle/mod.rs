@@ -2,6 +2,7 @@
 //! that surround StartContainer and StopContainer: postStart and preStop hooks (`hooks`), termination messages
 //! (`termination`) and the pod's active deadline (`deadline`).
 
+pub mod deadline;
 pub mod hooks;
 
 use std::time::Instant;

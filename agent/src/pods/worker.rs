@@ -19,7 +19,8 @@ use super::plan::{self, BackoffState, PlanInput, PodActions, Waiting};
 use super::spec;
 use super::status::{compute_pod_status, StatusInput};
 use super::store::{PodStartRecord, PodStore};
-use crate::kuberuntime::KubeRuntime;
+use crate::kuberuntime::{KubeRuntime, PodSyncResult};
+use crate::lifecycle::deadline;
 use crate::probes::Prober;
 use crate::runtime::{ContainerRunState, CriClock, ObservedPod, RuntimeError, CRI_TIME};
 
@@ -95,6 +96,8 @@ pub struct PodWorker {
     /// The status last computed, or the API's before the first sync; `published` once it went to the store.
     last_status: Option<PodStatus>,
     published: bool,
+    /// The pod was active longer than `activeDeadlineSeconds`: failed, and its containers stay stopped.
+    deadline_exceeded: bool,
 }
 
 impl PodWorker {
@@ -119,6 +122,7 @@ impl PodWorker {
             start_recorded: false,
             last_status: known,
             published: false,
+            deadline_exceeded: false,
             ctx,
         }
     }
@@ -187,17 +191,31 @@ impl PodWorker {
         self.backoff.start.gc(now);
         self.prober.sync(pod, &observed, &kuberuntime.host_ips);
         let probes = self.prober.results();
-        let actions = plan::compute_pod_actions(&PlanInput {
-            pod,
-            observed: &observed,
-            backoff: &self.backoff,
-            probes: &probes,
-            volumes_ready: true,
-            now,
-        });
-        tracing::debug!(?actions, "computed pod actions");
-        self.record_back_off_events(pod, &actions);
-        let result = kuberuntime.sync_pod(pod, &observed, &actions, &mut self.backoff).await;
+        let deadline_left = deadline::remaining(pod, self.start_time, now);
+        if deadline_left == Some(Duration::ZERO) && !self.deadline_exceeded {
+            tracing::info!("pod is past its active deadline");
+            self.deadline_exceeded = true;
+            let message = deadline::MESSAGE_DEADLINE_EXCEEDED.to_owned();
+            kuberuntime.events.record(pod, None, EventType::Normal, deadline::REASON_DEADLINE_EXCEEDED, message);
+        }
+        let (actions, result) = if self.deadline_exceeded {
+            // A pod failed for its deadline is terminal: everything is stopped and nothing starts again.
+            let changed = kuberuntime.kill_containers_and_sandboxes(pod, &observed).await;
+            (PodActions::default(), PodSyncResult { changed, ..Default::default() })
+        } else {
+            let actions = plan::compute_pod_actions(&PlanInput {
+                pod,
+                observed: &observed,
+                backoff: &self.backoff,
+                probes: &probes,
+                volumes_ready: true,
+                now,
+            });
+            tracing::debug!(?actions, "computed pod actions");
+            self.record_back_off_events(pod, &actions);
+            let result = kuberuntime.sync_pod(pod, &observed, &actions, &mut self.backoff).await;
+            (actions, result)
+        };
         for (name, outcome) in &result.containers {
             match outcome {
                 None => self.sync_errors.remove(name),
@@ -211,7 +229,7 @@ impl PodWorker {
         let probes = self.prober.results();
         let mut waiting = self.sync_errors.clone();
         waiting.extend(actions.waiting.clone());
-        let status = compute_pod_status(&StatusInput {
+        let mut status = compute_pod_status(&StatusInput {
             pod,
             observed: &observed,
             waiting: &waiting,
@@ -222,13 +240,21 @@ impl PodWorker {
             probes: &probes,
             now: SystemTime::now(),
         });
+        if self.deadline_exceeded {
+            deadline::fail(&mut status);
+        }
         self.record_start(pod, &observed);
         if !self.published || self.last_status.as_ref() != Some(&status) {
             self.ctx.store.set_status(&uid, status.clone());
             self.last_status = Some(status);
             self.published = true;
         }
-        Ok(SyncOutcome { resync_after: actions.resync_after, failed: result.failed() })
+        // Sync again when the deadline passes.
+        let resync_after = match (actions.resync_after, deadline_left.filter(|d| !d.is_zero())) {
+            (Some(a), Some(d)) => Some(a.min(d)),
+            (a, d) => a.or(d),
+        };
+        Ok(SyncOutcome { resync_after, failed: result.failed() })
     }
 
     fn record_back_off_events(&self, pod: &Pod, actions: &PodActions) {

@@ -498,7 +498,7 @@ impl Runtime {
     }
 
     /// Runs `cmd` in a running container and waits for it, the runtime ending it after `timeout` (zero: none).
-    pub async fn exec_sync(
+    pub async fn exec_sync_timeout(
         &self,
         container_id: &str,
         cmd: &[String],
