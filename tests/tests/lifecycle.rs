@@ -263,3 +263,75 @@ spec:
     assert_eq!(pod["status"]["phase"], "Failed");
     Ok(())
 }
+
+fn init_status<'a>(p: &'a Value, name: &str) -> &'a Value {
+    p["status"]["initContainerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+#[test]
+fn sidecars_start_before_the_next_init_container_restart_on_exit_and_stop_after_the_app() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (_containerd, agent) = setup("life-sidecar")?;
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: withside
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  - name: side
+    image: {BUSYBOX}
+    restartPolicy: Always
+    # Exits after a few seconds each time: restarted although the pod's policy is Never.
+    command: ["sh", "-c", "trap 'exit 0' TERM; echo side-up; sleep 4; exit 1"]
+    readinessProbe:
+      exec: {{command: ["true"]}}
+      periodSeconds: 1
+  - name: init
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo init-ran"]
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 20"]
+"#
+    );
+    agent.write_manifest("withside.yaml", &yaml)?;
+    let pod = agent.wait_pod("withside", Duration::from_secs(60), |p| running(p, "app"))?;
+    assert_eq!(init_status(&pod, "init")["state"]["terminated"]["exitCode"], 0, "{pod}");
+    // The sidecar was started before the regular init container ran.
+    let side_started = init_status(&pod, "side")["lastState"]["terminated"]["startedAt"]
+        .as_str()
+        .or(init_status(&pod, "side")["state"]["running"]["startedAt"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let init_started = init_status(&pod, "init")["state"]["terminated"]["startedAt"].as_str().unwrap_or_default();
+    ensure!(
+        !side_started.is_empty() && side_started.as_str() <= init_started,
+        "side {side_started} init {init_started}"
+    );
+    assert_eq!(rkubelet_tests::agent::condition(&pod, "Initialized")["status"], "True");
+
+    // The sidecar exits after 4 s and is restarted while the app keeps running.
+    let pod = agent.wait_pod("withside", Duration::from_secs(60), |p| {
+        init_status(p, "side")["restartCount"].as_i64().unwrap_or(0) >= 1 && running(p, "app")
+    })?;
+    assert_eq!(pod["status"]["phase"], "Running");
+    assert_eq!(container_status(&pod, "app")["restartCount"], 0);
+
+    // The app completes at 20 s: the pod succeeds and the sidecar is stopped, not restarted.
+    let pod = agent.wait_pod("withside", Duration::from_secs(60), |p| p["status"]["phase"] == "Succeeded")?;
+    assert_eq!(container_status(&pod, "app")["state"]["terminated"]["exitCode"], 0);
+    std::thread::sleep(Duration::from_secs(3));
+    let pod = agent.pod("withside")?.unwrap_or_default();
+    assert_eq!(pod["status"]["phase"], "Succeeded");
+    assert!(!running(&pod, "app"));
+    let side = init_status(&pod, "side");
+    ensure!(side["state"]["running"].is_null(), "sidecar still running after the pod completed: {side}");
+    Ok(())
+}

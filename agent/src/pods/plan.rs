@@ -136,12 +136,39 @@ fn sandbox_change(pod: &Pod, observed: &ObservedPod) -> Option<u32> {
     None
 }
 
-/// The next init container to run, or `Ok(None)` when all have completed; `Err(())` when one failed and the pod
-/// may not restart it (restartPolicy Never), which fails the pod.
-fn next_init_container<'a>(pod: &'a Pod, observed: &ObservedPod) -> Result<Option<&'a Container>, InitBlocked> {
+/// kubelet's `IsRestartableInitContainer`: an init container with `restartPolicy: Always` is a sidecar, started in
+/// order with the init containers and kept running next to the app containers.
+pub fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
+/// A running container has started once its startup probe (if any) has passed.
+pub fn has_started(c: &Container, running: &ContainerRecord, probes: &ProbeResults) -> bool {
+    c.startup_probe.is_none() || probes.get(&running.id, ProbeKind::Startup) == Some(ProbeResult::Success)
+}
+
+/// The next init container to run, or `Ok(None)` when all have completed (sidecars: started); `Err(Failed)` when
+/// one failed and the pod may not restart it (restartPolicy Never), which fails the pod. A sidecar that exited is
+/// restarted whatever the pod's restart policy.
+fn next_init_container<'a>(
+    pod: &'a Pod,
+    observed: &ObservedPod,
+    probes: &ProbeResults,
+) -> Result<Option<&'a Container>, InitBlocked> {
     let policy = spec::restart_policy(spec::spec(pod));
     for c in spec::init_containers(pod) {
         let latest = observed.latest_container(&c.name);
+        if is_sidecar(c) {
+            match latest {
+                Some(l) if l.state == ContainerRunState::Running => {
+                    if has_started(c, l, probes) {
+                        continue;
+                    }
+                    return Err(InitBlocked::Running);
+                }
+                _ => return Ok(Some(c)),
+            }
+        }
         match latest.map(|l| (l.state, l.exit_code)) {
             None => return Ok(Some(c)),
             Some((ContainerRunState::Running, _)) => return Err(InitBlocked::Running),
@@ -210,7 +237,33 @@ pub fn compute_pod_actions(input: &PlanInput<'_>) -> PodActions {
     }
     actions.sandbox_id = observed.latest_sandbox().map(|s| s.id.clone());
 
-    match next_init_container(pod, observed) {
+    // Once every app container has finished for good, the sidecars are stopped with the pod, not restarted.
+    let app_done = !containers.is_empty()
+        && containers.iter().all(|c| {
+            let latest = observed.latest_container(&c.name);
+            latest.is_some_and(|l| l.state == ContainerRunState::Exited) && !should_restart(latest, policy)
+        });
+    if app_done && spec::init_containers(pod).iter().any(is_sidecar) {
+        actions.kill_pod = true;
+        actions.sandbox_id = None;
+        return actions;
+    }
+    // Sidecars whose liveness or startup probe failed are killed; they are started again below, as init
+    // containers are.
+    for c in spec::init_containers(pod).iter().filter(|c| is_sidecar(c)) {
+        let Some(l) = observed.latest_container(&c.name).filter(|l| l.state == ContainerRunState::Running) else {
+            continue;
+        };
+        if let Some((probe, grace_period)) = failed_probe(c, l, probes) {
+            actions.containers_to_kill.push(ContainerKill {
+                id: l.id.clone(),
+                name: c.name.clone(),
+                reason: format!("Container {} failed {probe} probe", c.name),
+                grace_period,
+            });
+        }
+    }
+    match next_init_container(pod, observed, probes) {
         Err(InitBlocked::Failed) => {
             actions.kill_pod = true;
             return actions;
@@ -742,6 +795,61 @@ mod tests {
             ],
         );
         assert_eq!(names(&plan(&p, &o, &BackoffState::default(), t(5))), vec!["app"]);
+    }
+
+    #[test]
+    fn sidecars_start_in_order_gate_on_started_restart_on_exit_and_stop_with_the_pod() {
+        let mut p = pod("Never", &["side", "init2"], &["app"]);
+        let side = &mut p.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0];
+        side.restart_policy = Some("Always".into());
+        side.startup_probe = Some(Default::default());
+        let sb = || vec![sandbox("sb1", 0, true, 0)];
+        let b = BackoffState::default();
+        let mut probes = ProbeResults::default();
+        let decide = |o: &ObservedPod, probes: &ProbeResults| {
+            compute_pod_actions(&PlanInput {
+                pod: &p,
+                observed: o,
+                backoff: &b,
+                probes,
+                volumes_ready: true,
+                now: t(20),
+            })
+        };
+        let running_side = || record(&p, "side", "s1", 0, ContainerRunState::Running, 0, 1);
+        // Running but not started (startup probe pending): the next init container waits.
+        let o = observed(sb(), vec![running_side()]);
+        assert!(decide(&o, &probes).containers_to_start.is_empty());
+        probes.set("s1", ProbeKind::Startup, ProbeResult::Success);
+        assert_eq!(names(&decide(&o, &probes)), vec!["init2"]);
+        // Regular init done: the app starts while the sidecar keeps running.
+        let o = observed(sb(), vec![running_side(), record(&p, "init2", "i2", 0, ContainerRunState::Exited, 0, 3)]);
+        let a = decide(&o, &probes);
+        assert_eq!(names(&a), vec!["app"]);
+        assert!(!a.kill_pod);
+        // The sidecar exits: restarted although the pod's policy is Never.
+        let o = observed(
+            sb(),
+            vec![
+                record(&p, "side", "s1", 0, ContainerRunState::Exited, 1, 1),
+                record(&p, "init2", "i2", 0, ContainerRunState::Exited, 0, 3),
+                record(&p, "app", "a1", 0, ContainerRunState::Running, 0, 5),
+            ],
+        );
+        let a = decide(&o, &probes);
+        assert_eq!(names(&a), vec!["side"]);
+        assert!(a.containers_to_start[0].init);
+        // The app container completes for good: the pod is stopped, sidecar included.
+        let o = observed(
+            sb(),
+            vec![
+                running_side(),
+                record(&p, "init2", "i2", 0, ContainerRunState::Exited, 0, 3),
+                record(&p, "app", "a1", 0, ContainerRunState::Exited, 0, 5),
+            ],
+        );
+        let a = decide(&o, &probes);
+        assert!(a.kill_pod && a.containers_to_start.is_empty(), "{a:?}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::plan::{Waiting, REASON_CONTAINER_CREATING, REASON_POD_INITIALIZING};
+use super::plan::{is_sidecar, Waiting, REASON_CONTAINER_CREATING, REASON_POD_INITIALIZING};
 use super::spec::{self, RestartPolicy};
 use crate::probes::{ProbeKind, ProbeResult, ProbeResults};
 use crate::resources::pod_qos_class;
@@ -140,12 +140,22 @@ fn container_status(input: &StatusInput<'_>, container: &Container, default_wait
 /// kubelet's `getPhase`.
 fn phase(pod: &Pod, init: &[ContainerStatus], containers: &[ContainerStatus]) -> &'static str {
     let policy = spec::restart_policy(spec::spec(pod));
+    let sidecars: Vec<&str> =
+        spec::init_containers(pod).iter().filter(|c| is_sidecar(c)).map(|c| c.name.as_str()).collect();
     let last_terminated =
         |s: &ContainerStatus| s.last_state.as_ref().and_then(|l| l.terminated.as_ref()).map(|t| t.exit_code);
     let mut pending_init = 0;
     let mut failed_init = 0;
     for s in init {
         let st = s.state.clone().unwrap_or_default();
+        if sidecars.contains(&s.name.as_str()) {
+            // A sidecar holds the pod pending only until it has started; its exits do not fail the pod.
+            let restarting = st.waiting.is_some() && last_terminated(s).is_some();
+            if !(s.started == Some(true) || st.terminated.is_some() || restarting) {
+                pending_init += 1;
+            }
+            continue;
+        }
         if st.running.is_some() {
             pending_init += 1;
         } else if let Some(t) = &st.terminated {
@@ -252,11 +262,23 @@ pub fn readiness_gate_conditions_changed(existing: &Pod, update: &Pod) -> bool {
 pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
     let pod = input.pod;
     let init_specs = spec::init_containers(pod);
-    let init_statuses: Vec<ContainerStatus> =
+    let mut init_statuses: Vec<ContainerStatus> =
         init_specs.iter().map(|c| container_status(input, c, REASON_CONTAINER_CREATING)).collect();
-    let init_done = init_statuses
-        .iter()
-        .all(|s| s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0));
+    // An init container that completed is ready (kubelet's prober manager); a sidecar is ready as its probes say.
+    for (c, s) in init_specs.iter().zip(init_statuses.iter_mut()) {
+        if !is_sidecar(c) {
+            s.ready = s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0);
+        }
+    }
+    // Done: regular init containers completed, sidecars started.
+    let init_complete = |c: &Container, s: &ContainerStatus| {
+        if is_sidecar(c) {
+            s.state.as_ref().is_some_and(|st| st.running.is_some()) && s.started == Some(true)
+        } else {
+            s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0)
+        }
+    };
+    let init_done = init_specs.iter().zip(&init_statuses).all(|(c, s)| init_complete(c, s));
     let app_default = if init_done { REASON_CONTAINER_CREATING } else { REASON_POD_INITIALIZING };
     let statuses: Vec<ContainerStatus> =
         spec::spec(pod).containers.iter().map(|c| container_status(input, c, app_default)).collect();
@@ -274,7 +296,7 @@ pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
     let incomplete: Vec<String> = init_specs
         .iter()
         .zip(&init_statuses)
-        .filter(|(_, s)| s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_none_or(|t| t.exit_code != 0))
+        .filter(|(c, s)| !init_complete(c, s))
         .map(|(c, _)| c.name.clone())
         .collect();
     let initialized = if phase == PHASE_SUCCEEDED || incomplete.is_empty() {
@@ -292,7 +314,10 @@ pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
             Some(format!("containers with incomplete status: {}", go_list(&incomplete))),
         )
     };
-    let unready: Vec<String> = statuses.iter().filter(|s| !s.ready).map(|s| s.name.clone()).collect();
+    // Sidecars count for readiness, before the app containers (kubelet's `GenerateContainersReadyCondition`).
+    let sidecar_statuses = init_specs.iter().zip(&init_statuses).filter(|(c, _)| is_sidecar(c)).map(|(_, s)| s);
+    let unready: Vec<String> =
+        sidecar_statuses.chain(statuses.iter()).filter(|s| !s.ready).map(|s| s.name.clone()).collect();
     let (containers_ready, ready) = if phase == PHASE_SUCCEEDED {
         (
             condition(CONTAINERS_READY, false, Some(REASON_POD_COMPLETED), None),
@@ -642,6 +667,39 @@ mod tests {
         let p = pod("Never", &["init"], &["app"]);
         let s = status(&p, vec![record("init", "i1", 0, ContainerRunState::Exited, 1, 1)], &[], None);
         assert_eq!(s.phase.as_deref(), Some("Failed"));
+    }
+
+    #[test]
+    fn a_running_sidecar_initializes_the_pod_and_counts_for_readiness() {
+        let mut p = pod("Never", &["side", "init"], &["app"]);
+        let side = &mut p.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0];
+        side.restart_policy = Some("Always".into());
+        side.readiness_probe = Some(Default::default());
+        let containers = || {
+            vec![
+                record("side", "s1", 0, ContainerRunState::Running, 0, 1),
+                record("init", "i1", 0, ContainerRunState::Exited, 0, 2),
+                record("app", "a1", 0, ContainerRunState::Running, 0, 4),
+            ]
+        };
+        let s = status(&p, containers(), &[], None);
+        assert_eq!(cond(&s, "Initialized").status, "True");
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        let init = s.init_container_statuses.as_ref().unwrap();
+        assert!(init[1].ready, "a completed init container is ready");
+        assert!(!init[0].ready, "the sidecar's readiness probe has not passed");
+        assert_eq!(cond(&s, "ContainersReady").message.as_deref(), Some("containers with unready status: [side]"));
+        // The app completes and the sidecar is killed: the pod succeeded, the sidecar's exit does not fail it.
+        let done = vec![
+            record("side", "s1", 0, ContainerRunState::Exited, 137, 1),
+            record("init", "i1", 0, ContainerRunState::Exited, 0, 2),
+            record("app", "a1", 0, ContainerRunState::Exited, 0, 4),
+        ];
+        assert_eq!(status(&p, done, &[], None).phase.as_deref(), Some("Succeeded"));
+        // Before the sidecar runs, the pod is initializing.
+        let s = status(&p, vec![], &[], None);
+        assert_eq!(cond(&s, "Initialized").message.as_deref(), Some("containers with incomplete status: [side init]"));
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
     }
 
     #[test]

@@ -58,7 +58,9 @@ fn container_fields(path: &str, c: &Container, found: &mut Vec<String>) {
         }
     };
     field(c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"), "terminationMessagePolicy");
-    field(c.restart_policy.is_some(), "restartPolicy");
+    // `Always` on an init container makes it a sidecar; nothing else is a valid container restart policy.
+    let sidecar = path.starts_with("spec.initContainers") && c.restart_policy.as_deref() == Some("Always");
+    field(c.restart_policy.is_some() && !sidecar, "restartPolicy");
     field(c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()), "volumeDevices");
     field(c.resources.as_ref().and_then(|r| r.claims.as_ref()).is_some_and(|cl| !cl.is_empty()), "resources.claims");
     if let Some(sc) = &c.security_context {
