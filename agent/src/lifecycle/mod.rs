@@ -4,6 +4,7 @@
 
 pub mod deadline;
 pub mod hooks;
+pub mod termination;
 
 use std::time::Instant;
 
