@@ -124,3 +124,42 @@ fn http_and_tcp_probes_pass_against_httpd_and_nc_and_a_404_liveness_restarts() -
     assert!(log.contains("Liveness probe failed: HTTP probe failed with statuscode: 404"), "{log}");
     Ok(())
 }
+
+#[test]
+fn grpc_probes_check_the_health_service_and_its_named_services() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (_containerd, agent) = setup("probe-grpc")?;
+    let image =
+        rkubelet_tests::grpc_image::grpc_health_image(std::path::Path::new(env!("CARGO_BIN_EXE_grpc-health-server")))?;
+    let pod = |name: &str, service: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: {image}
+    args: ["9090", "db"]
+    readinessProbe:
+      grpc: {{port: 9090, service: "{service}"}}
+      periodSeconds: 1
+"#
+        )
+    };
+    agent.write_manifest("serving.yaml", &pod("serving", "db"))?;
+    agent.write_manifest("unknown.yaml", &pod("unknown", "cache"))?;
+    let p = agent.wait_pod("serving", Duration::from_secs(60), ready)?;
+    assert_eq!(condition(&p, "Ready")["status"], "True");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !agent.log().contains("Readiness probe failed: service unhealthy (responded with \"SERVICE_UNKNOWN\")") {
+        ensure!(Instant::now() < deadline, "no failed grpc probe for the unknown service:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let p = agent.pod("unknown")?.unwrap_or_default();
+    assert!(container_status(&p, "app")["state"]["running"].is_object(), "{p}");
+    assert!(!ready(&p), "{p}");
+    Ok(())
+}
