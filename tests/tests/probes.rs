@@ -64,6 +64,13 @@ fn exec_startup_readiness_and_liveness_probes_gate_started_ready_and_restart() -
     let script = "touch /tmp/healthy; sleep 3; touch /tmp/started; sleep 3; touch /tmp/ready; sleep 6; \
                   rm /tmp/healthy; sleep 600";
     agent.write_manifest("exec.yaml", &pod_yaml("exec", script, probes))?;
+    let slow = r#"    livenessProbe:
+      exec: {command: ["sleep", "10"]}
+      timeoutSeconds: 1
+      periodSeconds: 2
+      failureThreshold: 1
+"#;
+    agent.write_manifest("slow.yaml", &pod_yaml("slow", "sleep 600", slow))?;
     let began = Instant::now();
     let pod = agent
         .wait_pod("exec", Duration::from_secs(60), |p| container_status(p, "app")["state"]["running"].is_object())?;
@@ -89,6 +96,10 @@ fn exec_startup_readiness_and_liveness_probes_gate_started_ready_and_restart() -
     assert!(log.contains("Liveness probe failed: cat: can't open '/tmp/healthy': No such file or directory"), "{log}");
     assert!(log.contains("Container app failed liveness probe, will be restarted"), "{log}");
     assert!(log.contains("Readiness probe failed: cat: can't open '/tmp/ready'"), "{log}");
+    // An exec probe that outlives its timeout fails.
+    agent.wait_pod("slow", Duration::from_secs(30), |p| restarts(p) >= 1)?;
+    let log = agent.log();
+    assert!(log.contains("Liveness probe failed: command \"sleep 10\" timed out"), "{log}");
     Ok(())
 }
 

@@ -46,7 +46,10 @@ impl RuntimeError {
     /// The runtime ended the call at its deadline (an exec that outlived its timeout).
     pub fn is_deadline_exceeded(&self) -> bool {
         matches!(self, RuntimeError::Timeout { .. })
-            || matches!(self, RuntimeError::Call { status, .. } if status.code() == tonic::Code::DeadlineExceeded)
+            || matches!(self, RuntimeError::Call { status, .. } if status.code() == tonic::Code::DeadlineExceeded
+                // containerd reports an exec that outlived its timeout as "timeout 1s exceeded: context deadline
+                // exceeded" under an unknown code.
+                || status.message().contains("deadline exceeded"))
     }
 
     pub fn is_not_found(&self) -> bool {
