@@ -263,7 +263,7 @@ pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
     let pod = input.pod;
     let init_specs = spec::init_containers(pod);
     let mut init_statuses: Vec<ContainerStatus> =
-        init_specs.iter().map(|c| container_status(input, c, REASON_CONTAINER_CREATING)).collect();
+        init_specs.iter().map(|c| container_status(input, c, REASON_POD_INITIALIZING)).collect();
     // An init container that completed is ready (kubelet's prober manager); a sidecar is ready as its probes say.
     for (c, s) in init_specs.iter().zip(init_statuses.iter_mut()) {
         if !is_sidecar(c) {
@@ -278,8 +278,9 @@ pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
             s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0)
         }
     };
-    let init_done = init_specs.iter().zip(&init_statuses).all(|(c, s)| init_complete(c, s));
-    let app_default = if init_done { REASON_CONTAINER_CREATING } else { REASON_POD_INITIALIZING };
+    // kubelet's default waiting reason for a container not created yet: PodInitializing in any pod with init
+    // containers, for its init and app containers alike.
+    let app_default = if init_specs.is_empty() { REASON_CONTAINER_CREATING } else { REASON_POD_INITIALIZING };
     let statuses: Vec<ContainerStatus> =
         spec::spec(pod).containers.iter().map(|c| container_status(input, c, app_default)).collect();
 
@@ -667,6 +668,11 @@ mod tests {
         let p = pod("Never", &["init"], &["app"]);
         let s = status(&p, vec![record("init", "i1", 0, ContainerRunState::Exited, 1, 1)], &[], None);
         assert_eq!(s.phase.as_deref(), Some("Failed"));
+        // Not created yet: PodInitializing for the init and app containers of a pod with init containers.
+        let p = pod("Always", &["init1", "init2"], &["app"]);
+        let s = status(&p, vec![record("init1", "i1", 0, ContainerRunState::Running, 0, 1)], &[], None);
+        let init2 = &s.init_container_statuses.as_ref().unwrap()[1];
+        assert_eq!(init2.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("PodInitializing"));
     }
 
     #[test]
