@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod kuberuntime;
+pub mod lifecycle;
 pub mod logs;
 pub mod node;
 pub mod pods;

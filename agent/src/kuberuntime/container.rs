@@ -66,7 +66,8 @@ impl KubeRuntime {
             format!("Started container {}", container.name),
         );
         tracing::info!(container_id = %id, restart_count = start.restart_count, "container started");
-        Ok(())
+        let pod_ip = pod_ips.first().map_or("", String::as_str);
+        crate::lifecycle::post_start(self, pod, container, start.init, &id, pod_ip).await
     }
 
     fn container_spec(

@@ -98,12 +98,10 @@ impl KubeRuntime {
         if actions.kill_pod {
             result.changed |= self.kill_containers_and_sandboxes(pod, observed).await;
         }
+        let pod_ip = observed.latest_sandbox().and_then(|sb| sb.ips.first().cloned()).unwrap_or_default();
         for kill in &actions.containers_to_kill {
             let message = format!("{}, will be restarted", kill.reason);
-            self.events.record(pod, Some((&kill.name, false)), EventType::Normal, ev::KILLING_CONTAINER, message);
-            if let Err(e) = rt.stop_container(&kill.id, grace_period(pod)).await {
-                tracing::warn!(container = %kill.name, error = %e, "stop container failed");
-            }
+            self.kill_instance(pod, &kill.name, &kill.id, &pod_ip, message, kill.grace_period).await;
             result.changed = true;
         }
         for id in &actions.containers_to_remove {
@@ -174,10 +172,12 @@ impl KubeRuntime {
                     if let Some(finished) = start.previous_finished_at {
                         backoff.crash.next(&start.backoff_key, finished);
                     }
+                    backoff.start.forget(&start.backoff_key);
                     result.containers.insert(start.name.clone(), None);
                 }
                 Err(waiting) => {
                     tracing::warn!(container = %start.name, reason = %waiting.reason, message = %waiting.message, "start container failed");
+                    crate::pods::backoff::record_start_failure(backoff, start, &waiting);
                     result.containers.insert(start.name.clone(), Some(waiting));
                     // An init container that cannot start blocks the rest, as in kubelet.
                     if start.init {

@@ -183,7 +183,9 @@ impl PodManager {
                     // The status manager reads the API's status from the store; only a change the worker acts on
                     // wakes the worker (a status write coming back through the watch does not).
                     self.ctx.store.upsert_pod(uid, pod.clone());
-                    if pods_differ_semantically(&current, pod) {
+                    if pods_differ_semantically(&current, pod)
+                        || super::status::readiness_gate_conditions_changed(&current, pod)
+                    {
                         let _ = h.input.send(WorkerInput { pod: pod.clone(), terminate: false });
                     }
                 }

@@ -43,6 +43,15 @@ impl RuntimeError {
         }
     }
 
+    /// The runtime ended the call at its deadline (an exec that outlived its timeout).
+    pub fn is_deadline_exceeded(&self) -> bool {
+        matches!(self, RuntimeError::Timeout { .. })
+            || matches!(self, RuntimeError::Call { status, .. } if status.code() == tonic::Code::DeadlineExceeded
+                // containerd reports an exec that outlived its timeout as "timeout 1s exceeded: context deadline
+                // exceeded" under an unknown code.
+                || status.message().contains("deadline exceeded"))
+    }
+
     pub fn is_not_found(&self) -> bool {
         matches!(self, RuntimeError::Call { status, .. } if status.code() == tonic::Code::NotFound)
     }
@@ -494,6 +503,28 @@ impl Runtime {
             )
             .await;
         ignore_not_found(r.map(|_| ()))
+    }
+
+    /// Runs `cmd` in a running container and waits for it, the runtime ending it after `timeout` (zero: none).
+    pub async fn exec_sync_timeout(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecSyncOutput, RuntimeError> {
+        let mut c = self.runtime.clone();
+        let resp = self
+            .call(
+                "ExecSync",
+                Some(RUNTIME_REQUEST_TIMEOUT + timeout),
+                c.exec_sync(cri::ExecSyncRequest {
+                    container_id: container_id.into(),
+                    cmd: cmd.to_vec(),
+                    timeout: timeout.as_secs().try_into().unwrap_or(i64::MAX),
+                }),
+            )
+            .await?;
+        Ok(ExecSyncOutput { stdout: resp.stdout, stderr: resp.stderr, exit_code: resp.exit_code })
     }
 
     pub async fn remove_container(&self, container_id: &str) -> Result<(), RuntimeError> {
