@@ -10,3 +10,4 @@ pub mod probes;
 pub mod resources;
 pub mod runtime;
 pub mod server;
+pub mod volumes;

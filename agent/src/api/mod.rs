@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod events;
+pub mod objects;
 pub mod pods;
 pub mod status;

@@ -183,12 +183,13 @@ impl PodWorker {
         self.backoff.crash.gc(now);
         self.backoff.image_pull.gc(now);
         self.probes.retain_containers(|id| observed.containers.iter().any(|c| c.id == id));
+        let volumes_ready = kuberuntime.volumes.mount_pod(pod).await;
         let actions = plan::compute_pod_actions(&PlanInput {
             pod,
             observed: &observed,
             backoff: &self.backoff,
             probes: &self.probes,
-            volumes_ready: true,
+            volumes_ready,
             now,
         });
         tracing::debug!(?actions, "computed pod actions");
@@ -221,7 +222,7 @@ impl PodWorker {
             self.last_status = Some(status);
             self.published = true;
         }
-        Ok(SyncOutcome { resync_after: actions.resync_after, failed: result.failed() })
+        Ok(SyncOutcome { resync_after: actions.resync_after, failed: result.failed() || !volumes_ready })
     }
 
     fn record_back_off_events(&self, pod: &Pod, actions: &PodActions) {
