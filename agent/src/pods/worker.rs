@@ -183,7 +183,13 @@ impl PodWorker {
         self.backoff.crash.gc(now);
         self.backoff.image_pull.gc(now);
         self.probes.retain_containers(|id| observed.containers.iter().any(|c| c.id == id));
-        let volumes_ready = kuberuntime.volumes.mount_pod(pod).await;
+        // A pod that has finished starts nothing, so its volumes are not set up again (kubelet stops syncing it).
+        let terminal = self
+            .last_status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        let volumes_ready = terminal || kuberuntime.volumes.mount_pod(pod).await;
         let actions = plan::compute_pod_actions(&PlanInput {
             pod,
             observed: &observed,
