@@ -13,3 +13,4 @@ pub mod resources;
 pub mod runtime;
 pub mod server;
 pub mod stats;
+pub mod volumes;

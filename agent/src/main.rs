@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 use std::collections::{BTreeMap, HashMap};
 
 use rkubelet::api::events::run_event_poster;
+use rkubelet::api::objects::PodObjects;
 use rkubelet::api::pods::{run_api_source, API_SOURCE};
 use rkubelet::api::status::StatusManager;
 use rkubelet::config::{FlagOverrides, KubeletConfig, KubeletConfigurationFile};
@@ -21,6 +22,7 @@ use rkubelet::node;
 use rkubelet::node::registration::{run_node_lease, FactsFn, NodeRegistration};
 use rkubelet::node::status::{go_arch, NodeFacts, KUBELET_COMPAT_VERSION};
 use rkubelet::pods::admission::NodeInfo;
+use rkubelet::pods::env::NodeAllocatable;
 use rkubelet::pods::events::EventRecorder;
 use rkubelet::pods::manager::PodManager;
 use rkubelet::pods::source::{run_file_source, FILE_SOURCE};
@@ -31,6 +33,7 @@ use rkubelet::resources::pod::{kubepods_config, node_allocatable, CpuMemory, Res
 use rkubelet::resources::QosClass;
 use rkubelet::runtime::{Pleg, Runtime};
 use rkubelet::server::{self, ServerState};
+use rkubelet::volumes::VolumeManager;
 
 /// A kubelet-compatible node agent.
 #[derive(Debug, Parser)]
@@ -378,6 +381,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let store = PodStore::default();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let pod_worker_metrics = Arc::new(PodWorkerMetrics::default());
+    let events = if flags.kubeconfig.is_some() { EventRecorder::new(events_tx) } else { EventRecorder::default() };
+    let volumes = Arc::new(VolumeManager::new(
+        &config.root_dir,
+        NodeAllocatable {
+            cpu_milli: allocatable.cpu_milli,
+            memory_bytes: allocatable.memory_bytes,
+            ephemeral_storage_bytes: node::host_info(&config.root_dir).ephemeral_storage_bytes,
+        },
+        events.clone(),
+    ));
     let ctx = Arc::new(WorkerContext {
         kuberuntime: KubeRuntime {
             runtime: runtime.clone(),
@@ -393,7 +406,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             cgroups,
             oom_kill_whole_container: !config.single_process_oom_kill
                 && rkubelet::resources::cgroups::check_cgroup_v2(std::path::Path::new(CGROUP_MOUNT)).is_ok(),
-            events: if flags.kubeconfig.is_some() { EventRecorder::new(events_tx) } else { EventRecorder::default() },
+            events,
+            volumes: volumes.clone(),
         },
         runtime_name,
         store: store.clone(),
@@ -439,6 +453,9 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .context("API client")?;
         api_client = Some(client.clone());
         sources.push(API_SOURCE);
+        let (objects, services_informer) = PodObjects::new(client.clone());
+        volumes.set_objects(objects);
+        tasks.spawn("service informer", services_informer);
         let (mirrors_tx, mirrors_rx) = watch::channel(Default::default());
         let api_reachable = Arc::new(tokio::sync::Notify::new());
         tasks.spawn(

@@ -135,6 +135,7 @@ impl KubeRuntime {
                 tracing::warn!(dir = %log_dir.display(), error = %e, "cannot remove pod log directory");
             }
         }
+        self.volumes.unmount_pod(uid);
         tracing::info!("pod terminated");
     }
 

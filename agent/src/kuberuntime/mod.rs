@@ -4,6 +4,7 @@
 //! leaves in the runtime. It decides nothing: `pods::plan` does.
 
 mod container;
+mod env;
 mod image;
 mod kill;
 mod sandbox;
@@ -47,6 +48,8 @@ pub struct KubeRuntime {
     /// `singleProcessOOMKill` is off.
     pub oom_kill_whole_container: bool,
     pub events: EventRecorder,
+    /// The pods' volumes, and the API objects their environment reads.
+    pub volumes: Arc<crate::volumes::VolumeManager>,
 }
 
 /// The outcome of one `sync_pod`, kubelet's `PodSyncResult`.

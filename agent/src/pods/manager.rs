@@ -18,9 +18,6 @@ use crate::resources::pod::{burstable_cpu_shares, ResourceConfig};
 use crate::resources::QosClass;
 use crate::runtime::PlegEvent;
 
-/// kubelet's event reason for a volume that could not be set up.
-const EVENT_FAILED_MOUNT: &str = "FailedMount";
-
 /// kubelet's `podsDifferSemantically`: what a pod worker acts on. Status, resourceVersion and managed fields
 /// changes are not among it.
 pub fn pods_differ_semantically(existing: &Pod, update: &Pod) -> bool {
@@ -297,13 +294,6 @@ impl PodManager {
             self.reject(&uid, pod, &rejection);
             return;
         }
-        for volume in unsupported::unmounted_service_account_volumes(&pod) {
-            let message = format!(
-                "MountVolume.SetUp skipped for volume {volume:?}: service-account token volumes are not \
-                 supported on this node yet; the pod runs without it"
-            );
-            self.ctx.kuberuntime.events.record(&pod, None, EventType::Warning, EVENT_FAILED_MOUNT, message);
-        }
         self.spawn_worker(&uid, pod);
     }
 
@@ -349,6 +339,8 @@ impl PodManager {
                 self.relists = self.relists.wrapping_add(1);
                 if self.relists % CGROUP_CLEANUP_EVERY_RELISTS == 1 {
                     self.cleanup_orphaned_cgroups(&uids);
+                    let active = self.workers.keys().chain(&uids).chain(&self.orphans).cloned().collect();
+                    self.ctx.kuberuntime.volumes.cleanup_orphaned_pod_dirs(&active);
                 }
                 for uid in uids {
                     if self.workers.contains_key(&uid) || self.orphans.contains(&uid) {

@@ -669,6 +669,21 @@ fn sandbox_config(spec: &SandboxSpec) -> cri::PodSandboxConfig {
     }
 }
 
+fn mount(m: &Mount) -> cri::Mount {
+    let propagation = match m.propagation {
+        MountPropagation::Private => cri::MountPropagation::PropagationPrivate,
+        MountPropagation::HostToContainer => cri::MountPropagation::PropagationHostToContainer,
+        MountPropagation::Bidirectional => cri::MountPropagation::PropagationBidirectional,
+    };
+    cri::Mount {
+        container_path: m.container_path.clone(),
+        host_path: m.host_path.clone(),
+        readonly: m.readonly,
+        propagation: propagation as i32,
+        ..Default::default()
+    }
+}
+
 fn container_config(spec: &ContainerSpec, sandbox: &SandboxSpec) -> cri::ContainerConfig {
     let mut container_labels = spec.labels.clone();
     container_labels.insert(labels::POD_NAME.into(), sandbox.name.clone());
@@ -694,6 +709,7 @@ fn container_config(spec: &ContainerSpec, sandbox: &SandboxSpec) -> cri::Contain
         args: spec.args.clone(),
         working_dir: spec.working_dir.clone(),
         envs: spec.envs.iter().map(|(k, v)| cri::KeyValue { key: k.clone(), value: v.clone() }).collect(),
+        mounts: spec.mounts.iter().map(mount).collect(),
         labels: to_map(&container_labels),
         annotations: to_map(&annotations),
         log_path: spec.log_path.clone(),

@@ -152,6 +152,26 @@ pub struct ContainerSpec {
     /// `no_new_privs`: set when `allowPrivilegeEscalation` is false.
     pub no_new_privs: bool,
     pub seccomp: SeccompProfile,
+    /// Volume mounts, kubelet's `makeMounts`.
+    pub mounts: Vec<Mount>,
+}
+
+/// A bind mount of a host path into a container (CRI `Mount`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mount {
+    pub container_path: String,
+    pub host_path: String,
+    pub readonly: bool,
+    pub propagation: MountPropagation,
+}
+
+/// `volumeMounts[].mountPropagation`, kubelet's translation to CRI.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MountPropagation {
+    #[default]
+    Private,
+    HostToContainer,
+    Bidirectional,
 }
 
 /// The seccomp profile a container runs with, kubelet's mapping of `securityContext.seccompProfile`.
