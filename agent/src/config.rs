@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::pods::sysctl::SysctlAllowlist;
 use crate::resources::cgroups::CgroupDriver;
 use crate::resources::pod::{CpuMemory, Reservations};
 use crate::resources::quantity::{parse_milli, parse_value};
@@ -73,6 +74,7 @@ pub struct KubeletConfigurationFile {
     pub cluster_dns: Option<Vec<String>>,
     pub cluster_domain: Option<String>,
     pub resolv_conf: Option<String>,
+    pub allowed_unsafe_sysctls: Option<Vec<String>>,
     pub logging: Option<LoggingConfiguration>,
     pub cgroup_driver: Option<String>,
     #[serde(rename = "cgroupsPerQOS")]
@@ -128,6 +130,8 @@ pub struct KubeletConfig {
     pub cluster_dns: Vec<IpAddr>,
     pub cluster_domain: String,
     pub resolv_conf: PathBuf,
+    /// Sysctls (or `prefix*` patterns) pods may set beyond the safe ones, checked to be namespaced.
+    pub allowed_unsafe_sysctls: Vec<String>,
     pub verbosity: u32,
     pub cgroup_driver: CgroupDriver,
     pub cgroups_per_qos: bool,
@@ -283,6 +287,15 @@ impl KubeletConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let allowed_unsafe_sysctls = file.allowed_unsafe_sysctls.clone().unwrap_or_default();
+        if let Err(e) = SysctlAllowlist::new(&allowed_unsafe_sysctls) {
+            return Err(ConfigError::Invalid {
+                what: "allowedUnsafeSysctls",
+                value: allowed_unsafe_sysctls.join(","),
+                reason: e.to_string(),
+            });
+        }
+
         let static_pod_path = flags
             .pod_manifest_path
             .clone()
@@ -336,6 +349,7 @@ impl KubeletConfig {
             cluster_dns,
             cluster_domain: file.cluster_domain.clone().unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.into()),
             resolv_conf: PathBuf::from(file.resolv_conf.clone().unwrap_or_else(|| DEFAULT_RESOLV_CONF.into())),
+            allowed_unsafe_sysctls,
             verbosity: flags.verbosity.or(file.logging.as_ref().and_then(|l| l.verbosity)).unwrap_or(0),
             warnings,
         })
@@ -443,6 +457,18 @@ mod tests {
         assert!(e.to_string().contains("kubeReserved") && e.to_string().contains("memory=a lot"), "{e}");
         let e = resolve(file("evictionHard:\n  memory.available: 150%\n")).unwrap_err();
         assert!(e.to_string().contains("memory.available"), "{e}");
+    }
+
+    #[test]
+    fn allowed_unsafe_sysctls_are_checked_at_start() {
+        let file = |extra: &str| {
+            parse(&format!("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n{extra}")).unwrap()
+        };
+        let resolve = |f| KubeletConfig::resolve(Some((Path::new("/c.yaml"), f)), &FlagOverrides::default(), "h");
+        let c = resolve(file("allowedUnsafeSysctls: [\"net.core.*\", kernel.msgmax]\n")).unwrap();
+        assert_eq!(c.allowed_unsafe_sysctls, vec!["net.core.*", "kernel.msgmax"]);
+        let e = resolve(file("allowedUnsafeSysctls: [vm.swappiness]\n")).unwrap_err();
+        assert!(e.to_string().contains("allowedUnsafeSysctls") && e.to_string().contains("not known to be namespaced"));
     }
 
     #[test]

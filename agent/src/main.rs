@@ -25,6 +25,7 @@ use rkubelet::pods::events::EventRecorder;
 use rkubelet::pods::manager::PodManager;
 use rkubelet::pods::source::{run_file_source, FILE_SOURCE};
 use rkubelet::pods::store::PodStore;
+use rkubelet::pods::sysctl::SysctlAllowlist;
 use rkubelet::pods::worker::{PodWorkerMetrics, WorkerContext};
 use rkubelet::resources::cgroups::{CgroupManager, CgroupName, CGROUP_MOUNT};
 use rkubelet::resources::pod::{kubepods_config, node_allocatable, CpuMemory, ResourceConfig};
@@ -439,6 +440,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         PodManager::new(ctx, &sources)
             .report_terminated(terminated_tx)
             .with_admission(admission_rx)
+            .with_sysctls(SysctlAllowlist::new(&config.allowed_unsafe_sysctls)?)
             .run(source_rx, pleg_rx),
     );
 

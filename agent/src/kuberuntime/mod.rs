@@ -152,6 +152,7 @@ impl KubeRuntime {
             (None, Some(id)) => (id.clone(), observed.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default()),
             (None, None) => return result,
         };
+        let pod_ips = crate::pods::status::pod_ips(pod, pod_ips, &self.host_ips);
         if let Some(s) = observed.latest_sandbox() {
             if actions.create_sandbox.is_none() {
                 sandbox.attempt = s.attempt;

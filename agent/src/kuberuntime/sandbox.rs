@@ -3,8 +3,8 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
-use super::{pod_cgroup_name, pod_log_dir, KubeRuntime};
-use crate::pods::spec;
+use super::{pod_cgroup_name, pod_log_dir, security, KubeRuntime};
+use crate::pods::{spec, sysctl};
 use crate::runtime::{DnsSettings, PortMappingSpec, SandboxSpec};
 
 /// kubelet's limits on DNS search paths in a pod's resolv.conf (`validation.MaxDNSSearchPaths`).
@@ -16,8 +16,9 @@ impl KubeRuntime {
     pub(super) fn sandbox_spec(&self, pod: &Pod, attempt: u32) -> SandboxSpec {
         let s = spec::spec(pod);
         let (name, namespace, uid) = (spec::name(pod), spec::namespace(pod), spec::uid(pod));
+        // A pod on the host's network has no UTS namespace of its own: the runtime refuses a hostname for it.
         let hostname = if spec::host_network(pod) {
-            self.node_name.clone()
+            String::new()
         } else {
             // kubelet truncates the pod name to a valid hostname (63 bytes, no trailing '-' or '.').
             let h = s.hostname.clone().unwrap_or_else(|| name.to_owned());
@@ -51,12 +52,8 @@ impl KubeRuntime {
             host_ipc: s.host_ipc.unwrap_or(false),
             share_process_namespace: s.share_process_namespace.unwrap_or(false),
             cgroup_parent: self.cgroups.as_ref().map(|c| c.cgroup_parent(&pod_cgroup_name(pod))).unwrap_or_default(),
-            sysctls: s
-                .security_context
-                .as_ref()
-                .and_then(|sc| sc.sysctls.as_ref())
-                .map(|l| l.iter().map(|x| (x.name.clone(), x.value.clone())).collect())
-                .unwrap_or_default(),
+            sysctls: sysctl::pod_sysctls(pod),
+            security: security::sandbox_security(pod),
         }
     }
 
