@@ -313,10 +313,6 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         }
     }
 
-    let resolv = std::fs::read_to_string(&config.resolv_conf).unwrap_or_else(|e| {
-        tracing::warn!(path = %config.resolv_conf.display(), error = %e, "cannot read resolv.conf; pods get no DNS servers");
-        String::new()
-    });
     let host_ips: Vec<String> = match &flags.node_ip {
         Some(ips) => ips.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
         None => node::host_ips(),
@@ -331,9 +327,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             host_ips: host_ips.clone(),
             pod_logs_dir: config.pod_logs_dir.clone(),
             seccomp_profile_root: config.root_dir.join("seccomp"),
-            host_dns: node::parse_resolv_conf(&resolv),
+            resolv_conf: config.resolv_conf.clone(),
             cluster_dns: config.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
             cluster_domain: config.cluster_domain.clone(),
+            pods_dir: config.root_dir.join("pods"),
             memory_capacity: capacity.memory_bytes,
             image_pull_lock: config.serialize_image_pulls.then(|| Mutex::new(())),
             cgroups,
