@@ -75,6 +75,7 @@ pub struct KubeletConfigurationFile {
     pub cluster_domain: Option<String>,
     pub resolv_conf: Option<String>,
     pub allowed_unsafe_sysctls: Option<Vec<String>>,
+    pub seccomp_default: Option<bool>,
     pub logging: Option<LoggingConfiguration>,
     pub cgroup_driver: Option<String>,
     #[serde(rename = "cgroupsPerQOS")]
@@ -132,6 +133,7 @@ pub struct KubeletConfig {
     pub resolv_conf: PathBuf,
     /// Sysctls (or `prefix*` patterns) pods may set beyond the safe ones, checked to be namespaced.
     pub allowed_unsafe_sysctls: Vec<String>,
+    pub seccomp_default: bool,
     pub verbosity: u32,
     pub cgroup_driver: CgroupDriver,
     pub cgroups_per_qos: bool,
@@ -350,6 +352,7 @@ impl KubeletConfig {
             cluster_domain: file.cluster_domain.clone().unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.into()),
             resolv_conf: PathBuf::from(file.resolv_conf.clone().unwrap_or_else(|| DEFAULT_RESOLV_CONF.into())),
             allowed_unsafe_sysctls,
+            seccomp_default: file.seccomp_default.unwrap_or(false),
             verbosity: flags.verbosity.or(file.logging.as_ref().and_then(|l| l.verbosity)).unwrap_or(0),
             warnings,
         })
@@ -467,6 +470,8 @@ mod tests {
         let resolve = |f| KubeletConfig::resolve(Some((Path::new("/c.yaml"), f)), &FlagOverrides::default(), "h");
         let c = resolve(file("allowedUnsafeSysctls: [\"net.core.*\", kernel.msgmax]\n")).unwrap();
         assert_eq!(c.allowed_unsafe_sysctls, vec!["net.core.*", "kernel.msgmax"]);
+        assert!(!c.seccomp_default);
+        assert!(resolve(file("seccompDefault: true\n")).unwrap().seccomp_default);
         let e = resolve(file("allowedUnsafeSysctls: [vm.swappiness]\n")).unwrap_err();
         assert!(e.to_string().contains("allowedUnsafeSysctls") && e.to_string().contains("not known to be namespaced"));
     }

@@ -327,6 +327,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             host_ips: host_ips.clone(),
             pod_logs_dir: config.pod_logs_dir.clone(),
             seccomp_profile_root: config.root_dir.join("seccomp"),
+            seccomp_default: config.seccomp_default,
             resolv_conf: config.resolv_conf.clone(),
             cluster_dns: config.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
             cluster_domain: config.cluster_domain.clone(),

@@ -120,7 +120,8 @@ impl KubeRuntime {
             stdin: container.stdin.unwrap_or(false),
             stdin_once: container.stdin_once.unwrap_or(false),
             tty: container.tty.unwrap_or(false),
-            security: security::container_security(pod, container, &self.seccomp_profile_root).map_err(config_error)?,
+            security: security::container_security(pod, container, &self.seccomp_profile_root, self.seccomp_default)
+                .map_err(config_error)?,
             envs,
         })
     }

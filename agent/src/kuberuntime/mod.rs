@@ -37,6 +37,8 @@ pub struct KubeRuntime {
     pub pod_logs_dir: PathBuf,
     /// Where `Localhost` seccomp profiles are (kubelet's `<root-dir>/seccomp`).
     pub seccomp_profile_root: PathBuf,
+    /// kubelet's `seccompDefault`: containers without a profile run with the runtime's default one.
+    pub seccomp_default: bool,
     /// kubelet's `resolvConf`: the host's resolver settings for pods of the Default policy; empty to give them
     /// the node's loopback resolver.
     pub resolv_conf: PathBuf,

@@ -87,7 +87,12 @@ pub fn sandbox_security(pod: &Pod) -> SandboxSecurity {
 
 /// kubelet's `determineEffectiveSecurityContext`: the container's security settings over the pod's, the pod's
 /// supplemental groups, the seccomp profile and the masked paths of its `procMount`.
-pub fn container_security(pod: &Pod, container: &Container, profile_root: &Path) -> Result<ContainerSecurity, String> {
+pub fn container_security(
+    pod: &Pod,
+    container: &Container,
+    profile_root: &Path,
+    seccomp_default: bool,
+) -> Result<ContainerSecurity, String> {
     let sc = container.security_context.as_ref();
     let caps = sc.and_then(|s| s.capabilities.as_ref());
     let unmasked = sc.and_then(|s| s.proc_mount.as_deref()) == Some(UNMASKED_PROC_MOUNT);
@@ -101,7 +106,7 @@ pub fn container_security(pod: &Pod, container: &Container, profile_root: &Path)
         capabilities_add: caps.and_then(|c| c.add.clone()).unwrap_or_default(),
         capabilities_drop: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
         no_new_privs: no_new_privs(container),
-        seccomp: seccomp_profile(pod, container, profile_root)?,
+        seccomp: seccomp_profile(pod, container, profile_root, seccomp_default)?,
         masked_paths: paths(DEFAULT_MASKED_PATHS),
         readonly_paths: paths(DEFAULT_READONLY_PATHS),
         selinux: effective(pod, container, |p| p.se_linux_options.clone(), |c| c.se_linux_options.clone())
@@ -115,16 +120,23 @@ pub fn no_new_privs(container: &Container) -> bool {
     container.security_context.as_ref().and_then(|sc| sc.allow_privilege_escalation) == Some(false)
 }
 
-/// kubelet's `getSeccompProfile`: the container's profile, else the pod's, else Unconfined (kubelet's default
-/// while `seccompDefault` is off). A `Localhost` profile is a file under `<root-dir>/seccomp`; a type kubelet does
+/// kubelet's `getSeccompProfile`: the container's profile, else the pod's, else Unconfined, or the runtime's
+/// default with `seccompDefault`. A `Localhost` profile is a file under `<root-dir>/seccomp`; a type kubelet does
 /// not know is Unconfined, as in kubelet.
-pub fn seccomp_profile(pod: &Pod, container: &Container, profile_root: &Path) -> Result<SeccompProfile, String> {
+pub fn seccomp_profile(
+    pod: &Pod,
+    container: &Container,
+    profile_root: &Path,
+    seccomp_default: bool,
+) -> Result<SeccompProfile, String> {
     let profile: Option<ApiSeccompProfile> = container
         .security_context
         .as_ref()
         .and_then(|c| c.seccomp_profile.clone())
         .or_else(|| spec::spec(pod).security_context.as_ref().and_then(|p| p.seccomp_profile.clone()));
-    let Some(profile) = profile else { return Ok(SeccompProfile::Unconfined) };
+    let Some(profile) = profile else {
+        return Ok(if seccomp_default { SeccompProfile::RuntimeDefault } else { SeccompProfile::Unconfined });
+    };
     match profile.type_.as_str() {
         "RuntimeDefault" => Ok(SeccompProfile::RuntimeDefault),
         "Localhost" => match profile.localhost_profile.as_deref().filter(|p| !p.is_empty()) {
@@ -193,29 +205,50 @@ mod tests {
     fn seccomp_comes_from_the_container_then_the_pod_and_defaults_to_unconfined() {
         let root = Path::new("/var/lib/rkubelet/seccomp");
         let p = pod(None, None);
-        assert_eq!(seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root), Ok(SeccompProfile::Unconfined));
+        assert_eq!(
+            seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root, false),
+            Ok(SeccompProfile::Unconfined)
+        );
         let p = pod(
             Some(PodSecurityContext { seccomp_profile: profile("RuntimeDefault", None), ..Default::default() }),
             None,
         );
         let c = &p.spec.as_ref().unwrap().containers[0];
-        assert_eq!(seccomp_profile(&p, c, root), Ok(SeccompProfile::RuntimeDefault));
+        assert_eq!(seccomp_profile(&p, c, root, false), Ok(SeccompProfile::RuntimeDefault));
         let p = pod(
             Some(PodSecurityContext { seccomp_profile: profile("RuntimeDefault", None), ..Default::default() }),
             Some(SecurityContext { seccomp_profile: profile("Localhost", Some("audit.json")), ..Default::default() }),
         );
         let c = &p.spec.as_ref().unwrap().containers[0];
         assert_eq!(
-            seccomp_profile(&p, c, root),
+            seccomp_profile(&p, c, root, false),
             Ok(SeccompProfile::Localhost("/var/lib/rkubelet/seccomp/audit.json".into()))
         );
         let p = pod(None, Some(SecurityContext { seccomp_profile: profile("Localhost", None), ..Default::default() }));
         assert_eq!(
-            seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root),
+            seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root, false),
             Err("localhostProfile must be set if seccompProfile type is Localhost.".into())
         );
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            seccomp_profile(&p, c, root, true),
+            Err("localhostProfile must be set if seccompProfile type is Localhost.".into())
+        );
+        // seccompDefault: a container without a profile gets the runtime's default, an explicit one stays.
+        let p = pod(None, None);
+        assert_eq!(
+            seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root, true),
+            Ok(SeccompProfile::RuntimeDefault)
+        );
         let p = pod(None, Some(SecurityContext { seccomp_profile: profile("Unconfined", None), ..Default::default() }));
-        assert_eq!(seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root), Ok(SeccompProfile::Unconfined));
+        assert_eq!(
+            seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root, true),
+            Ok(SeccompProfile::Unconfined)
+        );
+        assert_eq!(
+            seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root, false),
+            Ok(SeccompProfile::Unconfined)
+        );
     }
 
     #[test]
@@ -242,7 +275,7 @@ mod tests {
             }),
         );
         let c = &p.spec.as_ref().unwrap().containers[0];
-        let sc = container_security(&p, c, root).unwrap();
+        let sc = container_security(&p, c, root, false).unwrap();
         assert_eq!((sc.run_as_user, sc.run_as_group), (Some(1001), Some(3000)));
         assert_eq!(sc.supplemental_groups, vec![2000, 4000, 5000]);
         assert!(sc.readonly_rootfs && sc.no_new_privs && !sc.privileged);
@@ -264,12 +297,12 @@ mod tests {
             None,
             Some(SecurityContext { proc_mount: Some("Unmasked".into()), privileged: Some(true), ..Default::default() }),
         );
-        let sc = container_security(&p, &p.spec.as_ref().unwrap().containers[0], Path::new("/r")).unwrap();
+        let sc = container_security(&p, &p.spec.as_ref().unwrap().containers[0], Path::new("/r"), false).unwrap();
         assert!(sc.masked_paths.is_empty() && sc.readonly_paths.is_empty() && sc.privileged);
         assert!(sandbox_security(&p).privileged);
         assert_eq!(sandbox_security(&p).supplemental_groups, Vec::<i64>::new());
         let p = pod(None, Some(SecurityContext { proc_mount: Some("Default".into()), ..Default::default() }));
-        let sc = container_security(&p, &p.spec.as_ref().unwrap().containers[0], Path::new("/r")).unwrap();
+        let sc = container_security(&p, &p.spec.as_ref().unwrap().containers[0], Path::new("/r"), false).unwrap();
         assert_eq!(sc.masked_paths, DEFAULT_MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>());
         assert!(!sandbox_security(&p).privileged);
         // A Localhost profile without a name makes the container config fail.
@@ -280,7 +313,7 @@ mod tests {
                 ..Default::default()
             }),
         );
-        assert!(container_security(&p, &p.spec.as_ref().unwrap().containers[0], Path::new("/r")).is_err());
+        assert!(container_security(&p, &p.spec.as_ref().unwrap().containers[0], Path::new("/r"), false).is_err());
     }
 
     #[test]
