@@ -108,6 +108,7 @@ pub struct FlagOverrides {
     pub read_only_port: Option<u16>,
     pub address: Option<String>,
     pub pod_cidr: Option<String>,
+    pub resolv_conf: Option<String>,
     pub verbosity: Option<u32>,
 }
 
@@ -350,7 +351,9 @@ impl KubeletConfig {
             cni_bridge_name: file.cni_bridge_name.clone().unwrap_or_else(|| DEFAULT_CNI_BRIDGE_NAME.into()),
             cluster_dns,
             cluster_domain: file.cluster_domain.clone().unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.into()),
-            resolv_conf: PathBuf::from(file.resolv_conf.clone().unwrap_or_else(|| DEFAULT_RESOLV_CONF.into())),
+            resolv_conf: PathBuf::from(
+                flags.resolv_conf.clone().or(file.resolv_conf.clone()).unwrap_or_else(|| DEFAULT_RESOLV_CONF.into()),
+            ),
             allowed_unsafe_sysctls,
             seccomp_default: file.seccomp_default.unwrap_or(false),
             verbosity: flags.verbosity.or(file.logging.as_ref().and_then(|l| l.verbosity)).unwrap_or(0),
@@ -474,6 +477,20 @@ mod tests {
         assert!(resolve(file("seccompDefault: true\n")).unwrap().seccomp_default);
         let e = resolve(file("allowedUnsafeSysctls: [vm.swappiness]\n")).unwrap_err();
         assert!(e.to_string().contains("allowedUnsafeSysctls") && e.to_string().contains("not known to be namespaced"));
+    }
+
+    #[test]
+    fn resolv_conf_flag_wins_over_the_file_and_may_be_empty() {
+        let file = || {
+            parse("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nresolvConf: /run/r.conf\n")
+                .unwrap()
+        };
+        let resolve = |f, flags: &FlagOverrides| KubeletConfig::resolve(Some((Path::new("/c.yaml"), f)), flags, "h");
+        assert_eq!(resolve(file(), &FlagOverrides::default()).unwrap().resolv_conf, PathBuf::from("/run/r.conf"));
+        let flags = FlagOverrides { resolv_conf: Some(String::new()), ..Default::default() };
+        assert_eq!(resolve(file(), &flags).unwrap().resolv_conf, PathBuf::new(), "empty turns the host's file off");
+        let none = KubeletConfig::resolve(None, &FlagOverrides::default(), "h").unwrap();
+        assert_eq!(none.resolv_conf, PathBuf::from(DEFAULT_RESOLV_CONF));
     }
 
     #[test]

@@ -61,6 +61,10 @@ struct Flags {
     /// Pod CIDR of this node when running without an API server.
     #[arg(long)]
     pod_cidr: Option<String>,
+    /// Resolver configuration pods of the Default DNS policy get (resolvConf); "" gives them the node's
+    /// loopback resolver [default: /etc/resolv.conf].
+    #[arg(long)]
+    resolv_conf: Option<String>,
     /// kubeconfig for the API server; without it the agent runs standalone.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -266,6 +270,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         read_only_port: flags.read_only_port,
         address: flags.address.clone(),
         pod_cidr: flags.pod_cidr.clone(),
+        resolv_conf: flags.resolv_conf.clone(),
         verbosity: flags.v,
     };
     let config = KubeletConfig::resolve(file, &overrides, &node::hostname())?;
