@@ -27,6 +27,7 @@ use rkubelet::pods::events::EventRecorder;
 use rkubelet::pods::manager::PodManager;
 use rkubelet::pods::source::{run_file_source, FILE_SOURCE};
 use rkubelet::pods::store::PodStore;
+use rkubelet::pods::sysctl::SysctlAllowlist;
 use rkubelet::pods::worker::{PodWorkerMetrics, WorkerContext};
 use rkubelet::resources::cgroups::{CgroupManager, CgroupName, CGROUP_MOUNT};
 use rkubelet::resources::pod::{kubepods_config, node_allocatable, CpuMemory, ResourceConfig};
@@ -87,6 +88,10 @@ struct Flags {
     /// Pod CIDR of this node when running without an API server.
     #[arg(long)]
     pod_cidr: Option<String>,
+    /// Resolver configuration pods of the Default DNS policy get (resolvConf); "" gives them the node's
+    /// loopback resolver [default: /etc/resolv.conf].
+    #[arg(long)]
+    resolv_conf: Option<String>,
     /// kubeconfig for the API server; without it the agent runs standalone.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -302,6 +307,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         read_only_port: flags.read_only_port,
         address: flags.address.clone(),
         pod_cidr: flags.pod_cidr.clone(),
+        resolv_conf: flags.resolv_conf.clone(),
         verbosity: flags.v,
         port: flags.port,
         healthz_port: flags.healthz_port,
@@ -357,10 +363,6 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         }
     }
 
-    let resolv = std::fs::read_to_string(&config.resolv_conf).unwrap_or_else(|e| {
-        tracing::warn!(path = %config.resolv_conf.display(), error = %e, "cannot read resolv.conf; pods get no DNS servers");
-        String::new()
-    });
     let host_ips: Vec<String> = match &flags.node_ip {
         Some(ips) => ips.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
         None => node::host_ips(),
@@ -398,9 +400,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             host_ips: host_ips.clone(),
             pod_logs_dir: config.pod_logs_dir.clone(),
             seccomp_profile_root: config.root_dir.join("seccomp"),
-            host_dns: node::parse_resolv_conf(&resolv),
+            seccomp_default: config.seccomp_default,
+            resolv_conf: config.resolv_conf.clone(),
             cluster_dns: config.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
             cluster_domain: config.cluster_domain.clone(),
+            pods_dir: config.root_dir.join("pods"),
             memory_capacity: capacity.memory_bytes,
             image_pull_lock: config.serialize_image_pulls.then(|| Mutex::new(())),
             cgroups,
@@ -513,6 +517,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         PodManager::new(ctx, &sources)
             .report_terminated(terminated_tx)
             .with_admission(admission_rx)
+            .with_sysctls(SysctlAllowlist::new(&config.allowed_unsafe_sysctls)?)
             .run(source_rx, pleg_rx),
     );
 

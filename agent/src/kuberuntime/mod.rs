@@ -4,7 +4,9 @@
 //! leaves in the runtime. It decides nothing: `pods::plan` does.
 
 mod container;
+pub mod dns;
 mod env;
+pub mod hosts;
 mod image;
 mod kill;
 mod sandbox;
@@ -26,7 +28,7 @@ use crate::pods::spec;
 use crate::resources::cgroups::{CgroupManager, CgroupName};
 use crate::resources::pod::pod_resource_config;
 use crate::resources::pod_qos_class;
-use crate::runtime::{DnsSettings, ObservedPod, Runtime};
+use crate::runtime::{ObservedPod, Runtime};
 
 /// What the executor needs of the node, fixed at start.
 pub struct KubeRuntime {
@@ -36,9 +38,15 @@ pub struct KubeRuntime {
     pub pod_logs_dir: PathBuf,
     /// Where `Localhost` seccomp profiles are (kubelet's `<root-dir>/seccomp`).
     pub seccomp_profile_root: PathBuf,
-    pub host_dns: DnsSettings,
+    /// kubelet's `seccompDefault`: containers without a profile run with the runtime's default one.
+    pub seccomp_default: bool,
+    /// kubelet's `resolvConf`: the host's resolver settings for pods of the Default policy; empty to give them
+    /// the node's loopback resolver.
+    pub resolv_conf: PathBuf,
     pub cluster_dns: Vec<String>,
     pub cluster_domain: String,
+    /// `<root-dir>/pods`: each pod's directory (`<uid>`), where its managed `/etc/hosts` lives.
+    pub pods_dir: PathBuf,
     pub memory_capacity: i128,
     /// Held around each pull when `serializeImagePulls` is on.
     pub image_pull_lock: Option<Mutex<()>>,
@@ -121,7 +129,16 @@ impl KubeRuntime {
             return result;
         }
 
-        let mut sandbox = self.sandbox_spec(pod, actions.create_sandbox.unwrap_or(0));
+        let (mut sandbox, dns_warnings) = match self.sandbox_spec(pod, actions.create_sandbox.unwrap_or(0)) {
+            Ok(s) => s,
+            Err(e) => {
+                // kubelet's createPodSandbox: the config could not be generated; the worker tries again.
+                let message = format!("Failed to create pod sandbox: {e}");
+                self.events.record(pod, None, EventType::Warning, ev::FAILED_CREATE_POD_SANDBOX, message);
+                result.sandbox_error = Some(e);
+                return result;
+            }
+        };
         let (sandbox_id, pod_ips) = match (&actions.create_sandbox, &actions.sandbox_id) {
             (Some(attempt), _) => {
                 sandbox.attempt = *attempt;
@@ -133,6 +150,9 @@ impl KubeRuntime {
                         result.sandbox_error = Some(e.to_string());
                         return result;
                     }
+                }
+                for (reason, message) in dns_warnings {
+                    self.events.record(pod, None, EventType::Warning, reason, message);
                 }
                 if let Err(e) = std::fs::create_dir_all(&sandbox.log_directory) {
                     tracing::warn!(dir = %sandbox.log_directory, error = %e, "cannot create pod log directory");
@@ -155,6 +175,7 @@ impl KubeRuntime {
             (None, Some(id)) => (id.clone(), observed.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default()),
             (None, None) => return result,
         };
+        let pod_ips = crate::pods::status::pod_ips(pod, pod_ips, &self.host_ips);
         if let Some(s) = observed.latest_sandbox() {
             if actions.create_sandbox.is_none() {
                 sandbox.attempt = s.attempt;

@@ -24,18 +24,10 @@ pub fn unsupported_fields(pod: &Pod) -> Vec<String> {
         }
     };
     pod_field(s.runtime_class_name.is_some(), "spec.runtimeClassName");
-    pod_field(s.host_network.unwrap_or(false), "spec.hostNetwork");
     pod_field(s.host_aliases.as_ref().is_some_and(|h| !h.is_empty()), "spec.hostAliases");
     pod_field(s.host_users == Some(false), "spec.hostUsers");
     pod_field(s.os.as_ref().is_some_and(|os| os.name != "linux"), "spec.os.name");
     pod_field(s.resource_claims.as_ref().is_some_and(|c| !c.is_empty()), "spec.resourceClaims");
-    if let Some(sc) = &s.security_context {
-        pod_field(
-            sc.supplemental_groups.as_ref().is_some_and(|g| !g.is_empty()),
-            "spec.securityContext.supplementalGroups",
-        );
-        pod_field(sc.se_linux_options.is_some(), "spec.securityContext.seLinuxOptions");
-    }
     let init = spec::init_containers(pod).iter().enumerate().map(|(i, c)| (format!("spec.initContainers[{i}]"), c));
     let app = s.containers.iter().enumerate().map(|(i, c)| (format!("spec.containers[{i}]"), c));
     for (path, c) in init.chain(app) {
@@ -56,10 +48,6 @@ fn container_fields(path: &str, c: &Container, found: &mut Vec<String>) {
     field(c.restart_policy.is_some() && !sidecar, "restartPolicy");
     field(c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()), "volumeDevices");
     field(c.resources.as_ref().and_then(|r| r.claims.as_ref()).is_some_and(|cl| !cl.is_empty()), "resources.claims");
-    if let Some(sc) = &c.security_context {
-        field(sc.se_linux_options.is_some(), "securityContext.seLinuxOptions");
-        field(sc.proc_mount.as_deref().is_some_and(|m| m != "Default"), "securityContext.procMount");
-    }
 }
 
 /// The volume kinds the volume manager sets up.
@@ -173,7 +161,6 @@ mod tests {
                 "spec.volumes[2].volume (\"unknown\")",
                 "spec.runtimeClassName",
                 "spec.containers[0].restartPolicy",
-                "spec.containers[0].securityContext.procMount",
             ]
         );
     }
