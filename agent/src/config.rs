@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::pods::sysctl::SysctlAllowlist;
 use crate::resources::cgroups::CgroupDriver;
 use crate::resources::pod::{CpuMemory, Reservations};
 use crate::resources::quantity::{parse_milli, parse_value};
@@ -86,6 +87,8 @@ pub struct KubeletConfigurationFile {
     pub cluster_dns: Option<Vec<String>>,
     pub cluster_domain: Option<String>,
     pub resolv_conf: Option<String>,
+    pub allowed_unsafe_sysctls: Option<Vec<String>>,
+    pub seccomp_default: Option<bool>,
     pub logging: Option<LoggingConfiguration>,
     pub cgroup_driver: Option<String>,
     #[serde(rename = "cgroupsPerQOS")]
@@ -192,6 +195,7 @@ pub struct FlagOverrides {
     pub read_only_port: Option<u16>,
     pub address: Option<String>,
     pub pod_cidr: Option<String>,
+    pub resolv_conf: Option<String>,
     pub verbosity: Option<u32>,
     pub port: Option<u16>,
     pub healthz_port: Option<u16>,
@@ -223,6 +227,9 @@ pub struct KubeletConfig {
     pub cluster_dns: Vec<IpAddr>,
     pub cluster_domain: String,
     pub resolv_conf: PathBuf,
+    /// Sysctls (or `prefix*` patterns) pods may set beyond the safe ones, checked to be namespaced.
+    pub allowed_unsafe_sysctls: Vec<String>,
+    pub seccomp_default: bool,
     pub verbosity: u32,
     pub cgroup_driver: CgroupDriver,
     pub cgroups_per_qos: bool,
@@ -390,6 +397,15 @@ impl KubeletConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let allowed_unsafe_sysctls = file.allowed_unsafe_sysctls.clone().unwrap_or_default();
+        if let Err(e) = SysctlAllowlist::new(&allowed_unsafe_sysctls) {
+            return Err(ConfigError::Invalid {
+                what: "allowedUnsafeSysctls",
+                value: allowed_unsafe_sysctls.join(","),
+                reason: e.to_string(),
+            });
+        }
+
         let static_pod_path = flags
             .pod_manifest_path
             .clone()
@@ -517,7 +533,11 @@ impl KubeletConfig {
             cni_bridge_name: file.cni_bridge_name.clone().unwrap_or_else(|| DEFAULT_CNI_BRIDGE_NAME.into()),
             cluster_dns,
             cluster_domain: file.cluster_domain.clone().unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.into()),
-            resolv_conf: PathBuf::from(file.resolv_conf.clone().unwrap_or_else(|| DEFAULT_RESOLV_CONF.into())),
+            resolv_conf: PathBuf::from(
+                flags.resolv_conf.clone().or(file.resolv_conf.clone()).unwrap_or_else(|| DEFAULT_RESOLV_CONF.into()),
+            ),
+            allowed_unsafe_sysctls,
+            seccomp_default: file.seccomp_default.unwrap_or(false),
             verbosity: flags.verbosity.or(file.logging.as_ref().and_then(|l| l.verbosity)).unwrap_or(0),
             warnings,
         })
@@ -665,6 +685,34 @@ mod tests {
         assert!(e.to_string().contains("kubeReserved") && e.to_string().contains("memory=a lot"), "{e}");
         let e = resolve(file("evictionHard:\n  memory.available: 150%\n")).unwrap_err();
         assert!(e.to_string().contains("memory.available"), "{e}");
+    }
+
+    #[test]
+    fn allowed_unsafe_sysctls_are_checked_at_start() {
+        let file = |extra: &str| {
+            parse(&format!("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n{extra}")).unwrap()
+        };
+        let resolve = |f| KubeletConfig::resolve(Some((Path::new("/c.yaml"), f)), &FlagOverrides::default(), "h");
+        let c = resolve(file("allowedUnsafeSysctls: [\"net.core.*\", kernel.msgmax]\n")).unwrap();
+        assert_eq!(c.allowed_unsafe_sysctls, vec!["net.core.*", "kernel.msgmax"]);
+        assert!(!c.seccomp_default);
+        assert!(resolve(file("seccompDefault: true\n")).unwrap().seccomp_default);
+        let e = resolve(file("allowedUnsafeSysctls: [vm.swappiness]\n")).unwrap_err();
+        assert!(e.to_string().contains("allowedUnsafeSysctls") && e.to_string().contains("not known to be namespaced"));
+    }
+
+    #[test]
+    fn resolv_conf_flag_wins_over_the_file_and_may_be_empty() {
+        let file = || {
+            parse("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nresolvConf: /run/r.conf\n")
+                .unwrap()
+        };
+        let resolve = |f, flags: &FlagOverrides| KubeletConfig::resolve(Some((Path::new("/c.yaml"), f)), flags, "h");
+        assert_eq!(resolve(file(), &FlagOverrides::default()).unwrap().resolv_conf, PathBuf::from("/run/r.conf"));
+        let flags = FlagOverrides { resolv_conf: Some(String::new()), ..Default::default() };
+        assert_eq!(resolve(file(), &flags).unwrap().resolv_conf, PathBuf::new(), "empty turns the host's file off");
+        let none = KubeletConfig::resolve(None, &FlagOverrides::default(), "h").unwrap();
+        assert_eq!(none.resolv_conf, PathBuf::from(DEFAULT_RESOLV_CONF));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod kuberuntime;
+pub mod lifecycle;
 pub mod logs;
 pub mod node;
 pub mod pods;
@@ -12,3 +13,4 @@ pub mod resources;
 pub mod runtime;
 pub mod server;
 pub mod stats;
+pub mod volumes;

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 use std::collections::{BTreeMap, HashMap};
 
 use rkubelet::api::events::run_event_poster;
+use rkubelet::api::objects::PodObjects;
 use rkubelet::api::pods::{run_api_source, API_SOURCE};
 use rkubelet::api::status::StatusManager;
 use rkubelet::config::{FlagOverrides, KubeletConfig, KubeletConfigurationFile};
@@ -21,16 +22,19 @@ use rkubelet::node;
 use rkubelet::node::registration::{run_node_lease, FactsFn, NodeRegistration};
 use rkubelet::node::status::{go_arch, NodeFacts, KUBELET_COMPAT_VERSION};
 use rkubelet::pods::admission::NodeInfo;
+use rkubelet::pods::env::NodeAllocatable;
 use rkubelet::pods::events::EventRecorder;
 use rkubelet::pods::manager::PodManager;
 use rkubelet::pods::source::{run_file_source, FILE_SOURCE};
 use rkubelet::pods::store::PodStore;
+use rkubelet::pods::sysctl::SysctlAllowlist;
 use rkubelet::pods::worker::{PodWorkerMetrics, WorkerContext};
 use rkubelet::resources::cgroups::{CgroupManager, CgroupName, CGROUP_MOUNT};
 use rkubelet::resources::pod::{kubepods_config, node_allocatable, CpuMemory, ResourceConfig};
 use rkubelet::resources::QosClass;
 use rkubelet::runtime::{Pleg, Runtime};
 use rkubelet::server::{self, ServerState};
+use rkubelet::volumes::VolumeManager;
 
 /// A kubelet-compatible node agent.
 #[derive(Debug, Parser)]
@@ -84,6 +88,10 @@ struct Flags {
     /// Pod CIDR of this node when running without an API server.
     #[arg(long)]
     pod_cidr: Option<String>,
+    /// Resolver configuration pods of the Default DNS policy get (resolvConf); "" gives them the node's
+    /// loopback resolver [default: /etc/resolv.conf].
+    #[arg(long)]
+    resolv_conf: Option<String>,
     /// kubeconfig for the API server; without it the agent runs standalone.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -299,6 +307,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         read_only_port: flags.read_only_port,
         address: flags.address.clone(),
         pod_cidr: flags.pod_cidr.clone(),
+        resolv_conf: flags.resolv_conf.clone(),
         verbosity: flags.v,
         port: flags.port,
         healthz_port: flags.healthz_port,
@@ -354,10 +363,6 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         }
     }
 
-    let resolv = std::fs::read_to_string(&config.resolv_conf).unwrap_or_else(|e| {
-        tracing::warn!(path = %config.resolv_conf.display(), error = %e, "cannot read resolv.conf; pods get no DNS servers");
-        String::new()
-    });
     let host_ips: Vec<String> = match &flags.node_ip {
         Some(ips) => ips.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
         None => node::host_ips(),
@@ -378,6 +383,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let store = PodStore::default();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let pod_worker_metrics = Arc::new(PodWorkerMetrics::default());
+    let events = if flags.kubeconfig.is_some() { EventRecorder::new(events_tx) } else { EventRecorder::default() };
+    let volumes = Arc::new(VolumeManager::new(
+        &config.root_dir,
+        NodeAllocatable {
+            cpu_milli: allocatable.cpu_milli,
+            memory_bytes: allocatable.memory_bytes,
+            ephemeral_storage_bytes: node::host_info(&config.root_dir).ephemeral_storage_bytes,
+        },
+        events.clone(),
+    ));
     let ctx = Arc::new(WorkerContext {
         kuberuntime: KubeRuntime {
             runtime: runtime.clone(),
@@ -385,15 +400,18 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             host_ips: host_ips.clone(),
             pod_logs_dir: config.pod_logs_dir.clone(),
             seccomp_profile_root: config.root_dir.join("seccomp"),
-            host_dns: node::parse_resolv_conf(&resolv),
+            seccomp_default: config.seccomp_default,
+            resolv_conf: config.resolv_conf.clone(),
             cluster_dns: config.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
             cluster_domain: config.cluster_domain.clone(),
+            pods_dir: config.root_dir.join("pods"),
             memory_capacity: capacity.memory_bytes,
             image_pull_lock: config.serialize_image_pulls.then(|| Mutex::new(())),
             cgroups,
             oom_kill_whole_container: !config.single_process_oom_kill
                 && rkubelet::resources::cgroups::check_cgroup_v2(std::path::Path::new(CGROUP_MOUNT)).is_ok(),
-            events: if flags.kubeconfig.is_some() { EventRecorder::new(events_tx) } else { EventRecorder::default() },
+            events,
+            volumes: volumes.clone(),
         },
         runtime_name,
         store: store.clone(),
@@ -439,6 +457,9 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .context("API client")?;
         api_client = Some(client.clone());
         sources.push(API_SOURCE);
+        let (objects, services_informer) = PodObjects::new(client.clone());
+        volumes.set_objects(objects);
+        tasks.spawn("service informer", services_informer);
         let (mirrors_tx, mirrors_rx) = watch::channel(Default::default());
         let api_reachable = Arc::new(tokio::sync::Notify::new());
         tasks.spawn(
@@ -496,6 +517,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         PodManager::new(ctx, &sources)
             .report_terminated(terminated_tx)
             .with_admission(admission_rx)
+            .with_sysctls(SysctlAllowlist::new(&config.allowed_unsafe_sysctls)?)
             .run(source_rx, pleg_rx),
     );
 

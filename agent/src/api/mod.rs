@@ -4,5 +4,6 @@
 pub mod auth;
 pub mod client;
 pub mod events;
+pub mod objects;
 pub mod pods;
 pub mod status;

@@ -12,5 +12,6 @@ pub mod source;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod sysctl;
 pub mod unsupported;
 pub mod worker;
