@@ -29,6 +29,7 @@ struct Env {
     _containerd: Containerd,
     admin: kube::Client,
     kubectl: PathBuf,
+    node_ip: String,
     admin_kubeconfig: PathBuf,
     pki: PathBuf,
     rt: tokio::runtime::Runtime,
@@ -44,6 +45,11 @@ fn node_ip() -> Option<String> {
 impl Env {
     /// `None` (after printing why) when there is no real control plane from the kit.
     fn new(name: &str) -> Result<Option<Env>> {
+        Self::with_config(name, "")
+    }
+
+    /// As [`Env::new`], with more `KubeletConfiguration` lines.
+    fn with_config(name: &str, extra: &str) -> Result<Option<Env>> {
         let cluster = Cluster::from_env()?;
         let k8s_home = std::env::var_os("K8S_HOME").map(PathBuf::from);
         let (Some(_kit), Some(home), Some(ip)) = (cluster.kit(), k8s_home, node_ip()) else {
@@ -60,7 +66,7 @@ impl Env {
         let pki = home.join("pki");
         let config = format!(
             "cniConfDir: {}\ncniBridgeName: {}\nauthentication: {{anonymous: {{enabled: false}}, webhook: {{enabled: true}}, \
-             x509: {{clientCAFile: {}}}}}\nauthorization: {{mode: Webhook}}\n",
+             x509: {{clientCAFile: {}}}}}\nauthorization: {{mode: Webhook}}\n{extra}",
             containerd.cni_conf_dir().display(),
             containerd.bridge(),
             pki.join("ca.crt").display()
@@ -71,13 +77,19 @@ impl Env {
         let admin = rt.block_on(cluster.admin_client())?;
         let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(&node, &DeleteParams::default()));
         let agent = agent
-            .with_args(["--kubeconfig".to_owned(), node_kubeconfig.display().to_string(), "--node-ip".into(), ip])
+            .with_args([
+                "--kubeconfig".to_owned(),
+                node_kubeconfig.display().to_string(),
+                "--node-ip".into(),
+                ip.clone(),
+            ])
             .started()?;
         Ok(Some(Env {
             agent,
             _containerd: containerd,
             admin,
             kubectl: home.join("bin/kubectl"),
+            node_ip: ip,
             admin_kubeconfig: cluster.admin_kubeconfig(dir.path())?,
             pki,
             rt,
@@ -677,4 +689,57 @@ fn kubectl_attach_reaches_the_running_containers_stdin_and_stdout() -> Result<()
     let _ = child.kill();
     let _ = child.wait();
     result.with_context(|| format!("agent log:\n{}", tail(&env.agent.log(), 20)))
+}
+
+#[test]
+fn with_server_tls_bootstrap_the_serving_certificate_comes_from_an_approved_csr() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let Some(env) = Env::with_config("srv-tlsboot", "serverTLSBootstrap: true\n")? else { return Ok(()) };
+    let user = format!("system:node:{}", env.agent.node_name());
+    // The CSR waits for approval, as kubelet-serving CSRs are not approved automatically.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let csr = loop {
+        let (ok, out, err) = env.kubectl(&[
+            "get",
+            "csr",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.spec.signerName} {.spec.username}{\"\\n\"}{end}",
+        ])?;
+        ensure!(ok, "{err}");
+        let found = out.lines().find(|l| l.ends_with(&format!(" kubernetes.io/kubelet-serving {user}")));
+        if let Some(line) = found {
+            break line.split_whitespace().next().unwrap_or_default().to_owned();
+        }
+        ensure!(Instant::now() < deadline, "no kubelet-serving CSR from {user}: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let (ok, _, err) = env.kubectl(&["certificate", "approve", &csr])?;
+    ensure!(ok, "approve: {err}");
+    // Once issued, the server presents a certificate from the cluster CA for the node's IP.
+    let ca = env.pki.join("ca.crt").display().to_string();
+    let cert = env.pki.join("admin.crt").display().to_string();
+    let key = env.pki.join("admin.key").display().to_string();
+    let url = format!("https://{}:{}/pods", env.node_ip, env.agent.server_port());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", &ca])
+            .args(["--cert", &cert, "--key", &key, &url])
+            .output()?;
+        if out.stdout == b"200" {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no verified TLS to {url}: {:?}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            tail(&env.agent.log(), 20)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    ensure!(
+        env.agent.root_dir().join("pki/kubelet-server-current.pem").exists(),
+        "the certificate is kept for restarts"
+    );
+    Ok(())
 }
