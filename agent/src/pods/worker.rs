@@ -139,8 +139,18 @@ impl PodWorker {
         loop {
             let input = self.input.borrow_and_update().clone();
             if input.terminate {
+                // Probes go on while the containers stop within their grace period: a readiness probe that fails
+                // then makes the pod not ready before it is gone, as in kubelet.
+                let ctx = self.ctx.clone();
+                let terminate = ctx.kuberuntime.terminate_pod(&input.pod);
+                tokio::pin!(terminate);
+                loop {
+                    tokio::select! {
+                        () = &mut terminate => break,
+                        _ = self.wake.notified() => self.publish_terminating_status(&input.pod).await,
+                    }
+                }
                 self.prober.stop();
-                self.ctx.kuberuntime.terminate_pod(&input.pod).await;
                 self.ctx.store.remove(spec::uid(&input.pod));
                 return;
             }
@@ -255,6 +265,31 @@ impl PodWorker {
             (a, d) => a.or(d),
         };
         Ok(SyncOutcome { resync_after, failed: result.failed() })
+    }
+
+    /// The status of a pod whose containers are being stopped, with the latest probe results; nothing is started.
+    async fn publish_terminating_status(&mut self, pod: &Arc<Pod>) {
+        let uid = spec::uid(pod);
+        let Ok(observed) = self.ctx.kuberuntime.runtime.observe_pod(uid).await else { return };
+        let probes = self.prober.results();
+        let mut status = compute_pod_status(&StatusInput {
+            pod,
+            observed: &observed,
+            waiting: &self.sync_errors,
+            previous: self.last_status.as_ref(),
+            start_time: self.start_time,
+            host_ips: &self.ctx.kuberuntime.host_ips,
+            runtime_name: &self.ctx.runtime_name,
+            probes: &probes,
+            now: SystemTime::now(),
+        });
+        if self.deadline_exceeded {
+            deadline::fail(&mut status);
+        }
+        if self.last_status.as_ref() != Some(&status) {
+            self.ctx.store.set_status(uid, status.clone());
+            self.last_status = Some(status);
+        }
     }
 
     fn record_back_off_events(&self, pod: &Pod, actions: &PodActions) {
