@@ -857,3 +857,74 @@ fn service_account_admission_mounts_the_token_volume_unless_the_pod_opts_out() {
         pods.delete(&opted_out, &DeleteParams::default().grace_period(0)).await.unwrap();
     });
 }
+
+#[test]
+fn a_node_reads_only_the_objects_its_pods_reference_and_gets_tokens_for_their_service_accounts() {
+    use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+    let api = ApiServer::start().unwrap();
+    block_on(async {
+        let admin = api.admin_client().await.unwrap();
+        let n1 = api.node_client("n1").await.unwrap();
+        let pp = PostParams::default();
+        let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
+        for name in ["used", "unused"] {
+            let cm: ConfigMap =
+                serde_json::from_value(json!({ "metadata": { "name": name }, "data": { "k": "v" } })).unwrap();
+            cms.create(&pp, &cm).await.unwrap();
+        }
+        let secret: Secret =
+            serde_json::from_value(json!({ "metadata": { "name": "creds" }, "stringData": { "pw": "hunter2" } }))
+                .unwrap();
+        let created = Api::<Secret>::namespaced(admin.clone(), "default").create(&pp, &secret).await.unwrap();
+        assert_eq!(created.data.unwrap()["pw"], ByteString(b"hunter2".to_vec()), "stringData folds into data");
+        let mut p = pod("user", Some("n1"), json!({}));
+        let spec = p.spec.as_mut().unwrap();
+        spec.volumes =
+            Some(vec![serde_json::from_value(json!({ "name": "cfg", "configMap": { "name": "used" } })).unwrap()]);
+        spec.containers[0].env = Some(vec![serde_json::from_value(
+            json!({ "name": "PW", "valueFrom": { "secretKeyRef": { "name": "creds", "key": "pw" } } }),
+        )
+        .unwrap()]);
+        let p = Api::<Pod>::namespaced(admin.clone(), "default").create(&pp, &p).await.unwrap();
+
+        let node_cms: Api<ConfigMap> = Api::namespaced(n1.clone(), "default");
+        assert_eq!(node_cms.get("used").await.unwrap().data.unwrap()["k"], "v");
+        assert_eq!(node_cms.get("kube-root-ca.crt").await.unwrap().data.unwrap()["ca.crt"], api.ca_pem());
+        let e = api_err(node_cms.get("unused").await);
+        assert_eq!(e.code, 403);
+        assert!(e.message.contains("no relationship found between node 'n1' and this object"), "{}", e.message);
+        assert_eq!(api_err(node_cms.list(&ListParams::default()).await).code, 403);
+        Api::<Secret>::namespaced(n1.clone(), "default").get("creds").await.unwrap();
+        let services = Api::<Service>::all(n1.clone()).list(&ListParams::default()).await.unwrap();
+        assert!(services.items.iter().any(|s| s.metadata.name.as_deref() == Some("kubernetes")), "default/kubernetes");
+
+        let request = |name: &str| TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec![],
+                expiration_seconds: Some(3607),
+                bound_object_ref: Some(BoundObjectReference {
+                    kind: Some("Pod".into()),
+                    api_version: Some("v1".into()),
+                    name: Some(name.into()),
+                    uid: p.metadata.uid.clone(),
+                }),
+            },
+            ..Default::default()
+        };
+        let sas: Api<ServiceAccount> = Api::namespaced(n1.clone(), "default");
+        let token = sas.create_token_request("default", &pp, &request("user")).await.unwrap();
+        let status = token.status.unwrap();
+        assert_eq!(status.token.split('.').count(), 3);
+        assert_eq!(token.spec.expiration_seconds, Some(3607));
+        let admin_sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "default");
+        assert_eq!(api_err(admin_sas.create_token_request("nobody", &pp, &request("user")).await).code, 404);
+        let n2 = api.node_client("n2").await.unwrap();
+        let e = api_err(
+            Api::<ServiceAccount>::namespaced(n2, "default")
+                .create_token_request("default", &pp, &request("user"))
+                .await,
+        );
+        assert_eq!(e.code, 403, "no pod of n2 uses the account");
+    });
+}

@@ -12,7 +12,7 @@ use crate::pods::plan::{self, BackoffState, ContainerStart, Waiting};
 use crate::pods::{env, spec};
 use crate::resources::convert::container_cgroup_values;
 use crate::resources::pod_qos_class;
-use crate::runtime::{ContainerSpec, RuntimeError, SandboxSpec};
+use crate::runtime::{ContainerSpec, Mount, RuntimeError, SandboxSpec};
 
 impl KubeRuntime {
     #[allow(clippy::too_many_arguments)]
@@ -35,7 +35,11 @@ impl KubeRuntime {
             security::verify_run_as_non_root(pod, container, &user)
                 .map_err(|m| self.config_error(pod, container, start, m))?;
         }
-        let spec = self.container_spec(pod, container, start, image_ref, pod_ips)?;
+        let envs = self.make_environment(pod, container, pod_ips).await;
+        let envs = envs.map_err(|m| self.config_error(pod, container, start, m))?;
+        let mounts = self.volumes.container_mounts(pod, container, &envs);
+        let mounts = mounts.map_err(|m| self.config_error(pod, container, start, m))?;
+        let spec = self.container_spec(pod, container, start, image_ref, envs, mounts)?;
         let log_dir = Path::new(&sandbox.log_directory).join(&container.name);
         if let Err(e) = std::fs::create_dir_all(&log_dir) {
             tracing::warn!(dir = %log_dir.display(), error = %e, "cannot create container log directory");
@@ -76,7 +80,8 @@ impl KubeRuntime {
         container: &Container,
         start: &ContainerStart,
         image_ref: String,
-        pod_ips: &[String],
+        envs: Vec<(String, String)>,
+        mounts: Vec<Mount>,
     ) -> Result<ContainerSpec, Waiting> {
         let config_error = |message: String| {
             let at = Some((container.name.as_str(), start.init));
@@ -89,17 +94,12 @@ impl KubeRuntime {
             );
             Waiting { reason: plan::REASON_CREATE_CONTAINER_CONFIG_ERROR.into(), message }
         };
-        let envs =
-            env::container_envs(pod, container, &self.node_name, &self.host_ips, pod_ips).map_err(config_error)?;
         let expand = |list: &Option<Vec<String>>| -> Vec<String> {
             list.iter().flatten().map(|s| env::expand(s, &envs)).collect()
         };
         let qos = pod_qos_class(spec::spec(pod));
         let resources =
             container_cgroup_values(container, qos, self.memory_capacity).map_err(|e| config_error(e.to_string()))?;
-        let sc = container.security_context.as_ref();
-        let pod_sc = spec::spec(pod).security_context.as_ref();
-        let caps = sc.and_then(|s| s.capabilities.as_ref());
         Ok(ContainerSpec {
             name: container.name.clone(),
             restart_count: start.restart_count,
@@ -124,15 +124,10 @@ impl KubeRuntime {
             stdin: container.stdin.unwrap_or(false),
             stdin_once: container.stdin_once.unwrap_or(false),
             tty: container.tty.unwrap_or(false),
-            privileged: sc.and_then(|s| s.privileged).unwrap_or(false),
-            run_as_user: sc.and_then(|s| s.run_as_user).or(pod_sc.and_then(|s| s.run_as_user)),
-            run_as_group: sc.and_then(|s| s.run_as_group).or(pod_sc.and_then(|s| s.run_as_group)),
-            readonly_rootfs: sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false),
-            capabilities_add: caps.and_then(|c| c.add.clone()).unwrap_or_default(),
-            capabilities_drop: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
-            no_new_privs: security::no_new_privs(container),
-            seccomp: security::seccomp_profile(pod, container, &self.seccomp_profile_root).map_err(config_error)?,
+            security: security::container_security(pod, container, &self.seccomp_profile_root, self.seccomp_default)
+                .map_err(config_error)?,
             envs,
+            mounts,
         })
     }
 

@@ -70,7 +70,7 @@ impl KubeRuntime {
         match super::find_container(pod, name) {
             Some(container) => {
                 let init = spec::init_containers(pod).iter().any(|c| c.name == name);
-                self.kill_container(pod, container, init, id, pod_ip, message, grace_override).await;
+                self.kill_container(pod, &container, init, id, pod_ip, message, grace_override).await;
             }
             // A container the spec no longer names (an orphan's): no hook to run.
             None => {
@@ -135,6 +135,7 @@ impl KubeRuntime {
                 tracing::warn!(dir = %log_dir.display(), error = %e, "cannot remove pod log directory");
             }
         }
+        self.volumes.unmount_pod(uid);
         tracing::info!("pod terminated");
     }
 

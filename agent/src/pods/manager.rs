@@ -11,15 +11,13 @@ use super::admission::{self, NodeInfo, Rejection};
 use super::events::EventType;
 use super::source::{SourceUpdate, CONFIG_SOURCE_ANNOTATION, FILE_SOURCE};
 use super::spec;
+use super::sysctl::SysctlAllowlist;
 use super::unsupported::{self, REASON_UNSUPPORTED_POD_SPEC};
 use super::worker::{PodWorker, WorkerContext, WorkerInput};
 use crate::resources::cgroups::CgroupName;
 use crate::resources::pod::{burstable_cpu_shares, ResourceConfig};
 use crate::resources::QosClass;
 use crate::runtime::PlegEvent;
-
-/// kubelet's event reason for a volume that could not be set up.
-const EVENT_FAILED_MOUNT: &str = "FailedMount";
 
 /// kubelet's `podsDifferSemantically`: what a pod worker acts on. Status, resourceVersion and managed fields
 /// changes are not among it.
@@ -67,6 +65,8 @@ pub struct PodManager {
     node: Option<watch::Receiver<NodeInfo>>,
     /// Pods that never run: rejected at admission, or already terminal in the API when first seen.
     not_running: BTreeSet<String>,
+    /// The sysctls pods may set: the safe ones, and `allowedUnsafeSysctls`.
+    sysctls: SysctlAllowlist,
 }
 
 impl PodManager {
@@ -86,12 +86,19 @@ impl PodManager {
             finished_deletions: BTreeSet::new(),
             node: None,
             not_running: BTreeSet::new(),
+            sysctls: SysctlAllowlist::safe(),
         }
     }
 
     /// Admits new pods against the node's allocatable, `maxPods`, labels and name, as kubelet does.
     pub fn with_admission(mut self, node: watch::Receiver<NodeInfo>) -> Self {
         self.node = Some(node);
+        self
+    }
+
+    /// Admits pod sysctls against `sysctls` (the safe ones, and `allowedUnsafeSysctls`).
+    pub fn with_sysctls(mut self, sysctls: SysctlAllowlist) -> Self {
+        self.sysctls = sysctls;
         self
     }
 
@@ -266,6 +273,12 @@ impl PodManager {
             }
             return;
         }
+        // kubelet's sysctl admit handler runs before the resource predicates.
+        if let Err(rejection) = self.sysctls.admit(&pod) {
+            tracing::warn!(pod = %spec::key(&pod), uid, reason = rejection.reason, "{}", rejection.message);
+            self.reject(&uid, pod, &rejection);
+            return;
+        }
         if let Some(node) = &self.node {
             let node = node.borrow().clone();
             let active: Vec<Arc<Pod>> = self
@@ -296,13 +309,6 @@ impl PodManager {
             tracing::warn!(pod = %spec::key(&pod), uid, reason = rejection.reason, "{}", rejection.message);
             self.reject(&uid, pod, &rejection);
             return;
-        }
-        for volume in unsupported::unmounted_service_account_volumes(&pod) {
-            let message = format!(
-                "MountVolume.SetUp skipped for volume {volume:?}: service-account token volumes are not \
-                 supported on this node yet; the pod runs without it"
-            );
-            self.ctx.kuberuntime.events.record(&pod, None, EventType::Warning, EVENT_FAILED_MOUNT, message);
         }
         self.spawn_worker(&uid, pod);
     }
@@ -349,6 +355,8 @@ impl PodManager {
                 self.relists = self.relists.wrapping_add(1);
                 if self.relists % CGROUP_CLEANUP_EVERY_RELISTS == 1 {
                     self.cleanup_orphaned_cgroups(&uids);
+                    let active = self.workers.keys().chain(&uids).chain(&self.orphans).cloned().collect();
+                    self.ctx.kuberuntime.volumes.cleanup_orphaned_pod_dirs(&active);
                 }
                 for uid in uids {
                     if self.workers.contains_key(&uid) || self.orphans.contains(&uid) {

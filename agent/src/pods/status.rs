@@ -259,6 +259,35 @@ pub fn readiness_gate_conditions_changed(existing: &Pod, update: &Pod) -> bool {
     gated(existing) != gated(update)
 }
 
+/// The pod's IPs: the sandbox's or, for a pod on the host's network (for which the runtime reports none), the
+/// node's, as kubelet's `generateAPIPodStatus` gives them.
+pub fn pod_ips(pod: &Pod, sandbox_ips: Vec<String>, host_ips: &[String]) -> Vec<String> {
+    if spec::host_network(pod) && sandbox_ips.is_empty() {
+        host_ips.to_vec()
+    } else {
+        sandbox_ips
+    }
+}
+
+#[cfg(test)]
+mod pod_ips_tests {
+    use k8s_openapi::api::core::v1::PodSpec;
+
+    use super::*;
+
+    #[test]
+    fn a_host_network_pod_has_the_nodes_ips() {
+        let pod = |host_network| Pod {
+            spec: Some(PodSpec { host_network: Some(host_network), ..Default::default() }),
+            ..Default::default()
+        };
+        let host = vec!["192.0.2.10".to_owned(), "2001:db8::10".to_owned()];
+        assert_eq!(pod_ips(&pod(true), vec![], &host), host);
+        assert_eq!(pod_ips(&pod(false), vec![], &host), Vec::<String>::new());
+        assert_eq!(pod_ips(&pod(false), vec!["10.88.0.5".into()], &host), vec!["10.88.0.5"]);
+    }
+}
+
 pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
     let pod = input.pod;
     let init_specs = spec::init_containers(pod);
@@ -357,7 +386,7 @@ pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
         };
     }
 
-    let pod_ips: Vec<String> = sandbox.map(|s| s.ips.clone()).unwrap_or_default();
+    let pod_ips = pod_ips(pod, sandbox.map(|s| s.ips.clone()).unwrap_or_default(), input.host_ips);
     PodStatus {
         phase: Some(phase.into()),
         conditions: Some(conditions),

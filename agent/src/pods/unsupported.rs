@@ -1,26 +1,20 @@
 //! Pod fields the agent cannot honour yet. A pod that asks for one is rejected at admission with a clear reason
 //! instead of running without it: a pod silently missing its volume, probe or security setting is worse than a
 //! pod that does not run. Each entry goes when its feature lands.
-//!
-//! The one exception is the service-account token volume (`kube-api-access-*`) that the API server's
-//! ServiceAccount admission injects into every pod: rejecting it would reject every API pod, so the pod runs
-//! without it and gets a warning event.
 
-use k8s_openapi::api::core::v1::{Container, Pod, Volume};
+use k8s_openapi::api::core::v1::{Container, Pod, Volume, VolumeProjection};
 
 use super::spec;
 
 /// The admission reason of a pod rejected for an unsupported field.
 pub const REASON_UNSUPPORTED_POD_SPEC: &str = "UnsupportedPodSpec";
-/// The prefix of the projected volume ServiceAccount admission injects.
-const SERVICE_ACCOUNT_TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
 
 /// Which unsupported fields the pod uses, as paths into the pod (`spec.volumes[1].configMap`), in spec order.
 pub fn unsupported_fields(pod: &Pod) -> Vec<String> {
     let s = spec::spec(pod);
     let mut found = Vec::new();
     for (i, v) in s.volumes.iter().flatten().enumerate() {
-        if !is_service_account_token_volume(v) {
+        if !is_supported_volume(v) {
             found.push(format!("spec.volumes[{i}].{} ({:?})", volume_source(v), v.name));
         }
     }
@@ -30,19 +24,10 @@ pub fn unsupported_fields(pod: &Pod) -> Vec<String> {
         }
     };
     pod_field(s.runtime_class_name.is_some(), "spec.runtimeClassName");
-    pod_field(s.host_network.unwrap_or(false), "spec.hostNetwork");
     pod_field(s.host_aliases.as_ref().is_some_and(|h| !h.is_empty()), "spec.hostAliases");
     pod_field(s.host_users == Some(false), "spec.hostUsers");
     pod_field(s.os.as_ref().is_some_and(|os| os.name != "linux"), "spec.os.name");
     pod_field(s.resource_claims.as_ref().is_some_and(|c| !c.is_empty()), "spec.resourceClaims");
-    if let Some(sc) = &s.security_context {
-        pod_field(
-            sc.supplemental_groups.as_ref().is_some_and(|g| !g.is_empty()),
-            "spec.securityContext.supplementalGroups",
-        );
-        pod_field(sc.fs_group.is_some(), "spec.securityContext.fsGroup");
-        pod_field(sc.se_linux_options.is_some(), "spec.securityContext.seLinuxOptions");
-    }
     let init = spec::init_containers(pod).iter().enumerate().map(|(i, c)| (format!("spec.initContainers[{i}]"), c));
     let app = s.containers.iter().enumerate().map(|(i, c)| (format!("spec.containers[{i}]"), c));
     for (path, c) in init.chain(app) {
@@ -63,32 +48,19 @@ fn container_fields(path: &str, c: &Container, found: &mut Vec<String>) {
     field(c.restart_policy.is_some() && !sidecar, "restartPolicy");
     field(c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()), "volumeDevices");
     field(c.resources.as_ref().and_then(|r| r.claims.as_ref()).is_some_and(|cl| !cl.is_empty()), "resources.claims");
-    if let Some(sc) = &c.security_context {
-        field(sc.se_linux_options.is_some(), "securityContext.seLinuxOptions");
-        field(sc.proc_mount.as_deref().is_some_and(|m| m != "Default"), "securityContext.procMount");
-    }
-    for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
-        if m.sub_path.as_ref().is_some_and(|p| !p.is_empty()) || m.sub_path_expr.is_some() {
-            found.push(format!("{path}.volumeMounts[{i}].subPath"));
-        }
-    }
 }
 
-/// The projected service-account token volume the API server injects (token, `ca.crt`, namespace).
-pub fn is_service_account_token_volume(v: &Volume) -> bool {
-    v.name.starts_with(SERVICE_ACCOUNT_TOKEN_VOLUME_PREFIX)
-        && v.projected.as_ref().is_some_and(|p| p.sources.iter().flatten().any(|s| s.service_account_token.is_some()))
-}
-
-/// The service-account token volumes of the pod that the containers mount, which the pod runs without.
-pub fn unmounted_service_account_volumes(pod: &Pod) -> Vec<String> {
-    spec::spec(pod)
-        .volumes
-        .iter()
-        .flatten()
-        .filter(|v| is_service_account_token_volume(v))
-        .map(|v| v.name.clone())
-        .collect()
+/// The volume kinds the volume manager sets up.
+fn is_supported_volume(v: &Volume) -> bool {
+    let projection = |s: &VolumeProjection| {
+        s.config_map.is_some() || s.secret.is_some() || s.downward_api.is_some() || s.service_account_token.is_some()
+    };
+    v.empty_dir.as_ref().is_some_and(|e| matches!(e.medium.as_deref().unwrap_or_default(), "" | "Memory"))
+        || v.host_path.is_some()
+        || v.config_map.is_some()
+        || v.secret.is_some()
+        || v.downward_api.is_some()
+        || v.projected.as_ref().is_some_and(|p| p.sources.iter().flatten().all(projection))
 }
 
 fn volume_source(v: &Volume) -> &'static str {
@@ -137,14 +109,17 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_pod_and_the_injected_token_volume_are_accepted() {
+    fn a_plain_pod_and_the_volumes_the_node_sets_up_are_accepted() {
         let p = pod(PodSpec {
             containers: vec![Container { name: "app".into(), ..Default::default() }],
-            volumes: Some(vec![token_volume("kube-api-access-x7z2q")]),
+            volumes: Some(vec![
+                token_volume("kube-api-access-x7z2q"),
+                Volume { name: "data".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+                Volume { name: "cfg".into(), config_map: Some(ConfigMapVolumeSource::default()), ..Default::default() },
+            ]),
             ..Default::default()
         });
         assert_eq!(unsupported_fields(&p), Vec::<String>::new());
-        assert_eq!(unmounted_service_account_volumes(&p), vec!["kube-api-access-x7z2q"]);
     }
 
     #[test]
@@ -163,10 +138,17 @@ mod tests {
         let p = pod(PodSpec {
             containers: vec![app],
             volumes: Some(vec![
-                Volume { name: "data".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
-                Volume { name: "cfg".into(), config_map: Some(ConfigMapVolumeSource::default()), ..Default::default() },
-                // Named like the injected one but not a token projection.
-                Volume { name: "kube-api-access-fake".into(), ..Default::default() },
+                Volume {
+                    name: "data".into(),
+                    empty_dir: Some(EmptyDirVolumeSource { medium: Some("HugePages".into()), ..Default::default() }),
+                    ..Default::default()
+                },
+                Volume {
+                    name: "claim".into(),
+                    persistent_volume_claim: Some(Default::default()),
+                    ..Default::default()
+                },
+                Volume { name: "unknown".into(), ..Default::default() },
             ]),
             runtime_class_name: Some("gvisor".into()),
             ..Default::default()
@@ -175,11 +157,10 @@ mod tests {
             unsupported_fields(&p),
             vec![
                 "spec.volumes[0].emptyDir (\"data\")",
-                "spec.volumes[1].configMap (\"cfg\")",
-                "spec.volumes[2].volume (\"kube-api-access-fake\")",
+                "spec.volumes[1].persistentVolumeClaim (\"claim\")",
+                "spec.volumes[2].volume (\"unknown\")",
                 "spec.runtimeClassName",
                 "spec.containers[0].restartPolicy",
-                "spec.containers[0].securityContext.procMount",
             ]
         );
     }

@@ -208,19 +208,28 @@ impl PodWorker {
             let message = deadline::MESSAGE_DEADLINE_EXCEEDED.to_owned();
             kuberuntime.events.record(pod, None, EventType::Normal, deadline::REASON_DEADLINE_EXCEEDED, message);
         }
+        // A pod that has finished starts nothing, so its volumes are not set up again (kubelet stops syncing it).
+        let terminal = self.deadline_exceeded
+            || self
+                .last_status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        let volumes_ready = terminal || kuberuntime.volumes.mount_pod(pod).await;
         let (actions, result) = if self.deadline_exceeded {
             // A pod failed for its deadline is terminal: everything is stopped and nothing starts again.
             let changed = kuberuntime.kill_containers_and_sandboxes(pod, &observed).await;
             (PodActions::default(), PodSyncResult { changed, ..Default::default() })
         } else {
-            let actions = plan::compute_pod_actions(&PlanInput {
+            let mut actions = plan::compute_pod_actions(&PlanInput {
                 pod,
                 observed: &observed,
                 backoff: &self.backoff,
                 probes: &probes,
-                volumes_ready: true,
+                volumes_ready,
                 now,
             });
+            super::ephemeral::add_ephemeral_starts(pod, &observed, &mut actions);
             tracing::debug!(?actions, "computed pod actions");
             self.record_back_off_events(pod, &actions);
             let result = kuberuntime.sync_pod(pod, &observed, &actions, &mut self.backoff).await;
@@ -250,6 +259,8 @@ impl PodWorker {
             probes: &probes,
             now: SystemTime::now(),
         });
+        status.ephemeral_container_statuses =
+            super::ephemeral::ephemeral_container_statuses(pod, &observed, &waiting, &self.ctx.runtime_name);
         if self.deadline_exceeded {
             deadline::fail(&mut status);
         }
@@ -264,7 +275,7 @@ impl PodWorker {
             (Some(a), Some(d)) => Some(a.min(d)),
             (a, d) => a.or(d),
         };
-        Ok(SyncOutcome { resync_after, failed: result.failed() })
+        Ok(SyncOutcome { resync_after, failed: result.failed() || !volumes_ready })
     }
 
     /// The status of a pod whose containers are being stopped, with the latest probe results; nothing is started.

@@ -142,8 +142,8 @@ impl Drop for CriCall {
 
 #[derive(Clone)]
 pub struct Runtime {
-    runtime: RuntimeServiceClient<Channel>,
-    images: ImageServiceClient<Channel>,
+    pub(super) runtime: RuntimeServiceClient<Channel>,
+    pub(super) images: ImageServiceClient<Channel>,
     metrics: Arc<RuntimeMetrics>,
 }
 
@@ -199,7 +199,12 @@ impl Runtime {
         self.metrics.clone()
     }
 
-    async fn call<T, F>(&self, op: &'static str, timeout: Option<Duration>, fut: F) -> Result<T, RuntimeError>
+    pub(super) async fn call<T, F>(
+        &self,
+        op: &'static str,
+        timeout: Option<Duration>,
+        fut: F,
+    ) -> Result<T, RuntimeError>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
@@ -615,6 +620,25 @@ fn namespace_options(spec: &SandboxSpec) -> cri::NamespaceOption {
     }
 }
 
+fn security_profile(profile: &SeccompProfile) -> cri::SecurityProfile {
+    use cri::security_profile::ProfileType;
+    match profile {
+        SeccompProfile::Unconfined => {
+            cri::SecurityProfile { profile_type: ProfileType::Unconfined as i32, localhost_ref: String::new() }
+        }
+        SeccompProfile::RuntimeDefault => {
+            cri::SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, localhost_ref: String::new() }
+        }
+        SeccompProfile::Localhost(path) => {
+            cri::SecurityProfile { profile_type: ProfileType::Localhost as i32, localhost_ref: path.clone() }
+        }
+    }
+}
+
+fn selinux_option(o: &SeLinuxOptions) -> cri::SeLinuxOption {
+    cri::SeLinuxOption { user: o.user.clone(), role: o.role.clone(), r#type: o.type_.clone(), level: o.level.clone() }
+}
+
 fn sandbox_config(spec: &SandboxSpec) -> cri::PodSandboxConfig {
     let mut sandbox_labels = spec.labels.clone();
     sandbox_labels.insert(labels::POD_NAME.into(), spec.name.clone());
@@ -655,11 +679,32 @@ fn sandbox_config(spec: &SandboxSpec) -> cri::PodSandboxConfig {
             cgroup_parent: spec.cgroup_parent.clone(),
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(namespace_options(spec)),
+                selinux_options: spec.security.selinux.as_ref().map(selinux_option),
+                run_as_user: spec.security.run_as_user.map(|value| cri::Int64Value { value }),
+                run_as_group: spec.security.run_as_group.map(|value| cri::Int64Value { value }),
+                supplemental_groups: spec.security.supplemental_groups.clone(),
+                privileged: spec.security.privileged,
+                seccomp: Some(security_profile(&spec.security.seccomp)),
                 ..Default::default()
             }),
             sysctls: to_map(&spec.sysctls),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+fn mount(m: &Mount) -> cri::Mount {
+    let propagation = match m.propagation {
+        MountPropagation::Private => cri::MountPropagation::PropagationPrivate,
+        MountPropagation::HostToContainer => cri::MountPropagation::PropagationHostToContainer,
+        MountPropagation::Bidirectional => cri::MountPropagation::PropagationBidirectional,
+    };
+    cri::Mount {
+        container_path: m.container_path.clone(),
+        host_path: m.host_path.clone(),
+        readonly: m.readonly,
+        propagation: propagation as i32,
         ..Default::default()
     }
 }
@@ -678,6 +723,7 @@ fn container_config(spec: &ContainerSpec, sandbox: &SandboxSpec) -> cri::Contain
     annotations.insert(labels::CONTAINER_RESTART_COUNT.into(), spec.restart_count.to_string());
     annotations.insert(labels::POD_TERMINATION_GRACE_PERIOD.into(), spec.termination_grace_period.to_string());
     let r = &spec.resources;
+    let sc = &spec.security;
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata { name: spec.name.clone(), attempt: spec.restart_count }),
         image: Some(cri::ImageSpec {
@@ -689,6 +735,7 @@ fn container_config(spec: &ContainerSpec, sandbox: &SandboxSpec) -> cri::Contain
         args: spec.args.clone(),
         working_dir: spec.working_dir.clone(),
         envs: spec.envs.iter().map(|(k, v)| cri::KeyValue { key: k.clone(), value: v.clone() }).collect(),
+        mounts: spec.mounts.iter().map(mount).collect(),
         labels: to_map(&container_labels),
         annotations: to_map(&annotations),
         log_path: spec.log_path.clone(),
@@ -707,30 +754,21 @@ fn container_config(spec: &ContainerSpec, sandbox: &SandboxSpec) -> cri::Contain
             }),
             security_context: Some(cri::LinuxContainerSecurityContext {
                 capabilities: Some(cri::Capability {
-                    add_capabilities: spec.capabilities_add.clone(),
-                    drop_capabilities: spec.capabilities_drop.clone(),
+                    add_capabilities: sc.capabilities_add.clone(),
+                    drop_capabilities: sc.capabilities_drop.clone(),
                     ..Default::default()
                 }),
-                privileged: spec.privileged,
+                privileged: sc.privileged,
                 namespace_options: Some(namespace_options(sandbox)),
-                run_as_user: spec.run_as_user.map(|value| cri::Int64Value { value }),
-                run_as_group: spec.run_as_group.map(|value| cri::Int64Value { value }),
-                readonly_rootfs: spec.readonly_rootfs,
-                no_new_privs: spec.no_new_privs,
-                seccomp: Some(match &spec.seccomp {
-                    SeccompProfile::Unconfined => cri::SecurityProfile {
-                        profile_type: cri::security_profile::ProfileType::Unconfined as i32,
-                        localhost_ref: String::new(),
-                    },
-                    SeccompProfile::RuntimeDefault => cri::SecurityProfile {
-                        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
-                        localhost_ref: String::new(),
-                    },
-                    SeccompProfile::Localhost(path) => cri::SecurityProfile {
-                        profile_type: cri::security_profile::ProfileType::Localhost as i32,
-                        localhost_ref: path.clone(),
-                    },
-                }),
+                selinux_options: sc.selinux.as_ref().map(selinux_option),
+                run_as_user: sc.run_as_user.map(|value| cri::Int64Value { value }),
+                run_as_group: sc.run_as_group.map(|value| cri::Int64Value { value }),
+                readonly_rootfs: sc.readonly_rootfs,
+                supplemental_groups: sc.supplemental_groups.clone(),
+                no_new_privs: sc.no_new_privs,
+                masked_paths: sc.masked_paths.clone(),
+                readonly_paths: sc.readonly_paths.clone(),
+                seccomp: Some(security_profile(&sc.seccomp)),
                 ..Default::default()
             }),
         }),

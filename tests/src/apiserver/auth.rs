@@ -143,6 +143,28 @@ fn node_rules(node: &str, a: &Attrs, store: &Store) -> Result<(), Option<String>
             ("status", "get" | "update" | "patch") => Ok(()),
             _ => Err(None),
         },
+        ("", "configmaps" | "secrets") => {
+            let field = if a.def.plural == "secrets" { "secret" } else { "configMap" };
+            let referenced = verb == "get"
+                && pods_bound_to(store, node, a.namespace.unwrap_or(""))
+                    .any(|p| pod_references(p, field, a.name.unwrap_or("")));
+            if referenced {
+                Ok(())
+            } else {
+                Err(Some(format!("no relationship found between node '{node}' and this object")))
+            }
+        }
+        ("", "services") if ["get", "list", "watch"].contains(&verb) => Ok(()),
+        ("", "serviceaccounts") if sub == "token" && verb == "create" => {
+            let name = a.name.unwrap_or("");
+            let used = pods_bound_to(store, node, a.namespace.unwrap_or(""))
+                .any(|p| p.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default") == name);
+            if used {
+                Ok(())
+            } else {
+                Err(Some(format!("no relationship found between node '{node}' and this object")))
+            }
+        }
         (_, "events") => match verb {
             "create" | "update" | "patch" => Ok(()),
             _ => Err(None),
@@ -165,6 +187,46 @@ fn node_rules(node: &str, a: &Attrs, store: &Store) -> Result<(), Option<String>
         },
         _ => Err(None),
     }
+}
+
+/// The pods of `namespace` bound to `node`.
+fn pods_bound_to<'a>(store: &'a Store, node: &'a str, namespace: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    let pods = super::resources::by_store("", "pods");
+    store.list(pods, Some(namespace)).filter(move |p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node))
+}
+
+/// Whether the pod names the configMap or secret `name` in a volume, a projection or its containers' environment.
+fn pod_references(pod: &Value, field: &str, name: &str) -> bool {
+    let key = if field == "secret" { "secretName" } else { "name" };
+    let volumes = pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten();
+    for v in volumes {
+        if v.get(field).and_then(|s| s.get(key)).and_then(Value::as_str) == Some(name) {
+            return true;
+        }
+        let sources = v.pointer("/projected/sources").and_then(Value::as_array).into_iter().flatten();
+        if sources.into_iter().any(|s| s.get(field).and_then(|s| s.get("name")).and_then(Value::as_str) == Some(name)) {
+            return true;
+        }
+    }
+    let (env_ref, from_ref) =
+        if field == "secret" { ("secretKeyRef", "secretRef") } else { ("configMapKeyRef", "configMapRef") };
+    let containers = ["containers", "initContainers"]
+        .into_iter()
+        .flat_map(|l| pod.pointer(&format!("/spec/{l}")).and_then(Value::as_array).into_iter().flatten());
+    for c in containers {
+        let env = c.get("env").and_then(Value::as_array).into_iter().flatten();
+        if env
+            .into_iter()
+            .any(|e| e.pointer(&format!("/valueFrom/{env_ref}/name")).and_then(Value::as_str) == Some(name))
+        {
+            return true;
+        }
+        let from = c.get("envFrom").and_then(Value::as_array).into_iter().flatten();
+        if from.into_iter().any(|f| f.pointer(&format!("/{from_ref}/name")).and_then(Value::as_str) == Some(name)) {
+            return true;
+        }
+    }
+    false
 }
 
 fn labels_with_prefix(obj: Option<&Value>, prefix: &str) -> Vec<(String, String)> {

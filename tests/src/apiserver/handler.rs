@@ -337,7 +337,7 @@ fn serve_resource(
         (&Method::GET, None, _) if is_watch => "watch",
         (&Method::GET, None, _) => "list",
         (&Method::POST, None, None) => "create",
-        (&Method::POST, Some(_), Some("binding")) => "create",
+        (&Method::POST, Some(_), Some("binding" | "token")) => "create",
         (&Method::PUT, Some(_), _) => "update",
         (&Method::PATCH, Some(_), _) => "patch",
         (&Method::DELETE, Some(_), None) => "delete",
@@ -431,6 +431,12 @@ fn serve_resource(
                 return Err(ApiError::bad_request(format!("expected kind Binding, got {k}")));
             }
             let out = registry::bind(&ctx, &mut store, ns, name, &b)?;
+            Ok(Reply::Json(201, out))
+        }
+        "create" if t.sub == Some("token") => {
+            check_json_content_type(headers)?;
+            let b = parse_json(body)?;
+            let out = registry::token_request(&mut store, ns, name, &b)?;
             Ok(Reply::Json(201, out))
         }
         "create" => {

@@ -5,6 +5,7 @@ use serde_json::{json, Map, Value};
 use super::auth::{UserInfo, MIRROR_ANNOTATION};
 use super::resources::{Codec, ResourceDef};
 use super::status::{ApiError, ApiResult};
+use super::store::{EventType, Store};
 
 pub(crate) fn now_rfc3339() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
@@ -175,6 +176,53 @@ pub(crate) fn default_pod(pod: &mut Value) {
             if !has {
                 ts.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
             }
+        }
+    }
+}
+
+/// What the controllers put into every namespace: the `default` ServiceAccount and the `kube-root-ca.crt`
+/// ConfigMap with the cluster CA.
+pub(crate) fn seed_namespace(store: &mut Store, ns: &str, ca_pem: &str) {
+    let sa = super::resources::by_store("", "serviceaccounts");
+    let cm = super::resources::by_store("", "configmaps");
+    let meta =
+        |name: &str| json!({ "name": name, "namespace": ns, "uid": new_uid(), "creationTimestamp": now_rfc3339() });
+    if store.get(sa, ns, "default").is_none() {
+        let obj = json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta("default") });
+        store.commit(sa, EventType::Added, obj, None);
+    }
+    if store.get(cm, ns, "kube-root-ca.crt").is_none() {
+        let obj = json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta("kube-root-ca.crt"),
+            "data": { "ca.crt": ca_pem } });
+        store.commit(cm, EventType::Added, obj, None);
+    }
+}
+
+/// Secret creation: `stringData` is merged into `data` (base64) and dropped, `type` defaults to `Opaque`.
+pub(crate) fn prepare_secret(secret: &mut Value) {
+    use base64::Engine;
+    if let Some(Value::Object(strings)) = secret.as_object_mut().and_then(|m| m.remove("stringData")) {
+        let data = obj_mut(secret, "data");
+        for (k, v) in strings {
+            let text = v.as_str().unwrap_or_default().to_owned();
+            data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(text)));
+        }
+    }
+    if let Some(m) = secret.as_object_mut() {
+        m.entry("type").or_insert(json!("Opaque"));
+    }
+}
+
+/// Service creation: a ClusterIP from 10.96.0.0/12 unless given (or `None`), ports default to TCP.
+pub(crate) fn prepare_service(svc: &mut Value, rv: u64) {
+    let spec = obj_mut(svc, "spec");
+    if spec.get("clusterIP").is_none_or(|ip| ip.as_str().is_none_or(str::is_empty)) {
+        spec.insert("clusterIP".into(), json!(format!("10.96.{}.{}", (rv / 250) % 250, rv % 250 + 2)));
+    }
+    set_default(spec, "type", json!("ClusterIP"));
+    for p in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let Some(m) = p.as_object_mut() {
+            set_default(m, "protocol", json!("TCP"));
         }
     }
 }

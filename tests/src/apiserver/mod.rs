@@ -11,7 +11,10 @@
 //!   `kube-public`, `kube-node-lease` are seeded), `nodes` (+`/status`), `pods`
 //!   (+`/status`, `/binding`), `events`; `events.k8s.io/v1` `events` (the same objects as
 //!   core events, converted field by field); `coordination.k8s.io/v1` `leases`;
-//!   `certificates.k8s.io/v1` `certificatesigningrequests` (+`/status`, `/approval`).
+//!   `certificates.k8s.io/v1` `certificatesigningrequests` (+`/status`, `/approval`); `configmaps`, `secrets`
+//!   (`stringData` folded into `data`), `services` (a ClusterIP is assigned; `default/kubernetes` is seeded) and
+//!   `serviceaccounts` with `/token` (TokenRequest: an unsigned token shaped like a JWT, with
+//!   `expirationTimestamp`). Every namespace gets the `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap.
 //!   Discovery: `/api`, `/apis`, `/api/v1`, `/apis/<group>`, `/apis/<group>/<version>`,
 //!   `/version`, `/healthz`, `/livez`, `/readyz`.
 //! * Verbs: get, list, watch, create, update (PUT), patch (JSON patch, JSON merge patch,
@@ -68,7 +71,9 @@
 //!   only); an unknown token → 401.
 //! * Authorization: `system:masters` may do everything; node identities get the Node
 //!   authorizer's rules (with `AuthorizeNodeWithSelectors`: pods may be listed/watched only
-//!   with `fieldSelector=spec.nodeName=<self>`, and got only when bound to the node) and
+//!   with `fieldSelector=spec.nodeName=<self>`, and got only when bound to the node; configMaps and
+//!   secrets got only when a pod bound to the node references them; services read; tokens only for the
+//!   service accounts of its pods) and
 //!   NodeRestriction admission (own Node only, no `node-restriction.kubernetes.io/` labels,
 //!   no taint changes on update; mirror pods bound to itself only; pod status and delete
 //!   for its own pods only; its own lease in `kube-node-lease` only; events; CSR
@@ -99,8 +104,7 @@
 //!   aggregated discovery (plain discovery documents are served), OpenAPI documents.
 //! * Validation is limited to names, required pod container fields, pod spec immutability,
 //!   CSR request/signer/usages and a few status rules; no other field validation.
-//! * No tokens are issued for the `kube-api-access-*` volume the double injects like the ServiceAccount
-//!   admission (no TokenRequest, no `kube-root-ca.crt` ConfigMap), no secrets/configmaps/services, no scheduler or other
+//! * Tokens are not signed and nothing reviews them; no scheduler or other
 //!   controllers (pods stay Pending until a test binds them or creates them with
 //!   `spec.nodeName`), namespaces are deleted at once rather than going through
 //!   `Terminating`.
@@ -264,7 +268,17 @@ impl ApiServer {
             });
             kinds::default_namespace(&mut obj);
             store.commit(nsdef, EventType::Added, obj, None);
+            kinds::seed_namespace(&mut store, ns, pki.ca_pem());
         }
+        // The API server's own Service, whose variables every pod gets.
+        let mut kubernetes = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": "kubernetes", "namespace": "default", "uid": kinds::new_uid(),
+                "creationTimestamp": kinds::now_rfc3339() },
+            "spec": { "clusterIP": "10.96.0.1", "ports": [{ "name": "https", "port": 443, "targetPort": 6443 }] },
+        });
+        kinds::prepare_service(&mut kubernetes, 0);
+        store.commit(resources::by_store("", "services"), EventType::Added, kubernetes, None);
         let bootstrap_id = random_chars(6);
         let bootstrap_token = format!("{bootstrap_id}.{}", random_chars(16));
         let mut tokens = HashMap::new();

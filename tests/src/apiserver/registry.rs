@@ -155,6 +155,8 @@ pub(crate) fn create(
             obj["status"] = json!({ "phase": "Pending", "qosClass": qos });
         }
         ("", "namespaces") => kinds::default_namespace(&mut obj),
+        ("", "secrets") => kinds::prepare_secret(&mut obj),
+        ("", "services") => kinds::prepare_service(&mut obj, store.rv),
         ("certificates.k8s.io", "certificatesigningrequests") => kinds::prepare_csr(def, &name, &mut obj, ctx.user)?,
         _ => {}
     }
@@ -163,6 +165,9 @@ pub(crate) fn create(
         return Err(ApiError::already_exists(def, &name));
     }
     let out = ctx.commit(store, def, EventType::Added, obj, None);
+    if def.plural == "namespaces" && !ctx.dry_run {
+        kinds::seed_namespace(store, &name, ctx.shared.pki.ca_pem());
+    }
     if def.plural == "certificatesigningrequests" && !ctx.dry_run {
         process_csr(ctx.shared, store, &name);
     }
@@ -555,6 +560,32 @@ pub(crate) fn delete(
     } else {
         Ok(success_status(def, name, &uid))
     }
+}
+
+/// POST serviceaccounts/<name>/token: a token for an existing service account, bound to the object named in
+/// the request, expiring after `expirationSeconds` (default one hour). The token is not a signed JWT, only shaped
+/// like one: nothing here verifies it.
+pub(crate) fn token_request(store: &mut Store, ns: &str, name: &str, body: &Value) -> ApiResult<Value> {
+    let sa = by_store("", "serviceaccounts");
+    if store.get(sa, ns, name).is_none() {
+        return Err(ApiError::not_found(sa, name));
+    }
+    let seconds = body.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+    let claims = json!({
+        "sub": format!("system:serviceaccount:{ns}:{name}"),
+        "aud": body.pointer("/spec/audiences").cloned().unwrap_or(json!([])),
+        "bound": body.pointer("/spec/boundObjectRef").cloned().unwrap_or(Value::Null),
+        "jti": kinds::new_uid(),
+    });
+    let part = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let token = format!("{}.{}.{}", part(&json!({ "alg": "none" })), part(&claims), part(&json!(kinds::new_uid())));
+    let mut out = body.clone();
+    out["apiVersion"] = json!("authentication.k8s.io/v1");
+    out["kind"] = json!("TokenRequest");
+    out["metadata"] = json!({ "name": name, "namespace": ns, "creationTimestamp": kinds::now_rfc3339() });
+    out["spec"]["expirationSeconds"] = json!(seconds);
+    out["status"] = json!({ "token": token, "expirationTimestamp": kinds::rfc3339_in(seconds) });
+    Ok(out)
 }
 
 /// POST pods/<name>/binding: the only way to set `spec.nodeName` of an existing pod.

@@ -1,0 +1,85 @@
+//! The API objects pods read: ConfigMaps and Secrets (fetched by name, as the Node authorizer lets a node read only
+//! those its pods reference), service-account tokens through the TokenRequest API, and a Service informer for the
+//! service link variables.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+
+use crate::pods::env::Lookup;
+
+/// The node's reader of the objects its pods use.
+#[derive(Clone)]
+pub struct PodObjects {
+    client: kube::Client,
+    services: Store<Service>,
+    services_synced: Arc<AtomicBool>,
+}
+
+fn lookup<T>(r: Result<T, kube::Error>) -> Lookup<T> {
+    match r {
+        Ok(o) => Lookup::Found(o),
+        Err(kube::Error::Api(s)) if s.code == 404 => Lookup::NotFound,
+        Err(e) => Lookup::Failed(e.to_string()),
+    }
+}
+
+impl PodObjects {
+    /// The reader, and the Service informer to run for as long as the agent runs.
+    pub fn new(client: kube::Client) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
+        let (reader, writer) = reflector::store();
+        let services_synced = Arc::new(AtomicBool::new(false));
+        let synced = services_synced.clone();
+        let api: Api<Service> = Api::all(client.clone());
+        let informer = async move {
+            let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default().any_semantic()))
+                .default_backoff();
+            stream
+                .for_each(|event| {
+                    match event {
+                        Ok(watcher::Event::InitDone) => synced.store(true, Ordering::Relaxed),
+                        Err(e) => tracing::warn!(error = %e, "service watch failed; retrying"),
+                        Ok(_) => {}
+                    }
+                    futures::future::ready(())
+                })
+                .await;
+        };
+        (Self { client, services: reader, services_synced }, informer)
+    }
+
+    pub async fn config_map(&self, namespace: &str, name: &str) -> Lookup<ConfigMap> {
+        lookup(Api::<ConfigMap>::namespaced(self.client.clone(), namespace).get(name).await)
+    }
+
+    pub async fn secret(&self, namespace: &str, name: &str) -> Lookup<Secret> {
+        lookup(Api::<Secret>::namespaced(self.client.clone(), namespace).get(name).await)
+    }
+
+    /// `POST serviceaccounts/<name>/token`.
+    pub async fn request_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        request: &TokenRequest,
+    ) -> Result<TokenRequest, String> {
+        Api::<ServiceAccount>::namespaced(self.client.clone(), namespace)
+            .create_token_request(service_account, &PostParams::default(), request)
+            .await
+            .map_err(|e| format!("failed to fetch token: {e}"))
+    }
+
+    /// All services, once the informer listed them at least once; `None` before.
+    pub fn services(&self) -> Option<Vec<Service>> {
+        if !self.services_synced.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(self.services.state().iter().map(|s| (**s).clone()).collect())
+    }
+}

@@ -1,0 +1,525 @@
+//! The volume manager, kubelet's `volumemanager` for the volume kinds a node sets up itself: each pod's volumes
+//! live under `<root-dir>/pods/<uid>/volumes/kubernetes.io~<plugin>/<name>`, are set up before its containers start
+//! (and again on every sync, which refreshes configMap, secret, downwardAPI and projected files), are passed to the
+//! runtime as mounts, and are torn down when the pod is gone — also for pods that went while the agent was down.
+
+pub mod atomic_writer;
+pub mod host_path;
+pub mod ownership;
+pub mod payload;
+pub mod token;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1::{Container, Pod, Volume};
+
+use crate::api::objects::PodObjects;
+use crate::pods::backoff::random_unit;
+use crate::pods::env::{self, Lookup, NodeAllocatable};
+use crate::pods::events::{EventRecorder, EventType};
+use crate::pods::spec;
+use crate::resources::pod::pod_resource_config;
+use crate::runtime::{Mount, MountPropagation};
+
+use payload::Objects;
+use token::{CachedToken, TokenCache, TokenKey, DEFAULT_EXPIRATION_SECONDS};
+
+/// kubelet's event reason for a volume that could not be set up.
+pub const EVENT_FAILED_MOUNT: &str = "FailedMount";
+/// emptyDir volumes are open to every user of the pod, as kubelet makes them.
+const EMPTY_DIR_MODE: u32 = 0o777;
+/// kubelet's pod and volumes folders.
+const POD_DIR_MODE: u32 = 0o750;
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// A volume plugin's folder name under `volumes/`.
+fn plugin_dir(v: &Volume) -> Option<&'static str> {
+    if v.empty_dir.is_some() {
+        Some("kubernetes.io~empty-dir")
+    } else if v.config_map.is_some() {
+        Some("kubernetes.io~configmap")
+    } else if v.secret.is_some() {
+        Some("kubernetes.io~secret")
+    } else if v.downward_api.is_some() {
+        Some("kubernetes.io~downward-api")
+    } else if v.projected.is_some() {
+        Some("kubernetes.io~projected")
+    } else {
+        None
+    }
+}
+
+/// Volumes whose files the node writes: mounted read-only into containers whatever the mount says.
+fn is_read_only_kind(v: &Volume) -> bool {
+    v.config_map.is_some() || v.secret.is_some() || v.downward_api.is_some() || v.projected.is_some()
+}
+
+pub struct VolumeManager {
+    /// `<root-dir>/pods`.
+    pods_dir: PathBuf,
+    /// Set once the API client exists; never for a standalone node.
+    objects: OnceLock<PodObjects>,
+    tokens: TokenCache,
+    pub allocatable: NodeAllocatable,
+    events: EventRecorder,
+}
+
+impl VolumeManager {
+    pub fn new(root_dir: &Path, allocatable: NodeAllocatable, events: EventRecorder) -> Self {
+        let objects = OnceLock::new();
+        Self { pods_dir: root_dir.join("pods"), objects, tokens: TokenCache::default(), allocatable, events }
+    }
+
+    /// Connects the manager to the API server.
+    pub fn set_objects(&self, objects: PodObjects) {
+        if self.objects.set(objects).is_err() {
+            tracing::warn!("the API reader was already set");
+        }
+    }
+
+    /// The API reader, when the node has an API server.
+    pub fn objects(&self) -> Option<&PodObjects> {
+        self.objects.get()
+    }
+
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.pods_dir.join(uid)
+    }
+
+    fn volume_dir(&self, uid: &str, v: &Volume) -> Option<PathBuf> {
+        plugin_dir(v).map(|p| self.pod_dir(uid).join("volumes").join(p).join(&v.name))
+    }
+
+    /// kubelet's `WaitForAttachAndMount` for one sync: sets up (or refreshes) every volume of the pod. Failures are
+    /// `FailedMount` warnings; the pod's containers wait until every volume is there.
+    pub async fn mount_pod(&self, pod: &Pod) -> bool {
+        let volumes = spec::spec(pod).volumes.as_deref().unwrap_or_default();
+        if volumes.is_empty() {
+            return true;
+        }
+        let objects = self.fetch_objects(pod).await;
+        let mut ready = true;
+        for v in volumes {
+            if let Err(e) = self.set_up(pod, v, objects.as_ref()).await {
+                ready = false;
+                let message = format!("MountVolume.SetUp failed for volume {:?} : {e}", v.name);
+                self.events.record(pod, None, EventType::Warning, EVENT_FAILED_MOUNT, message);
+            }
+        }
+        ready
+    }
+
+    /// The ConfigMaps and Secrets the pod's volumes name.
+    async fn fetch_objects(&self, pod: &Pod) -> Option<Objects> {
+        let api = self.objects.get()?;
+        let ns = spec::namespace(pod);
+        let mut config_maps = BTreeSet::new();
+        let mut secrets = BTreeSet::new();
+        for v in spec::spec(pod).volumes.iter().flatten() {
+            if let Some(c) = &v.config_map {
+                config_maps.insert(c.name.clone());
+            }
+            if let Some(s) = &v.secret {
+                secrets.insert(s.secret_name.clone().unwrap_or_default());
+            }
+            for s in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+                if let Some(c) = &s.config_map {
+                    config_maps.insert(c.name.clone());
+                }
+                if let Some(s) = &s.secret {
+                    secrets.insert(s.name.clone());
+                }
+            }
+        }
+        let mut objects = Objects::default();
+        for name in config_maps {
+            let found = api.config_map(ns, &name).await;
+            objects.config_maps.insert(name, found);
+        }
+        for name in secrets {
+            let found = api.secret(ns, &name).await;
+            objects.secrets.insert(name, found);
+        }
+        Some(objects)
+    }
+
+    /// kubelet's token manager `GetServiceAccountToken`.
+    async fn service_account_token(
+        &self,
+        pod: &Pod,
+        audience: Option<&str>,
+        expiration: Option<i64>,
+    ) -> Result<String, String> {
+        let Some(api) = self.objects.get() else {
+            return Err("cannot request a service account token: the node runs without an API server".into());
+        };
+        let key = TokenKey {
+            namespace: spec::namespace(pod).to_owned(),
+            service_account: spec::spec(pod).service_account_name.clone().unwrap_or_else(|| "default".into()),
+            audiences: audience.filter(|a| !a.is_empty()).map(|a| vec![a.to_owned()]).unwrap_or_default(),
+            expiration_seconds: expiration.unwrap_or(DEFAULT_EXPIRATION_SECONDS),
+            pod_name: spec::name(pod).to_owned(),
+            pod_uid: spec::uid(pod).to_owned(),
+        };
+        let now = SystemTime::now();
+        if let Some(t) = self.tokens.fresh(&key, now, random_unit()) {
+            return Ok(t);
+        }
+        match api.request_token(&key.namespace, &key.service_account, &key.request()).await {
+            Ok(tr) => match CachedToken::from_response(&tr, key.expiration_seconds, now) {
+                Some(t) => {
+                    let token = t.token.clone();
+                    self.tokens.set(key, t);
+                    Ok(token)
+                }
+                None => Err("failed to fetch token: the answer holds no token".into()),
+            },
+            // A token that has not expired yet still works while the API is away.
+            Err(e) => self.tokens.unexpired(&key, now).ok_or(e),
+        }
+    }
+
+    async fn set_up(&self, pod: &Pod, v: &Volume, objects: Option<&Objects>) -> Result<(), String> {
+        let uid = spec::uid(pod);
+        let sc = spec::spec(pod).security_context.as_ref();
+        let fs_group = sc.and_then(|s| s.fs_group);
+        let policy = sc.and_then(|s| s.fs_group_change_policy.as_deref());
+        if let Some(hp) = &v.host_path {
+            return host_path::check_type(Path::new(&hp.path), hp.type_.as_deref().unwrap_or_default());
+        }
+        let Some(dir) = self.volume_dir(uid, v) else {
+            return Err("volume type is not supported on this node".into());
+        };
+        self.ensure_pod_dirs(uid).map_err(|e| e.to_string())?;
+        let payload = if let Some(ed) = &v.empty_dir {
+            match ed.medium.as_deref().unwrap_or_default() {
+                "" => ensure_dir(&dir, EMPTY_DIR_MODE),
+                "Memory" => {
+                    let size = self.memory_volume_size(pod, ed.size_limit.as_ref().map(|q| q.0.as_str()));
+                    ensure_tmpfs(&dir, size).and_then(|()| chmod(&dir, EMPTY_DIR_MODE))
+                }
+                other => Err(std::io::Error::other(format!("emptyDir medium {other:?} is not supported on this node"))),
+            }
+            .map_err(|e| e.to_string())?;
+            if let Some(g) = fs_group {
+                ownership::set_volume_ownership(&dir, g, policy, false).map_err(|e| e.to_string())?;
+            }
+            return Ok(());
+        } else if let Some(c) = &v.config_map {
+            let optional = c.optional.unwrap_or(false);
+            payload::config_map_volume(objects, &c.name, c.items.as_deref(), c.default_mode, optional)?
+        } else if let Some(s) = &v.secret {
+            let optional = s.optional.unwrap_or(false);
+            let name = s.secret_name.as_deref().unwrap_or_default();
+            payload::secret_volume(objects, name, s.items.as_deref(), s.default_mode, optional)?
+        } else if let Some(d) = &v.downward_api {
+            let mode = d.default_mode.unwrap_or(payload::DEFAULT_MODE);
+            payload::downward_api_payload(pod, d.items.as_deref().unwrap_or_default(), mode, self.allocatable)?
+        } else if let Some(p) = &v.projected {
+            let mut tokens = BTreeMap::new();
+            for (i, s) in p.sources.iter().flatten().enumerate() {
+                if let Some(t) = &s.service_account_token {
+                    let token = self.service_account_token(pod, t.audience.as_deref(), t.expiration_seconds).await;
+                    tokens.insert(i, token);
+                }
+            }
+            payload::projected_payload(pod, p, objects, &tokens, self.allocatable, fs_group.is_some())?
+        } else {
+            return Err("volume type is not supported on this node".into());
+        };
+        // Secrets and tokens never touch the disk: their volumes are tmpfs, as kubelet's memory-backed wrappers.
+        if v.secret.is_some() || v.projected.is_some() {
+            ensure_tmpfs(&dir, None).map_err(|e| e.to_string())?;
+        }
+        ensure_dir(&dir, EMPTY_DIR_MODE).map_err(|e| e.to_string())?;
+        atomic_writer::write(&dir, &payload).map_err(|e| format!("failed to write volume files: {e}"))?;
+        if let Some(g) = fs_group {
+            ownership::set_volume_ownership(&dir, g, policy, true).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// kubelet's `calculateEmptyDirMemorySize`: the node's allocatable memory, lowered to the pod's memory limit and
+    /// then to the volume's `sizeLimit`.
+    fn memory_volume_size(&self, pod: &Pod, size_limit: Option<&str>) -> Option<i128> {
+        let mut size = self.allocatable.memory_bytes;
+        if let Some(limit) = pod_resource_config(spec::spec(pod)).memory_limit_bytes.map(i128::from) {
+            if limit > 0 && limit <= size {
+                size = limit;
+            }
+        }
+        if let Some(limit) = size_limit.and_then(|s| crate::resources::quantity::parse_value(s).ok()) {
+            if limit > 0 && limit <= size {
+                size = limit;
+            }
+        }
+        (size > 0).then_some(size)
+    }
+
+    fn ensure_pod_dirs(&self, uid: &str) -> std::io::Result<()> {
+        let volumes = self.pod_dir(uid).join("volumes");
+        if !volumes.is_dir() {
+            std::fs::create_dir_all(&volumes)?;
+            chmod(&self.pod_dir(uid), POD_DIR_MODE)?;
+            chmod(&volumes, POD_DIR_MODE)?;
+        }
+        Ok(())
+    }
+
+    /// kubelet's `makeMounts` for the pod's volumes: each `volumeMount` with its `subPath`/`subPathExpr` (checked
+    /// as kubelet does), read-only flag and propagation. `envs` is the container's environment for `subPathExpr`.
+    pub fn container_mounts(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        envs: &[(String, String)],
+    ) -> Result<Vec<Mount>, String> {
+        let uid = spec::uid(pod);
+        let volumes = spec::spec(pod).volumes.as_deref().unwrap_or_default();
+        let mut mounts = Vec::new();
+        for m in container.volume_mounts.iter().flatten() {
+            let Some(v) = volumes.iter().find(|v| v.name == m.name) else {
+                return Err(format!("cannot find volume {:?} to mount into container {:?}", m.name, container.name));
+            };
+            let volume_path = match (&v.host_path, self.volume_dir(uid, v)) {
+                (Some(hp), _) => PathBuf::from(&hp.path),
+                (None, Some(dir)) => dir,
+                (None, None) => return Err(format!("volume {:?} is not supported on this node", v.name)),
+            };
+            let mut sub_path = m.sub_path.clone().unwrap_or_default();
+            if let Some(expr) = m.sub_path_expr.as_deref().filter(|e| !e.is_empty()) {
+                sub_path = env::expand_sub_path_expr(expr, envs)?;
+            }
+            let host_path = if sub_path.is_empty() { volume_path } else { prepare_sub_path(&volume_path, &sub_path)? };
+            let privileged = container.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false);
+            let propagation = match m.mount_propagation.as_deref() {
+                Some("HostToContainer") => MountPropagation::HostToContainer,
+                Some("Bidirectional") if privileged => MountPropagation::Bidirectional,
+                Some("Bidirectional") => {
+                    return Err("Bidirectional mount propagation is available only to privileged containers".into())
+                }
+                _ => MountPropagation::Private,
+            };
+            mounts.push(Mount {
+                container_path: m.mount_path.clone(),
+                host_path: host_path.to_string_lossy().into_owned(),
+                readonly: m.read_only.unwrap_or(false) || is_read_only_kind(v),
+                propagation,
+            });
+        }
+        Ok(mounts)
+    }
+
+    /// Tears the pod's volumes down and removes its folder, once its containers are gone.
+    pub fn unmount_pod(&self, uid: &str) {
+        self.tokens.forget_pod(uid);
+        let dir = self.pod_dir(uid);
+        if !dir.exists() {
+            return;
+        }
+        for m in mounts_under(&dir).into_iter().rev() {
+            if let Err(e) = unmount(&m) {
+                tracing::warn!(uid, path = %m.display(), error = %e, "cannot unmount pod volume");
+            }
+        }
+        if !mounts_under(&dir).is_empty() {
+            tracing::warn!(uid, dir = %dir.display(), "pod folder still holds mounts; not removing it");
+            return;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::info!(uid, "pod volumes torn down"),
+            Err(e) => tracing::warn!(uid, dir = %dir.display(), error = %e, "cannot remove pod folder"),
+        }
+    }
+
+    /// kubelet's `cleanupOrphanedPodDirs`: the folders of pods neither a source nor the runtime knows any more.
+    pub fn cleanup_orphaned_pod_dirs(&self, active: &BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(&self.pods_dir) else { return };
+        for e in entries.flatten() {
+            let uid = e.file_name().to_string_lossy().into_owned();
+            if !active.contains(&uid) && e.path().is_dir() {
+                tracing::info!(uid, "removing orphaned pod folder");
+                self.unmount_pod(&uid);
+            }
+        }
+    }
+}
+
+/// kubelet's subPath checks: relative, no `..`, created when missing with the volume's mode, and — after resolving
+/// symlinks — still inside the volume.
+fn prepare_sub_path(volume_path: &Path, sub_path: &str) -> Result<PathBuf, String> {
+    if Path::new(sub_path).is_absolute() {
+        return Err(format!("error SubPath `{sub_path}` must not be an absolute path"));
+    }
+    if sub_path.split('/').any(|e| e == "..") {
+        return Err(format!("unable to provision SubPath `{sub_path}`: must not contain '..'"));
+    }
+    let host_path = volume_path.join(sub_path);
+    if std::fs::symlink_metadata(&host_path).is_err() {
+        let mode = std::fs::metadata(volume_path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o755);
+        std::fs::create_dir_all(&host_path).map_err(|e| format!("failed to create subPath directory: {e}"))?;
+        let _ = chmod(&host_path, mode);
+    }
+    let volume_real = volume_path.canonicalize().map_err(|e| e.to_string())?;
+    let real = host_path.canonicalize().map_err(|e| e.to_string())?;
+    if !real.starts_with(&volume_real) {
+        return Err(format!(
+            "subpath {:?} not within volume path {:?}",
+            real.display().to_string(),
+            volume_real.display().to_string()
+        ));
+    }
+    Ok(real)
+}
+
+fn chmod(path: &Path, mode: u32) -> std::io::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+fn ensure_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if std::fs::metadata(dir)?.permissions().mode() & 0o7777 != mode {
+        chmod(dir, mode)?;
+    }
+    Ok(())
+}
+
+fn c_path(p: &Path) -> std::io::Result<CString> {
+    CString::new(p.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)
+}
+
+/// Whether `dir` is a mount point: its device differs from its parent's.
+fn is_mount_point(dir: &Path) -> bool {
+    let (Ok(m), Some(Ok(p))) = (std::fs::metadata(dir), dir.parent().map(std::fs::metadata)) else { return false };
+    m.dev() != p.dev()
+}
+
+fn is_tmpfs(dir: &Path) -> bool {
+    let Ok(path) = c_path(dir) else { return false };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a zeroed out-parameter of the right type.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == TMPFS_MAGIC
+}
+
+/// Mounts a tmpfs on `dir` unless one is there, with `size` bytes at most.
+fn ensure_tmpfs(dir: &Path, size: Option<i128>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if is_mount_point(dir) && is_tmpfs(dir) {
+        return Ok(());
+    }
+    let target = c_path(dir)?;
+    let data = CString::new(size.map(|s| format!("size={s}")).unwrap_or_default()).map_err(std::io::Error::other)?;
+    let source = c"tmpfs";
+    // SAFETY: valid C strings for the duration of the call.
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), source.as_ptr(), 0, data.as_ptr().cast()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn unmount(dir: &Path) -> std::io::Result<()> {
+    let target = c_path(dir)?;
+    // SAFETY: a valid C string; MNT_DETACH leaves no reference behind.
+    let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Mount points at or under `dir` from `/proc/self/mountinfo`, shallowest first.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| p.components().count());
+    found.dedup();
+    found
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The pod's environment lookups: what `env::container_envs` needs from the API for one container.
+pub async fn fetch_env_objects(
+    objects: &PodObjects,
+    namespace: &str,
+    container: &Container,
+) -> (
+    BTreeMap<String, Lookup<k8s_openapi::api::core::v1::ConfigMap>>,
+    BTreeMap<String, Lookup<k8s_openapi::api::core::v1::Secret>>,
+) {
+    let (cms, secrets) = env::referenced_objects(container);
+    let mut config_maps = BTreeMap::new();
+    for name in cms {
+        let found = objects.config_map(namespace, &name).await;
+        config_maps.insert(name, found);
+    }
+    let mut out_secrets = BTreeMap::new();
+    for name in secrets {
+        let found = objects.secret(namespace, &name).await;
+        out_secrets.insert(name, found);
+    }
+    (config_maps, out_secrets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/var/lib/a\\040b"), "/var/lib/a b");
+        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn sub_paths_stay_inside_their_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        chmod(&vol, 0o777).unwrap();
+        let created = prepare_sub_path(&vol, "a/b").unwrap();
+        assert!(created.is_dir());
+        assert_eq!(std::fs::metadata(&created).unwrap().permissions().mode() & 0o777, 0o777);
+        assert_eq!(prepare_sub_path(&vol, "/etc").unwrap_err(), "error SubPath `/etc` must not be an absolute path");
+        assert_eq!(
+            prepare_sub_path(&vol, "a/../../x").unwrap_err(),
+            "unable to provision SubPath `a/../../x`: must not contain '..'"
+        );
+        std::os::unix::fs::symlink("/etc", vol.join("escape")).unwrap();
+        assert!(prepare_sub_path(&vol, "escape").unwrap_err().contains("not within volume path"));
+        std::fs::write(vol.join("file"), "x").unwrap();
+        std::os::unix::fs::symlink("file", vol.join("link")).unwrap();
+        assert_eq!(prepare_sub_path(&vol, "link").unwrap(), vol.canonicalize().unwrap().join("file"));
+    }
+}
