@@ -4,7 +4,7 @@
 //! jittered back-off; a deletion cancels a sync in progress.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +20,7 @@ use super::spec;
 use super::status::{compute_pod_status, StatusInput};
 use super::store::{PodStartRecord, PodStore};
 use crate::kuberuntime::{KubeRuntime, PodSyncResult};
-use crate::lifecycle::deadline;
+use crate::lifecycle::{deadline, termination};
 use crate::probes::Prober;
 use crate::runtime::{ContainerRunState, CriClock, ObservedPod, RuntimeError, CRI_TIME};
 
@@ -98,6 +98,8 @@ pub struct PodWorker {
     published: bool,
     /// The pod was active longer than `activeDeadlineSeconds`: failed, and its containers stay stopped.
     deadline_exceeded: bool,
+    /// Termination messages of exited instances, by container ID: read once, as they do not change.
+    termination_messages: HashMap<String, String>,
 }
 
 impl PodWorker {
@@ -123,6 +125,7 @@ impl PodWorker {
             last_status: known,
             published: false,
             deadline_exceeded: false,
+            termination_messages: HashMap::new(),
             ctx,
         }
     }
@@ -242,7 +245,8 @@ impl PodWorker {
             };
         }
 
-        let observed = if result.changed { kuberuntime.runtime.observe_pod(&uid).await? } else { observed };
+        let mut observed = if result.changed { kuberuntime.runtime.observe_pod(&uid).await? } else { observed };
+        fill_termination_messages(&self.ctx, pod, &mut observed, &mut self.termination_messages);
         // Containers started just now get their probe workers.
         self.prober.sync(pod, &observed, &kuberuntime.host_ips);
         let probes = self.prober.results();
@@ -281,7 +285,8 @@ impl PodWorker {
     /// The status of a pod whose containers are being stopped, with the latest probe results; nothing is started.
     async fn publish_terminating_status(&mut self, pod: &Arc<Pod>) {
         let uid = spec::uid(pod);
-        let Ok(observed) = self.ctx.kuberuntime.runtime.observe_pod(uid).await else { return };
+        let Ok(mut observed) = self.ctx.kuberuntime.runtime.observe_pod(uid).await else { return };
+        fill_termination_messages(&self.ctx, pod, &mut observed, &mut self.termination_messages);
         let probes = self.prober.results();
         let mut status = compute_pod_status(&StatusInput {
             pod,
@@ -338,6 +343,18 @@ impl PodWorker {
             self.ctx.store.record_start(spec::uid(pod), record);
         }
     }
+}
+
+/// Exited instances get their termination messages (the file the container wrote, or its log's end).
+fn fill_termination_messages(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    observed: &mut ObservedPod,
+    cache: &mut HashMap<String, String>,
+) {
+    let pod_dir = ctx.kuberuntime.volumes.pod_dir(spec::uid(pod));
+    let log_dir = crate::kuberuntime::pod_log_dir(&ctx.kuberuntime.pod_logs_dir, pod);
+    termination::fill_messages(pod, observed, &pod_dir, &log_dir, cache);
 }
 
 /// Resolves once the manager asks for the pod's termination; never when the manager is gone.
