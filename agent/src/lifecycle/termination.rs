@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::pods::spec;
-use crate::runtime::{ContainerRecord, ContainerRunState, ObservedPod};
+use crate::runtime::{ContainerRecord, ContainerRunState, Mount, ObservedPod};
 
 /// The API's default `terminationMessagePath`.
 pub const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
@@ -52,6 +52,19 @@ pub fn prepare(pod_dir: &Path, container: &Container, restart_count: u32) -> std
     // Explicitly, past the umask: a container running as any user must be able to write its message.
     fs::set_permissions(&file, fs::Permissions::from_mode(0o666))?;
     Ok(Some((file.display().to_string(), path.to_owned())))
+}
+
+/// The bind mount of a new instance's message file (created here), kubelet's part of `makeMounts` for
+/// `terminationMessagePath`; the error is the container's `CreateContainerConfigError` message.
+pub fn mount(pod_dir: &Path, container: &Container, restart_count: u32) -> Result<Option<Mount>, String> {
+    let prepared = prepare(pod_dir, container, restart_count)
+        .map_err(|e| format!("failed to create the termination message file of container {:?}: {e}", container.name))?;
+    Ok(prepared.map(|(host_path, container_path)| Mount {
+        container_path,
+        host_path,
+        readonly: false,
+        ..Default::default()
+    }))
 }
 
 /// The last `max` bytes of a file (kubelet's `tail.ReadAtMost`).

@@ -42,7 +42,6 @@ fn container_fields(path: &str, c: &Container, found: &mut Vec<String>) {
             found.push(format!("{path}.{name}"));
         }
     };
-    field(c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"), "terminationMessagePolicy");
     // `Always` on an init container makes it a sidecar; nothing else is a valid container restart policy.
     let sidecar = path.starts_with("spec.initContainers") && c.restart_policy.as_deref() == Some("Always");
     field(c.restart_policy.is_some() && !sidecar, "restartPolicy");
