@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::pods::sysctl::SysctlAllowlist;
 use crate::resources::cgroups::CgroupDriver;
 use crate::resources::pod::{CpuMemory, Reservations};
 use crate::resources::quantity::{parse_milli, parse_value};
@@ -32,6 +33,19 @@ pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
 /// The bridge name the reference bridge plugin defaults to.
 pub const DEFAULT_CNI_BRIDGE_NAME: &str = "cni0";
+/// kubelet's `port`: the authenticated HTTPS server (logs, exec, stats).
+pub const DEFAULT_PORT: u16 = 10250;
+/// kubelet's `healthzPort` and `healthzBindAddress`.
+pub const DEFAULT_HEALTHZ_PORT: u16 = 10248;
+pub const DEFAULT_HEALTHZ_BIND_ADDRESS: &str = "127.0.0.1";
+/// kubelet's `authentication.webhook.cacheTTL`, `authorization.webhook.cacheAuthorizedTTL` and
+/// `cacheUnauthorizedTTL` defaults.
+pub const DEFAULT_AUTHENTICATION_CACHE_TTL: Duration = Duration::from_secs(120);
+pub const DEFAULT_AUTHORIZED_CACHE_TTL: Duration = Duration::from_secs(300);
+pub const DEFAULT_UNAUTHORIZED_CACHE_TTL: Duration = Duration::from_secs(30);
+/// kubelet's `containerLogMaxSize` (10Mi) and `containerLogMaxFiles`.
+pub const DEFAULT_CONTAINER_LOG_MAX_SIZE: &str = "10Mi";
+pub const DEFAULT_CONTAINER_LOG_MAX_FILES: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -73,6 +87,8 @@ pub struct KubeletConfigurationFile {
     pub cluster_dns: Option<Vec<String>>,
     pub cluster_domain: Option<String>,
     pub resolv_conf: Option<String>,
+    pub allowed_unsafe_sysctls: Option<Vec<String>>,
+    pub seccomp_default: Option<bool>,
     pub logging: Option<LoggingConfiguration>,
     pub cgroup_driver: Option<String>,
     #[serde(rename = "cgroupsPerQOS")]
@@ -84,6 +100,16 @@ pub struct KubeletConfigurationFile {
     pub register_with_taints: Option<Vec<k8s_openapi::api::core::v1::Taint>>,
     #[serde(rename = "singleProcessOOMKill")]
     pub single_process_oom_kill: Option<bool>,
+    pub enable_server: Option<bool>,
+    pub port: Option<u16>,
+    pub healthz_port: Option<u16>,
+    pub healthz_bind_address: Option<String>,
+    pub tls_cert_file: Option<String>,
+    pub tls_private_key_file: Option<String>,
+    pub authentication: Option<AuthenticationFile>,
+    pub authorization: Option<AuthorizationFile>,
+    pub container_log_max_size: Option<String>,
+    pub container_log_max_files: Option<u32>,
     /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_yaml::Value>,
@@ -93,6 +119,70 @@ pub struct KubeletConfigurationFile {
 pub struct LoggingConfiguration {
     pub verbosity: Option<u32>,
     pub format: Option<String>,
+}
+
+/// `authentication` of the file: x509 client certificates, bearer tokens through TokenReview, anonymous requests.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthenticationFile {
+    pub x509: Option<X509File>,
+    pub webhook: Option<AuthnWebhookFile>,
+    pub anonymous: Option<AnonymousFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct X509File {
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthnWebhookFile {
+    pub enabled: Option<bool>,
+    #[serde(rename = "cacheTTL")]
+    pub cache_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AnonymousFile {
+    pub enabled: Option<bool>,
+}
+
+/// `authorization` of the file: `AlwaysAllow` or `Webhook` (SubjectAccessReview).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationFile {
+    pub mode: Option<String>,
+    pub webhook: Option<AuthzWebhookFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthzWebhookFile {
+    #[serde(rename = "cacheAuthorizedTTL")]
+    pub cache_authorized_ttl: Option<String>,
+    #[serde(rename = "cacheUnauthorizedTTL")]
+    pub cache_unauthorized_ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizationMode {
+    AlwaysAllow,
+    Webhook,
+}
+
+/// How the kubelet server authenticates and authorises its callers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerAuth {
+    pub client_ca_file: Option<PathBuf>,
+    pub webhook_authentication: bool,
+    pub authentication_cache_ttl: Duration,
+    pub anonymous: bool,
+    pub authorization_mode: AuthorizationMode,
+    pub authorized_ttl: Duration,
+    pub unauthorized_ttl: Duration,
 }
 
 /// Flags that override the file; `None` means "not given on the command line".
@@ -105,7 +195,16 @@ pub struct FlagOverrides {
     pub read_only_port: Option<u16>,
     pub address: Option<String>,
     pub pod_cidr: Option<String>,
+    pub resolv_conf: Option<String>,
     pub verbosity: Option<u32>,
+    pub port: Option<u16>,
+    pub healthz_port: Option<u16>,
+    pub tls_cert_file: Option<String>,
+    pub tls_private_key_file: Option<String>,
+    pub client_ca_file: Option<String>,
+    pub anonymous_auth: Option<bool>,
+    pub authentication_token_webhook: Option<bool>,
+    pub authorization_mode: Option<String>,
 }
 
 /// The resolved configuration the agent runs with.
@@ -128,6 +227,9 @@ pub struct KubeletConfig {
     pub cluster_dns: Vec<IpAddr>,
     pub cluster_domain: String,
     pub resolv_conf: PathBuf,
+    /// Sysctls (or `prefix*` patterns) pods may set beyond the safe ones, checked to be namespaced.
+    pub allowed_unsafe_sysctls: Vec<String>,
+    pub seccomp_default: bool,
     pub verbosity: u32,
     pub cgroup_driver: CgroupDriver,
     pub cgroups_per_qos: bool,
@@ -137,6 +239,15 @@ pub struct KubeletConfig {
     pub eviction_hard_memory: EvictionThreshold,
     pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
     pub single_process_oom_kill: bool,
+    pub enable_server: bool,
+    pub port: u16,
+    pub healthz_port: u16,
+    pub healthz_bind_address: IpAddr,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
+    pub auth: ServerAuth,
+    pub container_log_max_size: i128,
+    pub container_log_max_files: u32,
     /// Unknown file fields, reported once logging is up.
     pub warnings: Vec<String>,
 }
@@ -237,6 +348,9 @@ impl KubeletConfig {
         flags: &FlagOverrides,
         hostname: &str,
     ) -> Result<Self, ConfigError> {
+        // Without a file, kubelet's flag defaults apply: anonymous requests allowed, no token webhook, AlwaysAllow
+        // (its `applyLegacyDefaults`); a file brings the v1beta1 defaults: no anonymous, webhook on, Webhook mode.
+        let legacy_defaults = file.is_none();
         let (path, file) = match file {
             Some((p, f)) => (p.to_owned(), f),
             None => (PathBuf::from("<none>"), KubeletConfigurationFile::default()),
@@ -263,7 +377,7 @@ impl KubeletConfig {
             });
         }
 
-        let address_text = flags.address.clone().or(file.address.clone()).unwrap_or_else(|| "127.0.0.1".into());
+        let address_text = flags.address.clone().or(file.address.clone()).unwrap_or_else(|| "0.0.0.0".into());
         let address = address_text.parse().map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
             what: "address",
             value: address_text.clone(),
@@ -282,6 +396,15 @@ impl KubeletConfig {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+
+        let allowed_unsafe_sysctls = file.allowed_unsafe_sysctls.clone().unwrap_or_default();
+        if let Err(e) = SysctlAllowlist::new(&allowed_unsafe_sysctls) {
+            return Err(ConfigError::Invalid {
+                what: "allowedUnsafeSysctls",
+                value: allowed_unsafe_sysctls.join(","),
+                reason: e.to_string(),
+            });
+        }
 
         let static_pod_path = flags
             .pod_manifest_path
@@ -306,7 +429,82 @@ impl KubeletConfig {
                 .unwrap_or(DEFAULT_EVICTION_HARD_MEMORY),
         )?;
 
+        let healthz_text = file.healthz_bind_address.clone().unwrap_or_else(|| DEFAULT_HEALTHZ_BIND_ADDRESS.into());
+        let healthz_bind_address = healthz_text.parse().map_err(|e: std::net::AddrParseError| {
+            ConfigError::Invalid { what: "healthzBindAddress", value: healthz_text.clone(), reason: e.to_string() }
+        })?;
+        let authn = file.authentication.as_ref();
+        let authz = file.authorization.as_ref();
+        let mode_text = flags
+            .authorization_mode
+            .clone()
+            .or(authz.and_then(|a| a.mode.clone()))
+            .unwrap_or_else(|| if legacy_defaults { "AlwaysAllow" } else { "Webhook" }.into());
+        let authorization_mode = match mode_text.as_str() {
+            "AlwaysAllow" => AuthorizationMode::AlwaysAllow,
+            "Webhook" => AuthorizationMode::Webhook,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    what: "authorization.mode",
+                    value: mode_text,
+                    reason: "want AlwaysAllow or Webhook".into(),
+                })
+            }
+        };
+        let authz_webhook = authz.and_then(|a| a.webhook.as_ref());
+        let auth = ServerAuth {
+            client_ca_file: flags
+                .client_ca_file
+                .clone()
+                .or(authn.and_then(|a| a.x509.as_ref()).and_then(|x| x.client_ca_file.clone()))
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            webhook_authentication: flags
+                .authentication_token_webhook
+                .or(authn.and_then(|a| a.webhook.as_ref()).and_then(|w| w.enabled))
+                .unwrap_or(!legacy_defaults),
+            authentication_cache_ttl: duration(
+                "authentication.webhook.cacheTTL",
+                &authn.and_then(|a| a.webhook.as_ref()).and_then(|w| w.cache_ttl.clone()),
+                DEFAULT_AUTHENTICATION_CACHE_TTL,
+            )?,
+            anonymous: flags
+                .anonymous_auth
+                .or(authn.and_then(|a| a.anonymous.as_ref()).and_then(|a| a.enabled))
+                .unwrap_or(legacy_defaults),
+            authorization_mode,
+            authorized_ttl: duration(
+                "authorization.webhook.cacheAuthorizedTTL",
+                &authz_webhook.and_then(|w| w.cache_authorized_ttl.clone()),
+                DEFAULT_AUTHORIZED_CACHE_TTL,
+            )?,
+            unauthorized_ttl: duration(
+                "authorization.webhook.cacheUnauthorizedTTL",
+                &authz_webhook.and_then(|w| w.cache_unauthorized_ttl.clone()),
+                DEFAULT_UNAUTHORIZED_CACHE_TTL,
+            )?,
+        };
+        let max_size_text =
+            file.container_log_max_size.clone().unwrap_or_else(|| DEFAULT_CONTAINER_LOG_MAX_SIZE.into());
+        let container_log_max_size = parse_value(&max_size_text).map_err(|e| ConfigError::Invalid {
+            what: "containerLogMaxSize",
+            value: max_size_text.clone(),
+            reason: e.to_string(),
+        })?;
+        let path_of = |flag: &Option<String>, field: &Option<String>| {
+            flag.clone().or(field.clone()).filter(|s| !s.is_empty()).map(PathBuf::from)
+        };
+
         Ok(KubeletConfig {
+            enable_server: file.enable_server.unwrap_or(true),
+            port: flags.port.or(file.port).unwrap_or(DEFAULT_PORT),
+            healthz_port: flags.healthz_port.or(file.healthz_port).unwrap_or(DEFAULT_HEALTHZ_PORT),
+            healthz_bind_address,
+            tls_cert_file: path_of(&flags.tls_cert_file, &file.tls_cert_file),
+            tls_private_key_file: path_of(&flags.tls_private_key_file, &file.tls_private_key_file),
+            auth,
+            container_log_max_size,
+            container_log_max_files: file.container_log_max_files.unwrap_or(DEFAULT_CONTAINER_LOG_MAX_FILES),
             cgroup_driver,
             cgroups_per_qos: file.cgroups_per_qos.unwrap_or(true),
             enforce_node_allocatable: file.enforce_node_allocatable.clone().unwrap_or_else(|| vec!["pods".into()]),
@@ -335,7 +533,11 @@ impl KubeletConfig {
             cni_bridge_name: file.cni_bridge_name.clone().unwrap_or_else(|| DEFAULT_CNI_BRIDGE_NAME.into()),
             cluster_dns,
             cluster_domain: file.cluster_domain.clone().unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.into()),
-            resolv_conf: PathBuf::from(file.resolv_conf.clone().unwrap_or_else(|| DEFAULT_RESOLV_CONF.into())),
+            resolv_conf: PathBuf::from(
+                flags.resolv_conf.clone().or(file.resolv_conf.clone()).unwrap_or_else(|| DEFAULT_RESOLV_CONF.into()),
+            ),
+            allowed_unsafe_sysctls,
+            seccomp_default: file.seccomp_default.unwrap_or(false),
             verbosity: flags.verbosity.or(file.logging.as_ref().and_then(|l| l.verbosity)).unwrap_or(0),
             warnings,
         })
@@ -429,6 +631,46 @@ mod tests {
         assert!(c.cgroups_per_qos);
         assert!(c.enforce_pods_allocatable());
         assert_eq!(c.eviction_hard_memory, EvictionThreshold::Bytes(100 << 20));
+        assert_eq!(c.address, "0.0.0.0".parse::<IpAddr>().unwrap());
+        assert_eq!((c.port, c.healthz_port), (10250, 10248));
+        assert_eq!(c.healthz_bind_address, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(c.container_log_max_size, 10 << 20);
+        assert_eq!(c.container_log_max_files, 5);
+        // Flag defaults (no file): kubelet's legacy anonymous + AlwaysAllow.
+        assert!(c.auth.anonymous && !c.auth.webhook_authentication);
+        assert_eq!(c.auth.authorization_mode, AuthorizationMode::AlwaysAllow);
+    }
+
+    #[test]
+    fn a_config_file_brings_the_v1beta1_server_auth_defaults() {
+        let file = parse("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n").unwrap();
+        let c = KubeletConfig::resolve(Some((Path::new("/c.yaml"), file)), &FlagOverrides::default(), "h").unwrap();
+        assert!(!c.auth.anonymous && c.auth.webhook_authentication);
+        assert_eq!(c.auth.authorization_mode, AuthorizationMode::Webhook);
+        assert_eq!(c.auth.authentication_cache_ttl, Duration::from_secs(120));
+        assert_eq!(
+            (c.auth.authorized_ttl, c.auth.unauthorized_ttl),
+            (Duration::from_secs(300), Duration::from_secs(30))
+        );
+        let file = parse(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nport: 11250\n\
+             authentication: {anonymous: {enabled: true}, webhook: {enabled: false, cacheTTL: 10s}, \
+             x509: {clientCAFile: /pki/ca.crt}}\nauthorization: {mode: AlwaysAllow}\ntlsCertFile: /pki/k.crt\n",
+        )
+        .unwrap();
+        let c = KubeletConfig::resolve(Some((Path::new("/c.yaml"), file)), &FlagOverrides::default(), "h").unwrap();
+        assert_eq!(c.port, 11250);
+        assert!(c.auth.anonymous && !c.auth.webhook_authentication);
+        assert_eq!(c.auth.authentication_cache_ttl, Duration::from_secs(10));
+        assert_eq!(c.auth.client_ca_file, Some(PathBuf::from("/pki/ca.crt")));
+        assert_eq!(c.auth.authorization_mode, AuthorizationMode::AlwaysAllow);
+        assert_eq!(c.tls_cert_file, Some(PathBuf::from("/pki/k.crt")));
+        let file = parse(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nauthorization: {mode: RBAC}\n",
+        )
+        .unwrap();
+        let e = KubeletConfig::resolve(Some((Path::new("/c.yaml"), file)), &FlagOverrides::default(), "h").unwrap_err();
+        assert!(e.to_string().contains("authorization.mode"), "{e}");
     }
 
     #[test]
@@ -443,6 +685,34 @@ mod tests {
         assert!(e.to_string().contains("kubeReserved") && e.to_string().contains("memory=a lot"), "{e}");
         let e = resolve(file("evictionHard:\n  memory.available: 150%\n")).unwrap_err();
         assert!(e.to_string().contains("memory.available"), "{e}");
+    }
+
+    #[test]
+    fn allowed_unsafe_sysctls_are_checked_at_start() {
+        let file = |extra: &str| {
+            parse(&format!("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n{extra}")).unwrap()
+        };
+        let resolve = |f| KubeletConfig::resolve(Some((Path::new("/c.yaml"), f)), &FlagOverrides::default(), "h");
+        let c = resolve(file("allowedUnsafeSysctls: [\"net.core.*\", kernel.msgmax]\n")).unwrap();
+        assert_eq!(c.allowed_unsafe_sysctls, vec!["net.core.*", "kernel.msgmax"]);
+        assert!(!c.seccomp_default);
+        assert!(resolve(file("seccompDefault: true\n")).unwrap().seccomp_default);
+        let e = resolve(file("allowedUnsafeSysctls: [vm.swappiness]\n")).unwrap_err();
+        assert!(e.to_string().contains("allowedUnsafeSysctls") && e.to_string().contains("not known to be namespaced"));
+    }
+
+    #[test]
+    fn resolv_conf_flag_wins_over_the_file_and_may_be_empty() {
+        let file = || {
+            parse("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nresolvConf: /run/r.conf\n")
+                .unwrap()
+        };
+        let resolve = |f, flags: &FlagOverrides| KubeletConfig::resolve(Some((Path::new("/c.yaml"), f)), flags, "h");
+        assert_eq!(resolve(file(), &FlagOverrides::default()).unwrap().resolv_conf, PathBuf::from("/run/r.conf"));
+        let flags = FlagOverrides { resolv_conf: Some(String::new()), ..Default::default() };
+        assert_eq!(resolve(file(), &flags).unwrap().resolv_conf, PathBuf::new(), "empty turns the host's file off");
+        let none = KubeletConfig::resolve(None, &FlagOverrides::default(), "h").unwrap();
+        assert_eq!(none.resolv_conf, PathBuf::from(DEFAULT_RESOLV_CONF));
     }
 
     #[test]

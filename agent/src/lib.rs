@@ -4,10 +4,13 @@
 pub mod api;
 pub mod config;
 pub mod kuberuntime;
+pub mod lifecycle;
+pub mod logs;
 pub mod node;
 pub mod pods;
 pub mod probes;
 pub mod resources;
 pub mod runtime;
 pub mod server;
+pub mod stats;
 pub mod volumes;

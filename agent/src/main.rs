@@ -27,6 +27,7 @@ use rkubelet::pods::events::EventRecorder;
 use rkubelet::pods::manager::PodManager;
 use rkubelet::pods::source::{run_file_source, FILE_SOURCE};
 use rkubelet::pods::store::PodStore;
+use rkubelet::pods::sysctl::SysctlAllowlist;
 use rkubelet::pods::worker::{PodWorkerMetrics, WorkerContext};
 use rkubelet::resources::cgroups::{CgroupManager, CgroupName, CGROUP_MOUNT};
 use rkubelet::resources::pod::{kubepods_config, node_allocatable, CpuMemory, ResourceConfig};
@@ -57,12 +58,40 @@ struct Flags {
     /// Port of the read-only HTTP server (/healthz, /pods, /metrics); 0 disables it.
     #[arg(long)]
     read_only_port: Option<u16>,
-    /// Address the read-only server listens on [default: 127.0.0.1].
+    /// Address the kubelet and read-only servers listen on [default: 0.0.0.0].
     #[arg(long)]
     address: Option<String>,
+    /// Port of the authenticated HTTPS kubelet server (logs, exec, port-forward, stats) [default: 10250].
+    #[arg(long)]
+    port: Option<u16>,
+    /// Port of the healthz server on healthzBindAddress; 0 disables it [default: 10248].
+    #[arg(long)]
+    healthz_port: Option<u16>,
+    /// Serving certificate of the kubelet server; without it a self-signed one is kept in --cert-dir.
+    #[arg(long)]
+    tls_cert_file: Option<String>,
+    /// Key of --tls-cert-file.
+    #[arg(long)]
+    tls_private_key_file: Option<String>,
+    /// CA bundle that verifies client certificates of callers of the kubelet server.
+    #[arg(long)]
+    client_ca_file: Option<String>,
+    /// Allow anonymous requests to the kubelet server.
+    #[arg(long)]
+    anonymous_auth: Option<bool>,
+    /// Authenticate bearer tokens through TokenReview.
+    #[arg(long)]
+    authentication_token_webhook: Option<bool>,
+    /// AlwaysAllow or Webhook (SubjectAccessReview).
+    #[arg(long)]
+    authorization_mode: Option<String>,
     /// Pod CIDR of this node when running without an API server.
     #[arg(long)]
     pod_cidr: Option<String>,
+    /// Resolver configuration pods of the Default DNS policy get (resolvConf); "" gives them the node's
+    /// loopback resolver [default: /etc/resolv.conf].
+    #[arg(long)]
+    resolv_conf: Option<String>,
     /// kubeconfig for the API server; without it the agent runs standalone.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -184,6 +213,7 @@ fn node_facts_fn(
     pleg: rkubelet::runtime::PlegHealth,
     (capacity, allocatable): (CpuMemory, CpuMemory),
     host_ips: Vec<String>,
+    kubelet_port: u16,
 ) -> FactsFn {
     let info = node::host_info(&config.root_dir);
     let base = NodeFacts {
@@ -202,6 +232,8 @@ fn node_facts_fn(
         container_runtime_version: format!("containerd://{runtime_version}"),
         // Capped by the API server's version at registration.
         kubelet_version: node::status::kubelet_version(KUBELET_COMPAT_VERSION, None, env!("CARGO_PKG_VERSION")),
+        kubelet_port,
+        images: Vec::new(),
         not_ready_reason: None,
     };
     Arc::new(move || {
@@ -210,6 +242,13 @@ fn node_facts_fn(
         let mut facts = base.clone();
         Box::pin(async move {
             // kubelet's readiness checks: runtime up, its network ready, PLEG relisting.
+            facts.images = match runtime.list_images().await {
+                Ok(images) => node::status::node_images(&images, node::status::NODE_STATUS_MAX_IMAGES),
+                Err(e) => {
+                    tracing::warn!(error = %e, "error getting image list");
+                    Vec::new()
+                }
+            };
             facts.not_ready_reason = match runtime.status().await {
                 Err(e) => Some(format!("container runtime is down: {e}")),
                 Ok(s) if !s.runtime_ready => {
@@ -268,7 +307,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         read_only_port: flags.read_only_port,
         address: flags.address.clone(),
         pod_cidr: flags.pod_cidr.clone(),
+        resolv_conf: flags.resolv_conf.clone(),
         verbosity: flags.v,
+        port: flags.port,
+        healthz_port: flags.healthz_port,
+        tls_cert_file: flags.tls_cert_file.clone(),
+        tls_private_key_file: flags.tls_private_key_file.clone(),
+        client_ca_file: flags.client_ca_file.clone(),
+        anonymous_auth: flags.anonymous_auth,
+        authentication_token_webhook: flags.authentication_token_webhook,
+        authorization_mode: flags.authorization_mode.clone(),
     };
     let config = KubeletConfig::resolve(file, &overrides, &node::hostname())?;
     init_logging(config.verbosity);
@@ -315,13 +363,22 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         }
     }
 
-    let resolv = std::fs::read_to_string(&config.resolv_conf).unwrap_or_else(|e| {
-        tracing::warn!(path = %config.resolv_conf.display(), error = %e, "cannot read resolv.conf; pods get no DNS servers");
-        String::new()
-    });
     let host_ips: Vec<String> = match &flags.node_ip {
         Some(ips) => ips.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
         None => node::host_ips(),
+    };
+    // The kubelet server's socket is bound first: the node reports its real port in daemonEndpoints.
+    let cert_dir = flags.cert_dir.clone().unwrap_or_else(|| config.root_dir.join("pki"));
+    let kubelet_listener = if config.enable_server {
+        let addr = SocketAddr::new(config.address, config.port);
+        let listener = server::bind(addr).await.with_context(|| format!("kubelet server: listen on {addr}"))?;
+        Some(listener)
+    } else {
+        None
+    };
+    let kubelet_port = match &kubelet_listener {
+        Some(l) => l.local_addr().map(|a| a.port()).unwrap_or(config.port),
+        None => 0,
     };
     let store = PodStore::default();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -343,9 +400,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             host_ips: host_ips.clone(),
             pod_logs_dir: config.pod_logs_dir.clone(),
             seccomp_profile_root: config.root_dir.join("seccomp"),
-            host_dns: node::parse_resolv_conf(&resolv),
+            seccomp_default: config.seccomp_default,
+            resolv_conf: config.resolv_conf.clone(),
             cluster_dns: config.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
             cluster_domain: config.cluster_domain.clone(),
+            pods_dir: config.root_dir.join("pods"),
             memory_capacity: capacity.memory_bytes,
             image_pull_lock: config.serialize_image_pulls.then(|| Mutex::new(())),
             cgroups,
@@ -386,8 +445,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         allocatable,
         max_pods: config.max_pods,
     });
+    let mut api_client = None;
     if let Some(kubeconfig) = &flags.kubeconfig {
-        let cert_dir = flags.cert_dir.clone().unwrap_or_else(|| config.root_dir.join("pki"));
         let client = rkubelet::api::client::client(
             kubeconfig,
             flags.bootstrap_kubeconfig.as_deref(),
@@ -396,6 +455,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         )
         .await
         .context("API client")?;
+        api_client = Some(client.clone());
         sources.push(API_SOURCE);
         let (objects, services_informer) = PodObjects::new(client.clone());
         volumes.set_objects(objects);
@@ -433,6 +493,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             pleg_health.clone(),
             (capacity, allocatable),
             host_ips.clone(),
+            kubelet_port,
         );
         tasks.spawn(
             "node status",
@@ -456,19 +517,73 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         PodManager::new(ctx, &sources)
             .report_terminated(terminated_tx)
             .with_admission(admission_rx)
+            .with_sysctls(SysctlAllowlist::new(&config.allowed_unsafe_sysctls)?)
             .run(source_rx, pleg_rx),
     );
 
+    let state = ServerState {
+        store: store.clone(),
+        runtime_metrics: runtime.metrics(),
+        pod_workers: pod_worker_metrics,
+        pleg: pleg_health.clone(),
+    };
+    if let Some(listener) = kubelet_listener {
+        let cert = server::tls::serving_cert(
+            config.tls_cert_file.as_deref(),
+            config.tls_private_key_file.as_deref(),
+            &cert_dir,
+            &hostname,
+            &host_ips,
+        )
+        .context("kubelet server certificate")?;
+        let cert_file = cert.cert_file.clone();
+        let tls =
+            server::tls::server_config(cert, config.auth.client_ca_file.as_deref()).context("kubelet server TLS")?;
+        if api_client.is_none()
+            && (config.auth.webhook_authentication
+                || config.auth.authorization_mode == rkubelet::config::AuthorizationMode::Webhook)
+        {
+            tracing::warn!("no API server (--kubeconfig): bearer tokens cannot be reviewed and Webhook authorization refuses every request");
+        }
+        let auth =
+            Arc::new(server::auth::Authenticator::new(config.auth.clone(), config.node_name.clone(), api_client));
+        let containers = server::containers::ContainerServerState { store: store.clone(), runtime: runtime.clone() };
+        let stats_state = server::stats::StatsState {
+            stats: rkubelet::stats::StatsProvider {
+                node_name: config.node_name.clone(),
+                runtime: runtime.clone(),
+                store: store.clone(),
+                root_dir: config.root_dir.clone(),
+                pod_logs_dir: config.pod_logs_dir.clone(),
+                node_cpu: Arc::default(),
+            },
+            store: store.clone(),
+            configz: server::stats::configz_json(&config),
+        };
+        let app = server::secure::with_auth(server::kubelet_router(state.clone(), containers, stats_state), auth);
+        tracing::info!(addr = ?listener.local_addr().ok(), cert = %cert_file.display(), "kubelet server listening");
+        tasks.spawn("kubelet server", async move {
+            if let Err(e) = server::secure::serve_tls(listener, tls, app).await {
+                tracing::error!(error = %e, "kubelet server stopped");
+            }
+        });
+    }
+    tasks.spawn(
+        "container log manager",
+        rkubelet::logs::run_log_rotation(
+            runtime.clone(),
+            u64::try_from(config.container_log_max_size).unwrap_or(u64::MAX),
+            config.container_log_max_files as usize,
+        ),
+    );
+    if config.healthz_port != 0 {
+        let addr = SocketAddr::new(config.healthz_bind_address, config.healthz_port);
+        tasks.spawn("healthz server", server::serve_healthz(addr, state.clone()));
+    }
     if config.read_only_port != 0 {
         let addr = SocketAddr::new(config.address, config.read_only_port);
         let listener = server::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
         tracing::info!(%addr, "read-only server listening");
-        let state = ServerState {
-            store,
-            runtime_metrics: runtime.metrics(),
-            pod_workers: pod_worker_metrics,
-            pleg: pleg_health.clone(),
-        };
         tasks.spawn("read-only server", async move {
             if let Err(e) = server::serve(listener, state).await {
                 tracing::error!(error = %e, "read-only server stopped");

@@ -38,7 +38,7 @@ cleanup() {
       ctr --address "$SOCK" -n k8s.io tasks kill -s KILL "$id" >/dev/null 2>&1
     done
     mkdir -p "$STATE/empty"
-    printf 'apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncontainerRuntimeEndpoint: unix://%s\ncgroupsPerQOS: false\nreadOnlyPort: 0\npodLogsDir: %s/logs\nstaticPodPath: %s/empty\ncniConfDir: %s/cni\ncniBridgeName: rktconf0\n' \
+    printf 'apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncontainerRuntimeEndpoint: unix://%s\ncgroupsPerQOS: false\nreadOnlyPort: 0\nenableServer: false\nhealthzPort: 0\npodLogsDir: %s/logs\nstaticPodPath: %s/empty\ncniConfDir: %s/cni\ncniBridgeName: rktconf0\n' \
       "$SOCK" "$STATE" "$STATE" "$STATE" >"$STATE/cleanup.yaml"
     "$BIN" --config "$STATE/cleanup.yaml" --root-dir "$STATE/root" --hostname-override "$NODE" >"$STATE/cleanup.log" 2>&1 &
     local cleaner=$!
@@ -75,12 +75,18 @@ T
 containerd --config "$STATE/containerd.toml" >"$STATE/containerd.log" 2>&1 &
 CTRD_PID=$!
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.1; done
+# The kubelet server as kubeadm and the kit's kubelet.sh set it up: the API server's client certificate checked
+# against the cluster CA, tokens through TokenReview, every request through SubjectAccessReview.
 cat >"$STATE/config.yaml" <<T
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
+authentication: {anonymous: {enabled: false}, webhook: {enabled: true}, x509: {clientCAFile: $K8S_HOME/pki/ca.crt}}
+authorization: {mode: Webhook}
 containerRuntimeEndpoint: unix://$SOCK
 cgroupsPerQOS: false
+port: ${K8S_KUBELET_PORT:-10250}
 readOnlyPort: 0
+healthzPort: 0
 podLogsDir: $STATE/logs
 cniConfDir: $STATE/cni
 cniBridgeName: rktconf0

@@ -56,6 +56,7 @@ pub struct Agent {
     dir: tempfile::TempDir,
     endpoint: String,
     port: u16,
+    server_port: u16,
     node_name: String,
     extra_config: String,
     extra_args: Vec<String>,
@@ -82,6 +83,7 @@ impl Agent {
             child: None,
             endpoint: containerd.endpoint(),
             port: free_port()?,
+            server_port: free_port()?,
             node_name: format!("node-{}", containerd.name()),
             extra_config: extra_config.to_owned(),
             extra_args: Vec::new(),
@@ -118,6 +120,10 @@ impl Agent {
     pub fn port(&self) -> u16 {
         self.port
     }
+    /// The port of the authenticated HTTPS kubelet server (logs, exec, port-forward).
+    pub fn server_port(&self) -> u16 {
+        self.server_port
+    }
     pub fn manifest_dir(&self) -> PathBuf {
         self.dir.path().join("manifests")
     }
@@ -149,11 +155,13 @@ impl Agent {
             &config,
             format!(
                 "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nstaticPodPath: {}\n\
-                 containerRuntimeEndpoint: {}\npodLogsDir: {}\nreadOnlyPort: {}\nsyncFrequency: 10s\n{}{}",
+                 containerRuntimeEndpoint: {}\npodLogsDir: {}\nreadOnlyPort: {}\nport: {}\nhealthzPort: 0\n\
+                 syncFrequency: 10s\n{}{}",
                 self.manifest_dir().display(),
                 self.endpoint,
                 self.pod_logs_dir().display(),
                 self.port,
+                self.server_port,
                 cgroups,
                 self.extra_config,
             ),

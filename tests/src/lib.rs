@@ -5,10 +5,12 @@
 //! * [`agent`]: an rkubelet process on a private containerd, with its manifest folder and read-only API.
 //! * [`containerd`]: private, disposable containerd instances with the CRI plugin.
 //! * [`apiserver`]: an in-process Kubernetes API-server double; [`apiserver::Cluster`] picks it or a real cluster.
+//! * [`grpc_image`]: an image with the gRPC health server used by the grpc probe tests.
 //! * [`proxy`]: a TCP relay to the API server that can be cut, to stage outages.
 
 pub mod agent;
 pub mod apiserver;
 pub mod containerd;
+pub mod grpc_image;
 pub mod images;
 pub mod proxy;

@@ -1,6 +1,7 @@
 //! The upstream API server: the client and its bootstrap, the pod source that watches pods bound to this node, the
 //! status manager that writes pod status, mirror pods and final deletions, and the event recorder.
 
+pub mod auth;
 pub mod client;
 pub mod events;
 pub mod objects;

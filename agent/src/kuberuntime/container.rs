@@ -70,7 +70,8 @@ impl KubeRuntime {
             format!("Started container {}", container.name),
         );
         tracing::info!(container_id = %id, restart_count = start.restart_count, "container started");
-        Ok(())
+        let pod_ip = pod_ips.first().map_or("", String::as_str);
+        crate::lifecycle::post_start(self, pod, container, start.init, &id, pod_ip).await
     }
 
     fn container_spec(
@@ -99,9 +100,6 @@ impl KubeRuntime {
         let qos = pod_qos_class(spec::spec(pod));
         let resources =
             container_cgroup_values(container, qos, self.memory_capacity).map_err(|e| config_error(e.to_string()))?;
-        let sc = container.security_context.as_ref();
-        let pod_sc = spec::spec(pod).security_context.as_ref();
-        let caps = sc.and_then(|s| s.capabilities.as_ref());
         Ok(ContainerSpec {
             name: container.name.clone(),
             restart_count: start.restart_count,
@@ -126,14 +124,8 @@ impl KubeRuntime {
             stdin: container.stdin.unwrap_or(false),
             stdin_once: container.stdin_once.unwrap_or(false),
             tty: container.tty.unwrap_or(false),
-            privileged: sc.and_then(|s| s.privileged).unwrap_or(false),
-            run_as_user: sc.and_then(|s| s.run_as_user).or(pod_sc.and_then(|s| s.run_as_user)),
-            run_as_group: sc.and_then(|s| s.run_as_group).or(pod_sc.and_then(|s| s.run_as_group)),
-            readonly_rootfs: sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false),
-            capabilities_add: caps.and_then(|c| c.add.clone()).unwrap_or_default(),
-            capabilities_drop: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
-            no_new_privs: security::no_new_privs(container),
-            seccomp: security::seccomp_profile(pod, container, &self.seccomp_profile_root).map_err(config_error)?,
+            security: security::container_security(pod, container, &self.seccomp_profile_root, self.seccomp_default)
+                .map_err(config_error)?,
             envs,
             mounts,
         })

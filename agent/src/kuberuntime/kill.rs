@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use tracing::Instrument;
 
 use super::{pod_log_dir, KubeRuntime};
@@ -26,7 +26,6 @@ impl KubeRuntime {
     /// whether there was anything to stop.
     pub async fn kill_containers_and_sandboxes(&self, pod: &Pod, observed: &ObservedPod) -> bool {
         let rt = &self.runtime;
-        let grace = grace_period(pod);
         let running: Vec<_> = observed
             .containers
             .iter()
@@ -38,20 +37,72 @@ impl KubeRuntime {
         if running.is_empty() && ready.is_empty() {
             return false;
         }
-        let stops = running.iter().map(|c| async move {
-            let message = format!("Stopping container {}", c.name);
-            self.events.record(pod, Some((&c.name, false)), EventType::Normal, ev::KILLING_CONTAINER, message);
-            if let Err(e) = rt.stop_container(&c.id, grace).await {
-                tracing::warn!(container = %c.name, error = %e, "stop container failed");
-            }
-        });
-        futures::future::join_all(stops).await;
+        let pod_ip = observed.latest_sandbox().and_then(|s| s.ips.first().cloned()).unwrap_or_default();
+        // App containers first, then the init containers still running (sidecars), so that sidecars serve the
+        // app containers until those have stopped.
+        let is_init = |name: &str| spec::init_containers(pod).iter().any(|c| c.name == name);
+        for init_round in [false, true] {
+            let stops = running.iter().filter(|c| is_init(&c.name) == init_round).map(|c| {
+                let message = format!("Stopping container {}", c.name);
+                self.kill_instance(pod, &c.name, &c.id, &pod_ip, message, None)
+            });
+            futures::future::join_all(stops).await;
+        }
         for s in ready {
             if let Err(e) = rt.stop_pod_sandbox(&s.id).await {
                 tracing::warn!(sandbox_id = %s.id, error = %e, "stop pod sandbox failed");
             }
         }
         true
+    }
+
+    /// kubelet's `killContainer` for a container instance by name: the `Killing` event, the preStop hook out of
+    /// the grace period (the pod's, or `grace_override`), then StopContainer with what is left (at least 2 s).
+    pub async fn kill_instance(
+        &self,
+        pod: &Pod,
+        name: &str,
+        id: &str,
+        pod_ip: &str,
+        message: String,
+        grace_override: Option<i64>,
+    ) {
+        match super::find_container(pod, name) {
+            Some(container) => {
+                let init = spec::init_containers(pod).iter().any(|c| c.name == name);
+                self.kill_container(pod, &container, init, id, pod_ip, message, grace_override).await;
+            }
+            // A container the spec no longer names (an orphan's): no hook to run.
+            None => {
+                self.events.record(pod, Some((name, false)), EventType::Normal, ev::KILLING_CONTAINER, message);
+                let grace = grace_override.unwrap_or_else(|| grace_period(pod));
+                if let Err(e) = self.runtime.stop_container(id, grace).await {
+                    tracing::warn!(container = %name, error = %e, "stop container failed");
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn kill_container(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        init: bool,
+        id: &str,
+        pod_ip: &str,
+        message: String,
+        grace_override: Option<i64>,
+    ) {
+        let at = Some((container.name.as_str(), init));
+        self.events.record(pod, at, EventType::Normal, ev::KILLING_CONTAINER, message);
+        let grace = grace_override.unwrap_or_else(|| spec::termination_grace_period(pod));
+        let grace = crate::lifecycle::pre_stop(self, pod, container, init, id, pod_ip, grace).await;
+        let grace = grace.max(spec::MINIMUM_GRACE_PERIOD_SECONDS);
+        tracing::info!(container = %container.name, container_id = %id, grace_seconds = grace, "stopping container");
+        if let Err(e) = self.runtime.stop_container(id, grace).await {
+            tracing::warn!(container = %container.name, error = %e, "stop container failed");
+        }
     }
 
     /// Kills a pod that is gone from its source and removes all it left in the runtime, retrying until the runtime

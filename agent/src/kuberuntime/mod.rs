@@ -4,7 +4,9 @@
 //! leaves in the runtime. It decides nothing: `pods::plan` does.
 
 mod container;
+pub mod dns;
 mod env;
+pub mod hosts;
 mod image;
 mod kill;
 mod sandbox;
@@ -26,7 +28,7 @@ use crate::pods::spec;
 use crate::resources::cgroups::{CgroupManager, CgroupName};
 use crate::resources::pod::pod_resource_config;
 use crate::resources::pod_qos_class;
-use crate::runtime::{DnsSettings, ObservedPod, Runtime};
+use crate::runtime::{ObservedPod, Runtime};
 
 /// What the executor needs of the node, fixed at start.
 pub struct KubeRuntime {
@@ -36,9 +38,15 @@ pub struct KubeRuntime {
     pub pod_logs_dir: PathBuf,
     /// Where `Localhost` seccomp profiles are (kubelet's `<root-dir>/seccomp`).
     pub seccomp_profile_root: PathBuf,
-    pub host_dns: DnsSettings,
+    /// kubelet's `seccompDefault`: containers without a profile run with the runtime's default one.
+    pub seccomp_default: bool,
+    /// kubelet's `resolvConf`: the host's resolver settings for pods of the Default policy; empty to give them
+    /// the node's loopback resolver.
+    pub resolv_conf: PathBuf,
     pub cluster_dns: Vec<String>,
     pub cluster_domain: String,
+    /// `<root-dir>/pods`: each pod's directory (`<uid>`), where its managed `/etc/hosts` lives.
+    pub pods_dir: PathBuf,
     pub memory_capacity: i128,
     /// Held around each pull when `serializeImagePulls` is on.
     pub image_pull_lock: Option<Mutex<()>>,
@@ -80,8 +88,10 @@ pub fn pod_log_dir(root: &Path, pod: &Pod) -> PathBuf {
     root.join(format!("{}_{}_{}", spec::namespace(pod), spec::name(pod), spec::uid(pod)))
 }
 
-fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
-    spec::init_containers(pod).iter().chain(spec::spec(pod).containers.iter()).find(|c| c.name == name)
+fn find_container(pod: &Pod, name: &str) -> Option<Container> {
+    let spec_container =
+        spec::init_containers(pod).iter().chain(spec::spec(pod).containers.iter()).find(|c| c.name == name);
+    spec_container.cloned().or_else(|| crate::pods::ephemeral::find(pod, name))
 }
 
 impl KubeRuntime {
@@ -99,12 +109,10 @@ impl KubeRuntime {
         if actions.kill_pod {
             result.changed |= self.kill_containers_and_sandboxes(pod, observed).await;
         }
+        let pod_ip = observed.latest_sandbox().and_then(|sb| sb.ips.first().cloned()).unwrap_or_default();
         for kill in &actions.containers_to_kill {
             let message = format!("{}, will be restarted", kill.reason);
-            self.events.record(pod, Some((&kill.name, false)), EventType::Normal, ev::KILLING_CONTAINER, message);
-            if let Err(e) = rt.stop_container(&kill.id, grace_period(pod)).await {
-                tracing::warn!(container = %kill.name, error = %e, "stop container failed");
-            }
+            self.kill_instance(pod, &kill.name, &kill.id, &pod_ip, message, kill.grace_period).await;
             result.changed = true;
         }
         for id in &actions.containers_to_remove {
@@ -121,7 +129,16 @@ impl KubeRuntime {
             return result;
         }
 
-        let mut sandbox = self.sandbox_spec(pod, actions.create_sandbox.unwrap_or(0));
+        let (mut sandbox, dns_warnings) = match self.sandbox_spec(pod, actions.create_sandbox.unwrap_or(0)) {
+            Ok(s) => s,
+            Err(e) => {
+                // kubelet's createPodSandbox: the config could not be generated; the worker tries again.
+                let message = format!("Failed to create pod sandbox: {e}");
+                self.events.record(pod, None, EventType::Warning, ev::FAILED_CREATE_POD_SANDBOX, message);
+                result.sandbox_error = Some(e);
+                return result;
+            }
+        };
         let (sandbox_id, pod_ips) = match (&actions.create_sandbox, &actions.sandbox_id) {
             (Some(attempt), _) => {
                 sandbox.attempt = *attempt;
@@ -133,6 +150,9 @@ impl KubeRuntime {
                         result.sandbox_error = Some(e.to_string());
                         return result;
                     }
+                }
+                for (reason, message) in dns_warnings {
+                    self.events.record(pod, None, EventType::Warning, reason, message);
                 }
                 if let Err(e) = std::fs::create_dir_all(&sandbox.log_directory) {
                     tracing::warn!(dir = %sandbox.log_directory, error = %e, "cannot create pod log directory");
@@ -155,6 +175,7 @@ impl KubeRuntime {
             (None, Some(id)) => (id.clone(), observed.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default()),
             (None, None) => return result,
         };
+        let pod_ips = crate::pods::status::pod_ips(pod, pod_ips, &self.host_ips);
         if let Some(s) = observed.latest_sandbox() {
             if actions.create_sandbox.is_none() {
                 sandbox.attempt = s.attempt;
@@ -166,7 +187,7 @@ impl KubeRuntime {
             let Some(container) = find_container(pod, &start.name) else { continue };
             let span = tracing::info_span!("container", container = %start.name);
             let outcome = self
-                .start_container(pod, container, start, &sandbox_id, &sandbox, &pod_ips, backoff)
+                .start_container(pod, &container, start, &sandbox_id, &sandbox, &pod_ips, backoff)
                 .instrument(span)
                 .await;
             result.changed = true;
@@ -175,10 +196,12 @@ impl KubeRuntime {
                     if let Some(finished) = start.previous_finished_at {
                         backoff.crash.next(&start.backoff_key, finished);
                     }
+                    backoff.start.forget(&start.backoff_key);
                     result.containers.insert(start.name.clone(), None);
                 }
                 Err(waiting) => {
                     tracing::warn!(container = %start.name, reason = %waiting.reason, message = %waiting.message, "start container failed");
+                    crate::pods::backoff::record_start_failure(backoff, start, &waiting);
                     result.containers.insert(start.name.clone(), Some(waiting));
                     // An init container that cannot start blocks the rest, as in kubelet.
                     if start.init {

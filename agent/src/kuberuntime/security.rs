@@ -3,12 +3,33 @@
 
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::{Container, Pod, SeccompProfile as ApiSeccompProfile};
+use k8s_openapi::api::core::v1::{Container, Pod, SELinuxOptions, SeccompProfile as ApiSeccompProfile};
 
 use crate::pods::spec;
-use crate::runtime::{ImageUser, SeccompProfile};
+use crate::runtime::{ContainerSecurity, ImageUser, SandboxSecurity, SeLinuxOptions, SeccompProfile};
 
-/// The pod's setting, unless the container sets its own.
+/// The /proc and /sys paths a container does not see unless its `procMount` is `Unmasked`: kubelet's
+/// `defaultMaskedPaths` (`pkg/securitycontext/util.go`, kept in sync with moby's defaults).
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+/// The /proc paths a container sees read-only unless its `procMount` is `Unmasked` (kubelet's
+/// `defaultReadonlyPaths`).
+pub const DEFAULT_READONLY_PATHS: &[&str] =
+    &["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+/// `procMount: Unmasked`: the runtime masks nothing.
+const UNMASKED_PROC_MOUNT: &str = "Unmasked";
+
+/// The pod's setting, unless the container sets its own (kubelet's `DetermineEffectiveSecurityContext` for the
+/// fields a pod can set: SELinux options, runAsUser, runAsGroup, runAsNonRoot).
 fn effective<T: Clone>(
     pod: &Pod,
     container: &Container,
@@ -22,28 +43,107 @@ fn effective<T: Clone>(
         .or_else(|| spec::spec(pod).security_context.as_ref().and_then(from_pod))
 }
 
+fn selinux(o: &SELinuxOptions) -> SeLinuxOptions {
+    SeLinuxOptions {
+        user: o.user.clone().unwrap_or_default(),
+        role: o.role.clone().unwrap_or_default(),
+        type_: o.type_.clone().unwrap_or_default(),
+        level: o.level.clone().unwrap_or_default(),
+    }
+}
+
+/// The pod's supplemental groups as kubelet passes them to the runtime: `fsGroup` first (so that volumes it owns
+/// are writable), then `supplementalGroups`.
+pub fn supplemental_groups(pod: &Pod) -> Vec<i64> {
+    let Some(sc) = spec::spec(pod).security_context.as_ref() else { return Vec::new() };
+    sc.fs_group.iter().chain(sc.supplemental_groups.iter().flatten()).copied().collect()
+}
+
+/// kubelet's `HasPrivilegedContainer`: the sandbox is privileged when any container of the pod is, so that the
+/// runtime can give privileged containers what they need from the sandbox.
+pub fn has_privileged_container(pod: &Pod) -> bool {
+    let s = spec::spec(pod);
+    let privileged = |c: &Container| c.security_context.as_ref().and_then(|sc| sc.privileged) == Some(true);
+    spec::init_containers(pod).iter().chain(s.containers.iter()).any(privileged)
+        || s.ephemeral_containers
+            .iter()
+            .flatten()
+            .any(|c| c.security_context.as_ref().and_then(|sc| sc.privileged) == Some(true))
+}
+
+/// kubelet's `generatePodSandboxLinuxConfig` security settings. The sandbox always runs with the runtime's
+/// default seccomp profile, whatever the containers use (kubernetes#84623).
+pub fn sandbox_security(pod: &Pod) -> SandboxSecurity {
+    let sc = spec::spec(pod).security_context.as_ref();
+    SandboxSecurity {
+        privileged: has_privileged_container(pod),
+        run_as_user: sc.and_then(|s| s.run_as_user),
+        run_as_group: sc.and_then(|s| s.run_as_group),
+        supplemental_groups: supplemental_groups(pod),
+        selinux: sc.and_then(|s| s.se_linux_options.as_ref()).map(selinux),
+        seccomp: SeccompProfile::RuntimeDefault,
+    }
+}
+
+/// kubelet's `determineEffectiveSecurityContext`: the container's security settings over the pod's, the pod's
+/// supplemental groups, the seccomp profile and the masked paths of its `procMount`.
+pub fn container_security(
+    pod: &Pod,
+    container: &Container,
+    profile_root: &Path,
+    seccomp_default: bool,
+) -> Result<ContainerSecurity, String> {
+    let sc = container.security_context.as_ref();
+    let caps = sc.and_then(|s| s.capabilities.as_ref());
+    let unmasked = sc.and_then(|s| s.proc_mount.as_deref()) == Some(UNMASKED_PROC_MOUNT);
+    let paths = |list: &[&str]| if unmasked { Vec::new() } else { list.iter().map(|p| (*p).to_owned()).collect() };
+    Ok(ContainerSecurity {
+        privileged: sc.and_then(|s| s.privileged).unwrap_or(false),
+        run_as_user: effective(pod, container, |p| p.run_as_user, |c| c.run_as_user),
+        run_as_group: effective(pod, container, |p| p.run_as_group, |c| c.run_as_group),
+        supplemental_groups: supplemental_groups(pod),
+        readonly_rootfs: sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false),
+        capabilities_add: caps.and_then(|c| c.add.clone()).unwrap_or_default(),
+        capabilities_drop: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
+        no_new_privs: no_new_privs(container),
+        seccomp: seccomp_profile(pod, container, profile_root, seccomp_default)?,
+        masked_paths: paths(DEFAULT_MASKED_PATHS),
+        readonly_paths: paths(DEFAULT_READONLY_PATHS),
+        selinux: effective(pod, container, |p| p.se_linux_options.clone(), |c| c.se_linux_options.clone())
+            .as_ref()
+            .map(selinux),
+    })
+}
+
 /// kubelet's `AddNoNewPrivileges`: only an explicit `allowPrivilegeEscalation: false` sets `no_new_privs`.
 pub fn no_new_privs(container: &Container) -> bool {
     container.security_context.as_ref().and_then(|sc| sc.allow_privilege_escalation) == Some(false)
 }
 
-/// kubelet's `getSeccompProfile`: the container's profile, else the pod's, else Unconfined (kubelet's default
-/// while `seccompDefault` is off). A `Localhost` profile is a file under `<root-dir>/seccomp`.
-pub fn seccomp_profile(pod: &Pod, container: &Container, profile_root: &Path) -> Result<SeccompProfile, String> {
-    let profile: Option<ApiSeccompProfile> =
-        effective(pod, container, |p| p.seccomp_profile.clone(), |c| c.seccomp_profile.clone());
-    let Some(profile) = profile else { return Ok(SeccompProfile::Unconfined) };
+/// kubelet's `getSeccompProfile`: the container's profile, else the pod's, else Unconfined, or the runtime's
+/// default with `seccompDefault`. A `Localhost` profile is a file under `<root-dir>/seccomp`; a type kubelet does
+/// not know is Unconfined, as in kubelet.
+pub fn seccomp_profile(
+    pod: &Pod,
+    container: &Container,
+    profile_root: &Path,
+    seccomp_default: bool,
+) -> Result<SeccompProfile, String> {
+    let profile: Option<ApiSeccompProfile> = container
+        .security_context
+        .as_ref()
+        .and_then(|c| c.seccomp_profile.clone())
+        .or_else(|| spec::spec(pod).security_context.as_ref().and_then(|p| p.seccomp_profile.clone()));
+    let Some(profile) = profile else {
+        return Ok(if seccomp_default { SeccompProfile::RuntimeDefault } else { SeccompProfile::Unconfined });
+    };
     match profile.type_.as_str() {
         "RuntimeDefault" => Ok(SeccompProfile::RuntimeDefault),
-        "Unconfined" => Ok(SeccompProfile::Unconfined),
         "Localhost" => match profile.localhost_profile.as_deref().filter(|p| !p.is_empty()) {
             Some(name) => Ok(SeccompProfile::Localhost(profile_root.join(name).display().to_string())),
-            None => Err(format!(
-                "localhostProfile must be set for container {:?}'s Localhost seccomp profile",
-                container.name
-            )),
+            None => Err("localhostProfile must be set if seccompProfile type is Localhost.".to_owned()),
         },
-        other => Err(format!("unknown seccomp profile type {other:?} for container {:?}", container.name)),
+        _ => Ok(SeccompProfile::Unconfined),
     }
 }
 
@@ -80,7 +180,7 @@ pub fn verify_run_as_non_root(pod: &Pod, container: &Container, image_user: &Ima
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{PodSecurityContext, PodSpec, SecurityContext};
+    use k8s_openapi::api::core::v1::{Capabilities, PodSecurityContext, PodSpec, SecurityContext};
 
     fn pod(psc: Option<PodSecurityContext>, sc: Option<SecurityContext>) -> Pod {
         let mut p = Pod {
@@ -105,24 +205,115 @@ mod tests {
     fn seccomp_comes_from_the_container_then_the_pod_and_defaults_to_unconfined() {
         let root = Path::new("/var/lib/rkubelet/seccomp");
         let p = pod(None, None);
-        assert_eq!(seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root), Ok(SeccompProfile::Unconfined));
+        assert_eq!(
+            seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root, false),
+            Ok(SeccompProfile::Unconfined)
+        );
         let p = pod(
             Some(PodSecurityContext { seccomp_profile: profile("RuntimeDefault", None), ..Default::default() }),
             None,
         );
         let c = &p.spec.as_ref().unwrap().containers[0];
-        assert_eq!(seccomp_profile(&p, c, root), Ok(SeccompProfile::RuntimeDefault));
+        assert_eq!(seccomp_profile(&p, c, root, false), Ok(SeccompProfile::RuntimeDefault));
         let p = pod(
             Some(PodSecurityContext { seccomp_profile: profile("RuntimeDefault", None), ..Default::default() }),
             Some(SecurityContext { seccomp_profile: profile("Localhost", Some("audit.json")), ..Default::default() }),
         );
         let c = &p.spec.as_ref().unwrap().containers[0];
         assert_eq!(
-            seccomp_profile(&p, c, root),
+            seccomp_profile(&p, c, root, false),
             Ok(SeccompProfile::Localhost("/var/lib/rkubelet/seccomp/audit.json".into()))
         );
         let p = pod(None, Some(SecurityContext { seccomp_profile: profile("Localhost", None), ..Default::default() }));
-        assert!(seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root).is_err());
+        assert_eq!(
+            seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root, false),
+            Err("localhostProfile must be set if seccompProfile type is Localhost.".into())
+        );
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            seccomp_profile(&p, c, root, true),
+            Err("localhostProfile must be set if seccompProfile type is Localhost.".into())
+        );
+        // seccompDefault: a container without a profile gets the runtime's default, an explicit one stays.
+        let p = pod(None, None);
+        assert_eq!(
+            seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root, true),
+            Ok(SeccompProfile::RuntimeDefault)
+        );
+        let p = pod(None, Some(SecurityContext { seccomp_profile: profile("Unconfined", None), ..Default::default() }));
+        assert_eq!(
+            seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root, true),
+            Ok(SeccompProfile::Unconfined)
+        );
+        assert_eq!(
+            seccomp_profile(&p, &p.spec.as_ref().unwrap().containers[0], root, false),
+            Ok(SeccompProfile::Unconfined)
+        );
+    }
+
+    #[test]
+    fn container_settings_win_over_the_pods_and_groups_start_with_fs_group() {
+        let root = Path::new("/r/seccomp");
+        let p = pod(
+            Some(PodSecurityContext {
+                run_as_user: Some(1000),
+                run_as_group: Some(3000),
+                fs_group: Some(2000),
+                supplemental_groups: Some(vec![4000, 5000]),
+                se_linux_options: Some(SELinuxOptions { level: Some("s0:c1,c2".into()), ..Default::default() }),
+                ..Default::default()
+            }),
+            Some(SecurityContext {
+                run_as_user: Some(1001),
+                read_only_root_filesystem: Some(true),
+                allow_privilege_escalation: Some(false),
+                capabilities: Some(Capabilities {
+                    add: Some(vec!["NET_ADMIN".into()]),
+                    drop: Some(vec!["ALL".into()]),
+                }),
+                ..Default::default()
+            }),
+        );
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let sc = container_security(&p, c, root, false).unwrap();
+        assert_eq!((sc.run_as_user, sc.run_as_group), (Some(1001), Some(3000)));
+        assert_eq!(sc.supplemental_groups, vec![2000, 4000, 5000]);
+        assert!(sc.readonly_rootfs && sc.no_new_privs && !sc.privileged);
+        assert_eq!((sc.capabilities_add, sc.capabilities_drop), (vec!["NET_ADMIN".into()], vec!["ALL".into()]));
+        assert_eq!(sc.selinux.map(|o| o.level), Some("s0:c1,c2".into()), "the pod's SELinux level is inherited");
+        assert_eq!(sc.masked_paths.len(), DEFAULT_MASKED_PATHS.len());
+        assert!(sc.readonly_paths.contains(&"/proc/sys".to_owned()));
+
+        let sandbox = sandbox_security(&p);
+        assert_eq!((sandbox.run_as_user, sandbox.run_as_group), (Some(1000), Some(3000)));
+        assert_eq!(sandbox.supplemental_groups, vec![2000, 4000, 5000]);
+        assert_eq!(sandbox.seccomp, SeccompProfile::RuntimeDefault, "the sandbox always gets the runtime default");
+        assert!(!sandbox.privileged);
+    }
+
+    #[test]
+    fn unmasked_proc_mount_masks_nothing_and_a_privileged_container_makes_the_sandbox_privileged() {
+        let p = pod(
+            None,
+            Some(SecurityContext { proc_mount: Some("Unmasked".into()), privileged: Some(true), ..Default::default() }),
+        );
+        let sc = container_security(&p, &p.spec.as_ref().unwrap().containers[0], Path::new("/r"), false).unwrap();
+        assert!(sc.masked_paths.is_empty() && sc.readonly_paths.is_empty() && sc.privileged);
+        assert!(sandbox_security(&p).privileged);
+        assert_eq!(sandbox_security(&p).supplemental_groups, Vec::<i64>::new());
+        let p = pod(None, Some(SecurityContext { proc_mount: Some("Default".into()), ..Default::default() }));
+        let sc = container_security(&p, &p.spec.as_ref().unwrap().containers[0], Path::new("/r"), false).unwrap();
+        assert_eq!(sc.masked_paths, DEFAULT_MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+        assert!(!sandbox_security(&p).privileged);
+        // A Localhost profile without a name makes the container config fail.
+        let p = pod(
+            None,
+            Some(SecurityContext {
+                seccomp_profile: Some(ApiSeccompProfile { type_: "Localhost".into(), localhost_profile: None }),
+                ..Default::default()
+            }),
+        );
+        assert!(container_security(&p, &p.spec.as_ref().unwrap().containers[0], Path::new("/r"), false).is_err());
     }
 
     #[test]

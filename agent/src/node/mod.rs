@@ -7,8 +7,6 @@ pub mod status;
 
 use std::net::IpAddr;
 
-use crate::runtime::DnsSettings;
-
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
@@ -119,33 +117,9 @@ pub fn host_ips() -> Vec<String> {
     v4.into_iter().take(1).chain(v6.into_iter().take(1)).collect()
 }
 
-/// The host's resolv.conf as pod DNS settings (kubelet's `Default` DNS policy).
-pub fn parse_resolv_conf(text: &str) -> DnsSettings {
-    let mut dns = DnsSettings::default();
-    for line in text.lines() {
-        let line = line.split(['#', ';']).next().unwrap_or_default();
-        let mut fields = line.split_whitespace();
-        match fields.next() {
-            Some("nameserver") => dns.servers.extend(fields.next().map(str::to_owned)),
-            Some("search") | Some("domain") => dns.searches = fields.map(str::to_owned).collect(),
-            Some("options") => dns.options.extend(fields.map(str::to_owned)),
-            _ => {}
-        }
-    }
-    dns
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resolv_conf() {
-        let d = parse_resolv_conf("# comment\nnameserver 192.0.2.53\nnameserver 2001:db8::53\nsearch a.example b.example\noptions ndots:2 edns0\n");
-        assert_eq!(d.servers, vec!["192.0.2.53", "2001:db8::53"]);
-        assert_eq!(d.searches, vec!["a.example", "b.example"]);
-        assert_eq!(d.options, vec!["ndots:2", "edns0"]);
-    }
 
     #[test]
     fn meminfo() {

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Taint};
+use k8s_openapi::api::core::v1::{
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo, Taint,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::version::Info;
 use serde_json::{Map, Value};
@@ -42,8 +45,32 @@ pub struct NodeFacts {
     pub boot_id: String,
     pub container_runtime_version: String,
     pub kubelet_version: String,
+    /// The images on the node, largest first, as `status.images` lists them.
+    pub images: Vec<ContainerImage>,
+    /// The port the kubelet server listens on, for `daemonEndpoints` (the API server's proxy to logs, exec...).
+    pub kubelet_port: u16,
     /// Why the node is not ready (runtime down, network not ready), or `None` when it is.
     pub not_ready_reason: Option<String>,
+}
+
+/// kubelet's `nodeStatusMaxImages` default and `MaxNamesPerImageInNodeStatus`.
+pub const NODE_STATUS_MAX_IMAGES: usize = 50;
+pub const MAX_NAMES_PER_IMAGE: usize = 5;
+
+/// kubelet's images setter: largest first, at most `max` images, each named by its digests then its tags (at most
+/// five names).
+pub fn node_images(images: &[crate::runtime::stats::ImageRecord], max: usize) -> Vec<ContainerImage> {
+    let mut sorted: Vec<&crate::runtime::stats::ImageRecord> = images.iter().collect();
+    sorted.sort_by_key(|i| std::cmp::Reverse(i.size_bytes));
+    sorted
+        .into_iter()
+        .take(max)
+        .map(|i| {
+            let mut names: Vec<String> = i.repo_digests.iter().chain(i.repo_tags.iter()).cloned().collect();
+            names.truncate(MAX_NAMES_PER_IMAGE);
+            ContainerImage { names: Some(names), size_bytes: Some(i.size_bytes as i64) }
+        })
+        .collect()
 }
 
 /// Go's `runtime.GOARCH` names for the node label and nodeInfo.
@@ -123,6 +150,10 @@ pub fn node_status(facts: &NodeFacts, previous: Option<&NodeStatus>, now: System
         allocatable: Some(resources(facts.allocatable, facts)),
         conditions: Some(conditions),
         addresses: Some(addresses),
+        images: (!facts.images.is_empty()).then(|| facts.images.clone()),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(facts.kubelet_port) }),
+        }),
         node_info: Some(NodeSystemInfo {
             architecture: facts.architecture.clone(),
             boot_id: facts.boot_id.clone(),
@@ -196,6 +227,8 @@ pub fn set_node_status(api: Option<&NodeStatus>, facts: &NodeFacts, now: SystemT
     status.capacity = Some(capacity);
     status.allocatable = Some(allocatable);
     status.addresses = ours.addresses;
+    status.daemon_endpoints = ours.daemon_endpoints;
+    status.images = ours.images;
     status.node_info = ours.node_info;
     status
 }
@@ -323,6 +356,8 @@ mod tests {
             boot_id: "b".into(),
             container_runtime_version: "containerd://1.6.20".into(),
             kubelet_version: "v1.34.0-rkubelet".into(),
+            kubelet_port: 10250,
+            images: vec![],
             not_ready_reason: None,
         }
     }
@@ -354,6 +389,30 @@ mod tests {
         assert_eq!(addrs[0].type_, "InternalIP");
         assert_eq!(addrs[1].type_, "Hostname");
         assert_eq!(s.node_info.as_ref().unwrap().container_runtime_version, "containerd://1.6.20");
+        assert_eq!(s.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port, 10250);
+    }
+
+    #[test]
+    fn images_are_listed_largest_first_with_digests_then_tags_up_to_kubelets_limits() {
+        use crate::runtime::stats::ImageRecord;
+        let image = |size: u64, tags: usize| ImageRecord {
+            id: format!("sha256:{size}"),
+            repo_tags: (0..tags).map(|i| format!("r/img:{i}")).collect(),
+            repo_digests: vec![format!("r/img@sha256:{size}")],
+            size_bytes: size,
+        };
+        let images: Vec<ImageRecord> = (1..=60).map(|s| image(s * 1000, 1)).chain([image(7, 9)]).collect();
+        let listed = node_images(&images, NODE_STATUS_MAX_IMAGES);
+        assert_eq!(listed.len(), 50);
+        assert_eq!(listed[0].size_bytes, Some(60_000));
+        assert_eq!(listed[0].names.as_deref(), Some(&["r/img@sha256:60000".to_string(), "r/img:0".to_string()][..]));
+        assert_eq!(node_images(&[image(7, 9)], 50)[0].names.as_ref().map(Vec::len), Some(5));
+        let mut f = facts();
+        f.images = listed.clone();
+        let s = node_status(&f, None, t(0));
+        assert_eq!(s.images.as_ref().map(Vec::len), Some(50));
+        let patch = node_status_patch(Some(&node_status(&facts(), None, t(0))), &set_node_status(None, &f, t(0)));
+        assert!(patch.is_some_and(|p| p["status"]["images"].is_array()));
     }
 
     #[test]

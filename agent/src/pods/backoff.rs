@@ -73,10 +73,28 @@ impl Backoff {
         e.backoff.checked_sub(since(now, e.last_update)).filter(|d| !d.is_zero())
     }
 
+    /// Forgets a key: the thing it counted failures of has succeeded.
+    pub fn forget(&mut self, key: &str) {
+        self.entries.remove(key);
+    }
+
     /// Forgets keys whose back-off ended long ago (kubelet's periodic `GC`).
     pub fn gc(&mut self, now: SystemTime) {
         let max = self.max;
         self.entries.retain(|_, e| since(now, e.last_update) <= max * 2);
+    }
+}
+
+/// Records a failed attempt to create or start a container in the start back-off; image pull failures have their
+/// own back-off and are not counted twice.
+pub fn record_start_failure(
+    backoff: &mut super::plan::BackoffState,
+    start: &super::plan::ContainerStart,
+    waiting: &super::plan::Waiting,
+) {
+    use super::plan::{REASON_ERR_IMAGE_PULL, REASON_IMAGE_PULL_BACK_OFF};
+    if waiting.reason != REASON_ERR_IMAGE_PULL && waiting.reason != REASON_IMAGE_PULL_BACK_OFF {
+        backoff.start.next(&start.backoff_key, SystemTime::now());
     }
 }
 

@@ -11,6 +11,7 @@ use super::admission::{self, NodeInfo, Rejection};
 use super::events::EventType;
 use super::source::{SourceUpdate, CONFIG_SOURCE_ANNOTATION, FILE_SOURCE};
 use super::spec;
+use super::sysctl::SysctlAllowlist;
 use super::unsupported::{self, REASON_UNSUPPORTED_POD_SPEC};
 use super::worker::{PodWorker, WorkerContext, WorkerInput};
 use crate::resources::cgroups::CgroupName;
@@ -64,6 +65,8 @@ pub struct PodManager {
     node: Option<watch::Receiver<NodeInfo>>,
     /// Pods that never run: rejected at admission, or already terminal in the API when first seen.
     not_running: BTreeSet<String>,
+    /// The sysctls pods may set: the safe ones, and `allowedUnsafeSysctls`.
+    sysctls: SysctlAllowlist,
 }
 
 impl PodManager {
@@ -83,12 +86,19 @@ impl PodManager {
             finished_deletions: BTreeSet::new(),
             node: None,
             not_running: BTreeSet::new(),
+            sysctls: SysctlAllowlist::safe(),
         }
     }
 
     /// Admits new pods against the node's allocatable, `maxPods`, labels and name, as kubelet does.
     pub fn with_admission(mut self, node: watch::Receiver<NodeInfo>) -> Self {
         self.node = Some(node);
+        self
+    }
+
+    /// Admits pod sysctls against `sysctls` (the safe ones, and `allowedUnsafeSysctls`).
+    pub fn with_sysctls(mut self, sysctls: SysctlAllowlist) -> Self {
+        self.sysctls = sysctls;
         self
     }
 
@@ -180,7 +190,9 @@ impl PodManager {
                     // The status manager reads the API's status from the store; only a change the worker acts on
                     // wakes the worker (a status write coming back through the watch does not).
                     self.ctx.store.upsert_pod(uid, pod.clone());
-                    if pods_differ_semantically(&current, pod) {
+                    if pods_differ_semantically(&current, pod)
+                        || super::status::readiness_gate_conditions_changed(&current, pod)
+                    {
                         let _ = h.input.send(WorkerInput { pod: pod.clone(), terminate: false });
                     }
                 }
@@ -259,6 +271,12 @@ impl PodManager {
             if let Some(status) = pod.status.clone() {
                 self.ctx.store.set_status(&uid, status);
             }
+            return;
+        }
+        // kubelet's sysctl admit handler runs before the resource predicates.
+        if let Err(rejection) = self.sysctls.admit(&pod) {
+            tracing::warn!(pod = %spec::key(&pod), uid, reason = rejection.reason, "{}", rejection.message);
+            self.reject(&uid, pod, &rejection);
             return;
         }
         if let Some(node) = &self.node {

@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod backoff;
 pub mod env;
+pub mod ephemeral;
 pub mod events;
 pub mod manager;
 pub mod plan;
@@ -11,5 +12,6 @@ pub mod source;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod sysctl;
 pub mod unsupported;
 pub mod worker;

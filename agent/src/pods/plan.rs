@@ -47,6 +47,8 @@ pub struct ContainerKill {
     pub id: String,
     pub name: String,
     pub reason: String,
+    /// A failed probe's own `terminationGracePeriodSeconds`, which replaces the pod's.
+    pub grace_period: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -74,6 +76,9 @@ pub struct PodActions {
 pub struct BackoffState {
     pub crash: Backoff,
     pub image_pull: Backoff,
+    /// Failed attempts to create or start a container (config errors, runtime errors), keyed as `crash`: the next
+    /// attempt waits out the back-off, so a container that cannot be created is not tried on every sync.
+    pub start: Backoff,
 }
 
 pub fn crash_backoff_key(pod: &Pod, container: &Container) -> String {
@@ -131,12 +136,39 @@ fn sandbox_change(pod: &Pod, observed: &ObservedPod) -> Option<u32> {
     None
 }
 
-/// The next init container to run, or `Ok(None)` when all have completed; `Err(())` when one failed and the pod
-/// may not restart it (restartPolicy Never), which fails the pod.
-fn next_init_container<'a>(pod: &'a Pod, observed: &ObservedPod) -> Result<Option<&'a Container>, InitBlocked> {
+/// kubelet's `IsRestartableInitContainer`: an init container with `restartPolicy: Always` is a sidecar, started in
+/// order with the init containers and kept running next to the app containers.
+pub fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
+/// A running container has started once its startup probe (if any) has passed.
+pub fn has_started(c: &Container, running: &ContainerRecord, probes: &ProbeResults) -> bool {
+    c.startup_probe.is_none() || probes.get(&running.id, ProbeKind::Startup) == Some(ProbeResult::Success)
+}
+
+/// The next init container to run, or `Ok(None)` when all have completed (sidecars: started); `Err(Failed)` when
+/// one failed and the pod may not restart it (restartPolicy Never), which fails the pod. A sidecar that exited is
+/// restarted whatever the pod's restart policy.
+fn next_init_container<'a>(
+    pod: &'a Pod,
+    observed: &ObservedPod,
+    probes: &ProbeResults,
+) -> Result<Option<&'a Container>, InitBlocked> {
     let policy = spec::restart_policy(spec::spec(pod));
     for c in spec::init_containers(pod) {
         let latest = observed.latest_container(&c.name);
+        if is_sidecar(c) {
+            match latest {
+                Some(l) if l.state == ContainerRunState::Running => {
+                    if has_started(c, l, probes) {
+                        continue;
+                    }
+                    return Err(InitBlocked::Running);
+                }
+                _ => return Ok(Some(c)),
+            }
+        }
         match latest.map(|l| (l.state, l.exit_code)) {
             None => return Ok(Some(c)),
             Some((ContainerRunState::Running, _)) => return Err(InitBlocked::Running),
@@ -205,7 +237,33 @@ pub fn compute_pod_actions(input: &PlanInput<'_>) -> PodActions {
     }
     actions.sandbox_id = observed.latest_sandbox().map(|s| s.id.clone());
 
-    match next_init_container(pod, observed) {
+    // Once every app container has finished for good, the sidecars are stopped with the pod, not restarted.
+    let app_done = !containers.is_empty()
+        && containers.iter().all(|c| {
+            let latest = observed.latest_container(&c.name);
+            latest.is_some_and(|l| l.state == ContainerRunState::Exited) && !should_restart(latest, policy)
+        });
+    if app_done && spec::init_containers(pod).iter().any(is_sidecar) {
+        actions.kill_pod = true;
+        actions.sandbox_id = None;
+        return actions;
+    }
+    // Sidecars whose liveness or startup probe failed are killed; they are started again below, as init
+    // containers are.
+    for c in spec::init_containers(pod).iter().filter(|c| is_sidecar(c)) {
+        let Some(l) = observed.latest_container(&c.name).filter(|l| l.state == ContainerRunState::Running) else {
+            continue;
+        };
+        if let Some((probe, grace_period)) = failed_probe(c, l, probes) {
+            actions.containers_to_kill.push(ContainerKill {
+                id: l.id.clone(),
+                name: c.name.clone(),
+                reason: format!("Container {} failed {probe} probe", c.name),
+                grace_period,
+            });
+        }
+    }
+    match next_init_container(pod, observed, probes) {
         Err(InitBlocked::Failed) => {
             actions.kill_pod = true;
             return actions;
@@ -229,18 +287,20 @@ pub fn compute_pod_actions(input: &PlanInput<'_>) -> PodActions {
                         id: l.id.clone(),
                         name: c.name.clone(),
                         reason: format!("Container {} definition changed", c.name),
+                        grace_period: None,
                     });
                     let mut start = start_of(pod, c, false, observed);
                     // The replaced instance did not fail: no back-off for a spec change.
                     start.previous_finished_at = None;
                     actions.containers_to_start.push(start);
-                } else if let Some(probe) = failed_probe(c, l, probes) {
+                } else if let Some((probe, grace_period)) = failed_probe(c, l, probes) {
                     // Probes report, the planner decides: a failed liveness or startup probe kills the container,
                     // which restarts per the restart policy once it has exited.
                     actions.containers_to_kill.push(ContainerKill {
                         id: l.id.clone(),
                         name: c.name.clone(),
                         reason: format!("Container {} failed {probe} probe", c.name),
+                        grace_period,
                     });
                     if should_restart_after_kill(policy) {
                         keep += 1;
@@ -268,13 +328,18 @@ pub fn compute_pod_actions(input: &PlanInput<'_>) -> PodActions {
 
 /// The probe that failed for a running container: startup until it has passed, liveness after (kubelet's
 /// `computePodActions` checks both results the same way).
-fn failed_probe(c: &Container, running: &ContainerRecord, probes: &ProbeResults) -> Option<&'static str> {
+/// With the probe's own grace period, if it has one.
+fn failed_probe(
+    c: &Container,
+    running: &ContainerRecord,
+    probes: &ProbeResults,
+) -> Option<(&'static str, Option<i64>)> {
     let failed = |kind| probes.get(&running.id, kind) == Some(ProbeResult::Failure);
-    if c.startup_probe.is_some() && failed(ProbeKind::Startup) {
-        return Some("startup");
+    if let Some(p) = c.startup_probe.as_ref().filter(|_| failed(ProbeKind::Startup)) {
+        return Some(("startup", p.termination_grace_period_seconds));
     }
-    if c.liveness_probe.is_some() && failed(ProbeKind::Liveness) {
-        return Some("liveness");
+    if let Some(p) = c.liveness_probe.as_ref().filter(|_| failed(ProbeKind::Liveness)) {
+        return Some(("liveness", p.termination_grace_period_seconds));
     }
     None
 }
@@ -292,6 +357,11 @@ fn apply_backoff(pod: &Pod, backoff: &BackoffState, now: SystemTime, actions: &m
     let mut waiting = BTreeMap::new();
     actions.containers_to_start.retain(|start| {
         let Some(container) = all.iter().find(|c| c.name == start.name) else { return false };
+        if let Some(left) = backoff.start.remaining_since_update(&start.backoff_key, now) {
+            // The waiting reason of the failed attempt stays in the status until the next one.
+            keep_for_later(left);
+            return false;
+        }
         if let Some(finished) = start.previous_finished_at {
             if let Some(left) = backoff.crash.remaining_since(&start.backoff_key, finished, now) {
                 let period = backoff.crash.get(&start.backoff_key).unwrap_or_default();
@@ -504,7 +574,8 @@ mod tests {
             vec![ContainerKill {
                 id: "c1".into(),
                 name: "app".into(),
-                reason: "Container app failed liveness probe".into()
+                reason: "Container app failed liveness probe".into(),
+                grace_period: None,
             }]
         );
         assert!(!a.kill_pod, "the sandbox stays for the restart");
@@ -667,6 +738,30 @@ mod tests {
     }
 
     #[test]
+    fn a_container_that_failed_to_create_or_start_waits_out_a_doubling_back_off() {
+        let p = pod("Always", &[], &["app"]);
+        let key = crash_backoff_key(&p, &spec::spec(&p).containers[0]);
+        let o = observed(vec![sandbox("sb1", 0, true, 0)], vec![]);
+        let mut b = BackoffState::default();
+        // Count the attempts a worker syncing every second for 60 s would make, failing each time.
+        let mut attempts = vec![];
+        for s in 0..60 {
+            let a = plan(&p, &o, &b, t(s));
+            if names(&a) == vec!["app"] {
+                attempts.push(s);
+                b.start.next(&key, t(s));
+            } else {
+                assert!(a.resync_after.is_some(), "the worker is told when to try again");
+                assert!(a.waiting.is_empty(), "the failed attempt's reason stays shown");
+            }
+        }
+        assert_eq!(attempts, vec![0, 10, 30], "10 s, then 20 s, then 40 s");
+        // Once it starts, the back-off is forgotten.
+        b.start.forget(&key);
+        assert_eq!(names(&plan(&p, &o, &b, t(61))), vec!["app"]);
+    }
+
+    #[test]
     fn image_pull_back_off_holds_the_container() {
         let p = pod("Always", &[], &["app"]);
         let mut b = BackoffState::default();
@@ -700,6 +795,61 @@ mod tests {
             ],
         );
         assert_eq!(names(&plan(&p, &o, &BackoffState::default(), t(5))), vec!["app"]);
+    }
+
+    #[test]
+    fn sidecars_start_in_order_gate_on_started_restart_on_exit_and_stop_with_the_pod() {
+        let mut p = pod("Never", &["side", "init2"], &["app"]);
+        let side = &mut p.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0];
+        side.restart_policy = Some("Always".into());
+        side.startup_probe = Some(Default::default());
+        let sb = || vec![sandbox("sb1", 0, true, 0)];
+        let b = BackoffState::default();
+        let mut probes = ProbeResults::default();
+        let decide = |o: &ObservedPod, probes: &ProbeResults| {
+            compute_pod_actions(&PlanInput {
+                pod: &p,
+                observed: o,
+                backoff: &b,
+                probes,
+                volumes_ready: true,
+                now: t(20),
+            })
+        };
+        let running_side = || record(&p, "side", "s1", 0, ContainerRunState::Running, 0, 1);
+        // Running but not started (startup probe pending): the next init container waits.
+        let o = observed(sb(), vec![running_side()]);
+        assert!(decide(&o, &probes).containers_to_start.is_empty());
+        probes.set("s1", ProbeKind::Startup, ProbeResult::Success);
+        assert_eq!(names(&decide(&o, &probes)), vec!["init2"]);
+        // Regular init done: the app starts while the sidecar keeps running.
+        let o = observed(sb(), vec![running_side(), record(&p, "init2", "i2", 0, ContainerRunState::Exited, 0, 3)]);
+        let a = decide(&o, &probes);
+        assert_eq!(names(&a), vec!["app"]);
+        assert!(!a.kill_pod);
+        // The sidecar exits: restarted although the pod's policy is Never.
+        let o = observed(
+            sb(),
+            vec![
+                record(&p, "side", "s1", 0, ContainerRunState::Exited, 1, 1),
+                record(&p, "init2", "i2", 0, ContainerRunState::Exited, 0, 3),
+                record(&p, "app", "a1", 0, ContainerRunState::Running, 0, 5),
+            ],
+        );
+        let a = decide(&o, &probes);
+        assert_eq!(names(&a), vec!["side"]);
+        assert!(a.containers_to_start[0].init);
+        // The app container completes for good: the pod is stopped, sidecar included.
+        let o = observed(
+            sb(),
+            vec![
+                running_side(),
+                record(&p, "init2", "i2", 0, ContainerRunState::Exited, 0, 3),
+                record(&p, "app", "a1", 0, ContainerRunState::Exited, 0, 5),
+            ],
+        );
+        let a = decide(&o, &probes);
+        assert!(a.kill_pod && a.containers_to_start.is_empty(), "{a:?}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::plan::{Waiting, REASON_CONTAINER_CREATING, REASON_POD_INITIALIZING};
+use super::plan::{is_sidecar, Waiting, REASON_CONTAINER_CREATING, REASON_POD_INITIALIZING};
 use super::spec::{self, RestartPolicy};
 use crate::probes::{ProbeKind, ProbeResult, ProbeResults};
 use crate::resources::pod_qos_class;
@@ -30,6 +30,7 @@ pub const POD_SCHEDULED: &str = "PodScheduled";
 pub const REASON_CONTAINERS_NOT_READY: &str = "ContainersNotReady";
 pub const REASON_CONTAINERS_NOT_INITIALIZED: &str = "ContainersNotInitialized";
 pub const REASON_POD_COMPLETED: &str = "PodCompleted";
+pub const REASON_READINESS_GATES_NOT_READY: &str = "ReadinessGatesNotReady";
 
 pub struct StatusInput<'a> {
     pub pod: &'a Pod,
@@ -139,12 +140,22 @@ fn container_status(input: &StatusInput<'_>, container: &Container, default_wait
 /// kubelet's `getPhase`.
 fn phase(pod: &Pod, init: &[ContainerStatus], containers: &[ContainerStatus]) -> &'static str {
     let policy = spec::restart_policy(spec::spec(pod));
+    let sidecars: Vec<&str> =
+        spec::init_containers(pod).iter().filter(|c| is_sidecar(c)).map(|c| c.name.as_str()).collect();
     let last_terminated =
         |s: &ContainerStatus| s.last_state.as_ref().and_then(|l| l.terminated.as_ref()).map(|t| t.exit_code);
     let mut pending_init = 0;
     let mut failed_init = 0;
     for s in init {
         let st = s.state.clone().unwrap_or_default();
+        if sidecars.contains(&s.name.as_str()) {
+            // A sidecar holds the pod pending only until it has started; its exits do not fail the pod.
+            let restarting = st.waiting.is_some() && last_terminated(s).is_some();
+            if !(s.started == Some(true) || st.terminated.is_some() || restarting) {
+                pending_init += 1;
+            }
+            continue;
+        }
         if st.running.is_some() {
             pending_init += 1;
         } else if let Some(t) = &st.terminated {
@@ -212,15 +223,93 @@ fn go_list(names: &[String]) -> String {
     format!("[{}]", names.join(" "))
 }
 
+/// kubelet's readiness-gate messages for each `spec.readinessGates` condition that is not True in the pod's status
+/// as the API holds it (others set those conditions; the agent only reads them).
+fn unready_readiness_gates(pod: &Pod) -> Vec<String> {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    spec::spec(pod)
+        .readiness_gates
+        .iter()
+        .flatten()
+        .filter_map(|gate| match conditions.iter().find(|c| c.type_ == gate.condition_type) {
+            None => {
+                Some(format!("corresponding condition of pod readiness gate {:?} does not exist.", gate.condition_type))
+            }
+            Some(c) if c.status != "True" => Some(format!(
+                "the status of pod readiness gate {:?} is not \"True\", but {}",
+                gate.condition_type, c.status
+            )),
+            Some(_) => None,
+        })
+        .collect()
+}
+
+/// Whether a pod update changed a condition one of its readiness gates names: the pod's readiness must be computed
+/// again, as kubelet reconciles it on such a status change.
+pub fn readiness_gate_conditions_changed(existing: &Pod, update: &Pod) -> bool {
+    let gated = |p: &Pod| -> Vec<PodCondition> {
+        let conditions = p.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+        spec::spec(update)
+            .readiness_gates
+            .iter()
+            .flatten()
+            .filter_map(|g| conditions.iter().find(|c| c.type_ == g.condition_type).cloned())
+            .collect()
+    };
+    gated(existing) != gated(update)
+}
+
+/// The pod's IPs: the sandbox's or, for a pod on the host's network (for which the runtime reports none), the
+/// node's, as kubelet's `generateAPIPodStatus` gives them.
+pub fn pod_ips(pod: &Pod, sandbox_ips: Vec<String>, host_ips: &[String]) -> Vec<String> {
+    if spec::host_network(pod) && sandbox_ips.is_empty() {
+        host_ips.to_vec()
+    } else {
+        sandbox_ips
+    }
+}
+
+#[cfg(test)]
+mod pod_ips_tests {
+    use k8s_openapi::api::core::v1::PodSpec;
+
+    use super::*;
+
+    #[test]
+    fn a_host_network_pod_has_the_nodes_ips() {
+        let pod = |host_network| Pod {
+            spec: Some(PodSpec { host_network: Some(host_network), ..Default::default() }),
+            ..Default::default()
+        };
+        let host = vec!["192.0.2.10".to_owned(), "2001:db8::10".to_owned()];
+        assert_eq!(pod_ips(&pod(true), vec![], &host), host);
+        assert_eq!(pod_ips(&pod(false), vec![], &host), Vec::<String>::new());
+        assert_eq!(pod_ips(&pod(false), vec!["10.88.0.5".into()], &host), vec!["10.88.0.5"]);
+    }
+}
+
 pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
     let pod = input.pod;
     let init_specs = spec::init_containers(pod);
-    let init_statuses: Vec<ContainerStatus> =
-        init_specs.iter().map(|c| container_status(input, c, REASON_CONTAINER_CREATING)).collect();
-    let init_done = init_statuses
-        .iter()
-        .all(|s| s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0));
-    let app_default = if init_done { REASON_CONTAINER_CREATING } else { REASON_POD_INITIALIZING };
+    let mut init_statuses: Vec<ContainerStatus> =
+        init_specs.iter().map(|c| container_status(input, c, REASON_POD_INITIALIZING)).collect();
+    // An init container that completed is ready (kubelet's prober manager); a sidecar is ready as its probes say.
+    for (c, s) in init_specs.iter().zip(init_statuses.iter_mut()) {
+        if !is_sidecar(c) {
+            s.ready = s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0);
+        }
+    }
+    // Done: regular init containers completed, sidecars started.
+    let init_complete = |c: &Container, s: &ContainerStatus| {
+        if is_sidecar(c) {
+            s.state.as_ref().is_some_and(|st| st.running.is_some()) && s.started == Some(true)
+        } else {
+            s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0)
+        }
+    };
+    // kubelet's default waiting reason for a container not created yet: PodInitializing in any pod with init
+    // containers, for its init and app containers alike.
+    let app_default = if init_specs.is_empty() { REASON_CONTAINER_CREATING } else { REASON_POD_INITIALIZING };
     let statuses: Vec<ContainerStatus> =
         spec::spec(pod).containers.iter().map(|c| container_status(input, c, app_default)).collect();
 
@@ -237,7 +326,7 @@ pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
     let incomplete: Vec<String> = init_specs
         .iter()
         .zip(&init_statuses)
-        .filter(|(_, s)| s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_none_or(|t| t.exit_code != 0))
+        .filter(|(c, s)| !init_complete(c, s))
         .map(|(c, _)| c.name.clone())
         .collect();
     let initialized = if phase == PHASE_SUCCEEDED || incomplete.is_empty() {
@@ -255,14 +344,23 @@ pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
             Some(format!("containers with incomplete status: {}", go_list(&incomplete))),
         )
     };
-    let unready: Vec<String> = statuses.iter().filter(|s| !s.ready).map(|s| s.name.clone()).collect();
+    // Sidecars count for readiness, before the app containers (kubelet's `GenerateContainersReadyCondition`).
+    let sidecar_statuses = init_specs.iter().zip(&init_statuses).filter(|(c, _)| is_sidecar(c)).map(|(_, s)| s);
+    let unready: Vec<String> =
+        sidecar_statuses.chain(statuses.iter()).filter(|s| !s.ready).map(|s| s.name.clone()).collect();
     let (containers_ready, ready) = if phase == PHASE_SUCCEEDED {
         (
             condition(CONTAINERS_READY, false, Some(REASON_POD_COMPLETED), None),
             condition(POD_READY, false, Some(REASON_POD_COMPLETED), None),
         )
     } else if unready.is_empty() {
-        (condition(CONTAINERS_READY, true, None, None), condition(POD_READY, true, None, None))
+        let gates = unready_readiness_gates(pod);
+        let ready = if gates.is_empty() {
+            condition(POD_READY, true, None, None)
+        } else {
+            condition(POD_READY, false, Some(REASON_READINESS_GATES_NOT_READY), Some(gates.join(", ")))
+        };
+        (condition(CONTAINERS_READY, true, None, None), ready)
     } else {
         let message = format!("containers with unready status: {}", go_list(&unready));
         (
@@ -288,7 +386,7 @@ pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
         };
     }
 
-    let pod_ips: Vec<String> = sandbox.map(|s| s.ips.clone()).unwrap_or_default();
+    let pod_ips = pod_ips(pod, sandbox.map(|s| s.ips.clone()).unwrap_or_default(), input.host_ips);
     PodStatus {
         phase: Some(phase.into()),
         conditions: Some(conditions),
@@ -469,6 +567,53 @@ mod tests {
     }
 
     #[test]
+    fn readiness_gates_hold_ready_until_their_conditions_are_true() {
+        use k8s_openapi::api::core::v1::PodReadinessGate;
+        let mut p = pod("Always", &[], &["app"]);
+        p.spec.as_mut().unwrap().readiness_gates = Some(vec![
+            PodReadinessGate { condition_type: "example.com/lb".into() },
+            PodReadinessGate { condition_type: "example.com/dns".into() },
+        ]);
+        let running = || vec![record("app", "abc", 0, ContainerRunState::Running, 0, 1)];
+        let s = status(&p, running(), &[], None);
+        assert_eq!(cond(&s, "ContainersReady").status, "True");
+        let ready = cond(&s, "Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("False", Some("ReadinessGatesNotReady")));
+        assert_eq!(
+            ready.message.as_deref(),
+            Some(
+                "corresponding condition of pod readiness gate \"example.com/lb\" does not exist., \
+                 corresponding condition of pod readiness gate \"example.com/dns\" does not exist."
+            )
+        );
+        let gate = |t: &str, v: &str| PodCondition { type_: t.into(), status: v.into(), ..Default::default() };
+        let before = p.clone();
+        p.status = Some(PodStatus {
+            conditions: Some(vec![gate("example.com/lb", "True"), gate("example.com/dns", "False")]),
+            ..Default::default()
+        });
+        assert!(readiness_gate_conditions_changed(&before, &p));
+        let s = status(&p, running(), &[], None);
+        assert_eq!(
+            cond(&s, "Ready").message.as_deref(),
+            Some("the status of pod readiness gate \"example.com/dns\" is not \"True\", but False")
+        );
+        let before = p.clone();
+        p.status = Some(PodStatus {
+            conditions: Some(vec![gate("example.com/lb", "True"), gate("example.com/dns", "True")]),
+            ..Default::default()
+        });
+        assert!(readiness_gate_conditions_changed(&before, &p));
+        let s = status(&p, running(), &[], None);
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert!(
+            s.conditions.as_ref().unwrap().iter().all(|c| !c.type_.starts_with("example.com/")),
+            "the gates' conditions are not ours to write"
+        );
+        assert!(!readiness_gate_conditions_changed(&p, &p.clone()));
+    }
+
+    #[test]
     fn running_pod_is_ready() {
         let p = pod("Always", &[], &["app"]);
         let s = status(&p, vec![record("app", "abc", 0, ContainerRunState::Running, 0, 1)], &[], None);
@@ -552,6 +697,44 @@ mod tests {
         let p = pod("Never", &["init"], &["app"]);
         let s = status(&p, vec![record("init", "i1", 0, ContainerRunState::Exited, 1, 1)], &[], None);
         assert_eq!(s.phase.as_deref(), Some("Failed"));
+        // Not created yet: PodInitializing for the init and app containers of a pod with init containers.
+        let p = pod("Always", &["init1", "init2"], &["app"]);
+        let s = status(&p, vec![record("init1", "i1", 0, ContainerRunState::Running, 0, 1)], &[], None);
+        let init2 = &s.init_container_statuses.as_ref().unwrap()[1];
+        assert_eq!(init2.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("PodInitializing"));
+    }
+
+    #[test]
+    fn a_running_sidecar_initializes_the_pod_and_counts_for_readiness() {
+        let mut p = pod("Never", &["side", "init"], &["app"]);
+        let side = &mut p.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0];
+        side.restart_policy = Some("Always".into());
+        side.readiness_probe = Some(Default::default());
+        let containers = || {
+            vec![
+                record("side", "s1", 0, ContainerRunState::Running, 0, 1),
+                record("init", "i1", 0, ContainerRunState::Exited, 0, 2),
+                record("app", "a1", 0, ContainerRunState::Running, 0, 4),
+            ]
+        };
+        let s = status(&p, containers(), &[], None);
+        assert_eq!(cond(&s, "Initialized").status, "True");
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        let init = s.init_container_statuses.as_ref().unwrap();
+        assert!(init[1].ready, "a completed init container is ready");
+        assert!(!init[0].ready, "the sidecar's readiness probe has not passed");
+        assert_eq!(cond(&s, "ContainersReady").message.as_deref(), Some("containers with unready status: [side]"));
+        // The app completes and the sidecar is killed: the pod succeeded, the sidecar's exit does not fail it.
+        let done = vec![
+            record("side", "s1", 0, ContainerRunState::Exited, 137, 1),
+            record("init", "i1", 0, ContainerRunState::Exited, 0, 2),
+            record("app", "a1", 0, ContainerRunState::Exited, 0, 4),
+        ];
+        assert_eq!(status(&p, done, &[], None).phase.as_deref(), Some("Succeeded"));
+        // Before the sidecar runs, the pod is initializing.
+        let s = status(&p, vec![], &[], None);
+        assert_eq!(cond(&s, "Initialized").message.as_deref(), Some("containers with incomplete status: [side init]"));
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
     }
 
     #[test]

@@ -24,20 +24,10 @@ pub fn unsupported_fields(pod: &Pod) -> Vec<String> {
         }
     };
     pod_field(s.runtime_class_name.is_some(), "spec.runtimeClassName");
-    pod_field(s.host_network.unwrap_or(false), "spec.hostNetwork");
     pod_field(s.host_aliases.as_ref().is_some_and(|h| !h.is_empty()), "spec.hostAliases");
-    pod_field(s.active_deadline_seconds.is_some(), "spec.activeDeadlineSeconds");
-    pod_field(s.readiness_gates.as_ref().is_some_and(|g| !g.is_empty()), "spec.readinessGates");
     pod_field(s.host_users == Some(false), "spec.hostUsers");
     pod_field(s.os.as_ref().is_some_and(|os| os.name != "linux"), "spec.os.name");
     pod_field(s.resource_claims.as_ref().is_some_and(|c| !c.is_empty()), "spec.resourceClaims");
-    if let Some(sc) = &s.security_context {
-        pod_field(
-            sc.supplemental_groups.as_ref().is_some_and(|g| !g.is_empty()),
-            "spec.securityContext.supplementalGroups",
-        );
-        pod_field(sc.se_linux_options.is_some(), "spec.securityContext.seLinuxOptions");
-    }
     let init = spec::init_containers(pod).iter().enumerate().map(|(i, c)| (format!("spec.initContainers[{i}]"), c));
     let app = s.containers.iter().enumerate().map(|(i, c)| (format!("spec.containers[{i}]"), c));
     for (path, c) in init.chain(app) {
@@ -52,18 +42,12 @@ fn container_fields(path: &str, c: &Container, found: &mut Vec<String>) {
             found.push(format!("{path}.{name}"));
         }
     };
-    field(c.liveness_probe.is_some(), "livenessProbe");
-    field(c.startup_probe.is_some(), "startupProbe");
-    field(c.lifecycle.as_ref().is_some_and(|l| l.post_start.is_some()), "lifecycle.postStart");
-    field(c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()), "lifecycle.preStop");
     field(c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"), "terminationMessagePolicy");
-    field(c.restart_policy.is_some(), "restartPolicy");
+    // `Always` on an init container makes it a sidecar; nothing else is a valid container restart policy.
+    let sidecar = path.starts_with("spec.initContainers") && c.restart_policy.as_deref() == Some("Always");
+    field(c.restart_policy.is_some() && !sidecar, "restartPolicy");
     field(c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()), "volumeDevices");
     field(c.resources.as_ref().and_then(|r| r.claims.as_ref()).is_some_and(|cl| !cl.is_empty()), "resources.claims");
-    if let Some(sc) = &c.security_context {
-        field(sc.se_linux_options.is_some(), "securityContext.seLinuxOptions");
-        field(sc.proc_mount.as_deref().is_some_and(|m| m != "Default"), "securityContext.procMount");
-    }
 }
 
 /// The volume kinds the volume manager sets up.
@@ -142,13 +126,15 @@ mod tests {
     fn each_unsupported_field_is_named_by_its_path() {
         let mut app = Container {
             name: "app".into(),
-            liveness_probe: Some(Probe::default()),
             lifecycle: Some(Lifecycle { pre_stop: Some(LifecycleHandler::default()), ..Default::default() }),
+            restart_policy: Some("Never".into()),
             security_context: Some(SecurityContext { proc_mount: Some("Unmasked".into()), ..Default::default() }),
             ..Default::default()
         };
-        // A readiness probe is not rejected: without a prober the container simply never becomes ready.
+        // Probes are run.
         app.readiness_probe = Some(Probe::default());
+        app.liveness_probe = Some(Probe::default());
+        app.startup_probe = Some(Probe::default());
         let p = pod(PodSpec {
             containers: vec![app],
             volumes: Some(vec![
@@ -174,9 +160,7 @@ mod tests {
                 "spec.volumes[1].persistentVolumeClaim (\"claim\")",
                 "spec.volumes[2].volume (\"unknown\")",
                 "spec.runtimeClassName",
-                "spec.containers[0].livenessProbe",
-                "spec.containers[0].lifecycle.preStop",
-                "spec.containers[0].securityContext.procMount",
+                "spec.containers[0].restartPolicy",
             ]
         );
     }

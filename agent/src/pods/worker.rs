@@ -19,8 +19,9 @@ use super::plan::{self, BackoffState, PlanInput, PodActions, Waiting};
 use super::spec;
 use super::status::{compute_pod_status, StatusInput};
 use super::store::{PodStartRecord, PodStore};
-use crate::kuberuntime::KubeRuntime;
-use crate::probes::ProbeResults;
+use crate::kuberuntime::{KubeRuntime, PodSyncResult};
+use crate::lifecycle::deadline;
+use crate::probes::Prober;
 use crate::runtime::{ContainerRunState, CriClock, ObservedPod, RuntimeError, CRI_TIME};
 
 /// kubelet's `backOffPeriod`: a pod whose sync failed is synced again after this long (jittered), unless something
@@ -85,8 +86,8 @@ pub struct PodWorker {
     input: watch::Receiver<WorkerInput>,
     wake: Arc<Notify>,
     backoff: BackoffState,
-    /// Latest probe results of this pod's containers.
-    probes: ProbeResults,
+    /// The probe workers of this pod's containers and their latest results.
+    prober: Prober,
     /// Errors of the last attempt to start each container, shown as its waiting reason until it starts.
     sync_errors: BTreeMap<String, Waiting>,
     start_time: SystemTime,
@@ -95,6 +96,8 @@ pub struct PodWorker {
     /// The status last computed, or the API's before the first sync; `published` once it went to the store.
     last_status: Option<PodStatus>,
     published: bool,
+    /// The pod was active longer than `activeDeadlineSeconds`: failed, and its containers stay stopped.
+    deadline_exceeded: bool,
 }
 
 impl PodWorker {
@@ -107,18 +110,20 @@ impl PodWorker {
             .and_then(|s| s.start_time.as_ref())
             .map(|t| SystemTime::from(t.0))
             .unwrap_or_else(SystemTime::now);
+        let prober = Prober::new(ctx.kuberuntime.runtime.clone(), ctx.kuberuntime.events.clone(), wake.clone());
         Self {
-            ctx,
             input,
             wake,
             backoff: BackoffState::default(),
-            probes: ProbeResults::default(),
+            prober,
             sync_errors: BTreeMap::new(),
             start_time,
             first_seen_instant: Instant::now(),
             start_recorded: false,
             last_status: known,
             published: false,
+            deadline_exceeded: false,
+            ctx,
         }
     }
 
@@ -134,6 +139,7 @@ impl PodWorker {
         loop {
             let input = self.input.borrow_and_update().clone();
             if input.terminate {
+                self.prober.stop();
                 self.ctx.kuberuntime.terminate_pod(&input.pod).await;
                 self.ctx.store.remove(spec::uid(&input.pod));
                 return;
@@ -182,25 +188,43 @@ impl PodWorker {
         let now = SystemTime::now();
         self.backoff.crash.gc(now);
         self.backoff.image_pull.gc(now);
-        self.probes.retain_containers(|id| observed.containers.iter().any(|c| c.id == id));
+        self.backoff.start.gc(now);
+        self.prober.sync(pod, &observed, &kuberuntime.host_ips);
+        let probes = self.prober.results();
+        let deadline_left = deadline::remaining(pod, self.start_time, now);
+        if deadline_left == Some(Duration::ZERO) && !self.deadline_exceeded {
+            tracing::info!("pod is past its active deadline");
+            self.deadline_exceeded = true;
+            let message = deadline::MESSAGE_DEADLINE_EXCEEDED.to_owned();
+            kuberuntime.events.record(pod, None, EventType::Normal, deadline::REASON_DEADLINE_EXCEEDED, message);
+        }
         // A pod that has finished starts nothing, so its volumes are not set up again (kubelet stops syncing it).
-        let terminal = self
-            .last_status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        let terminal = self.deadline_exceeded
+            || self
+                .last_status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|p| p == "Succeeded" || p == "Failed");
         let volumes_ready = terminal || kuberuntime.volumes.mount_pod(pod).await;
-        let actions = plan::compute_pod_actions(&PlanInput {
-            pod,
-            observed: &observed,
-            backoff: &self.backoff,
-            probes: &self.probes,
-            volumes_ready,
-            now,
-        });
-        tracing::debug!(?actions, "computed pod actions");
-        self.record_back_off_events(pod, &actions);
-        let result = kuberuntime.sync_pod(pod, &observed, &actions, &mut self.backoff).await;
+        let (actions, result) = if self.deadline_exceeded {
+            // A pod failed for its deadline is terminal: everything is stopped and nothing starts again.
+            let changed = kuberuntime.kill_containers_and_sandboxes(pod, &observed).await;
+            (PodActions::default(), PodSyncResult { changed, ..Default::default() })
+        } else {
+            let mut actions = plan::compute_pod_actions(&PlanInput {
+                pod,
+                observed: &observed,
+                backoff: &self.backoff,
+                probes: &probes,
+                volumes_ready,
+                now,
+            });
+            super::ephemeral::add_ephemeral_starts(pod, &observed, &mut actions);
+            tracing::debug!(?actions, "computed pod actions");
+            self.record_back_off_events(pod, &actions);
+            let result = kuberuntime.sync_pod(pod, &observed, &actions, &mut self.backoff).await;
+            (actions, result)
+        };
         for (name, outcome) in &result.containers {
             match outcome {
                 None => self.sync_errors.remove(name),
@@ -209,9 +233,12 @@ impl PodWorker {
         }
 
         let observed = if result.changed { kuberuntime.runtime.observe_pod(&uid).await? } else { observed };
+        // Containers started just now get their probe workers.
+        self.prober.sync(pod, &observed, &kuberuntime.host_ips);
+        let probes = self.prober.results();
         let mut waiting = self.sync_errors.clone();
         waiting.extend(actions.waiting.clone());
-        let status = compute_pod_status(&StatusInput {
+        let mut status = compute_pod_status(&StatusInput {
             pod,
             observed: &observed,
             waiting: &waiting,
@@ -219,16 +246,26 @@ impl PodWorker {
             start_time: self.start_time,
             host_ips: &kuberuntime.host_ips,
             runtime_name: &self.ctx.runtime_name,
-            probes: &self.probes,
+            probes: &probes,
             now: SystemTime::now(),
         });
+        status.ephemeral_container_statuses =
+            super::ephemeral::ephemeral_container_statuses(pod, &observed, &waiting, &self.ctx.runtime_name);
+        if self.deadline_exceeded {
+            deadline::fail(&mut status);
+        }
         self.record_start(pod, &observed);
         if !self.published || self.last_status.as_ref() != Some(&status) {
             self.ctx.store.set_status(&uid, status.clone());
             self.last_status = Some(status);
             self.published = true;
         }
-        Ok(SyncOutcome { resync_after: actions.resync_after, failed: result.failed() || !volumes_ready })
+        // Sync again when the deadline passes.
+        let resync_after = match (actions.resync_after, deadline_left.filter(|d| !d.is_zero())) {
+            (Some(a), Some(d)) => Some(a.min(d)),
+            (a, d) => a.or(d),
+        };
+        Ok(SyncOutcome { resync_after, failed: result.failed() || !volumes_ready })
     }
 
     fn record_back_off_events(&self, pod: &Pod, actions: &PodActions) {

@@ -1,15 +1,45 @@
-//! Probe results, as kubelet's `prober/results` manager holds them: the latest result per container instance and
-//! probe kind. The probe workers that produce them are not there yet; until they are, no result is ever recorded, so
-//! a container with a readiness or startup probe is never reported ready or started (kubelet's initial value for
-//! both before a probe has passed), and liveness never kills.
+//! Probes, kubelet's `pkg/kubelet/prober`: the workers (`manager`) that run each container's startup, liveness and
+//! readiness probes with their handlers (`handlers`, `http`, `grpc`), the pure threshold logic (`state`), and the
+//! results they publish: the latest result per container instance and probe kind. The planner kills on a failed
+//! liveness or startup result; the status holds `started` and `ready` until the startup and readiness probes pass.
+
+pub mod grpc;
+pub mod handlers;
+pub mod http;
+pub mod manager;
+pub mod state;
 
 use std::collections::BTreeMap;
+
+pub use manager::Prober;
+
+/// The User-Agent of kubelet's HTTP probes and hooks.
+pub const USER_AGENT: &str = "kube-probe/1.28";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ProbeKind {
     Liveness,
     Readiness,
     Startup,
+}
+
+impl ProbeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Liveness => "liveness",
+            ProbeKind::Readiness => "readiness",
+            ProbeKind::Startup => "startup",
+        }
+    }
+
+    /// As kubelet names the probe in its events ("Liveness probe failed: ...").
+    pub fn title(self) -> &'static str {
+        match self {
+            ProbeKind::Liveness => "Liveness",
+            ProbeKind::Readiness => "Readiness",
+            ProbeKind::Startup => "Startup",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -43,6 +43,15 @@ impl RuntimeError {
         }
     }
 
+    /// The runtime ended the call at its deadline (an exec that outlived its timeout).
+    pub fn is_deadline_exceeded(&self) -> bool {
+        matches!(self, RuntimeError::Timeout { .. })
+            || matches!(self, RuntimeError::Call { status, .. } if status.code() == tonic::Code::DeadlineExceeded
+                // containerd reports an exec that outlived its timeout as "timeout 1s exceeded: context deadline
+                // exceeded" under an unknown code.
+                || status.message().contains("deadline exceeded"))
+    }
+
     pub fn is_not_found(&self) -> bool {
         matches!(self, RuntimeError::Call { status, .. } if status.code() == tonic::Code::NotFound)
     }
@@ -133,8 +142,8 @@ impl Drop for CriCall {
 
 #[derive(Clone)]
 pub struct Runtime {
-    runtime: RuntimeServiceClient<Channel>,
-    images: ImageServiceClient<Channel>,
+    pub(super) runtime: RuntimeServiceClient<Channel>,
+    pub(super) images: ImageServiceClient<Channel>,
     metrics: Arc<RuntimeMetrics>,
 }
 
@@ -190,7 +199,12 @@ impl Runtime {
         self.metrics.clone()
     }
 
-    async fn call<T, F>(&self, op: &'static str, timeout: Option<Duration>, fut: F) -> Result<T, RuntimeError>
+    pub(super) async fn call<T, F>(
+        &self,
+        op: &'static str,
+        timeout: Option<Duration>,
+        fut: F,
+    ) -> Result<T, RuntimeError>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
@@ -491,6 +505,28 @@ impl Runtime {
         ignore_not_found(r.map(|_| ()))
     }
 
+    /// Runs `cmd` in a running container and waits for it, the runtime ending it after `timeout` (zero: none).
+    pub async fn exec_sync_timeout(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecSyncOutput, RuntimeError> {
+        let mut c = self.runtime.clone();
+        let resp = self
+            .call(
+                "ExecSync",
+                Some(RUNTIME_REQUEST_TIMEOUT + timeout),
+                c.exec_sync(cri::ExecSyncRequest {
+                    container_id: container_id.into(),
+                    cmd: cmd.to_vec(),
+                    timeout: timeout.as_secs().try_into().unwrap_or(i64::MAX),
+                }),
+            )
+            .await?;
+        Ok(ExecSyncOutput { stdout: resp.stdout, stderr: resp.stderr, exit_code: resp.exit_code })
+    }
+
     pub async fn remove_container(&self, container_id: &str) -> Result<(), RuntimeError> {
         let mut c = self.runtime.clone();
         let r = self
@@ -584,6 +620,25 @@ fn namespace_options(spec: &SandboxSpec) -> cri::NamespaceOption {
     }
 }
 
+fn security_profile(profile: &SeccompProfile) -> cri::SecurityProfile {
+    use cri::security_profile::ProfileType;
+    match profile {
+        SeccompProfile::Unconfined => {
+            cri::SecurityProfile { profile_type: ProfileType::Unconfined as i32, localhost_ref: String::new() }
+        }
+        SeccompProfile::RuntimeDefault => {
+            cri::SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, localhost_ref: String::new() }
+        }
+        SeccompProfile::Localhost(path) => {
+            cri::SecurityProfile { profile_type: ProfileType::Localhost as i32, localhost_ref: path.clone() }
+        }
+    }
+}
+
+fn selinux_option(o: &SeLinuxOptions) -> cri::SeLinuxOption {
+    cri::SeLinuxOption { user: o.user.clone(), role: o.role.clone(), r#type: o.type_.clone(), level: o.level.clone() }
+}
+
 fn sandbox_config(spec: &SandboxSpec) -> cri::PodSandboxConfig {
     let mut sandbox_labels = spec.labels.clone();
     sandbox_labels.insert(labels::POD_NAME.into(), spec.name.clone());
@@ -624,6 +679,12 @@ fn sandbox_config(spec: &SandboxSpec) -> cri::PodSandboxConfig {
             cgroup_parent: spec.cgroup_parent.clone(),
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(namespace_options(spec)),
+                selinux_options: spec.security.selinux.as_ref().map(selinux_option),
+                run_as_user: spec.security.run_as_user.map(|value| cri::Int64Value { value }),
+                run_as_group: spec.security.run_as_group.map(|value| cri::Int64Value { value }),
+                supplemental_groups: spec.security.supplemental_groups.clone(),
+                privileged: spec.security.privileged,
+                seccomp: Some(security_profile(&spec.security.seccomp)),
                 ..Default::default()
             }),
             sysctls: to_map(&spec.sysctls),
@@ -662,6 +723,7 @@ fn container_config(spec: &ContainerSpec, sandbox: &SandboxSpec) -> cri::Contain
     annotations.insert(labels::CONTAINER_RESTART_COUNT.into(), spec.restart_count.to_string());
     annotations.insert(labels::POD_TERMINATION_GRACE_PERIOD.into(), spec.termination_grace_period.to_string());
     let r = &spec.resources;
+    let sc = &spec.security;
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata { name: spec.name.clone(), attempt: spec.restart_count }),
         image: Some(cri::ImageSpec {
@@ -692,30 +754,21 @@ fn container_config(spec: &ContainerSpec, sandbox: &SandboxSpec) -> cri::Contain
             }),
             security_context: Some(cri::LinuxContainerSecurityContext {
                 capabilities: Some(cri::Capability {
-                    add_capabilities: spec.capabilities_add.clone(),
-                    drop_capabilities: spec.capabilities_drop.clone(),
+                    add_capabilities: sc.capabilities_add.clone(),
+                    drop_capabilities: sc.capabilities_drop.clone(),
                     ..Default::default()
                 }),
-                privileged: spec.privileged,
+                privileged: sc.privileged,
                 namespace_options: Some(namespace_options(sandbox)),
-                run_as_user: spec.run_as_user.map(|value| cri::Int64Value { value }),
-                run_as_group: spec.run_as_group.map(|value| cri::Int64Value { value }),
-                readonly_rootfs: spec.readonly_rootfs,
-                no_new_privs: spec.no_new_privs,
-                seccomp: Some(match &spec.seccomp {
-                    SeccompProfile::Unconfined => cri::SecurityProfile {
-                        profile_type: cri::security_profile::ProfileType::Unconfined as i32,
-                        localhost_ref: String::new(),
-                    },
-                    SeccompProfile::RuntimeDefault => cri::SecurityProfile {
-                        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
-                        localhost_ref: String::new(),
-                    },
-                    SeccompProfile::Localhost(path) => cri::SecurityProfile {
-                        profile_type: cri::security_profile::ProfileType::Localhost as i32,
-                        localhost_ref: path.clone(),
-                    },
-                }),
+                selinux_options: sc.selinux.as_ref().map(selinux_option),
+                run_as_user: sc.run_as_user.map(|value| cri::Int64Value { value }),
+                run_as_group: sc.run_as_group.map(|value| cri::Int64Value { value }),
+                readonly_rootfs: sc.readonly_rootfs,
+                supplemental_groups: sc.supplemental_groups.clone(),
+                no_new_privs: sc.no_new_privs,
+                masked_paths: sc.masked_paths.clone(),
+                readonly_paths: sc.readonly_paths.clone(),
+                seccomp: Some(security_profile(&sc.seccomp)),
                 ..Default::default()
             }),
         }),

@@ -117,6 +117,47 @@ pub struct SandboxSpec {
     pub share_process_namespace: bool,
     pub cgroup_parent: String,
     pub sysctls: BTreeMap<String, String>,
+    pub security: SandboxSecurity,
+}
+
+/// SELinux labels passed through to the runtime as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeLinuxOptions {
+    pub user: String,
+    pub role: String,
+    pub type_: String,
+    pub level: String,
+}
+
+/// The sandbox's security settings, kubelet's `LinuxSandboxSecurityContext` (namespaces are on [`SandboxSpec`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SandboxSecurity {
+    /// Any container of the pod is privileged.
+    pub privileged: bool,
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub supplemental_groups: Vec<i64>,
+    pub selinux: Option<SeLinuxOptions>,
+    pub seccomp: SeccompProfile,
+}
+
+/// A container's security settings, kubelet's `LinuxContainerSecurityContext` (namespaces come from the sandbox).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerSecurity {
+    pub privileged: bool,
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub supplemental_groups: Vec<i64>,
+    pub readonly_rootfs: bool,
+    pub capabilities_add: Vec<String>,
+    pub capabilities_drop: Vec<String>,
+    /// `no_new_privs`: set when `allowPrivilegeEscalation` is false.
+    pub no_new_privs: bool,
+    pub seccomp: SeccompProfile,
+    /// /proc and /sys paths hidden from the container, and those mounted read-only (`procMount`).
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+    pub selinux: Option<SeLinuxOptions>,
 }
 
 /// What a container is created with.
@@ -143,15 +184,7 @@ pub struct ContainerSpec {
     pub stdin: bool,
     pub stdin_once: bool,
     pub tty: bool,
-    pub privileged: bool,
-    pub run_as_user: Option<i64>,
-    pub run_as_group: Option<i64>,
-    pub readonly_rootfs: bool,
-    pub capabilities_add: Vec<String>,
-    pub capabilities_drop: Vec<String>,
-    /// `no_new_privs`: set when `allowPrivilegeEscalation` is false.
-    pub no_new_privs: bool,
-    pub seccomp: SeccompProfile,
+    pub security: ContainerSecurity,
     /// Volume mounts, kubelet's `makeMounts`.
     pub mounts: Vec<Mount>,
 }
@@ -198,4 +231,12 @@ pub struct RuntimeReadiness {
     pub runtime_ready: bool,
     pub network_ready: bool,
     pub message: String,
+}
+
+/// What CRI ExecSync returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecSyncOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
 }

@@ -1,4 +1,14 @@
-//! The read-only HTTP server (kubelet's `readOnlyPort`): `/healthz`, `/pods` and `/metrics`.
+//! The kubelet's HTTP servers: the read-only server (kubelet's `readOnlyPort`: `/healthz`, `/pods` and `/metrics`),
+//! the healthz server (`healthzBindAddress:healthzPort`), and the authenticated HTTPS kubelet server on
+//! `address:port` with the container endpoints on top of the read-only ones.
+
+pub mod auth;
+pub mod containers;
+pub mod logs;
+pub mod secure;
+pub mod stats;
+pub mod streaming;
+pub mod tls;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -7,7 +17,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::pods::spec;
@@ -30,6 +40,60 @@ pub fn router(state: ServerState) -> Router {
         .route("/pods/", get(pods))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// The healthz server's routes: only `/healthz`.
+pub fn healthz_router(state: ServerState) -> Router {
+    Router::new().route("/healthz", get(healthz)).with_state(state)
+}
+
+/// The kubelet server's routes, before the auth filter.
+pub fn kubelet_router(
+    state: ServerState,
+    containers: containers::ContainerServerState,
+    stats_state: stats::StatsState,
+) -> Router {
+    let stats_routes = Router::new()
+        .route("/stats/summary", get(stats::summary))
+        .route("/metrics/resource", get(stats::resource_metrics))
+        .route("/metrics/probes", get(stats::probe_metrics))
+        .route("/runningpods/", get(stats::running_pods))
+        .route("/configz", get(stats::configz))
+        .with_state(stats_state);
+    let container_routes = Router::new()
+        .route("/containerLogs/{namespace}/{pod}/{container}", get(containers::container_logs))
+        .route("/exec/{namespace}/{pod}/{container}", get(streaming::exec).post(streaming::exec))
+        .route("/exec/{namespace}/{pod}/{uid}/{container}", get(streaming::exec_uid).post(streaming::exec_uid))
+        .route("/attach/{namespace}/{pod}/{container}", get(streaming::attach).post(streaming::attach))
+        .route("/attach/{namespace}/{pod}/{uid}/{container}", get(streaming::attach_uid).post(streaming::attach_uid))
+        .route("/portForward/{namespace}/{pod}", get(streaming::port_forward).post(streaming::port_forward))
+        .route(
+            "/portForward/{namespace}/{pod}/{uid}",
+            get(streaming::port_forward_uid).post(streaming::port_forward_uid),
+        )
+        .route("/run/{namespace}/{pod}/{container}", post(streaming::run))
+        .route("/run/{namespace}/{pod}/{uid}/{container}", post(streaming::run_uid))
+        .with_state(containers);
+    router(state).merge(container_routes).merge(stats_routes)
+}
+
+/// kubelet retries a healthz server that cannot listen every 5 s rather than failing.
+const HEALTHZ_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `/healthz` on `addr`, retrying while the address cannot be bound, as kubelet does. Never returns.
+pub async fn serve_healthz(addr: SocketAddr, state: ServerState) {
+    loop {
+        match bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(%addr, "healthz server listening");
+                if let Err(e) = axum::serve(listener, healthz_router(state.clone())).await {
+                    tracing::error!(%addr, error = %e, "healthz server stopped");
+                }
+            }
+            Err(e) => tracing::error!(%addr, error = %e, "failed to start healthz server"),
+        }
+        tokio::time::sleep(HEALTHZ_RETRY).await;
+    }
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

@@ -1,0 +1,121 @@
+//! Lifecycle hooks, kubelet's `lifecycle.handlerRunner`: postStart and preStop handlers with exec (CRI ExecSync),
+//! httpGet (host defaults to the pod IP; any response counts as done) and sleep, with kubelet's error messages.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
+
+use crate::pods::spec;
+use crate::probes::handlers::{headers, resolve_port, static_command};
+use crate::probes::http::{self, Url};
+use crate::runtime::Runtime;
+
+/// The User-Agent of kubelet's lifecycle HTTP hooks.
+pub const USER_AGENT: &str = "kube-lifecycle/1.28";
+/// Events of failed hooks (pkg/kubelet/events).
+pub const FAILED_POST_START_HOOK: &str = "FailedPostStartHook";
+pub const FAILED_PRE_STOP_HOOK: &str = "FailedPreStopHook";
+/// The container's waiting reason after a failed postStart hook (`ErrPostStartHook`).
+pub const REASON_POST_START_HOOK_ERROR: &str = "PostStartHookError";
+
+/// Where a hook runs.
+#[derive(Debug, Clone, Copy)]
+pub struct HookTarget<'a> {
+    pub pod: &'a Pod,
+    pub container: &'a Container,
+    pub container_id: &'a str,
+    pub pod_ip: &'a str,
+}
+
+/// Go's `%v` of a string slice: `[sh -c exit 1]`.
+fn go_slice(items: &[String]) -> String {
+    format!("[{}]", items.join(" "))
+}
+
+/// Runs a hook to its end (the caller bounds it in time). `Err` is kubelet's message for the failure.
+pub async fn run(runtime: &Runtime, handler: &LifecycleHandler, target: HookTarget<'_>) -> Result<(), String> {
+    let HookTarget { pod, container, container_id, pod_ip } = target;
+    if let Some(exec) = &handler.exec {
+        let command = static_command(exec.command.as_deref().unwrap_or_default(), container);
+        let failure = |error: String, output: &str| {
+            format!(
+                "Exec lifecycle hook ({}) for Container {:?} in Pod {:?} failed - error: {error}, message: {output:?}",
+                go_slice(exec.command.as_deref().unwrap_or_default()),
+                container.name,
+                spec::format_pod(pod)
+            )
+        };
+        return match runtime.exec_sync_timeout(container_id, &command, Duration::ZERO).await {
+            Ok(out) if out.exit_code == 0 => Ok(()),
+            Ok(out) => {
+                let mut output = out.stdout.clone();
+                output.extend_from_slice(&out.stderr);
+                let error = format!(
+                    "command '{}' exited with {}: {}",
+                    command.join(" "),
+                    out.exit_code,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                Err(failure(error, &String::from_utf8_lossy(&output)))
+            }
+            Err(e) => Err(failure(e.message(), "")),
+        };
+    }
+    if let Some(get) = &handler.http_get {
+        let path = get.path.clone().unwrap_or_default();
+        let failure = |error: String| {
+            format!(
+                "HTTP lifecycle hook ({path}) for Container {:?} in Pod {:?} failed - error: {error}",
+                container.name,
+                spec::format_pod(pod)
+            )
+        };
+        let port = resolve_port(&get.port, container).map_err(failure)?;
+        let url = Url {
+            https: get.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")),
+            host: get.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_owned()),
+            port,
+            path: http::normalize_path(&path),
+        };
+        let mut hdrs = headers(get.http_headers.as_deref());
+        if !hdrs.iter().any(|(k, _)| k.eq_ignore_ascii_case("User-Agent")) {
+            hdrs.push(("User-Agent".into(), USER_AGENT.into()));
+        }
+        // A hook's request has no timeout of its own: the caller's bound (the grace period) applies.
+        return http::get(&url, &hdrs, Duration::from_secs(365 * 24 * 3600)).await.map(|_| ()).map_err(failure);
+    }
+    if let Some(sleep) = &handler.sleep {
+        tokio::time::sleep(Duration::from_secs(u64::try_from(sleep.seconds).unwrap_or(0))).await;
+        return Ok(());
+    }
+    Err(format!(
+        "Cannot run handler: unknown handler for Container {:?} in Pod {:?}",
+        container.name,
+        spec::format_pod(pod)
+    ))
+}
+
+/// How much of the grace period is left after a preStop hook that took `elapsed`, never below kubelet's minimum
+/// (`minimumGracePeriodInSeconds`): the container always gets a short window after SIGTERM.
+pub fn grace_after_pre_stop(grace: i64, elapsed: Duration) -> i64 {
+    let used = i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX);
+    grace.saturating_sub(used).max(spec::MINIMUM_GRACE_PERIOD_SECONDS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pre_stop_time_comes_out_of_the_grace_period_down_to_two_seconds() {
+        assert_eq!(grace_after_pre_stop(30, Duration::from_millis(10_900)), 20, "whole seconds, as kubelet counts");
+        assert_eq!(grace_after_pre_stop(30, Duration::from_secs(29)), 2);
+        assert_eq!(grace_after_pre_stop(5, Duration::from_secs(60)), 2);
+        assert_eq!(grace_after_pre_stop(0, Duration::ZERO), 2);
+    }
+
+    #[test]
+    fn slices_print_as_go_does() {
+        assert_eq!(go_slice(&["sh".into(), "-c".into(), "exit 1".into()]), "[sh -c exit 1]");
+    }
+}

@@ -1,0 +1,96 @@
+//! The kubelet server on `address:port` (10250): HTTPS, every request authenticated and authorised as kubelet's
+//! `InstallAuthFilter` does, then the read-only endpoints plus the container endpoints (logs, exec, attach,
+//! port-forward, run).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::auth::{bearer_token, Authenticator, Credentials, Refusal};
+use super::tls::certificate_user;
+use crate::api::auth::UserInfo;
+
+/// A client that has not finished its TLS handshake by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The verified client certificate's user for one connection.
+#[derive(Debug, Clone, Default)]
+pub struct PeerCertificate(pub Option<UserInfo>);
+
+/// kubelet's auth filter: 401 without an identity, 403 without the right, 500 when the authoriser fails.
+async fn auth_filter(
+    State(auth): State<Arc<Authenticator>>,
+    peer: Option<Extension<PeerCertificate>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let credentials = match peer.and_then(|Extension(p)| p.0) {
+        Some(user) => Credentials::Certificate(user),
+        None => match bearer_token(request.headers().get("authorization").and_then(|v| v.to_str().ok())) {
+            Some(token) => Credentials::Bearer(token),
+            None => Credentials::None,
+        },
+    };
+    let Some(user) = auth.authenticate(&credentials).await else {
+        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+    };
+    match auth.authorize(&user, request.method().as_str(), request.uri().path()).await {
+        Ok(()) => next.run(request).await,
+        Err(Refusal::Unauthorized) => (StatusCode::UNAUTHORIZED, "Unauthorized").into_response(),
+        Err(Refusal::Forbidden(msg)) => {
+            tracing::debug!(user = %user.name, path = %request.uri().path(), "{msg}");
+            (StatusCode::FORBIDDEN, msg).into_response()
+        }
+        Err(Refusal::AuthorizationError(msg)) => (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response(),
+    }
+}
+
+/// Wraps the routes in the auth filter (for every path, as kubelet filters its whole container).
+pub fn with_auth(routes: Router, auth: Arc<Authenticator>) -> Router {
+    routes.layer(axum::middleware::from_fn_with_state(auth, auth_filter))
+}
+
+/// Serves `app` over TLS on `listener`, one task per connection; upgrades (exec, attach, port-forward) stay open.
+pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                tracing::warn!(error = %e, "accept on the kubelet server failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let user = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(certificate_user);
+            let service = TowerToHyperService::new(app.layer(Extension(PeerCertificate(user))));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%remote, error = %e, "kubelet server connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,204 @@
+//! The kubelet server's stats and metrics endpoints: `/stats/summary`, `/metrics/resource`, `/metrics/probes`,
+//! `/runningpods/` and `/configz`.
+
+use axum::extract::{RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::containers::query_pairs;
+use crate::pods::store::PodStore;
+use crate::stats::summary::Summary;
+use crate::stats::StatsProvider;
+
+#[derive(Clone)]
+pub struct StatsState {
+    pub stats: StatsProvider,
+    pub store: PodStore,
+    /// kubelet's `/configz` body: the configuration in effect under `kubeletconfig`.
+    pub configz: serde_json::Value,
+}
+
+fn json_response(value: &impl serde::Serialize) -> Response {
+    match serde_json::to_string(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// kubelet's `only_cpu_and_memory=true`: the node and pods with their CPU and memory only.
+pub fn only_cpu_and_memory(summary: Summary) -> Summary {
+    let mut s = summary;
+    s.node.network = None;
+    s.node.fs = None;
+    s.node.runtime = None;
+    s.node.rlimit = None;
+    for p in &mut s.pods {
+        p.network = None;
+        p.ephemeral_storage = None;
+        p.process_stats = None;
+        for c in &mut p.containers {
+            c.rootfs = None;
+            c.logs = None;
+        }
+    }
+    s
+}
+
+pub async fn summary(State(s): State<StatsState>, RawQuery(query): RawQuery) -> Response {
+    let (summary, _) = s.stats.summary().await;
+    let only = query_pairs(query.as_deref()).iter().any(|(k, v)| k == "only_cpu_and_memory" && v == "true");
+    json_response(&if only { only_cpu_and_memory(summary) } else { summary })
+}
+
+pub async fn resource_metrics(State(s): State<StatsState>) -> Response {
+    let (summary, failed) = s.stats.summary().await;
+    let text = crate::stats::summary::resource_metrics(&summary, failed);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// The prober's metric family; samples appear once probe workers report results.
+pub async fn probe_metrics() -> Response {
+    let text = "# HELP prober_probe_total [ALPHA] Cumulative number of a liveness, readiness or startup probe for a container by result.\n# TYPE prober_probe_total counter\n";
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// kubelet's `/runningpods/`: pods with running containers, as the runtime sees them (name, namespace, uid and
+/// each running container's name and image).
+pub async fn running_pods(State(s): State<StatsState>) -> Response {
+    let items: Vec<serde_json::Value> = s
+        .store
+        .list()
+        .into_iter()
+        .filter_map(|e| {
+            let status = e.status.clone().or_else(|| e.pod.status.clone())?;
+            let containers: Vec<serde_json::Value> = status
+                .container_statuses
+                .iter()
+                .flatten()
+                .chain(status.init_container_statuses.iter().flatten())
+                .chain(status.ephemeral_container_statuses.iter().flatten())
+                .filter(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+                .map(|c| json!({"name": c.name, "image": c.image, "resources": {}}))
+                .collect();
+            (!containers.is_empty()).then(|| {
+                json!({
+                    "metadata": {
+                        "name": e.pod.metadata.name,
+                        "namespace": e.pod.metadata.namespace,
+                        "uid": e.pod.metadata.uid,
+                        "creationTimestamp": null,
+                    },
+                    "spec": {"containers": containers},
+                    "status": {},
+                })
+            })
+        })
+        .collect();
+    json_response(&json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}))
+}
+
+pub async fn configz(State(s): State<StatsState>) -> Response {
+    json_response(&json!({ "kubeletconfig": s.configz }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::summary::{ContainerStats, FsStats, NodeStats, PodStats};
+
+    #[test]
+    fn only_cpu_and_memory_drops_the_rest() {
+        let s = Summary {
+            node: NodeStats { fs: Some(FsStats::default()), ..Default::default() },
+            pods: vec![PodStats {
+                ephemeral_storage: Some(FsStats::default()),
+                containers: vec![ContainerStats { rootfs: Some(FsStats::default()), ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        let s = only_cpu_and_memory(s);
+        assert!(
+            s.node.fs.is_none() && s.pods[0].ephemeral_storage.is_none() && s.pods[0].containers[0].rootfs.is_none()
+        );
+    }
+}
+
+/// A duration as Go prints it (`1m0s`, `20s`, `5m0s`, `0s`).
+fn go_duration(d: std::time::Duration) -> String {
+    let total = d.as_secs();
+    let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
+    let frac = d.subsec_millis();
+    let secs = if frac > 0 { format!("{s}.{frac:03}").trim_end_matches('0').to_owned() } else { s.to_string() };
+    match (h, m) {
+        (0, 0) => format!("{secs}s"),
+        (0, m) => format!("{m}m{secs}s"),
+        (h, m) => format!("{h}h{m}m{secs}s"),
+    }
+}
+
+/// The configuration in effect, under kubelet's field names (the body of `/configz`).
+pub fn configz_json(c: &crate::config::KubeletConfig) -> serde_json::Value {
+    let mode = match c.auth.authorization_mode {
+        crate::config::AuthorizationMode::AlwaysAllow => "AlwaysAllow",
+        crate::config::AuthorizationMode::Webhook => "Webhook",
+    };
+    json!({
+        "enableServer": c.enable_server,
+        "staticPodPath": c.static_pod_path,
+        "syncFrequency": go_duration(c.sync_frequency),
+        "fileCheckFrequency": go_duration(c.file_check_frequency),
+        "address": c.address.to_string(),
+        "port": c.port,
+        "readOnlyPort": c.read_only_port,
+        "tlsCertFile": c.tls_cert_file,
+        "tlsPrivateKeyFile": c.tls_private_key_file,
+        "authentication": {
+            "x509": {"clientCAFile": c.auth.client_ca_file},
+            "webhook": {"enabled": c.auth.webhook_authentication, "cacheTTL": go_duration(c.auth.authentication_cache_ttl)},
+            "anonymous": {"enabled": c.auth.anonymous},
+        },
+        "authorization": {
+            "mode": mode,
+            "webhook": {
+                "cacheAuthorizedTTL": go_duration(c.auth.authorized_ttl),
+                "cacheUnauthorizedTTL": go_duration(c.auth.unauthorized_ttl),
+            },
+        },
+        "healthzPort": c.healthz_port,
+        "healthzBindAddress": c.healthz_bind_address.to_string(),
+        "clusterDomain": c.cluster_domain,
+        "clusterDNS": c.cluster_dns.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+        "podCIDR": c.pod_cidr,
+        "resolvConf": c.resolv_conf,
+        "cgroupsPerQOS": c.cgroups_per_qos,
+        "cgroupDriver": format!("{:?}", c.cgroup_driver).to_lowercase(),
+        "enforceNodeAllocatable": c.enforce_node_allocatable,
+        "maxPods": c.max_pods,
+        "serializeImagePulls": c.serialize_image_pulls,
+        "containerRuntimeEndpoint": c.container_runtime_endpoint,
+        "podLogsDir": c.pod_logs_dir,
+        "containerLogMaxSize": c.container_log_max_size.to_string(),
+        "containerLogMaxFiles": c.container_log_max_files,
+        "registerWithTaints": c.register_with_taints,
+        "logging": {"verbosity": c.verbosity},
+    })
+}
+
+#[cfg(test)]
+mod configz_tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_as_go_does() {
+        assert_eq!(go_duration(std::time::Duration::from_secs(60)), "1m0s");
+        assert_eq!(go_duration(std::time::Duration::from_secs(20)), "20s");
+        assert_eq!(go_duration(std::time::Duration::from_secs(3725)), "1h2m5s");
+        assert_eq!(go_duration(std::time::Duration::from_millis(1500)), "1.5s");
+        let c = crate::config::KubeletConfig::resolve(None, &Default::default(), "n").unwrap();
+        let v = configz_json(&c);
+        assert_eq!(v["port"], 10250);
+        assert_eq!(v["authorization"]["mode"], "AlwaysAllow");
+        assert_eq!(v["syncFrequency"], "1m0s");
+    }
+}

@@ -1,0 +1,596 @@
+//! kubelet's Summary API (`/stats/summary`, stats/v1alpha1) built purely from samples, and the resource metrics
+//! (`/metrics/resource`) metrics-server reads, derived from the same summary as kubelet's collector does.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::runtime::stats::{ContainerStatsRecord, CpuSample, MemorySample, NetworkSample, PodSandboxStatsRecord};
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuStats {
+    pub time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_nano_cores: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_core_nano_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryStats {
+    pub time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_set_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_faults: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub major_page_faults: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InterfaceStats {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rx_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rx_errors: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tx_errors: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkStats {
+    pub time: String,
+    /// The default interface's figures, inline as kubelet's `InterfaceStats` embedding.
+    #[serde(flatten)]
+    pub default: InterfaceStats,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<InterfaceStats>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FsStats {
+    pub time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inodes_free: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inodes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inodes_used: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeStats {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_fs: Option<FsStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_fs: Option<FsStats>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RlimitStats {
+    pub time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maxpid: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub curproc: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStats {
+    pub node_name: String,
+    pub start_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fs: Option<FsStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rlimit: Option<RlimitStats>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PodReference {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStats {
+    pub name: String,
+    pub start_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<FsStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logs: Option<FsStats>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ProcessStats {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_count: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStats {
+    pub pod_ref: PodReference,
+    pub start_time: String,
+    pub containers: Vec<ContainerStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkStats>,
+    #[serde(rename = "ephemeral-storage", skip_serializing_if = "Option::is_none")]
+    pub ephemeral_storage: Option<FsStats>,
+    #[serde(rename = "process_stats", skip_serializing_if = "Option::is_none")]
+    pub process_stats: Option<ProcessStats>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Summary {
+    pub node: NodeStats,
+    pub pods: Vec<PodStats>,
+}
+
+/// A filesystem's size, from statvfs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FsCapacity {
+    pub capacity_bytes: u64,
+    pub available_bytes: u64,
+    pub inodes: u64,
+    pub inodes_free: u64,
+}
+
+/// A running container of a pod the agent runs, with what stats cannot tell.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub id: String,
+    pub start_time: String,
+    /// Bytes of its log files.
+    pub log_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodInfo {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub start_time: String,
+    pub containers: Vec<ContainerInfo>,
+}
+
+/// RFC 3339 time of a CRI timestamp in nanoseconds.
+pub fn time_of(ns: i64) -> String {
+    jiff::Timestamp::from_nanosecond(i128::from(ns)).map(|t| t.to_string()).unwrap_or_default()
+}
+
+pub fn cpu_stats(c: &CpuSample) -> CpuStats {
+    CpuStats {
+        time: time_of(c.timestamp_ns),
+        usage_nano_cores: c.usage_nano_cores,
+        usage_core_nano_seconds: c.usage_core_nano_seconds,
+    }
+}
+
+pub fn memory_stats(m: &MemorySample) -> MemoryStats {
+    MemoryStats {
+        time: time_of(m.timestamp_ns),
+        available_bytes: m.available_bytes,
+        usage_bytes: m.usage_bytes,
+        working_set_bytes: m.working_set_bytes,
+        rss_bytes: m.rss_bytes,
+        page_faults: m.page_faults,
+        major_page_faults: m.major_page_faults,
+    }
+}
+
+pub fn network_stats(n: &NetworkSample) -> NetworkStats {
+    let iface = |i: &crate::runtime::stats::InterfaceSample| InterfaceStats {
+        name: i.name.clone(),
+        rx_bytes: i.rx_bytes,
+        rx_errors: i.rx_errors,
+        tx_bytes: i.tx_bytes,
+        tx_errors: i.tx_errors,
+    };
+    NetworkStats {
+        time: time_of(n.timestamp_ns),
+        default: n.default_interface.as_ref().map(iface).unwrap_or_default(),
+        interfaces: n.interfaces.iter().map(iface).collect(),
+    }
+}
+
+pub fn fs_stats(time: &str, used: Option<u64>, inodes_used: Option<u64>, cap: Option<FsCapacity>) -> FsStats {
+    FsStats {
+        time: time.to_owned(),
+        available_bytes: cap.map(|c| c.available_bytes),
+        capacity_bytes: cap.map(|c| c.capacity_bytes),
+        used_bytes: used,
+        inodes_free: cap.map(|c| c.inodes_free),
+        inodes: cap.map(|c| c.inodes),
+        inodes_used,
+    }
+}
+
+fn add(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    }
+}
+
+/// The pods' part of the summary: containers from `ListContainerStats`, the pod's cgroup and network from
+/// `ListPodSandboxStats` (summed from its containers when the runtime has no sandbox stats), ephemeral storage as
+/// the containers' writable layers plus their logs (kubelet's `calcEphemeralStorage` without volumes).
+pub fn pod_stats(
+    pods: &[PodInfo],
+    containers: &[ContainerStatsRecord],
+    sandboxes: &[PodSandboxStatsRecord],
+    image_fs: Option<FsCapacity>,
+    now: &str,
+) -> Vec<PodStats> {
+    let by_id: BTreeMap<&str, &ContainerStatsRecord> = containers.iter().map(|c| (c.id.as_str(), c)).collect();
+    pods.iter()
+        .map(|pod| {
+            let mut out = PodStats {
+                pod_ref: PodReference {
+                    name: pod.name.clone(),
+                    namespace: pod.namespace.clone(),
+                    uid: pod.uid.clone(),
+                },
+                start_time: pod.start_time.clone(),
+                ..Default::default()
+            };
+            let mut ephemeral_used = None;
+            let mut ephemeral_inodes = None;
+            for c in &pod.containers {
+                let stats = by_id.get(c.id.as_str());
+                let rootfs = stats.and_then(|s| s.writable_layer.as_ref());
+                let rootfs_time = rootfs.map(|f| time_of(f.timestamp_ns)).unwrap_or_else(|| now.to_owned());
+                ephemeral_used = add(ephemeral_used, add(rootfs.and_then(|f| f.used_bytes), c.log_bytes));
+                ephemeral_inodes = add(ephemeral_inodes, rootfs.and_then(|f| f.inodes_used));
+                out.containers.push(ContainerStats {
+                    name: c.name.clone(),
+                    start_time: c.start_time.clone(),
+                    cpu: stats.and_then(|s| s.cpu.as_ref()).map(cpu_stats),
+                    memory: stats.and_then(|s| s.memory.as_ref()).map(memory_stats),
+                    rootfs: rootfs.map(|f| fs_stats(&rootfs_time, f.used_bytes, f.inodes_used, image_fs)),
+                    logs: c.log_bytes.map(|b| fs_stats(now, Some(b), None, None)),
+                });
+            }
+            match sandboxes.iter().find(|s| s.pod_uid == pod.uid) {
+                Some(s) => {
+                    out.cpu = s.cpu.as_ref().map(cpu_stats);
+                    out.memory = s.memory.as_ref().map(memory_stats);
+                    out.network = s.network.as_ref().map(network_stats);
+                    out.process_stats = s.process_count.map(|n| ProcessStats { process_count: Some(n) });
+                }
+                None => {
+                    let cpus: Vec<&CpuStats> = out.containers.iter().filter_map(|c| c.cpu.as_ref()).collect();
+                    if !cpus.is_empty() {
+                        out.cpu = Some(CpuStats {
+                            time: cpus.iter().map(|c| c.time.clone()).max().unwrap_or_default(),
+                            usage_nano_cores: cpus.iter().fold(None, |a, c| add(a, c.usage_nano_cores)),
+                            usage_core_nano_seconds: cpus.iter().fold(None, |a, c| add(a, c.usage_core_nano_seconds)),
+                        });
+                    }
+                    let mems: Vec<&MemoryStats> = out.containers.iter().filter_map(|c| c.memory.as_ref()).collect();
+                    if !mems.is_empty() {
+                        out.memory = Some(MemoryStats {
+                            time: mems.iter().map(|m| m.time.clone()).max().unwrap_or_default(),
+                            usage_bytes: mems.iter().fold(None, |a, m| add(a, m.usage_bytes)),
+                            working_set_bytes: mems.iter().fold(None, |a, m| add(a, m.working_set_bytes)),
+                            rss_bytes: mems.iter().fold(None, |a, m| add(a, m.rss_bytes)),
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+            out.ephemeral_storage = Some(fs_stats(now, ephemeral_used, ephemeral_inodes, image_fs));
+            out
+        })
+        .collect()
+}
+
+fn ms(time: &str) -> Option<i64> {
+    time.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond())
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// kubelet's resource metrics (`/metrics/resource`) in the Prometheus text format, with the sample times from the
+/// summary as metrics-server expects them.
+pub fn resource_metrics(summary: &Summary, scrape_error: bool) -> String {
+    let mut out = String::new();
+    let family = |out: &mut String, name: &str, help: &str, kind: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    let sample = |out: &mut String, name: &str, labels: &str, value: f64, time: &str| {
+        let _ = match ms(time) {
+            Some(t) => writeln!(out, "{name}{labels} {value} {t}"),
+            None => writeln!(out, "{name}{labels} {value}"),
+        };
+    };
+    let containers: Vec<(&PodStats, &ContainerStats)> =
+        summary.pods.iter().flat_map(|p| p.containers.iter().map(move |c| (p, c))).collect();
+    let labels = |p: &PodStats, c: Option<&ContainerStats>| match c {
+        Some(c) => format!(
+            "{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}}",
+            escape(&c.name),
+            escape(&p.pod_ref.namespace),
+            escape(&p.pod_ref.name)
+        ),
+        None => format!("{{namespace=\"{}\",pod=\"{}\"}}", escape(&p.pod_ref.namespace), escape(&p.pod_ref.name)),
+    };
+
+    family(
+        &mut out,
+        "container_cpu_usage_seconds_total",
+        "[STABLE] Cumulative cpu time consumed by the container in core-seconds",
+        "counter",
+    );
+    for (p, c) in &containers {
+        if let Some(cpu) = c.cpu.as_ref().filter(|c| c.usage_core_nano_seconds.is_some()) {
+            let v = cpu.usage_core_nano_seconds.unwrap_or(0) as f64 / 1e9;
+            sample(&mut out, "container_cpu_usage_seconds_total", &labels(p, Some(c)), v, &cpu.time);
+        }
+    }
+    family(
+        &mut out,
+        "container_memory_working_set_bytes",
+        "[STABLE] Current working set of the container in bytes",
+        "gauge",
+    );
+    for (p, c) in &containers {
+        if let Some(m) = c.memory.as_ref().filter(|m| m.working_set_bytes.is_some()) {
+            let v = m.working_set_bytes.unwrap_or(0) as f64;
+            sample(&mut out, "container_memory_working_set_bytes", &labels(p, Some(c)), v, &m.time);
+        }
+    }
+    family(
+        &mut out,
+        "container_start_time_seconds",
+        "[STABLE] Start time of the container since unix epoch in seconds",
+        "gauge",
+    );
+    for (p, c) in &containers {
+        if let Some(t) = ms(&c.start_time) {
+            let time = c.cpu.as_ref().map(|c| c.time.clone()).unwrap_or_default();
+            sample(&mut out, "container_start_time_seconds", &labels(p, Some(c)), t as f64 / 1e3, &time);
+        }
+    }
+    family(
+        &mut out,
+        "node_cpu_usage_seconds_total",
+        "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
+        "counter",
+    );
+    if let Some(cpu) = summary.node.cpu.as_ref().filter(|c| c.usage_core_nano_seconds.is_some()) {
+        sample(
+            &mut out,
+            "node_cpu_usage_seconds_total",
+            "",
+            cpu.usage_core_nano_seconds.unwrap_or(0) as f64 / 1e9,
+            &cpu.time,
+        );
+    }
+    family(&mut out, "node_memory_working_set_bytes", "[STABLE] Current working set of the node in bytes", "gauge");
+    if let Some(m) = summary.node.memory.as_ref().filter(|m| m.working_set_bytes.is_some()) {
+        sample(&mut out, "node_memory_working_set_bytes", "", m.working_set_bytes.unwrap_or(0) as f64, &m.time);
+    }
+    family(
+        &mut out,
+        "pod_cpu_usage_seconds_total",
+        "[STABLE] Cumulative cpu time consumed by the pod in core-seconds",
+        "counter",
+    );
+    for p in &summary.pods {
+        if let Some(cpu) = p.cpu.as_ref().filter(|c| c.usage_core_nano_seconds.is_some()) {
+            let v = cpu.usage_core_nano_seconds.unwrap_or(0) as f64 / 1e9;
+            sample(&mut out, "pod_cpu_usage_seconds_total", &labels(p, None), v, &cpu.time);
+        }
+    }
+    family(&mut out, "pod_memory_working_set_bytes", "[STABLE] Current working set of the pod in bytes", "gauge");
+    for p in &summary.pods {
+        if let Some(m) = p.memory.as_ref().filter(|m| m.working_set_bytes.is_some()) {
+            sample(
+                &mut out,
+                "pod_memory_working_set_bytes",
+                &labels(p, None),
+                m.working_set_bytes.unwrap_or(0) as f64,
+                &m.time,
+            );
+        }
+    }
+    family(
+        &mut out,
+        "scrape_error",
+        "[ALPHA] 1 if there was an error while getting container metrics, 0 otherwise",
+        "gauge",
+    );
+    let _ = writeln!(out, "scrape_error {}", u8::from(scrape_error));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::stats::FsSample;
+
+    const T: i64 = 1_700_000_000_000_000_000;
+
+    fn container(id: &str, name: &str, cpu_ns: u64, ws: u64) -> ContainerStatsRecord {
+        ContainerStatsRecord {
+            id: id.into(),
+            name: name.into(),
+            pod_uid: "u1".into(),
+            cpu: Some(CpuSample {
+                timestamp_ns: T,
+                usage_core_nano_seconds: Some(cpu_ns),
+                usage_nano_cores: Some(5_000_000),
+            }),
+            memory: Some(MemorySample {
+                timestamp_ns: T,
+                working_set_bytes: Some(ws),
+                usage_bytes: Some(ws * 2),
+                ..Default::default()
+            }),
+            writable_layer: Some(FsSample {
+                timestamp_ns: T,
+                mountpoint: "/var/lib".into(),
+                used_bytes: Some(4096),
+                inodes_used: Some(3),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn pod() -> PodInfo {
+        PodInfo {
+            name: "web".into(),
+            namespace: "default".into(),
+            uid: "u1".into(),
+            start_time: "2023-11-14T22:00:00Z".into(),
+            containers: vec![
+                ContainerInfo {
+                    name: "app".into(),
+                    id: "c1".into(),
+                    start_time: "2023-11-14T22:13:21Z".into(),
+                    log_bytes: Some(100),
+                },
+                ContainerInfo {
+                    name: "side".into(),
+                    id: "c2".into(),
+                    start_time: "2023-11-14T22:13:22Z".into(),
+                    log_bytes: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn pods_sum_their_containers_without_sandbox_stats_and_count_ephemeral_storage() {
+        let stats = [
+            container("c1", "app", 2_000_000_000, 1000),
+            container("c2", "side", 500_000_000, 24),
+            container("old", "app", 9, 9),
+        ];
+        let cap = FsCapacity { capacity_bytes: 10_000, available_bytes: 6000, inodes: 100, inodes_free: 90 };
+        let pods = pod_stats(&[pod()], &stats, &[], Some(cap), "2023-11-14T22:13:20Z");
+        let p = &pods[0];
+        assert_eq!(p.containers.len(), 2, "only the running containers of the pod");
+        assert_eq!(p.cpu.as_ref().unwrap().usage_core_nano_seconds, Some(2_500_000_000));
+        assert_eq!(p.cpu.as_ref().unwrap().usage_nano_cores, Some(10_000_000));
+        assert_eq!(p.memory.as_ref().unwrap().working_set_bytes, Some(1024));
+        let eph = p.ephemeral_storage.as_ref().unwrap();
+        assert_eq!(
+            (eph.used_bytes, eph.inodes_used, eph.capacity_bytes),
+            (Some(4096 + 100 + 4096), Some(6), Some(10_000))
+        );
+        let json = serde_json::to_value(p).unwrap();
+        assert_eq!(json["podRef"]["name"], "web");
+        assert_eq!(json["containers"][0]["rootfs"]["usedBytes"], 4096);
+        assert_eq!(json["containers"][0]["logs"]["usedBytes"], 100);
+        assert_eq!(json["containers"][0]["cpu"]["usageNanoCores"], 5_000_000);
+        assert!(json.get("ephemeral-storage").is_some());
+        assert_eq!(json["cpu"]["time"], "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn sandbox_stats_give_the_pod_its_cgroup_and_network() {
+        let sandbox = PodSandboxStatsRecord {
+            pod_uid: "u1".into(),
+            cpu: Some(CpuSample { timestamp_ns: T, usage_core_nano_seconds: Some(7), usage_nano_cores: Some(1) }),
+            network: Some(NetworkSample {
+                timestamp_ns: T,
+                default_interface: Some(crate::runtime::stats::InterfaceSample {
+                    name: "eth0".into(),
+                    rx_bytes: Some(10),
+                    ..Default::default()
+                }),
+                interfaces: vec![],
+            }),
+            process_count: Some(3),
+            ..Default::default()
+        };
+        let pods = pod_stats(&[pod()], &[], &[sandbox], None, "now");
+        let json = serde_json::to_value(&pods[0]).unwrap();
+        assert_eq!(json["cpu"]["usageCoreNanoSeconds"], 7);
+        assert_eq!(json["network"]["name"], "eth0");
+        assert_eq!(json["network"]["rxBytes"], 10);
+        assert_eq!(json["process_stats"]["process_count"], 3);
+    }
+
+    #[test]
+    fn resource_metrics_are_what_metrics_server_reads() {
+        let stats = [container("c1", "app", 2_000_000_000, 1000), container("c2", "side", 500_000_000, 24)];
+        let summary = Summary {
+            node: NodeStats {
+                node_name: "n".into(),
+                cpu: Some(CpuStats {
+                    time: time_of(T),
+                    usage_core_nano_seconds: Some(3_000_000_000),
+                    usage_nano_cores: None,
+                }),
+                memory: Some(MemoryStats { time: time_of(T), working_set_bytes: Some(5 << 20), ..Default::default() }),
+                ..Default::default()
+            },
+            pods: pod_stats(&[pod()], &stats, &[], None, &time_of(T)),
+        };
+        let text = resource_metrics(&summary, false);
+        assert!(text.contains("# TYPE container_cpu_usage_seconds_total counter\n"), "{text}");
+        assert!(text.contains("container_cpu_usage_seconds_total{container=\"app\",namespace=\"default\",pod=\"web\"} 2 1700000000000\n"), "{text}");
+        assert!(text.contains("container_memory_working_set_bytes{container=\"side\",namespace=\"default\",pod=\"web\"} 24 1700000000000\n"), "{text}");
+        assert!(text.contains("container_start_time_seconds{container=\"app\",namespace=\"default\",pod=\"web\"} 1700000001 1700000000000\n"), "{text}");
+        assert!(text.contains("node_cpu_usage_seconds_total 3 1700000000000\n"), "{text}");
+        assert!(text.contains("node_memory_working_set_bytes 5242880 1700000000000\n"), "{text}");
+        assert!(
+            text.contains("pod_cpu_usage_seconds_total{namespace=\"default\",pod=\"web\"} 2.5 1700000000000\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pod_memory_working_set_bytes{namespace=\"default\",pod=\"web\"} 1024 1700000000000\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("scrape_error 0\n"), "{text}");
+    }
+}

@@ -1,0 +1,102 @@
+//! Host-tier tests: a pod's hostname, resolv.conf and kubelet-managed /etc/hosts on a real containerd, read from
+//! inside the container.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rkubelet_tests::agent::{phase, Agent};
+use rkubelet_tests::containerd::Containerd;
+use rkubelet_tests::images::{ensure_images, BUSYBOX};
+use rkubelet_tests::skip_unless_root;
+
+const START: Duration = Duration::from_secs(60);
+
+fn setup(name: &str, extra_config: &str) -> Result<(Containerd, Agent)> {
+    ensure_images()?;
+    let containerd = Containerd::start(name)?;
+    let agent = Agent::start_with(&containerd, extra_config)?;
+    Ok((containerd, agent))
+}
+
+/// A run-once busybox pod with `pod_fields` (YAML indented for `spec:`) printing what `script` prints.
+fn pod_yaml(name: &str, pod_fields: &str, script: &str) -> String {
+    let fields: String = pod_fields.lines().map(|l| format!("  {l}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: team\nspec:\n  restartPolicy: Never\n  \
+         terminationGracePeriodSeconds: 1\n{fields}  containers:\n  - name: app\n    image: {BUSYBOX}\n    \
+         command: [\"sh\", \"-c\", {script:?}]\n"
+    )
+}
+
+/// Runs the pod to completion and returns what its container printed.
+fn run_to_completion(agent: &Agent, name: &str, yaml: &str) -> Result<(String, serde_json::Value)> {
+    agent.write_manifest(&format!("{name}.yaml"), yaml)?;
+    let pod = agent.wait_pod(name, START, |p| phase(p) == "Succeeded" || phase(p) == "Failed")?;
+    let uid = pod["metadata"]["uid"].as_str().context("uid")?;
+    let full = format!("{name}-{}", agent.node_name());
+    let log = agent.pod_logs_dir().join(format!("team_{full}_{uid}")).join("app").join("0.log");
+    let text = std::fs::read_to_string(&log).with_context(|| format!("read {}", log.display()))?;
+    let output = text.lines().filter_map(|l| l.splitn(4, ' ').nth(3)).collect::<Vec<_>>().join("\n");
+    anyhow::ensure!(phase(&pod) == "Succeeded", "pod {name} failed: {pod}\noutput:\n{output}");
+    Ok((output, pod))
+}
+
+fn resolv_lines(output: &str) -> Vec<&str> {
+    output
+        .lines()
+        .filter(|l| l.starts_with("nameserver") || l.starts_with("search") || l.starts_with("options"))
+        .collect()
+}
+
+#[test]
+fn cluster_first_none_and_default_policies_shape_resolv_conf_as_kubelet_does() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let dir = tempfile::tempdir()?;
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 192.0.2.53\nsearch corp.example\noptions edns0\n")?;
+    let config = format!("clusterDNS: [10.96.0.10]\nclusterDomain: cluster.test\nresolvConf: {}\n", resolv.display());
+    let (_containerd, agent) = setup("dns-policy", &config)?;
+
+    let (output, _) =
+        run_to_completion(&agent, "cluster-first", &pod_yaml("cluster-first", "", "cat /etc/resolv.conf"))?;
+    assert_eq!(
+        resolv_lines(&output),
+        vec![
+            "search team.svc.cluster.test svc.cluster.test cluster.test corp.example",
+            "nameserver 10.96.0.10",
+            "options ndots:5",
+        ],
+        "{output}"
+    );
+
+    let none = "dnsPolicy: None\ndnsConfig:\n  nameservers: [1.1.1.1]\n  searches: [my.example]\n  options:\n  \
+                - name: ndots\n    value: \"2\"\n  - name: edns0";
+    let (output, _) = run_to_completion(&agent, "none", &pod_yaml("none", none, "cat /etc/resolv.conf"))?;
+    assert_eq!(
+        resolv_lines(&output),
+        vec!["search my.example", "nameserver 1.1.1.1", "options ndots:2 edns0"],
+        "{output}"
+    );
+
+    let (output, _) =
+        run_to_completion(&agent, "default", &pod_yaml("default", "dnsPolicy: Default", "cat /etc/resolv.conf"))?;
+    assert_eq!(
+        resolv_lines(&output),
+        vec!["search corp.example", "nameserver 192.0.2.53", "options edns0"],
+        "{output}"
+    );
+    Ok(())
+}
+
+#[test]
+fn hostname_subdomain_and_fqdn_reach_the_container() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (_containerd, agent) = setup("dns-names", "clusterDomain: cluster.test\n")?;
+    let named = "hostname: db-0\nsubdomain: db";
+    let (output, _) = run_to_completion(&agent, "named", &pod_yaml("named", named, "hostname"))?;
+    assert_eq!(output.trim(), "db-0");
+    let fqdn = "hostname: db-0\nsubdomain: db\nsetHostnameAsFQDN: true";
+    let (output, _) = run_to_completion(&agent, "fqdn", &pod_yaml("fqdn", fqdn, "hostname"))?;
+    assert_eq!(output.trim(), "db-0.db.team.svc.cluster.test");
+    Ok(())
+}
