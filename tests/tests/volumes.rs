@@ -198,6 +198,7 @@ exec sleep 3600
 struct Env {
     agent: Agent,
     _containerd: Containerd,
+    proxy: CutProxy,
     _cluster: Cluster,
     admin: kube::Client,
     rt: tokio::runtime::Runtime,
@@ -206,12 +207,8 @@ struct Env {
 }
 
 impl Env {
-    fn new(name: &str) -> Result<Env> {
-        Self::with_proxy(name).map(|(env, _)| env)
-    }
-
     /// The agent reaches the API through a relay the test can cut.
-    fn with_proxy(name: &str) -> Result<(Env, CutProxy)> {
+    fn new(name: &str) -> Result<Env> {
         ensure_images()?;
         let cluster = Cluster::from_env()?;
         if !cluster.is_real() {
@@ -229,8 +226,7 @@ impl Env {
         let admin = rt.block_on(cluster.admin_client())?;
         let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(agent.node_name(), &DeleteParams::default()));
         let agent = agent.with_args(["--kubeconfig".to_owned(), kubeconfig.display().to_string()]).started()?;
-        let env = Env { agent, _containerd: containerd, _cluster: cluster, admin, rt, _dir: dir, cleanup: Vec::new() };
-        Ok((env, proxy))
+        Ok(Env { agent, _containerd: containerd, proxy, _cluster: cluster, admin, rt, _dir: dir, cleanup: Vec::new() })
     }
 
     fn create<K>(&mut self, obj: Value) -> Result<K>
@@ -280,7 +276,7 @@ impl Env {
             }
             if Instant::now() > deadline {
                 let seen: Vec<_> = mine.iter().map(|e| (e.reason.clone(), e.message.clone())).collect();
-                bail!("no event {message:?}; the pod's events: {seen:?}");
+                bail!("no event {message:?}; the pod's events: {seen:?}\nagent log:\n{}", tail(&self.agent.log(), 40));
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -475,7 +471,7 @@ while true; do echo "loop=$(cat /cfg/one)"; sleep 1; done
 #[test]
 fn volumes_set_up_before_an_api_outage_keep_working_through_it() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let (mut env, proxy) = Env::with_proxy("vol-outage")?;
+    let mut env = Env::new("vol-outage")?;
     let node = env.agent.node_name().to_owned();
     let cm_name = unique("outage-cfg");
     let _: ConfigMap = env.create(json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": cm_name },
@@ -498,14 +494,14 @@ fn volumes_set_up_before_an_api_outage_keep_working_through_it() -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     let before = restarts(&local(&env)?);
-    proxy.cut();
+    env.proxy.cut();
     let deadline = Instant::now() + Duration::from_secs(45);
     let mut now = before;
     while now <= before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
         now = restarts(&local(&env)?);
     }
-    proxy.restore();
+    env.proxy.restore();
     ensure!(now > before, "no restart during the outage ({before} before):\n{}", tail(&env.agent.log(), 40));
     let failed_mounts = env.agent.log().matches("MountVolume.SetUp failed").count();
     ensure!(failed_mounts == 0, "{failed_mounts} FailedMount during the outage:\n{}", tail(&env.agent.log(), 40));
