@@ -234,7 +234,7 @@ impl VolumeManager {
         };
         // Secrets and tokens never touch the disk: their volumes are tmpfs, as kubelet's memory-backed wrappers.
         if v.secret.is_some() || v.projected.is_some() {
-            ensure_tmpfs(&dir, None).map_err(|e| e.to_string())?;
+            ensure_tmpfs(&dir, self.memory_volume_size(pod, None)).map_err(|e| e.to_string())?;
         }
         ensure_dir(&dir, EMPTY_DIR_MODE).map_err(|e| e.to_string())?;
         atomic_writer::write(&dir, &payload).map_err(|e| format!("failed to write volume files: {e}"))?;
