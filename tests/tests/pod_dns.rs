@@ -100,3 +100,49 @@ fn hostname_subdomain_and_fqdn_reach_the_container() -> Result<()> {
     assert_eq!(output.trim(), "db-0.db.team.svc.cluster.test");
     Ok(())
 }
+
+#[test]
+fn etc_hosts_is_kubelet_managed_with_the_pod_ip_fqdn_and_host_aliases() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (_containerd, agent) = setup("dns-hosts", "clusterDomain: cluster.test\n")?;
+    let fields =
+        "hostname: db-0\nsubdomain: db\nhostAliases:\n- ip: 123.45.67.89\n  hostnames: [foo.remote, bar.remote]";
+    agent.write_manifest("hosts.yaml", &pod_yaml("hosts", fields, "cat /etc/hosts; echo END; exec sleep 600"))?;
+    let pod = agent.wait_pod("hosts", START, |p| p["status"]["podIP"].is_string() && phase(p) == "Running")?;
+    let (ip, uid) = (pod["status"]["podIP"].as_str().unwrap_or(""), pod["metadata"]["uid"].as_str().unwrap_or(""));
+    let log = agent.pod_logs_dir().join(format!("team_hosts-{}_{uid}", agent.node_name())).join("app").join("0.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let output = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter_map(|l| l.splitn(4, ' ').nth(3)).collect();
+        if lines.last() == Some(&"END") {
+            break lines[..lines.len() - 1].join("\n");
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no END in {}: {text}", log.display());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        output,
+        format!(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+             fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n\
+             {ip}\tdb-0.db.team.svc.cluster.test\tdb-0\n\n# Entries added by HostAliases.\n\
+             123.45.67.89\tfoo.remote\tbar.remote"
+        )
+    );
+    assert!(agent.root_dir().join("pods").join(uid).join("etc-hosts").is_file(), "written under the pod dir");
+    agent.remove_manifest("hosts.yaml")?;
+
+    // A pod on the host's network sees the node's file under its own header, and its aliases.
+    let fields = "hostNetwork: true\nhostAliases:\n- ip: 10.1.2.3\n  hostnames: [alias.remote]";
+    let (output, _) = run_to_completion(&agent, "hostnet", &pod_yaml("hostnet", fields, "cat /etc/hosts"))?;
+    let node_hosts = std::fs::read_to_string("/etc/hosts")?;
+    assert_eq!(
+        format!("{output}\n"),
+        format!(
+            "# Kubernetes-managed hosts file (host network).\n{node_hosts}\n# Entries added by HostAliases.\n\
+             10.1.2.3\talias.remote\n"
+        )
+    );
+    Ok(())
+}

@@ -45,8 +45,6 @@ pub struct KubeRuntime {
     pub resolv_conf: PathBuf,
     pub cluster_dns: Vec<String>,
     pub cluster_domain: String,
-    /// `<root-dir>/pods`: each pod's directory (`<uid>`), where its managed `/etc/hosts` lives.
-    pub pods_dir: PathBuf,
     pub memory_capacity: i128,
     /// Held around each pull when `serializeImagePulls` is on.
     pub image_pull_lock: Option<Mutex<()>>,
