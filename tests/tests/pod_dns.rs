@@ -91,13 +91,30 @@ fn cluster_first_none_and_default_policies_shape_resolv_conf_as_kubelet_does() -
 #[test]
 fn hostname_subdomain_and_fqdn_reach_the_container() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let (_containerd, agent) = setup("dns-names", "clusterDomain: cluster.test\n")?;
+    let (containerd, agent) = setup("dns-names", "clusterDomain: cluster.test\n")?;
     let named = "hostname: db-0\nsubdomain: db";
     let (output, _) = run_to_completion(&agent, "named", &pod_yaml("named", named, "hostname"))?;
     assert_eq!(output.trim(), "db-0");
     let fqdn = "hostname: db-0\nsubdomain: db\nsetHostnameAsFQDN: true";
     let (output, _) = run_to_completion(&agent, "fqdn", &pod_yaml("fqdn", fqdn, "hostname"))?;
     assert_eq!(output.trim(), "db-0.db.team.svc.cluster.test");
+
+    // An FQDN over 64 bytes cannot be the kernel's hostname: no sandbox is created and the pod stays pending.
+    let long = format!("hostname: {}\nsubdomain: db\nsetHostnameAsFQDN: true", "h".repeat(40));
+    let before = rkubelet_tests::agent::runtime_objects(&containerd.endpoint())?.sandboxes;
+    agent.write_manifest("long.yaml", &pod_yaml("long", &long, "hostname"))?;
+    let message =
+        "FQDN hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh.db.team.svc.cluster.test is too long (64 characters is the \
+                   max, 65 characters requested)";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !agent.log().contains(message) {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no FQDN error in the log:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pod = agent.pod("long")?.context("pod")?;
+    assert_eq!(phase(&pod), "Pending", "{pod}");
+    let sandboxes = rkubelet_tests::agent::runtime_objects(&containerd.endpoint())?.sandboxes;
+    assert_eq!(sandboxes, before, "no sandbox for the pod");
     Ok(())
 }
 

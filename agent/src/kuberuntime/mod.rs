@@ -127,16 +127,7 @@ impl KubeRuntime {
             return result;
         }
 
-        let (mut sandbox, dns_warnings) = match self.sandbox_spec(pod, actions.create_sandbox.unwrap_or(0)) {
-            Ok(s) => s,
-            Err(e) => {
-                // kubelet's createPodSandbox: the config could not be generated; the worker tries again.
-                let message = format!("Failed to create pod sandbox: {e}");
-                self.events.record(pod, None, EventType::Warning, ev::FAILED_CREATE_POD_SANDBOX, message);
-                result.sandbox_error = Some(e);
-                return result;
-            }
-        };
+        let mut sandbox = self.sandbox_spec(pod, actions.create_sandbox.unwrap_or(0));
         let (sandbox_id, pod_ips) = match (&actions.create_sandbox, &actions.sandbox_id) {
             (Some(attempt), _) => {
                 sandbox.attempt = *attempt;
@@ -149,8 +140,19 @@ impl KubeRuntime {
                         return result;
                     }
                 }
-                for (reason, message) in dns_warnings {
-                    self.events.record(pod, None, EventType::Warning, reason, message);
+                match self.sandbox_names_and_dns(pod, &mut sandbox) {
+                    Ok(warnings) => {
+                        for (reason, message) in warnings {
+                            self.events.record(pod, None, EventType::Warning, reason, message);
+                        }
+                    }
+                    Err(e) => {
+                        // kubelet's createPodSandbox: the config could not be generated; the worker tries again.
+                        let message = format!("Failed to create pod sandbox: {e}");
+                        self.events.record(pod, None, EventType::Warning, ev::FAILED_CREATE_POD_SANDBOX, message);
+                        result.sandbox_error = Some(e);
+                        return result;
+                    }
                 }
                 if let Err(e) = std::fs::create_dir_all(&sandbox.log_directory) {
                     tracing::warn!(dir = %sandbox.log_directory, error = %e, "cannot create pod log directory");
