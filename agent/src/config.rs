@@ -106,6 +106,8 @@ pub struct KubeletConfigurationFile {
     pub healthz_bind_address: Option<String>,
     pub tls_cert_file: Option<String>,
     pub tls_private_key_file: Option<String>,
+    #[serde(rename = "serverTLSBootstrap")]
+    pub server_tls_bootstrap: Option<bool>,
     pub authentication: Option<AuthenticationFile>,
     pub authorization: Option<AuthorizationFile>,
     pub container_log_max_size: Option<String>,
@@ -245,6 +247,8 @@ pub struct KubeletConfig {
     pub healthz_bind_address: IpAddr,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_private_key_file: Option<PathBuf>,
+    /// The serving certificate comes from the cluster (`kubernetes.io/kubelet-serving` CSR), rotated before expiry.
+    pub server_tls_bootstrap: bool,
     pub auth: ServerAuth,
     pub container_log_max_size: i128,
     pub container_log_max_files: u32,
@@ -502,6 +506,7 @@ impl KubeletConfig {
             healthz_bind_address,
             tls_cert_file: path_of(&flags.tls_cert_file, &file.tls_cert_file),
             tls_private_key_file: path_of(&flags.tls_private_key_file, &file.tls_private_key_file),
+            server_tls_bootstrap: file.server_tls_bootstrap.unwrap_or(false),
             auth,
             container_log_max_size,
             container_log_max_files: file.container_log_max_files.unwrap_or(DEFAULT_CONTAINER_LOG_MAX_FILES),

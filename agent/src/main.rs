@@ -404,7 +404,6 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             resolv_conf: config.resolv_conf.clone(),
             cluster_dns: config.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
             cluster_domain: config.cluster_domain.clone(),
-            pods_dir: config.root_dir.join("pods"),
             memory_capacity: capacity.memory_bytes,
             image_pull_lock: config.serialize_image_pulls.then(|| Mutex::new(())),
             cgroups,
@@ -528,17 +527,39 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         pleg: pleg_health.clone(),
     };
     if let Some(listener) = kubelet_listener {
-        let cert = server::tls::serving_cert(
-            config.tls_cert_file.as_deref(),
-            config.tls_private_key_file.as_deref(),
-            &cert_dir,
-            &hostname,
-            &host_ips,
-        )
-        .context("kubelet server certificate")?;
-        let cert_file = cert.cert_file.clone();
+        let certs = Arc::new(server::tls::ServingCerts::default());
+        let cert_file = match (&api_client, config.server_tls_bootstrap) {
+            (Some(client), true) => {
+                tasks.spawn(
+                    "serving certificate manager",
+                    server::certificate::ServingCertificateManager {
+                        client: client.clone(),
+                        certs: certs.clone(),
+                        node_name: config.node_name.clone(),
+                        hostname: hostname.clone(),
+                        ips: host_ips.clone(),
+                        cert_dir: cert_dir.clone(),
+                    }
+                    .run(),
+                );
+                cert_dir.join(rkubelet::api::serving::SERVING_CERT_FILE)
+            }
+            _ => {
+                let cert = server::tls::serving_cert(
+                    config.tls_cert_file.as_deref(),
+                    config.tls_private_key_file.as_deref(),
+                    &cert_dir,
+                    &hostname,
+                    &host_ips,
+                )
+                .context("kubelet server certificate")?;
+                let file = cert.cert_file.clone();
+                certs.set(cert).context("kubelet server certificate")?;
+                file
+            }
+        };
         let tls =
-            server::tls::server_config(cert, config.auth.client_ca_file.as_deref()).context("kubelet server TLS")?;
+            server::tls::server_config(certs, config.auth.client_ca_file.as_deref()).context("kubelet server TLS")?;
         if api_client.is_none()
             && (config.auth.webhook_authentication
                 || config.auth.authorization_mode == rkubelet::config::AuthorizationMode::Webhook)

@@ -29,6 +29,7 @@ struct Env {
     _containerd: Containerd,
     admin: kube::Client,
     kubectl: PathBuf,
+    node_ip: String,
     admin_kubeconfig: PathBuf,
     pki: PathBuf,
     rt: tokio::runtime::Runtime,
@@ -44,6 +45,11 @@ fn node_ip() -> Option<String> {
 impl Env {
     /// `None` (after printing why) when there is no real control plane from the kit.
     fn new(name: &str) -> Result<Option<Env>> {
+        Self::with_config(name, "")
+    }
+
+    /// As [`Env::new`], with more `KubeletConfiguration` lines.
+    fn with_config(name: &str, extra: &str) -> Result<Option<Env>> {
         let cluster = Cluster::from_env()?;
         let k8s_home = std::env::var_os("K8S_HOME").map(PathBuf::from);
         let (Some(_kit), Some(home), Some(ip)) = (cluster.kit(), k8s_home, node_ip()) else {
@@ -60,7 +66,7 @@ impl Env {
         let pki = home.join("pki");
         let config = format!(
             "cniConfDir: {}\ncniBridgeName: {}\nauthentication: {{anonymous: {{enabled: false}}, webhook: {{enabled: true}}, \
-             x509: {{clientCAFile: {}}}}}\nauthorization: {{mode: Webhook}}\n",
+             x509: {{clientCAFile: {}}}}}\nauthorization: {{mode: Webhook}}\n{extra}",
             containerd.cni_conf_dir().display(),
             containerd.bridge(),
             pki.join("ca.crt").display()
@@ -71,13 +77,19 @@ impl Env {
         let admin = rt.block_on(cluster.admin_client())?;
         let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(&node, &DeleteParams::default()));
         let agent = agent
-            .with_args(["--kubeconfig".to_owned(), node_kubeconfig.display().to_string(), "--node-ip".into(), ip])
+            .with_args([
+                "--kubeconfig".to_owned(),
+                node_kubeconfig.display().to_string(),
+                "--node-ip".into(),
+                ip.clone(),
+            ])
             .started()?;
         Ok(Some(Env {
             agent,
             _containerd: containerd,
             admin,
             kubectl: home.join("bin/kubectl"),
+            node_ip: ip,
             admin_kubeconfig: cluster.admin_kubeconfig(dir.path())?,
             pki,
             rt,
@@ -180,6 +192,70 @@ impl Drop for Env {
     }
 }
 
+/// `GET path` on the API server as a WebSocket with the `binary.k8s.io` protocol, as the conformance spec reads logs:
+/// the payloads of the binary frames until the server closes.
+fn websocket_read(env: &Env, path: &str) -> Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::io::{Read, Write};
+    let kc = kube::config::Kubeconfig::read_from(&env.admin_kubeconfig)?;
+    let server =
+        kc.clusters.first().and_then(|c| c.cluster.as_ref()).and_then(|c| c.server.clone()).context("server")?;
+    let authority = server.trim_start_matches("https://").trim_end_matches('/').to_owned();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(env.pki.join("ca.crt"))?)?;
+    let chain = vec![CertificateDer::from_pem_file(env.pki.join("admin.crt"))?];
+    let key = PrivateKeyDer::from_pem_file(env.pki.join("admin.key"))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), ServerName::try_from("127.0.0.1")?.to_owned())?;
+    let tcp = std::net::TcpStream::connect(&authority)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: binary.k8s.io\r\nOrigin: http://localhost\r\n\r\n"
+    )?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            // The server closes without TLS close_notify once the stream ends.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let head_end = data.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP response")?;
+    ensure!(data.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&data[..head_end]));
+    let mut frames = &data[head_end + 4..];
+    let mut payload = Vec::new();
+    while frames.len() >= 2 {
+        let (op, mut len, mut at) = (frames[0] & 0x0f, u64::from(frames[1] & 0x7f), 2usize);
+        if len == 126 {
+            len = u64::from(u16::from_be_bytes([frames[2], frames[3]]));
+            at = 4;
+        } else if len == 127 {
+            len = u64::from_be_bytes(frames[2..10].try_into()?);
+            at = 10;
+        }
+        let end = at + len as usize;
+        ensure!(frames.len() >= end, "truncated frame");
+        if op == 2 {
+            payload.extend_from_slice(&frames[at..end]);
+        }
+        frames = &frames[end..];
+    }
+    Ok(payload)
+}
+
 fn restart_count(p: &Pod) -> i32 {
     p.status
         .as_ref()
@@ -206,11 +282,19 @@ fn kubectl_logs_reads_current_previous_tail_and_follow_through_the_api_server() 
     env.create_pod(
         "logs",
         "Always",
-        "echo run $(date +%s%N); for i in 1 2 3 4 5; do echo line $i; done; echo oops >&2; sleep 4; exit 1",
+        // stdout and stderr reach the log file through separate pipes: the pause keeps their order.
+        "echo run $(cat /proc/sys/kernel/random/uuid); for i in 1 2 3 4 5; do echo line $i; done; sleep 1; echo oops >&2; sleep 15; exit 1",
     )?;
     env.wait_pod("logs", "restarted and running again", |p| restart_count(p) >= 1 && running(p))?;
 
-    let current = env.logs(&["logs"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let current = loop {
+        let current = env.logs(&["logs"])?;
+        if current.contains("oops") || Instant::now() > deadline {
+            break current;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let lines: Vec<&str> = current.lines().collect();
     ensure!(lines.len() == 7, "current run's log: {current:?}");
     ensure!(
@@ -237,7 +321,7 @@ fn kubectl_logs_reads_current_previous_tail_and_follow_through_the_api_server() 
     let started = Instant::now();
     let followed = env.logs(&["logs", "-f"])?;
     ensure!(followed.contains("line 5\noops\n"), "{followed:?}");
-    ensure!(started.elapsed() < Duration::from_secs(20), "follow ended {:?} after the start", started.elapsed());
+    ensure!(started.elapsed() < Duration::from_secs(30), "follow ended {:?} after the start", started.elapsed());
 
     // A container that never restarted has no previous logs: kubelet's message comes back through kubectl.
     env.create_pod("fresh", "Always", "echo hello; while true; do sleep 1; done")?;
@@ -245,6 +329,9 @@ fn kubectl_logs_reads_current_previous_tail_and_follow_through_the_api_server() 
     let (ok, _, err) = env.kubectl(&["logs", "fresh", "--previous"])?;
     ensure!(!ok && err.contains(r#"previous terminated container "app" in pod "fresh" not found"#), "{err}");
     ensure!(env.logs(&["fresh"])? == "hello\n");
+    // Over a WebSocket, as the conformance spec reads them: the API server reads them from us over HTTP/2.
+    let ws = websocket_read(&env, &format!("/api/v1/namespaces/{NAMESPACE}/pods/fresh/log?container=app"))?;
+    ensure!(ws == b"hello\n", "websocket logs: {:?}", String::from_utf8_lossy(&ws));
     Ok(())
 }
 
@@ -545,5 +632,114 @@ fn kubectl_debug_adds_an_ephemeral_container_that_runs_and_is_reported() -> Resu
     ensure!(env.logs(&["target", "-c", "debugger"])? == "debugging\n");
     let (ok, out, err) = env.kubectl(&["exec", "target", "-c", "debugger", "--", "echo", "marco"])?;
     ensure!(ok && out == "marco\n", "exec in the ephemeral container: {out:?} {err}");
+    Ok(())
+}
+
+#[test]
+fn kubectl_attach_reaches_the_running_containers_stdin_and_stdout() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let Some(env) = Env::new("srv-attach")? else { return Ok(()) };
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "echo", "namespace": NAMESPACE },
+        "spec": {
+            "nodeName": env.agent.node_name(),
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "tolerations": [{ "operator": "Exists" }],
+            "containers": [{ "name": "app", "image": BUSYBOX, "command": ["cat"], "stdin": true }],
+        }
+    }))?;
+    env.rt.block_on(env.pods().create(&PostParams::default(), &pod))?;
+    env.wait_pod("echo", "running", running)?;
+    let mut child = Command::new(&env.kubectl)
+        .arg("--kubeconfig")
+        .arg(&env.admin_kubeconfig)
+        .args(["-n", NAMESPACE, "attach", "-i", "echo", "-c", "app"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let result = (|| -> Result<()> {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        // The attach may take a moment to be established: repeat until the echo comes back.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            stdin.write_all(b"ping\n")?;
+            stdin.flush()?;
+            if let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
+                ensure!(line == "ping", "{line:?}");
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "no echo through kubectl attach");
+        }
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result.with_context(|| format!("agent log:\n{}", tail(&env.agent.log(), 20)))
+}
+
+#[test]
+fn with_server_tls_bootstrap_the_serving_certificate_comes_from_an_approved_csr() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let Some(env) = Env::with_config("srv-tlsboot", "serverTLSBootstrap: true\n")? else { return Ok(()) };
+    let user = format!("system:node:{}", env.agent.node_name());
+    // The CSR waits for approval, as kubelet-serving CSRs are not approved automatically.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let csr = loop {
+        let (ok, out, err) = env.kubectl(&[
+            "get",
+            "csr",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.spec.signerName} {.spec.username}{\"\\n\"}{end}",
+        ])?;
+        ensure!(ok, "{err}");
+        let found = out.lines().find(|l| l.ends_with(&format!(" kubernetes.io/kubelet-serving {user}")));
+        if let Some(line) = found {
+            break line.split_whitespace().next().unwrap_or_default().to_owned();
+        }
+        ensure!(Instant::now() < deadline, "no kubelet-serving CSR from {user}: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let (ok, _, err) = env.kubectl(&["certificate", "approve", &csr])?;
+    ensure!(ok, "approve: {err}");
+    // Once issued, the server presents a certificate from the cluster CA for the node's IP.
+    let ca = env.pki.join("ca.crt").display().to_string();
+    let cert = env.pki.join("admin.crt").display().to_string();
+    let key = env.pki.join("admin.key").display().to_string();
+    let url = format!("https://{}:{}/pods", env.node_ip, env.agent.server_port());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", &ca])
+            .args(["--cert", &cert, "--key", &key, &url])
+            .output()?;
+        if out.stdout == b"200" {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no verified TLS to {url}: {:?}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            tail(&env.agent.log(), 20)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    ensure!(
+        env.agent.root_dir().join("pki/kubelet-server-current.pem").exists(),
+        "the certificate is kept for restarts"
+    );
     Ok(())
 }

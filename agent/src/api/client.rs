@@ -164,7 +164,7 @@ pub async fn bootstrap_client_certificate(
 /// kubelet's `csr.WaitForCertificate`: a watch of the one CSR (relisting with a back-off when it breaks), until it
 /// carries a certificate or is denied, failed or deleted, for at most [`CSR_WAIT`]. Approval may come at any time, from a
 /// controller or by hand, and costs no request while nothing changes.
-async fn wait_for_certificate(
+pub(crate) async fn wait_for_certificate(
     csrs: &Api<CertificateSigningRequest>,
     name: &str,
     uid: &str,
@@ -221,7 +221,7 @@ fn certificate_outcome(csr: &CertificateSigningRequest, name: &str, uid: &str) -
 }
 
 /// Writes a file readable by root only, replacing it atomically.
-fn write_private(path: &Path, text: &str) -> Result<(), ClientError> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), ClientError> {
     use std::os::unix::fs::OpenOptionsExt;
     let err = |source| ClientError::Write { path: path.to_owned(), source };
     let tmp = path.with_extension("tmp");

@@ -6,4 +6,5 @@ pub mod client;
 pub mod events;
 pub mod objects;
 pub mod pods;
+pub mod serving;
 pub mod status;

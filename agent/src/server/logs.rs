@@ -250,7 +250,8 @@ pub async fn read_logs(
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     let mut line = Vec::new();
     let mut out = Vec::with_capacity(CHUNK);
-    let mut last_check = tokio::time::Instant::now();
+    // The first end of the file checks at once: following a container that already stopped ends right away.
+    let mut last_check: Option<tokio::time::Instant> = None;
     let mut stopping = false;
     loop {
         let n = reader.read_until(b'\n', &mut line).await?;
@@ -292,8 +293,8 @@ pub async fn read_logs(
             line.clear();
             continue;
         }
-        if last_check.elapsed() >= LOG_FORCE_CHECK_PERIOD {
-            last_check = tokio::time::Instant::now();
+        if last_check.is_none_or(|t| t.elapsed() >= LOG_FORCE_CHECK_PERIOD) {
+            last_check = Some(tokio::time::Instant::now());
             if !container.running().await {
                 // One last read for what the container wrote before it stopped.
                 stopping = true;
@@ -456,6 +457,19 @@ mod tests {
         stopped.0.store(true, std::sync::atomic::Ordering::SeqCst);
         tokio::time::timeout(Duration::from_secs(5), reader).await.unwrap().unwrap().unwrap();
         assert_eq!(output.await.unwrap(), "one\ntwo\nthree\n");
+    }
+
+    #[tokio::test]
+    async fn following_a_stopped_container_ends_at_the_end_of_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        std::fs::write(&path, LOG.concat()).unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let opts = LogOptions { follow: true, ..Default::default() };
+        let stopped = Box::new(std::sync::Arc::new(Stops(true.into())));
+        let read = tokio::time::timeout(Duration::from_millis(500), read_logs(path, opts, stopped, tx));
+        read.await.expect("no wait for a stopped container").unwrap();
+        assert_eq!(collect(rx).await, "one\ntwo\nthree\n");
     }
 
     #[tokio::test]

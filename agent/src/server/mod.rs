@@ -3,6 +3,7 @@
 //! `address:port` with the container endpoints on top of the read-only ones.
 
 pub mod auth;
+pub mod certificate;
 pub mod containers;
 pub mod logs;
 pub mod secure;

@@ -44,7 +44,12 @@ async fn auth_filter(
         return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
     };
     match auth.authorize(&user, request.method().as_str(), request.uri().path()).await {
-        Ok(()) => next.run(request).await,
+        Ok(()) => {
+            let (method, uri) = (request.method().clone(), request.uri().clone());
+            let response = next.run(request).await;
+            tracing::debug!(%method, %uri, user = %user.name, status = response.status().as_u16(), "kubelet server request");
+            response
+        }
         Err(Refusal::Unauthorized) => (StatusCode::UNAUTHORIZED, "Unauthorized").into_response(),
         Err(Refusal::Forbidden(msg)) => {
             tracing::debug!(user = %user.name, path = %request.uri().path(), "{msg}");
@@ -59,7 +64,8 @@ pub fn with_auth(routes: Router, auth: Arc<Authenticator>) -> Router {
     routes.layer(axum::middleware::from_fn_with_state(auth, auth_filter))
 }
 
-/// Serves `app` over TLS on `listener`, one task per connection; upgrades (exec, attach, port-forward) stay open.
+/// Serves `app` over TLS on `listener`, one task per connection, HTTP/2 or HTTP/1.1 as ALPN agrees (the API server's
+/// reads of logs and stats come over HTTP/2, as with kubelet; its streaming upgrades over HTTP/1.1, which stay open).
 pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
     loop {
@@ -85,10 +91,8 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ap
             };
             let user = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(certificate_user);
             let service = TowerToHyperService::new(app.layer(Extension(PeerCertificate(user))));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
                 tracing::debug!(%remote, error = %e, "kubelet server connection ended with an error");
             }
         });

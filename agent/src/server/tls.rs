@@ -3,11 +3,13 @@
 //! `authentication.x509.clientCAFile`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 
 use crate::api::auth::UserInfo;
 
@@ -104,10 +106,61 @@ pub fn self_signed(hostname: &str, node_ips: &[String]) -> Result<(String, Strin
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// The server's rustls configuration: HTTP/1.1 (upgrades for exec, attach and port-forward need it), client
+/// The serving certificate in use, replaced when a new one is issued (`serverTLSBootstrap` rotation); handshakes
+/// fail while there is none yet, as kubelet's do while its first serving certificate is pending.
+#[derive(Debug, Default)]
+pub struct ServingCerts {
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+}
+
+impl ServingCerts {
+    pub fn set(&self, cert: ServingCert) -> Result<(), TlsError> {
+        let key = rustls::crypto::ring::sign::any_supported_type(&cert.key)
+            .map_err(|e| TlsError::Config(format!("serving key: {e}")))?;
+        let certified = Arc::new(CertifiedKey::new(cert.chain, key));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(certified);
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ServingCerts {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A certificate chain and key from one PEM text (kubelet's `*-current.pem`: certificate, then key).
+pub fn pem_pair(text: &str, origin: &Path) -> Result<ServingCert, TlsError> {
+    let err = |reason: String| TlsError::Read { path: origin.to_owned(), reason };
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(text.as_bytes()).collect::<Result<_, _>>().map_err(|e| err(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(err("no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| err(e.to_string()))?;
+    Ok(ServingCert { chain, key, cert_file: origin.to_owned() })
+}
+
+/// The validity of a chain's first certificate.
+pub fn validity(chain: &[CertificateDer<'_>]) -> Option<(SystemTime, SystemTime)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
+    let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    Some((at(parsed.validity().not_before.timestamp()), at(parsed.validity().not_after.timestamp())))
+}
+
+/// kubelet's certificate manager rotates at a jittered 70 to 90 % of the certificate's lifetime; `jitter` in [0, 1).
+pub fn rotation_deadline(not_before: SystemTime, not_after: SystemTime, jitter: f64) -> SystemTime {
+    let total = not_after.duration_since(not_before).unwrap_or_default();
+    not_before + total.mul_f64(0.7 + 0.2 * jitter.clamp(0.0, 1.0))
+}
+
+/// The server's rustls configuration: HTTP/2 and HTTP/1.1 (upgrades for exec, attach and port-forward need it), client
 /// certificates requested and verified against the client CA when one is configured, but not required: callers
 /// without one may still bring a bearer token.
-pub fn server_config(cert: ServingCert, client_ca_file: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(
+    certs: Arc<ServingCerts>,
+    client_ca_file: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -129,8 +182,8 @@ pub fn server_config(cert: ServingCert, client_ca_file: Option<&Path>) -> Result
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(cert.chain, cert.key).map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut config = builder.with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -172,7 +225,22 @@ mod tests {
         assert!(dir.path().join("kubelet.crt").exists() && dir.path().join("kubelet.key").exists());
         let again = serving_cert(None, None, dir.path(), "node-1", &[]).unwrap();
         assert_eq!(first.chain, again.chain);
-        assert!(server_config(again, None).is_ok());
+        let certs = Arc::new(ServingCerts::default());
+        certs.set(again).unwrap();
+        assert!(server_config(certs, None).is_ok());
+    }
+
+    #[test]
+    fn a_pem_pair_reads_back_with_its_validity_and_rotates_at_70_to_90_percent() {
+        let (cert, key) = self_signed("node-1", &[]).unwrap();
+        let pair = pem_pair(&format!("{cert}{key}"), Path::new("/x.pem")).unwrap();
+        let (from, to) = validity(&pair.chain).unwrap();
+        assert!(to > from);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t1 = t0 + Duration::from_secs(1000);
+        assert_eq!(rotation_deadline(t0, t1, 0.0), t0 + Duration::from_secs(700));
+        assert_eq!(rotation_deadline(t0, t1, 0.5), t0 + Duration::from_secs(800));
+        assert!(pem_pair(&key, Path::new("/x.pem")).is_err(), "a key alone is no pair");
     }
 
     #[test]
