@@ -404,7 +404,6 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             resolv_conf: config.resolv_conf.clone(),
             cluster_dns: config.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
             cluster_domain: config.cluster_domain.clone(),
-            pods_dir: config.root_dir.join("pods"),
             memory_capacity: capacity.memory_bytes,
             image_pull_lock: config.serialize_image_pulls.then(|| Mutex::new(())),
             cgroups,

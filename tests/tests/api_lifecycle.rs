@@ -153,3 +153,35 @@ fn readiness_gates_hold_ready_until_another_client_sets_their_condition() -> Res
     );
     Ok(())
 }
+
+#[test]
+fn a_pod_whose_readiness_probe_fails_while_it_terminates_is_reported_not_ready_before_it_is_gone() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let env = Env::new("life-termready")?;
+    let name = unique("termready");
+    // On SIGTERM the container stops being ready and takes 20 s to exit.
+    let script = "_term() { rm -f /tmp/ready; sleep 20; exit 0; }; trap _term TERM; touch /tmp/ready; \
+                  while true; do sleep 1; done";
+    env.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": NAMESPACE },
+        "spec": {
+            "nodeName": env.agent.node_name(),
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 30,
+            "tolerations": [{ "operator": "Exists" }],
+            "containers": [{
+                "name": "app", "image": BUSYBOX, "command": ["sh", "-c", script],
+                "readinessProbe": { "exec": { "command": ["cat", "/tmp/ready"] }, "periodSeconds": 1, "failureThreshold": 1 },
+            }],
+        }
+    }))?;
+    env.wait_pod(&name, Duration::from_secs(60), |p| is(p, "Ready", "True"))?;
+    env.rt.block_on(env.pods().delete(&name, &DeleteParams::default()))?;
+    let began = Instant::now();
+    let pod = env.wait_pod(&name, Duration::from_secs(15), |p| is(p, "Ready", "False"))?;
+    assert!(pod.metadata.deletion_timestamp.is_some());
+    let took = began.elapsed();
+    assert!(took < Duration::from_secs(15), "not ready {took:?} after the deletion");
+    Ok(())
+}

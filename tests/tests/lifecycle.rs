@@ -335,3 +335,40 @@ spec:
     ensure!(side["state"]["running"].is_null(), "sidecar still running after the pod completed: {side}");
     Ok(())
 }
+
+#[test]
+fn termination_messages_come_from_the_file_as_any_user_or_from_the_log_on_error() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (_containerd, agent) = setup("life-termmsg")?;
+    let pod = |name: &str, extra: &str, script: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: ["sh", "-c", "{script}"]
+{extra}"#
+        )
+    };
+    let non_root = "    terminationMessagePath: /tmp/termination-message\n    securityContext: {runAsUser: 1000}\n";
+    agent.write_manifest("file.yaml", &pod("file", non_root, "echo -n DONE > /tmp/termination-message"))?;
+    let fallback = "    terminationMessagePolicy: FallbackToLogsOnError\n";
+    agent.write_manifest("logs.yaml", &pod("logs", fallback, "echo first; echo -n failed-here; exit 1"))?;
+    agent.write_manifest("ok.yaml", &pod("ok", fallback, "echo all-good"))?;
+    let terminated = |p: &Value| container_status(p, "app")["state"]["terminated"].clone();
+    let done = |p: &Value| terminated(p).is_object();
+    let file = agent.wait_pod("file", Duration::from_secs(60), done)?;
+    assert_eq!(terminated(&file)["exitCode"], 0, "{file}");
+    assert_eq!(terminated(&file)["message"], "DONE", "{file}");
+    let logs = agent.wait_pod("logs", Duration::from_secs(60), done)?;
+    // The last line has no newline: containerd writes it as a partial line only.
+    assert_eq!(terminated(&logs)["message"], "first\nfailed-here", "{logs}");
+    let ok = agent.wait_pod("ok", Duration::from_secs(60), done)?;
+    assert!(terminated(&ok)["message"].is_null(), "no fallback on success: {ok}");
+    Ok(())
+}

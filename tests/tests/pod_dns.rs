@@ -91,12 +91,75 @@ fn cluster_first_none_and_default_policies_shape_resolv_conf_as_kubelet_does() -
 #[test]
 fn hostname_subdomain_and_fqdn_reach_the_container() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let (_containerd, agent) = setup("dns-names", "clusterDomain: cluster.test\n")?;
+    let (containerd, agent) = setup("dns-names", "clusterDomain: cluster.test\n")?;
     let named = "hostname: db-0\nsubdomain: db";
     let (output, _) = run_to_completion(&agent, "named", &pod_yaml("named", named, "hostname"))?;
     assert_eq!(output.trim(), "db-0");
     let fqdn = "hostname: db-0\nsubdomain: db\nsetHostnameAsFQDN: true";
     let (output, _) = run_to_completion(&agent, "fqdn", &pod_yaml("fqdn", fqdn, "hostname"))?;
     assert_eq!(output.trim(), "db-0.db.team.svc.cluster.test");
+
+    // An FQDN over 64 bytes cannot be the kernel's hostname: no sandbox is created and the pod stays pending.
+    let long = format!("hostname: {}\nsubdomain: db\nsetHostnameAsFQDN: true", "h".repeat(40));
+    let before = rkubelet_tests::agent::runtime_objects(&containerd.endpoint())?.sandboxes;
+    agent.write_manifest("long.yaml", &pod_yaml("long", &long, "hostname"))?;
+    let message =
+        "FQDN hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh.db.team.svc.cluster.test is too long (64 characters is the \
+                   max, 65 characters requested)";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !agent.log().contains(message) {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no FQDN error in the log:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pod = agent.pod("long")?.context("pod")?;
+    assert_eq!(phase(&pod), "Pending", "{pod}");
+    let sandboxes = rkubelet_tests::agent::runtime_objects(&containerd.endpoint())?.sandboxes;
+    assert_eq!(sandboxes, before, "no sandbox for the pod");
+    Ok(())
+}
+
+#[test]
+fn etc_hosts_is_kubelet_managed_with_the_pod_ip_fqdn_and_host_aliases() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (_containerd, agent) = setup("dns-hosts", "clusterDomain: cluster.test\n")?;
+    let fields =
+        "hostname: db-0\nsubdomain: db\nhostAliases:\n- ip: 123.45.67.89\n  hostnames: [foo.remote, bar.remote]";
+    agent.write_manifest("hosts.yaml", &pod_yaml("hosts", fields, "cat /etc/hosts; echo END; exec sleep 600"))?;
+    let pod = agent.wait_pod("hosts", START, |p| p["status"]["podIP"].is_string() && phase(p) == "Running")?;
+    let (ip, uid) = (pod["status"]["podIP"].as_str().unwrap_or(""), pod["metadata"]["uid"].as_str().unwrap_or(""));
+    let log = agent.pod_logs_dir().join(format!("team_hosts-{}_{uid}", agent.node_name())).join("app").join("0.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let output = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter_map(|l| l.splitn(4, ' ').nth(3)).collect();
+        if lines.last() == Some(&"END") {
+            break lines[..lines.len() - 1].join("\n");
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no END in {}: {text}", log.display());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        output,
+        format!(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+             fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n\
+             {ip}\tdb-0.db.team.svc.cluster.test\tdb-0\n\n# Entries added by HostAliases.\n\
+             123.45.67.89\tfoo.remote\tbar.remote"
+        )
+    );
+    assert!(agent.root_dir().join("pods").join(uid).join("etc-hosts").is_file(), "written under the pod dir");
+    agent.remove_manifest("hosts.yaml")?;
+
+    // A pod on the host's network sees the node's file under its own header, and its aliases.
+    let fields = "hostNetwork: true\nhostAliases:\n- ip: 10.1.2.3\n  hostnames: [alias.remote]";
+    let (output, _) = run_to_completion(&agent, "hostnet", &pod_yaml("hostnet", fields, "cat /etc/hosts"))?;
+    let node_hosts = std::fs::read_to_string("/etc/hosts")?;
+    assert_eq!(
+        format!("{output}\n"),
+        format!(
+            "# Kubernetes-managed hosts file (host network).\n{node_hosts}\n# Entries added by HostAliases.\n\
+             10.1.2.3\talias.remote\n"
+        )
+    );
     Ok(())
 }

@@ -242,8 +242,8 @@ fn unsupported_pod_fields_are_refused_with_a_reason_and_the_service_account_volu
             "containers": [{
                 "name": "app", "image": BUSYBOX, "command": ["sleep", "3600"],
                 "volumeMounts": [{ "name": "scratch", "mountPath": "/scratch" }],
-                "livenessProbe": { "exec": { "command": ["true"] } },
             }],
+            "os": { "name": "windows" },
         }
     }))?;
     let pod = env.wait_pod(&refused, Duration::from_secs(60), |p| {
@@ -252,7 +252,7 @@ fn unsupported_pod_fields_are_refused_with_a_reason_and_the_service_account_volu
     let status = pod.status.unwrap_or_default();
     ensure!(status.reason.as_deref() == Some("UnsupportedPodSpec"), "reason: {:?}", status.reason);
     let message = status.message.unwrap_or_default();
-    for field in ["spec.volumes[0].nfs (\"scratch\")", "spec.containers[0].livenessProbe"] {
+    for field in ["spec.volumes[0].nfs (\"scratch\")", "spec.os.name"] {
         ensure!(message.contains(field), "the message names {field}: {message:?}");
     }
     let uid = created.metadata.uid.unwrap_or_default();
@@ -261,7 +261,7 @@ fn unsupported_pod_fields_are_refused_with_a_reason_and_the_service_account_volu
     let objects = runtime_objects(&env.containerd.endpoint())?;
     ensure!(objects.sandboxes.is_empty(), "a refused pod gets no sandbox: {:?}", objects.sandboxes);
 
-    // The token volume the API injects (the double as the ServiceAccount admission does); the readiness probe holds Ready false, never true before a probe has passed.
+    // The token volume the API injects (the double as the ServiceAccount admission does); the readiness probe is run and makes the pod Ready.
     let runs = unique("token-volume");
     let spec = json!({
         "nodeName": node,
@@ -283,18 +283,13 @@ fn unsupported_pod_fields_are_refused_with_a_reason_and_the_service_account_volu
             .is_some_and(|v| v.iter().any(|v| v.name.starts_with("kube-api-access-"))),
         "the pod carries a service-account token volume"
     );
-    let pod = env.wait_pod(&runs, Duration::from_secs(60), |p| {
-        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    // The readiness probe runs and passes: the pod becomes Ready.
+    env.wait_pod(&runs, Duration::from_secs(60), |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     })?;
-    std::thread::sleep(Duration::from_secs(3));
-    let pod = env.rt.block_on(env.pods().get(&runs)).unwrap_or(pod);
-    let ready = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .map(|c| c.status.clone());
-    ensure!(ready.as_deref() == Some("False"), "Ready before any readiness probe passed: {ready:?}");
     let volume =
         created.spec.iter().flat_map(|s| s.volumes.iter().flatten()).find(|v| v.name.starts_with("kube-api-access-"));
     let volume = volume.map(|v| v.name.clone()).unwrap_or_default();
@@ -315,13 +310,13 @@ fn a_static_pod_with_an_unsupported_field_is_refused_and_reported() -> Result<()
     agent.write_manifest(
         "hooked.yaml",
         &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: hooked, namespace: default}}\nspec:\n  containers:\n  - name: app\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n    lifecycle: {{postStart: {{exec: {{command: ['true']}}}}}}\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: hooked, namespace: default}}\nspec:\n  containers:\n  - name: app\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n  runtimeClassName: gvisor\n"
         ),
     )?;
     let pod = agent.wait_pod("hooked", Duration::from_secs(30), |p| p["status"]["phase"] == "Failed")?;
     ensure!(pod["status"]["reason"] == "UnsupportedPodSpec", "{pod}");
     let message = pod["status"]["message"].as_str().unwrap_or_default();
-    ensure!(message.contains("spec.containers[0].lifecycle.postStart"), "{message}");
+    ensure!(message.contains("spec.runtimeClassName"), "{message}");
     ensure!(runtime_objects(&containerd.endpoint())?.sandboxes.is_empty(), "nothing ran");
     Ok(())
 }

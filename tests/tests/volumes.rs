@@ -15,6 +15,7 @@ use rkubelet_tests::agent::{tail, Agent};
 use rkubelet_tests::apiserver::Cluster;
 use rkubelet_tests::containerd::Containerd;
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
+use rkubelet_tests::proxy::{kubeconfig_server_addr, CutProxy};
 use rkubelet_tests::skip_unless_root;
 use serde_json::{json, Value};
 
@@ -197,6 +198,7 @@ exec sleep 3600
 struct Env {
     agent: Agent,
     _containerd: Containerd,
+    proxy: CutProxy,
     _cluster: Cluster,
     admin: kube::Client,
     rt: tokio::runtime::Runtime,
@@ -205,6 +207,7 @@ struct Env {
 }
 
 impl Env {
+    /// The agent reaches the API through a relay the test can cut.
     fn new(name: &str) -> Result<Env> {
         ensure_images()?;
         let cluster = Cluster::from_env()?;
@@ -217,11 +220,13 @@ impl Env {
         let config =
             format!("cniConfDir: {}\ncniBridgeName: {}\n", containerd.cni_conf_dir().display(), containerd.bridge());
         let agent = Agent::new(&containerd, &config)?;
-        let kubeconfig = cluster.node_kubeconfig(dir.path(), agent.node_name())?;
+        let node_kubeconfig = cluster.node_kubeconfig(dir.path(), agent.node_name())?;
+        let proxy = CutProxy::start(kubeconfig_server_addr(&node_kubeconfig)?)?;
+        let kubeconfig = proxy.kubeconfig(&node_kubeconfig, &dir.path().join("agent.kubeconfig"))?;
         let admin = rt.block_on(cluster.admin_client())?;
         let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(agent.node_name(), &DeleteParams::default()));
         let agent = agent.with_args(["--kubeconfig".to_owned(), kubeconfig.display().to_string()]).started()?;
-        Ok(Env { agent, _containerd: containerd, _cluster: cluster, admin, rt, _dir: dir, cleanup: Vec::new() })
+        Ok(Env { agent, _containerd: containerd, proxy, _cluster: cluster, admin, rt, _dir: dir, cleanup: Vec::new() })
     }
 
     fn create<K>(&mut self, obj: Value) -> Result<K>
@@ -271,7 +276,7 @@ impl Env {
             }
             if Instant::now() > deadline {
                 let seen: Vec<_> = mine.iter().map(|e| (e.reason.clone(), e.message.clone())).collect();
-                bail!("no event {message:?}; the pod's events: {seen:?}");
+                bail!("no event {message:?}; the pod's events: {seen:?}\nagent log:\n{}", tail(&self.agent.log(), 40));
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -460,5 +465,45 @@ while true; do echo "loop=$(cat /cfg/one)"; sleep 1; done
         std::thread::sleep(Duration::from_millis(250));
     }
     ensure!(mounts_under(&pod_dir).is_empty(), "mounts left: {:?}", mounts_under(&pod_dir));
+    Ok(())
+}
+
+#[test]
+fn volumes_set_up_before_an_api_outage_keep_working_through_it() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let mut env = Env::new("vol-outage")?;
+    let node = env.agent.node_name().to_owned();
+    let cm_name = unique("outage-cfg");
+    let _: ConfigMap = env.create(json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": cm_name },
+        "data": { "k": "v" } }))?;
+    // Crashes every two seconds: its restarts go on only if its volumes are still ready during the outage.
+    let name = unique("crasher");
+    let _: Pod = env.create(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name },
+        "spec": { "nodeName": node, "tolerations": [{ "operator": "Exists" }],
+            "containers": [{ "name": "app", "image": BUSYBOX, "command": ["sh", "-c", "cat /cfg/k; sleep 2; exit 1"],
+                "volumeMounts": [{ "name": "cfg", "mountPath": "/cfg" }] }],
+            "volumes": [{ "name": "cfg", "configMap": { "name": cm_name } }] }
+    }))?;
+    let restarts = |p: &Value| p["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0);
+    // The agent's own view (its read-only /pods), which the outage does not cut off; null until it has the pod.
+    let local = |env: &Env| -> Result<Value> { Ok(env.agent.pod_named(&name)?.unwrap_or_default()) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while restarts(&local(&env)?) < 1 {
+        ensure!(Instant::now() < deadline, "no restart:\n{}", tail(&env.agent.log(), 30));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = restarts(&local(&env)?);
+    env.proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut now = before;
+    while now <= before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        now = restarts(&local(&env)?);
+    }
+    env.proxy.restore();
+    ensure!(now > before, "no restart during the outage ({before} before):\n{}", tail(&env.agent.log(), 40));
+    let failed_mounts = env.agent.log().matches("MountVolume.SetUp failed").count();
+    ensure!(failed_mounts == 0, "{failed_mounts} FailedMount during the outage:\n{}", tail(&env.agent.log(), 40));
     Ok(())
 }

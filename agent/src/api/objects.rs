@@ -2,8 +2,9 @@
 //! those its pods reference), service-account tokens through the TokenRequest API, and a Service informer for the
 //! service link variables.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -20,6 +21,27 @@ pub struct PodObjects {
     client: kube::Client,
     services: Store<Service>,
     services_synced: Arc<AtomicBool>,
+    /// The last copy read of each object, served while the API cannot be reached (as kubelet's object caches keep
+    /// serving what they have), so that an outage does not fail volumes that were set up already.
+    last_read: Arc<Mutex<HashMap<ObjectKey, Lookup<ObjectCopy>>>>,
+}
+
+/// Kind, namespace and name.
+type ObjectKey = (&'static str, String, String);
+
+/// A copy of an object kept for API outages.
+#[derive(Debug, Clone, PartialEq)]
+enum ObjectCopy {
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+}
+
+fn map_lookup<T, U>(l: Lookup<T>, f: impl FnOnce(T) -> U) -> Lookup<U> {
+    match l {
+        Lookup::Found(o) => Lookup::Found(f(o)),
+        Lookup::NotFound => Lookup::NotFound,
+        Lookup::Failed(e) => Lookup::Failed(e),
+    }
 }
 
 fn lookup<T>(r: Result<T, kube::Error>) -> Lookup<T> {
@@ -51,15 +73,50 @@ impl PodObjects {
                 })
                 .await;
         };
-        (Self { client, services: reader, services_synced }, informer)
+        (Self { client, services: reader, services_synced, last_read: Default::default() }, informer)
+    }
+
+    /// Remembers a successful read; serves the last one when the API failed.
+    fn remember(
+        &self,
+        kind: &'static str,
+        namespace: &str,
+        name: &str,
+        read: Lookup<ObjectCopy>,
+    ) -> Lookup<ObjectCopy> {
+        let key = (kind, namespace.to_owned(), name.to_owned());
+        let mut cache = self.last_read.lock().unwrap_or_else(|e| e.into_inner());
+        match read {
+            Lookup::Failed(e) => match cache.get(&key) {
+                Some(known) => {
+                    tracing::debug!(kind, namespace, name, error = %e, "API read failed; using the last copy");
+                    known.clone()
+                }
+                None => Lookup::Failed(e),
+            },
+            read => {
+                cache.insert(key, read.clone());
+                read
+            }
+        }
     }
 
     pub async fn config_map(&self, namespace: &str, name: &str) -> Lookup<ConfigMap> {
-        lookup(Api::<ConfigMap>::namespaced(self.client.clone(), namespace).get(name).await)
+        let read = lookup(Api::<ConfigMap>::namespaced(self.client.clone(), namespace).get(name).await);
+        match self.remember("configmap", namespace, name, map_lookup(read, ObjectCopy::ConfigMap)) {
+            Lookup::Found(ObjectCopy::ConfigMap(c)) => Lookup::Found(c),
+            Lookup::Found(_) | Lookup::NotFound => Lookup::NotFound,
+            Lookup::Failed(e) => Lookup::Failed(e),
+        }
     }
 
     pub async fn secret(&self, namespace: &str, name: &str) -> Lookup<Secret> {
-        lookup(Api::<Secret>::namespaced(self.client.clone(), namespace).get(name).await)
+        let read = lookup(Api::<Secret>::namespaced(self.client.clone(), namespace).get(name).await);
+        match self.remember("secret", namespace, name, map_lookup(read, ObjectCopy::Secret)) {
+            Lookup::Found(ObjectCopy::Secret(s)) => Lookup::Found(s),
+            Lookup::Found(_) | Lookup::NotFound => Lookup::NotFound,
+            Lookup::Failed(e) => Lookup::Failed(e),
+        }
     }
 
     /// `POST serviceaccounts/<name>/token`.

@@ -38,7 +38,12 @@ impl KubeRuntime {
         let envs = self.make_environment(pod, container, pod_ips).await;
         let envs = envs.map_err(|m| self.config_error(pod, container, start, m))?;
         let mounts = self.volumes.container_mounts(pod, container, &envs);
-        let mounts = mounts.map_err(|m| self.config_error(pod, container, start, m))?;
+        let mut mounts = mounts.map_err(|m| self.config_error(pod, container, start, m))?;
+        let pod_dir = self.volumes.pod_dir(spec::uid(pod));
+        let message_file = crate::lifecycle::termination::mount(&pod_dir, container, start.restart_count);
+        mounts.extend(message_file.map_err(|m| self.config_error(pod, container, start, m))?);
+        let hosts = self.etc_hosts_mount(pod, container, pod_ips);
+        mounts.extend(hosts.map_err(|m| self.config_error(pod, container, start, m))?);
         let spec = self.container_spec(pod, container, start, image_ref, envs, mounts)?;
         let log_dir = Path::new(&sandbox.log_directory).join(&container.name);
         if let Err(e) = std::fs::create_dir_all(&log_dir) {

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, HostAlias, Pod};
 
+use super::{dns, KubeRuntime};
 use crate::pods::spec;
+use crate::runtime::{Mount, MountPropagation};
 
 /// Where containers see it.
 pub const ETC_HOSTS_PATH: &str = "/etc/hosts";
@@ -98,6 +100,34 @@ pub fn ensure_hosts_file(pod_dir: &Path, content: &str) -> io::Result<PathBuf> {
         std::fs::rename(&tmp, &path)?;
     }
     Ok(path)
+}
+
+impl KubeRuntime {
+    /// kubelet's `makeHostsMount` for one container: writes the pod's hosts file and mounts it read-write on
+    /// `/etc/hosts`, or nothing when the container does not get it (it mounts `/etc/hosts` itself, or the pod has
+    /// no IP).
+    pub(super) fn etc_hosts_mount(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        pod_ips: &[String],
+    ) -> Result<Option<Mount>, String> {
+        if !should_mount(container, pod_ips) {
+            return Ok(None);
+        }
+        let (hostname, domain) = dns::hostname_and_domain(pod, &self.cluster_domain)?;
+        let content = hosts_content(pod, pod_ips, &hostname, &domain, Path::new(ETC_HOSTS_PATH))
+            .map_err(|e| format!("read the node's {ETC_HOSTS_PATH}: {e}"))?;
+        let pod_dir = self.volumes.pod_dir(spec::uid(pod));
+        let path = ensure_hosts_file(&pod_dir, &content)
+            .map_err(|e| format!("write {}: {e}", pod_dir.join(ETC_HOSTS_FILE).display()))?;
+        Ok(Some(Mount {
+            container_path: ETC_HOSTS_PATH.to_owned(),
+            host_path: path.display().to_string(),
+            readonly: false,
+            propagation: MountPropagation::Private,
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -45,8 +45,6 @@ pub struct KubeRuntime {
     pub resolv_conf: PathBuf,
     pub cluster_dns: Vec<String>,
     pub cluster_domain: String,
-    /// `<root-dir>/pods`: each pod's directory (`<uid>`), where its managed `/etc/hosts` lives.
-    pub pods_dir: PathBuf,
     pub memory_capacity: i128,
     /// Held around each pull when `serializeImagePulls` is on.
     pub image_pull_lock: Option<Mutex<()>>,
@@ -109,7 +107,7 @@ impl KubeRuntime {
         if actions.kill_pod {
             result.changed |= self.kill_containers_and_sandboxes(pod, observed).await;
         }
-        let pod_ip = observed.latest_sandbox().and_then(|sb| sb.ips.first().cloned()).unwrap_or_default();
+        let pod_ip = self.hook_pod_ip(pod, observed);
         for kill in &actions.containers_to_kill {
             let message = format!("{}, will be restarted", kill.reason);
             self.kill_instance(pod, &kill.name, &kill.id, &pod_ip, message, kill.grace_period).await;
@@ -129,16 +127,7 @@ impl KubeRuntime {
             return result;
         }
 
-        let (mut sandbox, dns_warnings) = match self.sandbox_spec(pod, actions.create_sandbox.unwrap_or(0)) {
-            Ok(s) => s,
-            Err(e) => {
-                // kubelet's createPodSandbox: the config could not be generated; the worker tries again.
-                let message = format!("Failed to create pod sandbox: {e}");
-                self.events.record(pod, None, EventType::Warning, ev::FAILED_CREATE_POD_SANDBOX, message);
-                result.sandbox_error = Some(e);
-                return result;
-            }
-        };
+        let mut sandbox = self.sandbox_spec(pod, actions.create_sandbox.unwrap_or(0));
         let (sandbox_id, pod_ips) = match (&actions.create_sandbox, &actions.sandbox_id) {
             (Some(attempt), _) => {
                 sandbox.attempt = *attempt;
@@ -151,8 +140,19 @@ impl KubeRuntime {
                         return result;
                     }
                 }
-                for (reason, message) in dns_warnings {
-                    self.events.record(pod, None, EventType::Warning, reason, message);
+                match self.sandbox_names_and_dns(pod, &mut sandbox) {
+                    Ok(warnings) => {
+                        for (reason, message) in warnings {
+                            self.events.record(pod, None, EventType::Warning, reason, message);
+                        }
+                    }
+                    Err(e) => {
+                        // kubelet's createPodSandbox: the config could not be generated; the worker tries again.
+                        let message = format!("Failed to create pod sandbox: {e}");
+                        self.events.record(pod, None, EventType::Warning, ev::FAILED_CREATE_POD_SANDBOX, message);
+                        result.sandbox_error = Some(e);
+                        return result;
+                    }
                 }
                 if let Err(e) = std::fs::create_dir_all(&sandbox.log_directory) {
                     tracing::warn!(dir = %sandbox.log_directory, error = %e, "cannot create pod log directory");

@@ -6,23 +6,14 @@ use k8s_openapi::api::core::v1::Pod;
 use super::dns::{self, DnsWarning, NodeDns};
 use super::{pod_cgroup_name, pod_log_dir, security, KubeRuntime};
 use crate::pods::{spec, sysctl};
-use crate::runtime::{DnsSettings, PortMappingSpec, SandboxSpec};
+use crate::runtime::{DnsSettings, ObservedPod, PortMappingSpec, SandboxSpec};
 
 impl KubeRuntime {
-    /// The sandbox config, with the DNS warnings kubelet posts as events when it creates the sandbox. Fails as
-    /// kubelet's `generatePodSandboxConfig` does: a hostname or FQDN that cannot be used, an unreadable
-    /// resolv.conf.
-    pub(super) fn sandbox_spec(&self, pod: &Pod, attempt: u32) -> Result<(SandboxSpec, Vec<DnsWarning>), String> {
+    /// The sandbox config without its hostname and DNS, which only a new sandbox needs (see
+    /// [`Self::sandbox_names_and_dns`]): what containers are created against and images pulled for.
+    pub(super) fn sandbox_spec(&self, pod: &Pod, attempt: u32) -> SandboxSpec {
         let s = spec::spec(pod);
         let (name, namespace, uid) = (spec::name(pod), spec::namespace(pod), spec::uid(pod));
-        // A pod on the host's network has no UTS namespace of its own: the runtime refuses a hostname for it.
-        let hostname = if spec::host_network(pod) {
-            String::new()
-        } else {
-            let (hostname, domain) = dns::hostname_and_domain(pod, &self.cluster_domain)?;
-            dns::kernel_hostname(pod, &hostname, &domain)?
-        };
-        let (dns, warnings) = self.pod_dns(pod)?;
         let port_mappings = s
             .containers
             .iter()
@@ -35,14 +26,14 @@ impl KubeRuntime {
                 host_ip: p.host_ip.clone().unwrap_or_default(),
             })
             .collect();
-        let sandbox = SandboxSpec {
+        SandboxSpec {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
             uid: uid.to_owned(),
             attempt,
-            hostname,
+            hostname: String::new(),
             log_directory: pod_log_dir(&self.pod_logs_dir, pod).display().to_string(),
-            dns,
+            dns: DnsSettings::default(),
             port_mappings,
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             annotations: pod.metadata.annotations.clone().unwrap_or_default(),
@@ -53,8 +44,33 @@ impl KubeRuntime {
             cgroup_parent: self.cgroups.as_ref().map(|c| c.cgroup_parent(&pod_cgroup_name(pod))).unwrap_or_default(),
             sysctls: sysctl::pod_sysctls(pod),
             security: security::sandbox_security(pod),
+        }
+    }
+
+    /// The hostname and DNS of a sandbox about to be created, with the DNS warnings kubelet posts as events then.
+    /// Fails as kubelet's `generatePodSandboxConfig` does: a hostname or FQDN that cannot be used, an unreadable
+    /// resolv.conf.
+    pub(super) fn sandbox_names_and_dns(
+        &self,
+        pod: &Pod,
+        sandbox: &mut SandboxSpec,
+    ) -> Result<Vec<DnsWarning>, String> {
+        // A pod on the host's network has no UTS namespace of its own: the runtime refuses a hostname for it.
+        sandbox.hostname = if spec::host_network(pod) {
+            String::new()
+        } else {
+            let (hostname, domain) = dns::hostname_and_domain(pod, &self.cluster_domain)?;
+            dns::kernel_hostname(pod, &hostname, &domain)?
         };
-        Ok((sandbox, warnings))
+        let (dns, warnings) = self.pod_dns(pod)?;
+        sandbox.dns = dns;
+        Ok(warnings)
+    }
+
+    /// The pod IP an httpGet hook without a host goes to: the sandbox's, or the node's for a host-network pod.
+    pub(super) fn hook_pod_ip(&self, pod: &Pod, observed: &ObservedPod) -> String {
+        let sandbox_ips = observed.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default();
+        crate::pods::status::pod_ips(pod, sandbox_ips, &self.host_ips).into_iter().next().unwrap_or_default()
     }
 
     /// kubelet's `GetPodDNS`, reading the host's resolv.conf each time as kubelet does, so that a changed file

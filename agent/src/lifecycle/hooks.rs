@@ -45,7 +45,7 @@ pub async fn run(runtime: &Runtime, handler: &LifecycleHandler, target: HookTarg
                 spec::format_pod(pod)
             )
         };
-        return match runtime.exec_sync_timeout(container_id, &command, Duration::ZERO).await {
+        return match runtime.exec_sync(container_id, &command, 0).await {
             Ok(out) if out.exit_code == 0 => Ok(()),
             Ok(out) => {
                 let mut output = out.stdout.clone();

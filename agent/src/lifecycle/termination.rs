@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::pods::spec;
-use crate::runtime::{ContainerRecord, ContainerRunState, ObservedPod};
+use crate::runtime::{ContainerRecord, ContainerRunState, Mount, ObservedPod};
 
 /// The API's default `terminationMessagePath`.
 pub const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
@@ -54,6 +54,19 @@ pub fn prepare(pod_dir: &Path, container: &Container, restart_count: u32) -> std
     Ok(Some((file.display().to_string(), path.to_owned())))
 }
 
+/// The bind mount of a new instance's message file (created here), kubelet's part of `makeMounts` for
+/// `terminationMessagePath`; the error is the container's `CreateContainerConfigError` message.
+pub fn mount(pod_dir: &Path, container: &Container, restart_count: u32) -> Result<Option<Mount>, String> {
+    let prepared = prepare(pod_dir, container, restart_count)
+        .map_err(|e| format!("failed to create the termination message file of container {:?}: {e}", container.name))?;
+    Ok(prepared.map(|(host_path, container_path)| Mount {
+        container_path,
+        host_path,
+        readonly: false,
+        ..Default::default()
+    }))
+}
+
 /// The last `max` bytes of a file (kubelet's `tail.ReadAtMost`).
 fn read_at_most(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     let mut f = File::open(path)?;
@@ -82,6 +95,10 @@ pub fn last_log_lines(path: &Path, lines: usize, max_bytes: usize) -> String {
             partial.push('\n');
             logical.push(std::mem::take(&mut partial));
         }
+    }
+    // A last line without its newline (`echo -n`) is only ever written as partial.
+    if !partial.is_empty() {
+        logical.push(partial);
     }
     let start = logical.len().saturating_sub(lines);
     let joined: String = logical[start..].concat();
@@ -118,7 +135,7 @@ pub fn message(container: &Container, record: &ContainerRecord, pod_dir: &Path, 
 }
 
 /// Adds the termination messages of the pod's exited instances to their records (after the runtime's own message,
-/// as kubelet joins them with ": "). Messages are read once per instance: an exited container's do not change.
+/// as kubelet joins them with ": "). A message found is kept: an exited container's does not change.
 pub fn fill_messages(
     pod: &Pod,
     observed: &mut ObservedPod,
@@ -131,13 +148,18 @@ pub fn fill_messages(
     cache.retain(|id, _| observed.containers.iter().any(|c| &c.id == id));
     for record in observed.containers.iter_mut().filter(|c| c.state == ContainerRunState::Exited) {
         let Some(container) = containers.iter().find(|c| c.name == record.name) else { continue };
-        let text = cache
-            .entry(record.id.clone())
-            .or_insert_with(|| {
+        let text = match cache.get(&record.id) {
+            Some(text) => text.clone(),
+            None => {
                 let log = pod_log_dir.join(&record.name).join(format!("{}.log", record.restart_count));
-                message(container, record, pod_dir, &log)
-            })
-            .clone();
+                let text = message(container, record, pod_dir, &log);
+                // An empty message is read again next time: the runtime may not have flushed the log yet.
+                if !text.is_empty() {
+                    cache.insert(record.id.clone(), text.clone());
+                }
+                text
+            }
+        };
         if !text.is_empty() {
             record.message = if record.message.is_empty() { text } else { format!("{}: {text}", record.message) };
         }
@@ -205,15 +227,16 @@ mod tests {
         let mut entries: Vec<(&str, &str)> = lines.iter().map(|l| ("F", l.as_str())).collect();
         entries.push(("P", "part-"));
         entries.push(("F", "joined"));
+        entries.push(("P", "no-newline"));
         write_log(&log, &entries);
         let c = container(Some("FallbackToLogsOnError"));
         prepare(dir.path(), &c, 0).unwrap();
         // Exit 0: no fallback.
         assert_eq!(message(&c, &record(0), dir.path(), &log), "");
         let m = message(&c, &record(1), dir.path(), &log);
-        assert!(m.ends_with("line 99\npart-joined\n"), "{m:?}");
-        // The last 80 lines: "line 21" onwards.
-        assert!(m.starts_with("line 21\n"), "{m:?}");
+        assert!(m.ends_with("line 99\npart-joined\nno-newline"), "{m:?}");
+        // The last 80 lines: "line 22" onwards.
+        assert!(m.starts_with("line 22\n"), "{m:?}");
         // The policy File never reads the log.
         assert_eq!(message(&container(None), &record(1), dir.path(), &log), "");
         // A message written by the application wins over the log.

@@ -269,25 +269,6 @@ pub fn pod_ips(pod: &Pod, sandbox_ips: Vec<String>, host_ips: &[String]) -> Vec<
     }
 }
 
-#[cfg(test)]
-mod pod_ips_tests {
-    use k8s_openapi::api::core::v1::PodSpec;
-
-    use super::*;
-
-    #[test]
-    fn a_host_network_pod_has_the_nodes_ips() {
-        let pod = |host_network| Pod {
-            spec: Some(PodSpec { host_network: Some(host_network), ..Default::default() }),
-            ..Default::default()
-        };
-        let host = vec!["192.0.2.10".to_owned(), "2001:db8::10".to_owned()];
-        assert_eq!(pod_ips(&pod(true), vec![], &host), host);
-        assert_eq!(pod_ips(&pod(false), vec![], &host), Vec::<String>::new());
-        assert_eq!(pod_ips(&pod(false), vec!["10.88.0.5".into()], &host), vec!["10.88.0.5"]);
-    }
-}
-
 pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
     let pod = input.pod;
     let init_specs = spec::init_containers(pod);
@@ -386,7 +367,13 @@ pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
         };
     }
 
-    let pod_ips = pod_ips(pod, sandbox.map(|s| s.ips.clone()).unwrap_or_default(), input.host_ips);
+    let mut pod_ips = pod_ips(pod, sandbox.map(|s| s.ips.clone()).unwrap_or_default(), input.host_ips);
+    // kubelet's PLEG keeps a pod's IPs once its sandboxes are all gone or stopped (an exited pod keeps the IP it
+    // ran with), so that the IP stays the same over the pod's whole life.
+    if pod_ips.is_empty() && sandbox.is_none() {
+        let previous = input.previous.and_then(|p| p.pod_ips.as_ref());
+        pod_ips = previous.into_iter().flatten().map(|ip| ip.ip.clone()).collect();
+    }
     PodStatus {
         phase: Some(phase.into()),
         conditions: Some(conditions),
@@ -757,5 +744,44 @@ mod tests {
         );
         assert_eq!(cond(&s, "PodScheduled").last_transition_time, to_time(t(5)), "unchanged condition keeps its time");
         assert_eq!(cond(&s, "Ready").last_transition_time, to_time(t(100)), "changed condition gets now");
+    }
+
+    #[test]
+    fn a_host_network_pod_has_the_nodes_ips() {
+        let pod = |host_network| Pod {
+            spec: Some(PodSpec { host_network: Some(host_network), ..Default::default() }),
+            ..Default::default()
+        };
+        let host = vec!["192.0.2.10".to_owned(), "2001:db8::10".to_owned()];
+        assert_eq!(pod_ips(&pod(true), vec![], &host), host);
+        assert_eq!(pod_ips(&pod(false), vec![], &host), Vec::<String>::new());
+        assert_eq!(pod_ips(&pod(false), vec!["10.88.0.5".into()], &host), vec!["10.88.0.5"]);
+    }
+
+    #[test]
+    fn an_exited_pod_keeps_the_ip_it_ran_with() {
+        let p = pod("Never", &[], &["app"]);
+        let exited = vec![record("app", "c", 0, ContainerRunState::Exited, 0, 1)];
+        let running = status(&p, exited.clone(), &[], None);
+        assert_eq!(running.pod_ip.as_deref(), Some("10.88.0.5"));
+        // The sandbox stopped: the runtime reports no IP any more.
+        let mut observed = ObservedPod { sandboxes: vec![sandbox(false)], containers: exited };
+        observed.sort();
+        let (waiting, host_ips, probes) = (BTreeMap::new(), vec!["192.0.2.10".to_string()], ProbeResults::default());
+        let input = |previous| StatusInput {
+            pod: &p,
+            observed: &observed,
+            waiting: &waiting,
+            previous,
+            start_time: t(0),
+            host_ips: &host_ips,
+            runtime_name: "containerd",
+            probes: &probes,
+            now: t(100),
+        };
+        let stopped = compute_pod_status(&input(Some(&running)));
+        assert_eq!(stopped.pod_ip.as_deref(), Some("10.88.0.5"));
+        assert_eq!(stopped.pod_ips, running.pod_ips);
+        assert_eq!(compute_pod_status(&input(None)).pod_ip, None, "nothing to keep");
     }
 }

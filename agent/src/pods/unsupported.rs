@@ -24,7 +24,6 @@ pub fn unsupported_fields(pod: &Pod) -> Vec<String> {
         }
     };
     pod_field(s.runtime_class_name.is_some(), "spec.runtimeClassName");
-    pod_field(s.host_aliases.as_ref().is_some_and(|h| !h.is_empty()), "spec.hostAliases");
     pod_field(s.host_users == Some(false), "spec.hostUsers");
     pod_field(s.os.as_ref().is_some_and(|os| os.name != "linux"), "spec.os.name");
     pod_field(s.resource_claims.as_ref().is_some_and(|c| !c.is_empty()), "spec.resourceClaims");
@@ -42,7 +41,6 @@ fn container_fields(path: &str, c: &Container, found: &mut Vec<String>) {
             found.push(format!("{path}.{name}"));
         }
     };
-    field(c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError"), "terminationMessagePolicy");
     // `Always` on an init container makes it a sidecar; nothing else is a valid container restart policy.
     let sidecar = path.starts_with("spec.initContainers") && c.restart_policy.as_deref() == Some("Always");
     field(c.restart_policy.is_some() && !sidecar, "restartPolicy");

@@ -4,7 +4,7 @@
 //! jittered back-off; a deletion cancels a sync in progress.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +20,7 @@ use super::spec;
 use super::status::{compute_pod_status, StatusInput};
 use super::store::{PodStartRecord, PodStore};
 use crate::kuberuntime::{KubeRuntime, PodSyncResult};
-use crate::lifecycle::deadline;
+use crate::lifecycle::{deadline, termination};
 use crate::probes::Prober;
 use crate::runtime::{ContainerRunState, CriClock, ObservedPod, RuntimeError, CRI_TIME};
 
@@ -98,6 +98,8 @@ pub struct PodWorker {
     published: bool,
     /// The pod was active longer than `activeDeadlineSeconds`: failed, and its containers stay stopped.
     deadline_exceeded: bool,
+    /// Termination messages of exited instances, by container ID: read once, as they do not change.
+    termination_messages: HashMap<String, String>,
 }
 
 impl PodWorker {
@@ -123,6 +125,7 @@ impl PodWorker {
             last_status: known,
             published: false,
             deadline_exceeded: false,
+            termination_messages: HashMap::new(),
             ctx,
         }
     }
@@ -139,8 +142,19 @@ impl PodWorker {
         loop {
             let input = self.input.borrow_and_update().clone();
             if input.terminate {
+                // Probes go on while the containers stop within their grace period: a readiness probe that fails
+                // then makes the pod not ready before it is gone, as in kubelet.
+                self.prober.set_terminating();
+                let ctx = self.ctx.clone();
+                let terminate = ctx.kuberuntime.terminate_pod(&input.pod);
+                tokio::pin!(terminate);
+                loop {
+                    tokio::select! {
+                        () = &mut terminate => break,
+                        _ = self.wake.notified() => self.publish_terminating_status(&input.pod).await,
+                    }
+                }
                 self.prober.stop();
-                self.ctx.kuberuntime.terminate_pod(&input.pod).await;
                 self.ctx.store.remove(spec::uid(&input.pod));
                 return;
             }
@@ -232,7 +246,8 @@ impl PodWorker {
             };
         }
 
-        let observed = if result.changed { kuberuntime.runtime.observe_pod(&uid).await? } else { observed };
+        let mut observed = if result.changed { kuberuntime.runtime.observe_pod(&uid).await? } else { observed };
+        fill_termination_messages(&self.ctx, pod, &mut observed, &mut self.termination_messages);
         // Containers started just now get their probe workers.
         self.prober.sync(pod, &observed, &kuberuntime.host_ips);
         let probes = self.prober.results();
@@ -266,6 +281,32 @@ impl PodWorker {
             (a, d) => a.or(d),
         };
         Ok(SyncOutcome { resync_after, failed: result.failed() || !volumes_ready })
+    }
+
+    /// The status of a pod whose containers are being stopped, with the latest probe results; nothing is started.
+    async fn publish_terminating_status(&mut self, pod: &Arc<Pod>) {
+        let uid = spec::uid(pod);
+        let Ok(mut observed) = self.ctx.kuberuntime.runtime.observe_pod(uid).await else { return };
+        fill_termination_messages(&self.ctx, pod, &mut observed, &mut self.termination_messages);
+        let probes = self.prober.results();
+        let mut status = compute_pod_status(&StatusInput {
+            pod,
+            observed: &observed,
+            waiting: &self.sync_errors,
+            previous: self.last_status.as_ref(),
+            start_time: self.start_time,
+            host_ips: &self.ctx.kuberuntime.host_ips,
+            runtime_name: &self.ctx.runtime_name,
+            probes: &probes,
+            now: SystemTime::now(),
+        });
+        if self.deadline_exceeded {
+            deadline::fail(&mut status);
+        }
+        if self.last_status.as_ref() != Some(&status) {
+            self.ctx.store.set_status(uid, status.clone());
+            self.last_status = Some(status);
+        }
     }
 
     fn record_back_off_events(&self, pod: &Pod, actions: &PodActions) {
@@ -303,6 +344,18 @@ impl PodWorker {
             self.ctx.store.record_start(spec::uid(pod), record);
         }
     }
+}
+
+/// Exited instances get their termination messages (the file the container wrote, or its log's end).
+fn fill_termination_messages(
+    ctx: &WorkerContext,
+    pod: &Pod,
+    observed: &mut ObservedPod,
+    cache: &mut HashMap<String, String>,
+) {
+    let pod_dir = ctx.kuberuntime.volumes.pod_dir(spec::uid(pod));
+    let log_dir = crate::kuberuntime::pod_log_dir(&ctx.kuberuntime.pod_logs_dir, pod);
+    termination::fill_messages(pod, observed, &pod_dir, &log_dir, cache);
 }
 
 /// Resolves once the manager asks for the pod's termination; never when the manager is gone.

@@ -99,7 +99,7 @@ pub fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, St
 }
 
 pub async fn run_exec(runtime: &Runtime, container_id: &str, command: &[String], timeout: Duration) -> ProbeOutput {
-    match runtime.exec_sync_timeout(container_id, command, timeout).await {
+    match runtime.exec_sync(container_id, command, i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX)).await {
         Ok(out) => {
             let mut text = out.stdout;
             text.extend_from_slice(&out.stderr);

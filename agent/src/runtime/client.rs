@@ -505,28 +505,6 @@ impl Runtime {
         ignore_not_found(r.map(|_| ()))
     }
 
-    /// Runs `cmd` in a running container and waits for it, the runtime ending it after `timeout` (zero: none).
-    pub async fn exec_sync_timeout(
-        &self,
-        container_id: &str,
-        cmd: &[String],
-        timeout: Duration,
-    ) -> Result<ExecSyncOutput, RuntimeError> {
-        let mut c = self.runtime.clone();
-        let resp = self
-            .call(
-                "ExecSync",
-                Some(RUNTIME_REQUEST_TIMEOUT + timeout),
-                c.exec_sync(cri::ExecSyncRequest {
-                    container_id: container_id.into(),
-                    cmd: cmd.to_vec(),
-                    timeout: timeout.as_secs().try_into().unwrap_or(i64::MAX),
-                }),
-            )
-            .await?;
-        Ok(ExecSyncOutput { stdout: resp.stdout, stderr: resp.stderr, exit_code: resp.exit_code })
-    }
-
     pub async fn remove_container(&self, container_id: &str) -> Result<(), RuntimeError> {
         let mut c = self.runtime.clone();
         let r = self

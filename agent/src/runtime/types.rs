@@ -232,11 +232,3 @@ pub struct RuntimeReadiness {
     pub network_ready: bool,
     pub message: String,
 }
-
-/// What CRI ExecSync returns.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecSyncOutput {
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub exit_code: i32,
-}

@@ -234,7 +234,7 @@ impl VolumeManager {
         };
         // Secrets and tokens never touch the disk: their volumes are tmpfs, as kubelet's memory-backed wrappers.
         if v.secret.is_some() || v.projected.is_some() {
-            ensure_tmpfs(&dir, None).map_err(|e| e.to_string())?;
+            ensure_tmpfs(&dir, self.memory_volume_size(pod, None)).map_err(|e| e.to_string())?;
         }
         ensure_dir(&dir, EMPTY_DIR_MODE).map_err(|e| e.to_string())?;
         atomic_writer::write(&dir, &payload).map_err(|e| format!("failed to write volume files: {e}"))?;
@@ -494,6 +494,98 @@ pub async fn fetch_env_objects(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn manager(root: &Path) -> VolumeManager {
+        VolumeManager::new(root, NodeAllocatable::default(), EventRecorder::default())
+    }
+
+    fn pod_with(volumes: serde_json::Value, mounts: serde_json::Value, privileged: bool) -> (Pod, Container) {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "p", "namespace": "ns", "uid": "u1" },
+            "spec": { "volumes": volumes, "containers": [{ "name": "app", "volumeMounts": mounts,
+                "securityContext": { "privileged": privileged } }] },
+        }))
+        .unwrap();
+        let c = pod.spec.as_ref().unwrap().containers[0].clone();
+        (pod, c)
+    }
+
+    #[test]
+    fn mounts_follow_kubelets_make_mounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = manager(dir.path());
+        let volumes = serde_json::json!([
+            { "name": "cfg", "configMap": { "name": "c" } },
+            { "name": "scratch", "emptyDir": {} },
+            { "name": "host", "hostPath": { "path": "/var/log" } },
+        ]);
+        let mounts = serde_json::json!([
+            { "name": "cfg", "mountPath": "/etc/cfg" },
+            { "name": "scratch", "mountPath": "/data", "mountPropagation": "HostToContainer" },
+            { "name": "host", "mountPath": "/logs", "readOnly": true },
+        ]);
+        let (pod, c) = pod_with(volumes.clone(), mounts, false);
+        let got = vm.container_mounts(&pod, &c, &[]).unwrap();
+        let pods = dir.path().join("pods/u1/volumes");
+        assert_eq!(
+            got,
+            vec![
+                Mount {
+                    container_path: "/etc/cfg".into(),
+                    host_path: pods.join("kubernetes.io~configmap/cfg").display().to_string(),
+                    readonly: true,
+                    propagation: MountPropagation::Private,
+                },
+                Mount {
+                    container_path: "/data".into(),
+                    host_path: pods.join("kubernetes.io~empty-dir/scratch").display().to_string(),
+                    readonly: false,
+                    propagation: MountPropagation::HostToContainer,
+                },
+                Mount {
+                    container_path: "/logs".into(),
+                    host_path: "/var/log".into(),
+                    readonly: true,
+                    propagation: MountPropagation::Private,
+                },
+            ],
+            "configMap files are always read-only"
+        );
+        let (pod, c) = pod_with(volumes.clone(), serde_json::json!([{ "name": "nope", "mountPath": "/x" }]), false);
+        assert_eq!(
+            vm.container_mounts(&pod, &c, &[]).unwrap_err(),
+            "cannot find volume \"nope\" to mount into container \"app\""
+        );
+        let bidi = serde_json::json!([{ "name": "host", "mountPath": "/x", "mountPropagation": "Bidirectional" }]);
+        let (pod, c) = pod_with(volumes.clone(), bidi.clone(), false);
+        assert_eq!(
+            vm.container_mounts(&pod, &c, &[]).unwrap_err(),
+            "Bidirectional mount propagation is available only to privileged containers"
+        );
+        let (pod, c) = pod_with(volumes, bidi, true);
+        assert_eq!(vm.container_mounts(&pod, &c, &[]).unwrap()[0].propagation, MountPropagation::Bidirectional);
+    }
+
+    #[test]
+    fn sub_path_exprs_expand_from_the_container_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = manager(dir.path());
+        let volumes = serde_json::json!([{ "name": "scratch", "emptyDir": {} }]);
+        let vol = dir.path().join("pods/u1/volumes/kubernetes.io~empty-dir/scratch");
+        std::fs::create_dir_all(&vol).unwrap();
+        let mounts = serde_json::json!([{ "name": "scratch", "mountPath": "/logs", "subPathExpr": "$(POD)/logs" }]);
+        let (pod, c) = pod_with(volumes.clone(), mounts.clone(), false);
+        let env = vec![("POD".to_owned(), "web-1".to_owned())];
+        let got = vm.container_mounts(&pod, &c, &env).unwrap();
+        assert_eq!(got[0].host_path, vol.canonicalize().unwrap().join("web-1/logs").display().to_string());
+        assert!(vol.join("web-1/logs").is_dir(), "created before the container starts");
+        assert_eq!(vm.container_mounts(&pod, &c, &[]).unwrap_err(), "missing value for POD");
+        let env = vec![("POD".to_owned(), "..".to_owned())];
+        assert_eq!(
+            vm.container_mounts(&pod, &c, &env).unwrap_err(),
+            "unable to provision SubPath `../logs`: must not contain '..'"
+        );
+    }
 
     #[test]
     fn mountinfo_escapes() {
