@@ -126,6 +126,7 @@ pub struct ContainerdBuilder {
     write_cni_config: bool,
     start_timeout: Duration,
     log_level: String,
+    mount_namespace_of: Option<u32>,
 }
 
 impl ContainerdBuilder {
@@ -151,6 +152,13 @@ impl ContainerdBuilder {
     /// How long to wait for containerd and its CRI plugin (default 15 s).
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
+        self
+    }
+
+    /// Run containerd in the mount namespace of process `pid` (through `nsenter`): an agent that owns host-wide
+    /// paths (the Go kubelet's `/var/log/pods`) then sees and cleans only its own bind-mounted copies.
+    pub fn mount_namespace_of(mut self, pid: u32) -> Self {
+        self.mount_namespace_of = Some(pid);
         self
     }
 
@@ -224,6 +232,7 @@ impl Containerd {
             write_cni_config: true,
             start_timeout: DEFAULT_START_TIMEOUT,
             log_level: "info".to_owned(),
+            mount_namespace_of: None,
         }
     }
 
@@ -311,7 +320,15 @@ impl Containerd {
         }
 
         let log = fs::File::create(&self.log_path).with_context(|| format!("creating {}", self.log_path.display()))?;
-        let child = Command::new("containerd")
+        let mut command = match opts.mount_namespace_of {
+            Some(pid) => {
+                let mut c = Command::new("nsenter");
+                c.arg("-t").arg(pid.to_string()).args(["-m", "--", "containerd"]);
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        let child = command
             .arg("--config")
             .arg(&self.rec.config)
             .env("PATH", path_with_sbin())

@@ -6,6 +6,7 @@
 //! * [`containerd`]: private, disposable containerd instances with the CRI plugin.
 //! * [`apiserver`]: an in-process Kubernetes API-server double; [`apiserver::Cluster`] picks it or a real cluster.
 //! * [`grpc_image`]: an image with the gRPC health server used by the grpc probe tests.
+//! * [`oracle`]: the Go kubelet from the kit as the reference node, and the views compared with it.
 //! * [`proxy`]: a TCP relay to the API server that can be cut, to stage outages.
 
 pub mod agent;
@@ -13,4 +14,5 @@ pub mod apiserver;
 pub mod containerd;
 pub mod grpc_image;
 pub mod images;
+pub mod oracle;
 pub mod proxy;

@@ -349,7 +349,7 @@ fn bound_pod_runs_reports_status_and_events_and_api_deletion_stops_it_within_gra
     let p = env.wait_pod(&name, START, running_and_ready)?;
 
     let status = p.status.clone().context("status")?;
-    for kind in ["PodScheduled", "PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready"] {
+    for kind in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
         assert_eq!(condition(&p, kind), Some("True"), "condition {kind}: {:?}", status.conditions);
     }
     assert_eq!(status.qos_class.as_deref(), Some("Burstable"));

@@ -191,11 +191,13 @@ impl KubeRuntime {
                 .instrument(span)
                 .await;
             result.changed = true;
+            // kubelet's doBackOff moves the crash back-off on for every restart it lets through, whether the start
+            // then works or not (a start that fails in the runtime leaves an exited instance to back off from).
+            if let Some(finished) = start.previous_finished_at {
+                backoff.crash.next(&start.backoff_key, finished);
+            }
             match outcome {
                 Ok(()) => {
-                    if let Some(finished) = start.previous_finished_at {
-                        backoff.crash.next(&start.backoff_key, finished);
-                    }
                     backoff.start.forget(&start.backoff_key);
                     result.containers.insert(start.name.clone(), None);
                 }

@@ -97,7 +97,7 @@ pub fn image_backoff_key(pod: &Pod, image: &str) -> String {
 }
 
 /// `ShouldContainerBeRestarted` for a container whose latest instance is not running.
-fn should_restart(latest: Option<&ContainerRecord>, policy: RestartPolicy) -> bool {
+pub fn should_restart(latest: Option<&ContainerRecord>, policy: RestartPolicy) -> bool {
     let Some(c) = latest else { return true };
     match c.state {
         ContainerRunState::Running => false,
@@ -357,11 +357,8 @@ fn apply_backoff(pod: &Pod, backoff: &BackoffState, now: SystemTime, actions: &m
     let mut waiting = BTreeMap::new();
     actions.containers_to_start.retain(|start| {
         let Some(container) = all.iter().find(|c| c.name == start.name) else { return false };
-        if let Some(left) = backoff.start.remaining_since_update(&start.backoff_key, now) {
-            // The waiting reason of the failed attempt stays in the status until the next one.
-            keep_for_later(left);
-            return false;
-        }
+        // A container that exited (a start that failed in the runtime leaves one, StartError) is in crash back-off
+        // first, as kubelet's doBackOff sees only the last exited instance.
         if let Some(finished) = start.previous_finished_at {
             if let Some(left) = backoff.crash.remaining_since(&start.backoff_key, finished, now) {
                 let period = backoff.crash.get(&start.backoff_key).unwrap_or_default();
@@ -380,6 +377,11 @@ fn apply_backoff(pod: &Pod, backoff: &BackoffState, now: SystemTime, actions: &m
                 keep_for_later(left);
                 return false;
             }
+        }
+        if let Some(left) = backoff.start.remaining_since_update(&start.backoff_key, now) {
+            // The waiting reason of the failed attempt stays in the status until the next one.
+            keep_for_later(left);
+            return false;
         }
         let image = spec::image_of(container);
         if let Some(left) = backoff.image_pull.remaining_since_update(&image_backoff_key(pod, image), now) {
@@ -720,6 +722,23 @@ mod tests {
         assert_eq!(names(&a), vec!["app"]);
         b.crash.next(&key, t(8));
         assert_eq!(b.crash.get(&key), Some(Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn a_start_that_failed_in_the_runtime_shows_crash_loop_back_off_while_held_back() {
+        let p = pod("Always", &[], &["app"]);
+        let key = crash_backoff_key(&p, &spec::spec(&p).containers[0]);
+        let mut b = BackoffState::default();
+        // StartError leaves an exited instance; both the crash and the start back-off hold the next attempt.
+        b.crash.next(&key, t(6));
+        b.start.next(&key, t(6));
+        let o = observed(
+            vec![sandbox("sb1", 0, true, 0)],
+            vec![record(&p, "app", "c1", 1, ContainerRunState::Exited, 128, 5)],
+        );
+        let a = plan(&p, &o, &b, t(8));
+        assert!(a.containers_to_start.is_empty());
+        assert_eq!(a.waiting["app"].reason, "CrashLoopBackOff");
     }
 
     #[test]

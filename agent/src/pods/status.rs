@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::plan::{is_sidecar, Waiting, REASON_CONTAINER_CREATING, REASON_POD_INITIALIZING};
+use super::plan::{is_sidecar, should_restart, Waiting, REASON_CONTAINER_CREATING, REASON_POD_INITIALIZING};
 use super::spec::{self, RestartPolicy};
 use crate::probes::{ProbeKind, ProbeResult, ProbeResults};
 use crate::resources::pod_qos_class;
@@ -30,6 +30,7 @@ pub const POD_SCHEDULED: &str = "PodScheduled";
 pub const REASON_CONTAINERS_NOT_READY: &str = "ContainersNotReady";
 pub const REASON_CONTAINERS_NOT_INITIALIZED: &str = "ContainersNotInitialized";
 pub const REASON_POD_COMPLETED: &str = "PodCompleted";
+pub const REASON_POD_FAILED: &str = "PodFailed";
 pub const REASON_READINESS_GATES_NOT_READY: &str = "ReadinessGatesNotReady";
 
 pub struct StatusInput<'a> {
@@ -90,6 +91,12 @@ fn container_status(input: &StatusInput<'_>, container: &Container, default_wait
     let latest = instances.next();
     let previous = instances.next();
     let waiting = input.waiting.get(&container.name);
+    // kubelet shows the last sync's error as the state only of a container it is going to restart
+    // (`convertToAPIContainerStatuses`); one that stays exited keeps its terminated state.
+    let policy =
+        if is_sidecar(container) { RestartPolicy::Always } else { spec::restart_policy(spec::spec(input.pod)) };
+    let restarts =
+        |c: &ContainerRecord| input.pod.metadata.deletion_timestamp.is_none() && should_restart(Some(c), policy);
     let (state, last_state) = match (latest, waiting) {
         (Some(c), _) if c.state == ContainerRunState::Running => (
             ContainerState {
@@ -99,10 +106,10 @@ fn container_status(input: &StatusInput<'_>, container: &Container, default_wait
             previous.filter(|p| p.state == ContainerRunState::Exited).map(|p| terminated(p, input.runtime_name)),
         ),
         // Exited and about to be restarted (or held in back-off): waiting, with the exit as the last state.
-        (Some(c), Some(w)) if c.state == ContainerRunState::Exited => {
+        (Some(c), Some(w)) if c.state == ContainerRunState::Exited && restarts(c) => {
             (waiting_state(&w.reason, Some(&w.message)), Some(terminated(c, input.runtime_name)))
         }
-        (Some(c), None) if c.state == ContainerRunState::Exited => (
+        (Some(c), _) if c.state == ContainerRunState::Exited => (
             terminated(c, input.runtime_name),
             previous.filter(|p| p.state == ContainerRunState::Exited).map(|p| terminated(p, input.runtime_name)),
         ),
@@ -303,7 +310,6 @@ pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
     }
 
     let sandbox = input.observed.latest_sandbox().filter(|s| s.ready);
-    let sandbox_ready = sandbox.is_some_and(|s| spec::host_network(pod) || !s.ips.is_empty());
     let incomplete: Vec<String> = init_specs
         .iter()
         .zip(&init_statuses)
@@ -329,11 +335,14 @@ pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
     let sidecar_statuses = init_specs.iter().zip(&init_statuses).filter(|(c, _)| is_sidecar(c)).map(|(_, s)| s);
     let unready: Vec<String> =
         sidecar_statuses.chain(statuses.iter()).filter(|s| !s.ready).map(|s| s.name.clone()).collect();
-    let (containers_ready, ready) = if phase == PHASE_SUCCEEDED {
-        (
-            condition(CONTAINERS_READY, false, Some(REASON_POD_COMPLETED), None),
-            condition(POD_READY, false, Some(REASON_POD_COMPLETED), None),
-        )
+    // A terminal pod is not ready whatever its containers say: they may still be terminating.
+    let terminal = match phase {
+        PHASE_SUCCEEDED => Some(REASON_POD_COMPLETED),
+        PHASE_FAILED => Some(REASON_POD_FAILED),
+        _ => None,
+    };
+    let (containers_ready, ready) = if let Some(reason) = terminal {
+        (condition(CONTAINERS_READY, false, Some(reason), None), condition(POD_READY, false, Some(reason), None))
     } else if unready.is_empty() {
         let gates = unready_readiness_gates(pod);
         let ready = if gates.is_empty() {
@@ -349,13 +358,8 @@ pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
             condition(POD_READY, false, Some(REASON_CONTAINERS_NOT_READY), Some(message)),
         )
     };
-    let mut conditions = vec![
-        condition(POD_READY_TO_START_CONTAINERS, sandbox_ready, None, None),
-        initialized,
-        ready,
-        containers_ready,
-        condition(POD_SCHEDULED, true, None, None),
-    ];
+    // PodReadyToStartContainers is behind an alpha feature gate in kubelet 1.28 (off by default): not reported.
+    let mut conditions = vec![initialized, ready, containers_ready, condition(POD_SCHEDULED, true, None, None)];
     // A condition keeps its transition time until its status changes.
     let now = to_time(input.now);
     for c in &mut conditions {
@@ -611,7 +615,7 @@ mod tests {
         assert_eq!(c.image_id, "sha256:abc");
         assert_eq!(cond(&s, "Ready").status, "True");
         assert_eq!(cond(&s, "ContainersReady").status, "True");
-        assert_eq!(cond(&s, "PodReadyToStartContainers").status, "True");
+        assert!(s.conditions.iter().flatten().all(|c| c.type_ != "PodReadyToStartContainers"));
         assert_eq!(cond(&s, "PodScheduled").status, "True");
     }
 
@@ -638,6 +642,20 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_error_shows_as_waiting_only_for_a_container_that_will_be_restarted() {
+        let exited = || vec![record("app", "c1", 0, ContainerRunState::Exited, 137, 1)];
+        let hook = [("app", "PostStartHookError", "Exec lifecycle hook failed")];
+        let s = status(&pod("Never", &[], &["app"]), exited(), &hook, None);
+        let state = cstatus(&s, "app").state.clone().unwrap();
+        assert_eq!(state.terminated.map(|t| t.exit_code), Some(137));
+        assert_eq!(cstatus(&s, "app").last_state, Some(ContainerState::default()));
+        let s = status(&pod("Always", &[], &["app"]), exited(), &hook, None);
+        let c = cstatus(&s, "app");
+        assert_eq!(c.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("PostStartHookError"));
+        assert_eq!(c.last_state.as_ref().unwrap().terminated.as_ref().map(|t| t.exit_code), Some(137));
+    }
+
+    #[test]
     fn exit_codes_and_phases_under_each_policy() {
         for (policy, exit, phase, reason) in [
             ("Never", 0, "Succeeded", "Completed"),
@@ -655,6 +673,12 @@ mod tests {
         let p = pod("Never", &[], &["app"]);
         let s = status(&p, vec![record("app", "c1", 0, ContainerRunState::Exited, 0, 1)], &[], None);
         assert_eq!(cond(&s, "Ready").reason.as_deref(), Some("PodCompleted"));
+        // Failed: not ready with reason PodFailed and no message, as kubelet's GenerateContainersReadyCondition.
+        let s = status(&p, vec![record("app", "c1", 0, ContainerRunState::Exited, 7, 1)], &[], None);
+        for kind in ["Ready", "ContainersReady"] {
+            assert_eq!(cond(&s, kind).reason.as_deref(), Some("PodFailed"), "{kind}");
+            assert_eq!(cond(&s, kind).message, None, "{kind}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use tokio::sync::{watch, Notify};
@@ -157,6 +157,9 @@ impl Prober {
     }
 }
 
+/// The earliest first probe of a container after it is seen running (kubelet's PLEG relist period).
+const FIRST_PROBE_DELAY: Duration = Duration::from_secs(1);
+
 struct ProbeJob {
     runtime: Runtime,
     events: EventRecorder,
@@ -178,7 +181,10 @@ struct ProbeJob {
 impl ProbeJob {
     async fn run(self) {
         let mut state = ProbeState::new(self.kind, self.params);
-        let mut ticker = tokio::time::interval(self.params.period);
+        // kubelet's prober sees a new container through the status manager, a PLEG relist (1 s) after it started,
+        // and probes it on the next tick of its worker: never in the instant the process was exec'd.
+        let first = tokio::time::Instant::now() + self.params.period.min(FIRST_PROBE_DELAY);
+        let mut ticker = tokio::time::interval_at(first, self.params.period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut started_rx = self.started.subscribe();
         loop {
