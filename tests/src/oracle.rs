@@ -44,6 +44,14 @@ pub fn node_ip() -> Result<String> {
     bail!("no global IPv4 address on this host; set K8S_NODE_IP")
 }
 
+/// `K8S_KUBELET_PORT` when set, else a free port.
+fn kubelet_port() -> Result<String> {
+    match std::env::var("K8S_KUBELET_PORT").ok().filter(|v| !v.is_empty()) {
+        Some(port) => Ok(port),
+        None => Ok(crate::agent::free_port()?.to_string()),
+    }
+}
+
 /// The Go kubelet as node `node`, with its containerd. Drops in order: kubelet, containerd, the namespace holder.
 pub struct GoKubelet {
     kit: PathBuf,
@@ -104,6 +112,8 @@ impl GoKubelet {
             .arg("--image-gc-high-threshold=100")
             .arg("--image-gc-low-threshold=99")
             .env("K8S_NODE_IP", node_ip()?)
+            // kubelet.sh's default is the well-known 10250, which another node on this host may hold.
+            .env("K8S_KUBELET_PORT", kubelet_port()?)
             .stdin(Stdio::null())
             .output()
             .context("running the kit's kubelet.sh")?;
