@@ -636,6 +636,73 @@ fn kubectl_debug_adds_an_ephemeral_container_that_runs_and_is_reported() -> Resu
 }
 
 #[test]
+fn kubectl_debug_target_shares_the_target_containers_processes_and_events_name_the_ephemeral_container() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let Some(env) = Env::new("srv-debug-target")? else { return Ok(()) };
+    env.create_pod("shared", "Always", "exec sleep 3601")?;
+    env.wait_pod("shared", "running", running)?;
+    let (ok, _, err) = env.kubectl(&[
+        "debug",
+        "shared",
+        "--image",
+        BUSYBOX,
+        "-c",
+        "debugger",
+        "--target",
+        "app",
+        "--",
+        "sh",
+        "-c",
+        "ps -o pid,args; while true; do sleep 1; done",
+    ])?;
+    ensure!(ok, "kubectl debug: {err}");
+    let pod = env.wait_pod("shared", "ephemeral container running", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.ephemeral_container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == "debugger"))
+            .and_then(|c| c.state.as_ref())
+            .is_some_and(|s| s.running.is_some())
+    })?;
+    // In the target's PID namespace the target's process is PID 1, and the debugger sees it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ps = loop {
+        let ps = env.logs(&["shared", "-c", "debugger"])?;
+        if ps.lines().count() > 2 || Instant::now() > deadline {
+            break ps;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    ensure!(
+        ps.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", "sleep", "3601"]),
+        "the target's process in the debugger's ps: {ps:?}"
+    );
+
+    // kubelet's event field path for an ephemeral container (this pod's events: earlier runs' may remain).
+    let uid = pod.metadata.uid.context("uid")?;
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(env.admin.clone(), NAMESPACE);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = env.rt.block_on(events.list(&ListParams::default().fields(&format!("involvedObject.uid={uid}"))))?;
+        let paths: Vec<(String, String)> = list
+            .items
+            .iter()
+            .map(|e| (e.reason.clone().unwrap_or_default(), e.involved_object.field_path.clone().unwrap_or_default()))
+            .collect();
+        if paths.iter().any(|(r, f)| r == "Started" && f == "spec.ephemeralContainers{debugger}") {
+            ensure!(
+                !paths.iter().any(|(_, f)| f == "spec.containers{debugger}"),
+                "no event names the debugger as a regular container: {paths:?}"
+            );
+            break;
+        }
+        ensure!(Instant::now() < deadline, "no Started event for spec.ephemeralContainers{{debugger}}: {paths:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
+#[test]
 fn kubectl_attach_reaches_the_running_containers_stdin_and_stdout() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-attach")? else { return Ok(()) };
