@@ -527,6 +527,54 @@ fn stats_summary_and_resource_metrics_reach_the_api_server_through_the_node_prox
     Ok(())
 }
 
+#[test]
+fn probe_metrics_count_results_and_durations_through_the_node_proxy() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let Some(env) = Env::new("srv-probes")? else { return Ok(()) };
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "probed", "namespace": NAMESPACE },
+        "spec": {
+            "nodeName": env.agent.node_name(),
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "tolerations": [{ "operator": "Exists" }],
+            "containers": [{
+                "name": "app",
+                "image": BUSYBOX,
+                "command": ["sh", "-c", "while true; do sleep 1; done"],
+                "readinessProbe": { "exec": { "command": ["true"] }, "periodSeconds": 1 },
+                "livenessProbe": { "exec": { "command": ["false"] }, "periodSeconds": 1, "failureThreshold": 1000 },
+            }],
+        }
+    }))?;
+    let pod = env.rt.block_on(env.pods().create(&PostParams::default(), &pod))?;
+    let uid = pod.metadata.uid.context("uid")?;
+    env.wait_pod("probed", "running", running)?;
+    let node = env.agent.node_name().to_owned();
+    let labels = format!("container=\"app\",namespace=\"{NAMESPACE}\",pod=\"probed\",pod_uid=\"{uid}\"");
+    let count = |text: &str, series: &str| -> u64 {
+        text.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    let readiness_ok = format!("prober_probe_total{{{labels},probe_type=\"Readiness\",result=\"successful\"}} ");
+    let liveness_failed = format!("prober_probe_total{{{labels},probe_type=\"Liveness\",result=\"failed\"}} ");
+    let durations =
+        format!("prober_probe_duration_seconds_count{{container=\"app\",namespace=\"{NAMESPACE}\",pod=\"probed\",probe_type=\"Readiness\"}} ");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, text, err) = env.kubectl(&["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/metrics/probes")])?;
+        ensure!(ok, "get --raw /metrics/probes: {err}");
+        if count(&text, &readiness_ok) >= 2 && count(&text, &liveness_failed) >= 2 {
+            ensure!(count(&text, &durations) >= 2, "readiness durations observed: {text}");
+            ensure!(text.contains("# TYPE prober_probe_duration_seconds histogram"), "{text}");
+            ensure!(text.contains("le=\"+Inf\""), "{text}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "probe counters within 30 s: {text}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Ok(())
+}
+
 /// The log directory of the static pod's container `app`.
 fn container_log_dir(agent: &Agent) -> Option<PathBuf> {
     let pods = std::fs::read_dir(agent.pod_logs_dir()).ok()?;
