@@ -598,25 +598,37 @@ fn container_logs_are_rotated_at_the_size_limit_and_the_runtime_keeps_writing() 
              image: {BUSYBOX}\n    command: [sh, -c, 'i=0; while true; do i=$((i+1)); echo line $i 0123456789012345678901234567890123456789; sleep 0.05; done']\n"
         ),
     )?;
-    // Two monitor periods: at least one rotation, then the limit on the number of files.
+    // Two monitor periods: one rotation, then at the next the first rotated file is compressed before the log is
+    // rotated again, within the limit on the number of files (compressed ones count).
     let deadline = Instant::now() + Duration::from_secs(60);
     let (dir, rotated) = loop {
         if let Some(dir) = container_log_dir(&agent) {
             let names: Vec<String> =
                 std::fs::read_dir(&dir)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
             let rotated: Vec<String> = names.iter().filter(|n| n.starts_with("0.log.")).cloned().collect();
-            if rotated.len() >= 2 {
+            if rotated.iter().any(|n| n.ends_with(".gz")) {
                 ensure!(names.len() <= 3, "at most containerLogMaxFiles files: {names:?}");
                 break (dir, rotated);
             }
         }
-        ensure!(Instant::now() < deadline, "no rotation within 60 s:\n{}", tail(&agent.log(), 30));
+        ensure!(Instant::now() < deadline, "no compressed rotated log within 60 s:\n{}", tail(&agent.log(), 30));
         std::thread::sleep(Duration::from_millis(500));
     };
     for r in &rotated {
-        let stamp = r.trim_start_matches("0.log.");
+        let stamp = r.trim_start_matches("0.log.").trim_end_matches(".gz");
         ensure!(stamp.len() == 15 && stamp.as_bytes()[8] == b'-', "rotated name {r}");
     }
+    // All but the most recent rotated file are compressed, and hold CRI lines.
+    let mut plain: Vec<&String> = rotated.iter().filter(|r| !r.ends_with(".gz")).collect();
+    let gz: Vec<&String> = rotated.iter().filter(|r| r.ends_with(".gz")).collect();
+    ensure!(plain.len() == 1, "only the newest rotated file stays plain: {rotated:?}");
+    ensure!(gz.iter().all(|g| g.as_str() < plain[0].as_str()), "the compressed files are the older ones: {rotated:?}");
+    let unzipped = Command::new("gzip").arg("-dc").arg(dir.join(gz[0])).output()?;
+    ensure!(unzipped.status.success(), "gzip -dc {}", gz[0]);
+    let text = String::from_utf8_lossy(&unzipped.stdout);
+    ensure!(text.lines().next().is_some_and(|l| l.contains(" stdout F line ")), "{text:?}");
+    plain.sort();
+    let rotated: Vec<String> = plain.into_iter().cloned().collect();
     // The runtime reopened the log: the current file keeps growing with later lines than the rotated ones.
     let last_number = |text: &str| -> Option<u64> { text.lines().last()?.split_whitespace().nth(4)?.parse().ok() };
     let mut newest_rotated = rotated.clone();
