@@ -29,6 +29,9 @@ use serde_json::json;
 const PREFIX: &str = "bench logs_exec";
 const NAMESPACE: &str = "default";
 const LOG_BYTES: usize = 10 * 1024 * 1024;
+/// The 10 MB of output take about 16 MB in the CRI log format: above both agents' default rotation size (10Mi),
+/// which would leave the reads an empty new file.
+const CONTAINER_LOG_MAX_SIZE: &str = "100Mi";
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Set in the re-executed bench: it already runs in its own mount namespace.
 const PRIVATE_NS_ENV: &str = "RKUBELET_BENCH_PRIVATE_MOUNTS";
@@ -192,7 +195,8 @@ impl NodeUnderTest {
                 // As kubelet.sh configures kubelet: webhook authentication and authorisation, the cluster CA.
                 let config = format!(
                     "cniConfDir: {}\ncniBridgeName: {}\nauthentication: {{anonymous: {{enabled: false}}, \
-                     webhook: {{enabled: true}}, x509: {{clientCAFile: {}}}}}\nauthorization: {{mode: Webhook}}\n",
+                     webhook: {{enabled: true}}, x509: {{clientCAFile: {}}}}}\nauthorization: {{mode: Webhook}}\n\
+                     containerLogMaxSize: {CONTAINER_LOG_MAX_SIZE}\n",
                     this._containerd.cni_conf_dir().display(),
                     this._containerd.bridge(),
                     pki.join("ca.crt").display()
@@ -210,6 +214,7 @@ impl NodeUnderTest {
                 let out = Command::new("bash")
                     .arg(kit.join("kubelet.sh"))
                     .args([&this.node, &this._containerd.socket_path().display().to_string()])
+                    .arg(format!("--container-log-max-size={CONTAINER_LOG_MAX_SIZE}"))
                     .env("K8S_KUBELET_DIR", this._dir.path().join("kubelet"))
                     .env("K8S_KUBELET_PORT", port.to_string())
                     .env("K8S_NODE_IP", ip)

@@ -173,3 +173,40 @@ fn host_network_pid_and_ipc_pods_start_and_have_the_nodes_ip() -> Result<()> {
     assert_eq!(lines.get(3).copied(), Some(format!("podns-{}", agent.node_name()).as_str()), "{output}");
     Ok(())
 }
+
+#[test]
+fn a_host_network_pods_http_hook_without_host_goes_to_the_nodes_ip() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let (_containerd, agent) = setup("sec-hostnet-hook", "")?;
+    let port = rkubelet_tests::agent::free_port()?;
+    let server = format!("mkdir -p /www; echo ok > /www/index.html; exec httpd -f -vv -p {port} -h /www");
+    agent.write_manifest("server.yaml", &pod_yaml("server", "hostNetwork: true", "", &server))?;
+    let running = |p: &Value| phase(p) == "Running";
+    let server_pod = agent.wait_pod("server", START, running)?;
+    let hook = format!("lifecycle:\n  preStop:\n    httpGet: {{port: {port}, path: /pre-stop-on-host-network}}");
+    let app = "trap 'exit 0' TERM; while true; do sleep 1; done";
+    agent.write_manifest("hooked.yaml", &pod_yaml("hooked", "hostNetwork: true", &hook, app))?;
+    agent.wait_pod("hooked", START, running)?;
+    agent.remove_manifest("hooked.yaml")?;
+    agent.wait_pod_gone("hooked", Duration::from_secs(30))?;
+
+    let uid = server_pod["metadata"]["uid"].as_str().context("uid")?;
+    let log =
+        agent.pod_logs_dir().join(format!("default_server-{}_{uid}", agent.node_name())).join("app").join("0.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("/pre-stop-on-host-network") {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the hook never reached the server: {text}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!agent.log().contains("FailedPreStopHook"), "{}", agent.log());
+    agent.remove_manifest("server.yaml")?;
+    Ok(())
+}

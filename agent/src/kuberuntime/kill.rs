@@ -37,7 +37,7 @@ impl KubeRuntime {
         if running.is_empty() && ready.is_empty() {
             return false;
         }
-        let pod_ip = observed.latest_sandbox().and_then(|s| s.ips.first().cloned()).unwrap_or_default();
+        let pod_ip = self.hook_pod_ip(pod, observed);
         // App containers first, then the init containers still running (sidecars), so that sidecars serve the
         // app containers until those have stopped.
         let is_init = |name: &str| spec::init_containers(pod).iter().any(|c| c.name == name);

@@ -107,7 +107,7 @@ impl KubeRuntime {
         if actions.kill_pod {
             result.changed |= self.kill_containers_and_sandboxes(pod, observed).await;
         }
-        let pod_ip = observed.latest_sandbox().and_then(|sb| sb.ips.first().cloned()).unwrap_or_default();
+        let pod_ip = self.hook_pod_ip(pod, observed);
         for kill in &actions.containers_to_kill {
             let message = format!("{}, will be restarted", kill.reason);
             self.kill_instance(pod, &kill.name, &kill.id, &pod_ip, message, kill.grace_period).await;

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 use super::dns::{self, DnsWarning, NodeDns};
 use super::{pod_cgroup_name, pod_log_dir, security, KubeRuntime};
 use crate::pods::{spec, sysctl};
-use crate::runtime::{DnsSettings, PortMappingSpec, SandboxSpec};
+use crate::runtime::{DnsSettings, ObservedPod, PortMappingSpec, SandboxSpec};
 
 impl KubeRuntime {
     /// The sandbox config without its hostname and DNS, which only a new sandbox needs (see
@@ -65,6 +65,12 @@ impl KubeRuntime {
         let (dns, warnings) = self.pod_dns(pod)?;
         sandbox.dns = dns;
         Ok(warnings)
+    }
+
+    /// The pod IP an httpGet hook without a host goes to: the sandbox's, or the node's for a host-network pod.
+    pub(super) fn hook_pod_ip(&self, pod: &Pod, observed: &ObservedPod) -> String {
+        let sandbox_ips = observed.latest_sandbox().map(|s| s.ips.clone()).unwrap_or_default();
+        crate::pods::status::pod_ips(pod, sandbox_ips, &self.host_ips).into_iter().next().unwrap_or_default()
     }
 
     /// kubelet's `GetPodDNS`, reading the host's resolv.conf each time as kubelet does, so that a changed file

@@ -96,6 +96,10 @@ pub fn last_log_lines(path: &Path, lines: usize, max_bytes: usize) -> String {
             logical.push(std::mem::take(&mut partial));
         }
     }
+    // A last line without its newline (`echo -n`) is only ever written as partial.
+    if !partial.is_empty() {
+        logical.push(partial);
+    }
     let start = logical.len().saturating_sub(lines);
     let joined: String = logical[start..].concat();
     let bytes = joined.as_bytes();
@@ -131,7 +135,7 @@ pub fn message(container: &Container, record: &ContainerRecord, pod_dir: &Path, 
 }
 
 /// Adds the termination messages of the pod's exited instances to their records (after the runtime's own message,
-/// as kubelet joins them with ": "). Messages are read once per instance: an exited container's do not change.
+/// as kubelet joins them with ": "). A message found is kept: an exited container's does not change.
 pub fn fill_messages(
     pod: &Pod,
     observed: &mut ObservedPod,
@@ -144,13 +148,18 @@ pub fn fill_messages(
     cache.retain(|id, _| observed.containers.iter().any(|c| &c.id == id));
     for record in observed.containers.iter_mut().filter(|c| c.state == ContainerRunState::Exited) {
         let Some(container) = containers.iter().find(|c| c.name == record.name) else { continue };
-        let text = cache
-            .entry(record.id.clone())
-            .or_insert_with(|| {
+        let text = match cache.get(&record.id) {
+            Some(text) => text.clone(),
+            None => {
                 let log = pod_log_dir.join(&record.name).join(format!("{}.log", record.restart_count));
-                message(container, record, pod_dir, &log)
-            })
-            .clone();
+                let text = message(container, record, pod_dir, &log);
+                // An empty message is read again next time: the runtime may not have flushed the log yet.
+                if !text.is_empty() {
+                    cache.insert(record.id.clone(), text.clone());
+                }
+                text
+            }
+        };
         if !text.is_empty() {
             record.message = if record.message.is_empty() { text } else { format!("{}: {text}", record.message) };
         }
@@ -218,15 +227,16 @@ mod tests {
         let mut entries: Vec<(&str, &str)> = lines.iter().map(|l| ("F", l.as_str())).collect();
         entries.push(("P", "part-"));
         entries.push(("F", "joined"));
+        entries.push(("P", "no-newline"));
         write_log(&log, &entries);
         let c = container(Some("FallbackToLogsOnError"));
         prepare(dir.path(), &c, 0).unwrap();
         // Exit 0: no fallback.
         assert_eq!(message(&c, &record(0), dir.path(), &log), "");
         let m = message(&c, &record(1), dir.path(), &log);
-        assert!(m.ends_with("line 99\npart-joined\n"), "{m:?}");
-        // The last 80 lines: "line 21" onwards.
-        assert!(m.starts_with("line 21\n"), "{m:?}");
+        assert!(m.ends_with("line 99\npart-joined\nno-newline"), "{m:?}");
+        // The last 80 lines: "line 22" onwards.
+        assert!(m.starts_with("line 22\n"), "{m:?}");
         // The policy File never reads the log.
         assert_eq!(message(&container(None), &record(1), dir.path(), &log), "");
         // A message written by the application wins over the log.

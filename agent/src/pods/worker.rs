@@ -147,6 +147,7 @@ impl PodWorker {
             if input.terminate {
                 // Probes go on while the containers stop within their grace period: a readiness probe that fails
                 // then makes the pod not ready before it is gone, as in kubelet.
+                self.prober.set_terminating();
                 let ctx = self.ctx.clone();
                 let terminate = ctx.kuberuntime.terminate_pod(&input.pod);
                 tokio::pin!(terminate);

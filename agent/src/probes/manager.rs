@@ -3,6 +3,7 @@
 //! the pod's [`ProbeResults`] and wake the pod worker when one changes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -42,6 +43,8 @@ pub struct Prober {
     workers: HashMap<(String, ProbeKind), Worker>,
     /// Per container instance: whether its startup probe has passed (true at once without one).
     started: HashMap<String, Arc<watch::Sender<bool>>>,
+    /// The pod is being terminated: liveness and startup probes stop, readiness goes on.
+    terminating: Arc<AtomicBool>,
 }
 
 /// The probes of a container by kind.
@@ -62,7 +65,15 @@ pub fn probed_containers(pod: &Pod) -> impl Iterator<Item = (&Container, bool)> 
 
 impl Prober {
     pub fn new(runtime: Runtime, events: EventRecorder, wake: Arc<Notify>) -> Self {
-        Self { runtime, events, results: Arc::default(), wake, workers: HashMap::new(), started: HashMap::new() }
+        Self {
+            runtime,
+            events,
+            results: Arc::default(),
+            wake,
+            workers: HashMap::new(),
+            started: HashMap::new(),
+            terminating: Arc::default(),
+        }
     }
 
     /// The latest results, for one sync.
@@ -118,6 +129,7 @@ impl Prober {
                     probe: probe.clone(),
                     params,
                     started: started.clone(),
+                    terminating: self.terminating.clone(),
                 };
                 let span = tracing::info_span!("probe", container = %container.name, kind = kind.as_str());
                 let task = tokio::spawn(job.run().instrument(span));
@@ -132,7 +144,13 @@ impl Prober {
         }
     }
 
-    /// Stops every worker (the pod is being terminated).
+    /// The pod's containers are being stopped: from now on only readiness is probed (kubelet does not restart
+    /// what it is stopping).
+    pub fn set_terminating(&self) {
+        self.terminating.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops every worker (the pod is gone).
     pub fn stop(&mut self) {
         self.workers.clear();
         self.started.clear();
@@ -154,6 +172,7 @@ struct ProbeJob {
     probe: Probe,
     params: ProbeParams,
     started: Arc<watch::Sender<bool>>,
+    terminating: Arc<AtomicBool>,
 }
 
 impl ProbeJob {
@@ -162,7 +181,6 @@ impl ProbeJob {
         let mut ticker = tokio::time::interval(self.params.period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut started_rx = self.started.subscribe();
-        let deleting = self.pod.metadata.deletion_timestamp.is_some();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -170,6 +188,7 @@ impl ProbeJob {
                 Ok(()) = started_rx.changed(), if self.kind != ProbeKind::Startup => {}
             }
             let started = *started_rx.borrow_and_update();
+            let deleting = self.pod.metadata.deletion_timestamp.is_some() || self.terminating.load(Ordering::Relaxed);
             if !state.should_probe(self.started_at, SystemTime::now(), started, deleting) {
                 continue;
             }

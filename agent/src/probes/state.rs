@@ -91,8 +91,8 @@ impl ProbeState {
 
     /// Whether to run the probe now: not during the initial delay (whole seconds since the container started, as
     /// kubelet counts them), liveness and readiness only once the container has started (its startup probe
-    /// passed), startup only until then, and nothing while on hold. Liveness is not probed while the pod is being
-    /// deleted.
+    /// passed), startup only until then, and nothing while on hold. Liveness and startup are not probed while the
+    /// pod is being deleted.
     pub fn should_probe(&self, started_at: SystemTime, now: SystemTime, started: bool, deleting: bool) -> bool {
         if self.on_hold {
             return false;
@@ -102,7 +102,7 @@ impl ProbeState {
             return false;
         }
         match self.kind {
-            ProbeKind::Startup => !started,
+            ProbeKind::Startup => !started && !deleting,
             ProbeKind::Liveness => started && !deleting,
             ProbeKind::Readiness => started,
         }
@@ -209,6 +209,7 @@ mod tests {
         assert!(!s.should_probe(t(0), t(4), false, false), "4.x s is within a 5 s delay");
         assert!(s.should_probe(t(0), t(5), false, false));
         assert!(!s.should_probe(t(0), t(5), true, false), "startup stops once started");
+        assert!(!s.should_probe(t(0), t(5), false, true), "no startup probe while the pod is deleted");
         let l = ProbeState::new(ProbeKind::Liveness, ProbeParams::of(ProbeKind::Liveness, &probe(0, 1, 3)));
         assert!(!l.should_probe(t(0), t(30), false, false), "liveness waits for the startup probe");
         assert!(l.should_probe(t(0), t(30), true, false));

@@ -78,6 +78,9 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ap
                 continue;
             }
         };
+        // Small frames both ways (SPDY, WebSocket): without TCP_NODELAY, Nagle's algorithm and delayed ACKs stall each
+        // exchange by tens of milliseconds. Go, and so kubelet, sets it on every connection.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {

@@ -288,6 +288,7 @@ pub async fn proxy_stream(mut req: Request, url: &str) -> Response {
         Ok(c) => c,
         Err(e) => return text(StatusCode::BAD_GATEWAY, format!("error dialing backend: {e}")),
     };
+    let _ = backend.set_nodelay(true);
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(backend)).await {
         Ok(v) => v,
         Err(e) => return text(StatusCode::BAD_GATEWAY, format!("error dialing backend: {e}")),
