@@ -1,6 +1,8 @@
-//! kubelet's prober metrics, served on `/metrics/probes`: `prober_probe_total` counts every probe run by result and
-//! `prober_probe_duration_seconds` observes how long successful and unknown runs took. Workers report each run here;
-//! the series of a probe go away when its worker does, as in kubelet.
+//! kubelet's prober metrics, served on `/metrics/probes`: `prober_probe_total` counts probe runs by result and
+//! `prober_probe_duration_seconds` observes how long successful runs took. Workers report each run here; the series
+//! of a probe go away when its worker does, as in kubelet. A run that errored (the probe could not be run) is thrown
+//! away uncounted, as kubelet's worker does; kubelet's `unknown` result comes only from a result its prober never
+//! returns, so only `successful` and `failed` appear.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -27,7 +29,6 @@ pub struct ProbeTarget {
 struct Series {
     successful: u64,
     failed: u64,
-    unknown: u64,
     /// Per bucket of [`BUCKETS`], not cumulative.
     buckets: [u64; BUCKETS.len()],
     count: u64,
@@ -49,33 +50,24 @@ fn probe_type(kind: ProbeKind) -> &'static str {
 }
 
 impl ProberMetrics {
-    /// One probe run: kubelet counts a warning as a success, and observes the duration of successful and unknown
-    /// runs.
+    /// One probe run: kubelet counts a warning as a success and observes the duration of successful runs only.
     pub fn observe(&self, target: &ProbeTarget, outcome: Outcome, took: Duration) {
+        if outcome == Outcome::Unknown {
+            return;
+        }
         let Ok(mut all) = self.series.lock() else { return };
         let s = all.entry(target.clone()).or_default();
-        let observe = match outcome {
-            Outcome::Success | Outcome::Warning => {
-                s.successful += 1;
-                true
-            }
-            Outcome::Failure => {
-                s.failed += 1;
-                false
-            }
-            Outcome::Unknown => {
-                s.unknown += 1;
-                true
-            }
-        };
-        if observe {
-            let secs = took.as_secs_f64();
-            if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-                s.buckets[i] += 1;
-            }
-            s.count += 1;
-            s.sum += secs;
+        if outcome == Outcome::Failure {
+            s.failed += 1;
+            return;
         }
+        s.successful += 1;
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            s.buckets[i] += 1;
+        }
+        s.count += 1;
+        s.sum += secs;
     }
 
     /// Drops the series of a probe whose worker stopped.
@@ -114,7 +106,7 @@ impl ProberMetrics {
              container by result.\n# TYPE prober_probe_total counter\n",
         );
         for (t, s) in &all {
-            for (result, n) in [("failed", s.failed), ("successful", s.successful), ("unknown", s.unknown)] {
+            for (result, n) in [("failed", s.failed), ("successful", s.successful)] {
                 if n == 0 {
                     continue;
                 }
@@ -149,6 +141,8 @@ mod tests {
         m.observe(&r, Outcome::Warning, Duration::from_millis(300));
         m.observe(&r, Outcome::Failure, Duration::from_millis(1));
         m.observe(&target(ProbeKind::Liveness), Outcome::Failure, Duration::from_millis(1));
+        // A run that could not be made is not counted.
+        m.observe(&target(ProbeKind::Startup), Outcome::Unknown, Duration::from_millis(1));
         let text = m.render();
         let labels = "container=\"app\",namespace=\"ns\",pod=\"p\",pod_uid=\"u\"";
         assert!(
@@ -173,6 +167,7 @@ mod tests {
         assert!(!text.contains(
             "prober_probe_duration_seconds_count{container=\"app\",namespace=\"ns\",pod=\"p\",probe_type=\"Liveness\"}"
         ));
+        assert!(!text.contains("Startup"), "{text}");
         m.forget(&r);
         assert!(!m.render().contains("Readiness"));
     }
