@@ -183,6 +183,9 @@ pub struct ServerAuth {
     pub authentication_cache_ttl: Duration,
     pub anonymous: bool,
     pub authorization_mode: AuthorizationMode,
+    /// The mode was given (file or flag) rather than defaulted: only then does Webhook without an API server stop
+    /// the agent, so that a standalone node with the file's defaults still starts.
+    pub authorization_mode_set: bool,
     pub authorized_ttl: Duration,
     pub unauthorized_ttl: Duration,
 }
@@ -477,6 +480,7 @@ impl KubeletConfig {
                 .or(authn.and_then(|a| a.anonymous.as_ref()).and_then(|a| a.enabled))
                 .unwrap_or(legacy_defaults),
             authorization_mode,
+            authorization_mode_set: flags.authorization_mode.is_some() || authz.is_some_and(|a| a.mode.is_some()),
             authorized_ttl: duration(
                 "authorization.webhook.cacheAuthorizedTTL",
                 &authz_webhook.and_then(|w| w.cache_authorized_ttl.clone()),
@@ -644,6 +648,7 @@ mod tests {
         // Flag defaults (no file): kubelet's legacy anonymous + AlwaysAllow.
         assert!(c.auth.anonymous && !c.auth.webhook_authentication);
         assert_eq!(c.auth.authorization_mode, AuthorizationMode::AlwaysAllow);
+        assert!(!c.auth.authorization_mode_set);
     }
 
     #[test]
@@ -652,6 +657,7 @@ mod tests {
         let c = KubeletConfig::resolve(Some((Path::new("/c.yaml"), file)), &FlagOverrides::default(), "h").unwrap();
         assert!(!c.auth.anonymous && c.auth.webhook_authentication);
         assert_eq!(c.auth.authorization_mode, AuthorizationMode::Webhook);
+        assert!(!c.auth.authorization_mode_set, "defaulted, not set");
         assert_eq!(c.auth.authentication_cache_ttl, Duration::from_secs(120));
         assert_eq!(
             (c.auth.authorized_ttl, c.auth.unauthorized_ttl),
@@ -669,6 +675,7 @@ mod tests {
         assert_eq!(c.auth.authentication_cache_ttl, Duration::from_secs(10));
         assert_eq!(c.auth.client_ca_file, Some(PathBuf::from("/pki/ca.crt")));
         assert_eq!(c.auth.authorization_mode, AuthorizationMode::AlwaysAllow);
+        assert!(c.auth.authorization_mode_set);
         assert_eq!(c.tls_cert_file, Some(PathBuf::from("/pki/k.crt")));
         let file = parse(
             "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nauthorization: {mode: RBAC}\n",

@@ -320,6 +320,9 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     };
     let config = KubeletConfig::resolve(file, &overrides, &node::hostname())?;
     init_logging(config.verbosity);
+    if let Some(refusal) = server::auth::refuse_without_api_server(&config.auth, flags.kubeconfig.is_some()) {
+        anyhow::bail!("{refusal} (set authorization.mode: AlwaysAllow, or give --kubeconfig)");
+    }
     for w in &config.warnings {
         tracing::warn!("{w}");
     }

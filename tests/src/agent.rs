@@ -333,6 +333,9 @@ impl Drop for Agent {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // A stopped agent leaves its pods running, and with them the tmpfs volumes it mounted under its root dir;
+        // the test's folder goes now, so they go with it.
+        crate::containerd::unmount_under(&[self.dir.path().to_path_buf()]);
     }
 }
 

@@ -527,6 +527,54 @@ fn stats_summary_and_resource_metrics_reach_the_api_server_through_the_node_prox
     Ok(())
 }
 
+#[test]
+fn probe_metrics_count_results_and_durations_through_the_node_proxy() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let Some(env) = Env::new("srv-probes")? else { return Ok(()) };
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "probed", "namespace": NAMESPACE },
+        "spec": {
+            "nodeName": env.agent.node_name(),
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "tolerations": [{ "operator": "Exists" }],
+            "containers": [{
+                "name": "app",
+                "image": BUSYBOX,
+                "command": ["sh", "-c", "while true; do sleep 1; done"],
+                "readinessProbe": { "exec": { "command": ["true"] }, "periodSeconds": 1 },
+                "livenessProbe": { "exec": { "command": ["false"] }, "periodSeconds": 1, "failureThreshold": 1000 },
+            }],
+        }
+    }))?;
+    let pod = env.rt.block_on(env.pods().create(&PostParams::default(), &pod))?;
+    let uid = pod.metadata.uid.context("uid")?;
+    env.wait_pod("probed", "running", running)?;
+    let node = env.agent.node_name().to_owned();
+    let labels = format!("container=\"app\",namespace=\"{NAMESPACE}\",pod=\"probed\",pod_uid=\"{uid}\"");
+    let count = |text: &str, series: &str| -> u64 {
+        text.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    let readiness_ok = format!("prober_probe_total{{{labels},probe_type=\"Readiness\",result=\"successful\"}} ");
+    let liveness_failed = format!("prober_probe_total{{{labels},probe_type=\"Liveness\",result=\"failed\"}} ");
+    let durations =
+        format!("prober_probe_duration_seconds_count{{container=\"app\",namespace=\"{NAMESPACE}\",pod=\"probed\",probe_type=\"Readiness\"}} ");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, text, err) = env.kubectl(&["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/metrics/probes")])?;
+        ensure!(ok, "get --raw /metrics/probes: {err}");
+        if count(&text, &readiness_ok) >= 2 && count(&text, &liveness_failed) >= 2 {
+            ensure!(count(&text, &durations) >= 2, "readiness durations observed: {text}");
+            ensure!(text.contains("# TYPE prober_probe_duration_seconds histogram"), "{text}");
+            ensure!(text.contains("le=\"+Inf\""), "{text}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "probe counters within 30 s: {text}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Ok(())
+}
+
 /// The log directory of the static pod's container `app`.
 fn container_log_dir(agent: &Agent) -> Option<PathBuf> {
     let pods = std::fs::read_dir(agent.pod_logs_dir()).ok()?;
@@ -550,25 +598,37 @@ fn container_logs_are_rotated_at_the_size_limit_and_the_runtime_keeps_writing() 
              image: {BUSYBOX}\n    command: [sh, -c, 'i=0; while true; do i=$((i+1)); echo line $i 0123456789012345678901234567890123456789; sleep 0.05; done']\n"
         ),
     )?;
-    // Two monitor periods: at least one rotation, then the limit on the number of files.
+    // Two monitor periods: one rotation, then at the next the first rotated file is compressed before the log is
+    // rotated again, within the limit on the number of files (compressed ones count).
     let deadline = Instant::now() + Duration::from_secs(60);
     let (dir, rotated) = loop {
         if let Some(dir) = container_log_dir(&agent) {
             let names: Vec<String> =
                 std::fs::read_dir(&dir)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
             let rotated: Vec<String> = names.iter().filter(|n| n.starts_with("0.log.")).cloned().collect();
-            if rotated.len() >= 2 {
+            if rotated.iter().any(|n| n.ends_with(".gz")) {
                 ensure!(names.len() <= 3, "at most containerLogMaxFiles files: {names:?}");
                 break (dir, rotated);
             }
         }
-        ensure!(Instant::now() < deadline, "no rotation within 60 s:\n{}", tail(&agent.log(), 30));
+        ensure!(Instant::now() < deadline, "no compressed rotated log within 60 s:\n{}", tail(&agent.log(), 30));
         std::thread::sleep(Duration::from_millis(500));
     };
     for r in &rotated {
-        let stamp = r.trim_start_matches("0.log.");
+        let stamp = r.trim_start_matches("0.log.").trim_end_matches(".gz");
         ensure!(stamp.len() == 15 && stamp.as_bytes()[8] == b'-', "rotated name {r}");
     }
+    // All but the most recent rotated file are compressed, and hold CRI lines.
+    let mut plain: Vec<&String> = rotated.iter().filter(|r| !r.ends_with(".gz")).collect();
+    let gz: Vec<&String> = rotated.iter().filter(|r| r.ends_with(".gz")).collect();
+    ensure!(plain.len() == 1, "only the newest rotated file stays plain: {rotated:?}");
+    ensure!(gz.iter().all(|g| g.as_str() < plain[0].as_str()), "the compressed files are the older ones: {rotated:?}");
+    let unzipped = Command::new("gzip").arg("-dc").arg(dir.join(gz[0])).output()?;
+    ensure!(unzipped.status.success(), "gzip -dc {}", gz[0]);
+    let text = String::from_utf8_lossy(&unzipped.stdout);
+    ensure!(text.lines().next().is_some_and(|l| l.contains(" stdout F line ")), "{text:?}");
+    plain.sort();
+    let rotated: Vec<String> = plain.into_iter().cloned().collect();
     // The runtime reopened the log: the current file keeps growing with later lines than the rotated ones.
     let last_number = |text: &str| -> Option<u64> { text.lines().last()?.split_whitespace().nth(4)?.parse().ok() };
     let mut newest_rotated = rotated.clone();
@@ -632,6 +692,73 @@ fn kubectl_debug_adds_an_ephemeral_container_that_runs_and_is_reported() -> Resu
     ensure!(env.logs(&["target", "-c", "debugger"])? == "debugging\n");
     let (ok, out, err) = env.kubectl(&["exec", "target", "-c", "debugger", "--", "echo", "marco"])?;
     ensure!(ok && out == "marco\n", "exec in the ephemeral container: {out:?} {err}");
+    Ok(())
+}
+
+#[test]
+fn kubectl_debug_target_shares_the_target_containers_processes_and_events_name_the_ephemeral_container() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let Some(env) = Env::new("srv-debug-target")? else { return Ok(()) };
+    env.create_pod("shared", "Always", "exec sleep 3601")?;
+    env.wait_pod("shared", "running", running)?;
+    let (ok, _, err) = env.kubectl(&[
+        "debug",
+        "shared",
+        "--image",
+        BUSYBOX,
+        "-c",
+        "debugger",
+        "--target",
+        "app",
+        "--",
+        "sh",
+        "-c",
+        "ps -o pid,args; while true; do sleep 1; done",
+    ])?;
+    ensure!(ok, "kubectl debug: {err}");
+    let pod = env.wait_pod("shared", "ephemeral container running", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.ephemeral_container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == "debugger"))
+            .and_then(|c| c.state.as_ref())
+            .is_some_and(|s| s.running.is_some())
+    })?;
+    // In the target's PID namespace the target's process is PID 1, and the debugger sees it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ps = loop {
+        let ps = env.logs(&["shared", "-c", "debugger"])?;
+        if ps.lines().count() > 2 || Instant::now() > deadline {
+            break ps;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    ensure!(
+        ps.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", "sleep", "3601"]),
+        "the target's process in the debugger's ps: {ps:?}"
+    );
+
+    // kubelet's event field path for an ephemeral container (this pod's events: earlier runs' may remain).
+    let uid = pod.metadata.uid.context("uid")?;
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(env.admin.clone(), NAMESPACE);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = env.rt.block_on(events.list(&ListParams::default().fields(&format!("involvedObject.uid={uid}"))))?;
+        let paths: Vec<(String, String)> = list
+            .items
+            .iter()
+            .map(|e| (e.reason.clone().unwrap_or_default(), e.involved_object.field_path.clone().unwrap_or_default()))
+            .collect();
+        if paths.iter().any(|(r, f)| r == "Started" && f == "spec.ephemeralContainers{debugger}") {
+            ensure!(
+                !paths.iter().any(|(_, f)| f == "spec.containers{debugger}"),
+                "no event names the debugger as a regular container: {paths:?}"
+            );
+            break;
+        }
+        ensure!(Instant::now() < deadline, "no Started event for spec.ephemeralContainers{{debugger}}: {paths:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     Ok(())
 }
 

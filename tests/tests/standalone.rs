@@ -328,6 +328,19 @@ fn read_only_server_answers_healthz_and_pod_list() -> Result<()> {
 }
 
 #[test]
+fn webhook_authorization_set_without_an_api_server_refuses_to_start() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let containerd = Containerd::start("std-authz")?;
+    let mut agent = Agent::new(&containerd, "authorization: {mode: Webhook}\n")?;
+    agent.spawn_process()?;
+    let code = agent.wait_exit(Duration::from_secs(20))?;
+    assert_eq!(code, Some(1), "{}", agent.log());
+    let log = agent.log();
+    assert!(log.contains("no client provided, cannot use webhook authorization"), "{log}");
+    Ok(())
+}
+
+#[test]
 fn without_cgroup_v2_the_agent_refuses_pod_level_enforcement_unless_told_to_run_without_it() -> Result<()> {
     skip_unless_root!(Ok(()));
     rkubelet_tests::skip_unless!(

@@ -507,3 +507,36 @@ fn volumes_set_up_before_an_api_outage_keep_working_through_it() -> Result<()> {
     ensure!(failed_mounts == 0, "{failed_mounts} FailedMount during the outage:\n{}", tail(&env.agent.log(), 40));
     Ok(())
 }
+
+#[test]
+fn a_finished_pods_volumes_are_torn_down_while_the_pod_stays() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    ensure_images()?;
+    let containerd = Containerd::start("vol-finished")?;
+    let agent = Agent::start(&containerd)?;
+    let manifest = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "once", "namespace": NAMESPACE },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{ "name": "app", "image": BUSYBOX, "command": ["sh", "-c", "echo hi > /mem/x; cat /mem/x"],
+                "volumeMounts": [{ "name": "mem", "mountPath": "/mem" }] }],
+            "volumes": [{ "name": "mem", "emptyDir": { "medium": "Memory" } }],
+        }
+    });
+    agent.write_manifest("once.json", &manifest.to_string())?;
+    let pod = agent.wait_pod("once", Duration::from_secs(60), |p| p["status"]["phase"] == "Succeeded")?;
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    let pod_dir = agent.root_dir().join("pods").join(&uid);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pod_dir.join("volumes").exists() {
+        ensure!(Instant::now() < deadline, "volumes of the finished pod still there:\n{}", tail(&agent.log(), 30));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(mounts_under(&pod_dir).is_empty(), "mounts left: {:?}", mounts_under(&pod_dir));
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(!pod_dir.join("volumes").exists(), "set up again after the pod finished");
+    let pod = agent.pod_named(pod["metadata"]["name"].as_str().unwrap_or_default())?;
+    ensure!(pod.is_some_and(|p| p["status"]["phase"] == "Succeeded"), "the pod itself stays");
+    Ok(())
+}

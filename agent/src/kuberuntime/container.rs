@@ -12,7 +12,7 @@ use crate::pods::plan::{self, BackoffState, ContainerStart, Waiting};
 use crate::pods::{env, spec};
 use crate::resources::convert::container_cgroup_values;
 use crate::resources::pod_qos_class;
-use crate::runtime::{ContainerSpec, Mount, RuntimeError, SandboxSpec};
+use crate::runtime::{ContainerSpec, Mount, ObservedPod, RuntimeError, SandboxSpec};
 
 impl KubeRuntime {
     #[allow(clippy::too_many_arguments)]
@@ -24,9 +24,13 @@ impl KubeRuntime {
         sandbox_id: &str,
         sandbox: &SandboxSpec,
         pod_ips: &[String],
+        observed: &ObservedPod,
         backoff: &mut BackoffState,
     ) -> Result<(), Waiting> {
         let image_ref = self.ensure_image(pod, container, start.init, sandbox, backoff).await?;
+        // kubelet resolves the target after the pull, as the container is created.
+        let pid_target_id = crate::pods::ephemeral::target_id(pod, &container.name, observed)
+            .map_err(|m| self.config_error(pod, container, start, m))?;
         if security::needs_image_user(pod, container) {
             let user = match self.runtime.image_user(&image_ref).await {
                 Ok(user) => user.unwrap_or_default(),
@@ -44,7 +48,8 @@ impl KubeRuntime {
         mounts.extend(message_file.map_err(|m| self.config_error(pod, container, start, m))?);
         let hosts = self.etc_hosts_mount(pod, container, pod_ips);
         mounts.extend(hosts.map_err(|m| self.config_error(pod, container, start, m))?);
-        let spec = self.container_spec(pod, container, start, image_ref, envs, mounts)?;
+        let mut spec = self.container_spec(pod, container, start, image_ref, envs, mounts)?;
+        spec.pid_target_id = pid_target_id;
         let log_dir = Path::new(&sandbox.log_directory).join(&container.name);
         if let Err(e) = std::fs::create_dir_all(&log_dir) {
             tracing::warn!(dir = %log_dir.display(), error = %e, "cannot create container log directory");
@@ -133,6 +138,7 @@ impl KubeRuntime {
                 .map_err(config_error)?,
             envs,
             mounts,
+            pid_target_id: None,
         })
     }
 

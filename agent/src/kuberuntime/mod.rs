@@ -187,7 +187,7 @@ impl KubeRuntime {
             let Some(container) = find_container(pod, &start.name) else { continue };
             let span = tracing::info_span!("container", container = %start.name);
             let outcome = self
-                .start_container(pod, &container, start, &sandbox_id, &sandbox, &pod_ips, backoff)
+                .start_container(pod, &container, start, &sandbox_id, &sandbox, &pod_ips, observed, backoff)
                 .instrument(span)
                 .await;
             result.changed = true;

@@ -1,6 +1,7 @@
 //! Container log rotation, kubelet's `ContainerLogManager`: every 10 s each running container's CRI log is checked,
 //! and one that reached `containerLogMaxSize` is renamed to `<log>.<YYYYMMDD-hhmmss>` and reopened by the runtime
-//! (CRI `ReopenContainerLog`), keeping at most `containerLogMaxFiles` files per container.
+//! (CRI `ReopenContainerLog`), keeping at most `containerLogMaxFiles` files per container. Rotated files but the
+//! most recent are gzip-compressed to `<log>.<stamp>.gz`; readers (`/containerLogs`) never read them, as in kubelet.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,13 +20,17 @@ const COMPRESS_SUFFIX: &str = ".gz";
 pub struct RotationPlan {
     /// Leftovers and the oldest rotated files beyond the limit.
     pub remove: Vec<PathBuf>,
+    /// Rotated files kept but not yet compressed: each becomes `<file>.gz` before the log is rotated, so only the
+    /// file rotated now stays plain.
+    pub compress: Vec<PathBuf>,
     /// Where the current log goes.
     pub rotate_to: PathBuf,
 }
 
 /// kubelet's `rotateLog` decision for a log of `size` bytes with the rotated files `rotated` (`<log>.*`) beside it:
 /// nothing below `max_size`; else temporary files go, the oldest rotated files go so that with the current log and
-/// the one rotated now at most `max_files` remain, and the log is renamed with the time.
+/// the one rotated now at most `max_files` remain, the remaining plain ones are compressed, and the log is renamed
+/// with the time.
 pub fn plan_rotation(
     log: &Path,
     size: u64,
@@ -54,8 +59,28 @@ pub fn plan_rotation(
         let excess = kept.len() - max_rotated;
         remove.extend(kept.drain(..excess));
     }
+    let compress = kept.into_iter().filter(|k| !k.to_string_lossy().ends_with(COMPRESS_SUFFIX)).collect();
     let stamp = now.strftime(TIMESTAMP_FORMAT).to_string();
-    Some(RotationPlan { remove, rotate_to: PathBuf::from(format!("{}.{stamp}", log.display())) })
+    Some(RotationPlan { remove, compress, rotate_to: PathBuf::from(format!("{}.{stamp}", log.display())) })
+}
+
+/// kubelet's `compressLog`: gzip into `<log>.tmp`, rename to `<log>.gz`, then remove the plain file. A failure
+/// leaves the plain file and no temporary one.
+pub fn compress_log(log: &Path) -> std::io::Result<()> {
+    let tmp = PathBuf::from(format!("{}{TMP_SUFFIX}", log.display()));
+    let write = || -> std::io::Result<()> {
+        let mut r = std::fs::File::open(log)?;
+        let f = std::fs::File::create(&tmp)?;
+        let mut w = flate2::write::GzEncoder::new(f, flate2::Compression::default());
+        std::io::copy(&mut r, &mut w)?;
+        w.finish()?.sync_all()?;
+        std::fs::rename(&tmp, format!("{}{COMPRESS_SUFFIX}", log.display()))
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::remove_file(log)
 }
 
 fn rotated_files(log: &Path) -> Vec<PathBuf> {
@@ -96,6 +121,11 @@ pub async fn rotate_logs(runtime: &Runtime, max_size: u64, max_files: usize) {
             if let Err(e) = std::fs::remove_file(r) {
                 tracing::warn!(path = %r.display(), error = %e, "failed to remove a rotated container log");
             }
+        }
+        // As kubelet: a file that cannot be compressed stops this rotation, to be tried again next period.
+        if let Some(e) = plan.compress.iter().find_map(|r| compress_log(r).err().map(|e| (r, e))) {
+            tracing::warn!(path = %e.0.display(), error = %e.1, "failed to compress a rotated container log");
+            continue;
         }
         if let Err(e) = std::fs::rename(&log, &plan.rotate_to) {
             tracing::warn!(path = %log.display(), error = %e, "failed to rotate a container log");
@@ -166,5 +196,33 @@ mod tests {
         let rotated = vec![PathBuf::from("/l/0.log.20240101-000000"), PathBuf::from("/l/0.log.20240101-000000.gz")];
         let plan = plan_rotation(Path::new("/l/0.log"), 100, &rotated, 100, 5, now()).unwrap();
         assert_eq!(plan.remove, vec![PathBuf::from("/l/0.log.20240101-000000")]);
+    }
+
+    #[test]
+    fn kept_rotated_files_are_compressed_before_the_log_is_rotated() {
+        let rotated: Vec<PathBuf> = ["0.log.20240101-000000.gz", "0.log.20240102-000000.gz", "0.log.20240103-000000"]
+            .iter()
+            .map(|n| Path::new("/l").join(n))
+            .collect();
+        let plan = plan_rotation(Path::new("/l/0.log"), 100, &rotated, 100, 4, now()).unwrap();
+        // Compressed files count against the limit like plain ones, oldest first.
+        assert_eq!(plan.remove, vec![PathBuf::from("/l/0.log.20240101-000000.gz")]);
+        assert_eq!(plan.compress, vec![PathBuf::from("/l/0.log.20240103-000000")]);
+    }
+
+    #[test]
+    fn compressing_replaces_the_file_with_its_gzip() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log.20240101-000000");
+        std::fs::write(&log, "2024-01-01T00:00:00Z stdout F hello\n").unwrap();
+        compress_log(&log).unwrap();
+        assert!(!log.exists());
+        let gz = std::fs::File::open(dir.path().join("0.log.20240101-000000.gz")).unwrap();
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(gz).read_to_string(&mut text).unwrap();
+        assert_eq!(text, "2024-01-01T00:00:00Z stdout F hello\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+        assert!(compress_log(&dir.path().join("missing")).is_err());
     }
 }

@@ -15,6 +15,10 @@ pub const OUT_OF_MEMORY: &str = "OutOfmemory";
 pub const OUT_OF_PODS: &str = "OutOfpods";
 pub const NODE_AFFINITY: &str = "NodeAffinity";
 pub const NODE_NAME: &str = "NodeName";
+pub const POD_OS_SELECTOR_NODE_LABEL_DOES_NOT_MATCH: &str = "PodOSSelectorNodeLabelDoesNotMatch";
+pub const POD_OS_NOT_SUPPORTED: &str = "PodOSNotSupported";
+/// The OS label kubelet compares with its own OS (`kubernetes.io/os`).
+const LABEL_OS: &str = "kubernetes.io/os";
 /// The scheduler plugins' failure descriptions, which kubelet copies into the rejection message.
 const NODE_AFFINITY_DESC: &str = "node(s) didn't match Pod's node affinity/selector";
 const NODE_NAME_DESC: &str = "node(s) didn't match the requested node name";
@@ -64,6 +68,22 @@ fn predicate(name: &'static str, desc: &str) -> Rejection {
 /// are critical to kubelet: it preempts other pods to make room for them rather than rejecting them, so the
 /// resource checks do not apply to them here.
 pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeInfo, is_static: bool) -> Result<(), Rejection> {
+    // kubelet checks the pod's OS before anything else. The node's own OS label is taken to be the agent's OS
+    // whatever the Node says, as kubelet's status reconcile would put it back.
+    let os = std::env::consts::OS;
+    let labels = pod.metadata.labels.as_ref();
+    if labels.and_then(|l| l.get(LABEL_OS)).is_some_and(|v| v != os) {
+        return Err(Rejection {
+            reason: POD_OS_SELECTOR_NODE_LABEL_DOES_NOT_MATCH,
+            message: "Failed to admit pod as the `kubernetes.io/os` label doesn't match node label".into(),
+        });
+    }
+    if spec::spec(pod).os.as_ref().is_some_and(|o| o.name != os) {
+        return Err(Rejection {
+            reason: POD_OS_NOT_SUPPORTED,
+            message: "Failed to admit pod as the OS field doesn't match node OS".into(),
+        });
+    }
     // The scheduler's order: resources (pods, then cpu, then memory), node affinity, node name.
     if !is_static {
         let used_pods = admitted.len() as i128;
@@ -284,6 +304,23 @@ mod tests {
         );
         assert_eq!(verdict(json!([{}])), Err("NodeAffinity"));
         assert_eq!(verdict(json!([])), Err("NodeAffinity"));
+    }
+
+    #[test]
+    fn a_pod_for_another_os_is_rejected_before_resources_by_field_and_by_label() {
+        let mut p = pod(json!({"os": {"name": "windows"}}), "100", "1Gi");
+        let r = admit(&p, &[], &node(), true).unwrap_err();
+        assert_eq!(
+            (r.reason, r.message.as_str()),
+            ("PodOSNotSupported", "Failed to admit pod as the OS field doesn't match node OS")
+        );
+        if let Some(s) = p.spec.as_mut() {
+            s.os = None;
+        }
+        p.metadata.labels = Some([("kubernetes.io/os".to_owned(), "windows".to_owned())].into());
+        assert_eq!(admit(&p, &[], &node(), false).unwrap_err().reason, "PodOSSelectorNodeLabelDoesNotMatch");
+        let linux = pod(json!({"os": {"name": "linux"}}), "1", "1Mi");
+        assert_eq!(admit(&linux, &[], &node(), false), Ok(()));
     }
 
     #[test]

@@ -47,6 +47,24 @@ pub fn find(pod: &Pod, name: &str) -> Option<Container> {
     ephemeral_containers(pod).iter().find(|e| e.name == name).map(as_container)
 }
 
+/// kubelet's `getTargetID`: the runtime ID of the running container whose PID namespace the named ephemeral
+/// container joins, `None` without a target; an error when the target is not running, which fails the start as a
+/// `CreateContainerConfigError`.
+pub fn target_id(pod: &Pod, name: &str, observed: &ObservedPod) -> Result<Option<String>, String> {
+    let Some(target) = ephemeral_containers(pod)
+        .iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.target_container_name.as_deref())
+        .filter(|t| !t.is_empty())
+    else {
+        return Ok(None);
+    };
+    match observed.latest_container(target) {
+        Some(c) if c.state == ContainerRunState::Running => Ok(Some(c.id.clone())),
+        _ => Err(format!("unable to find target container {target}")),
+    }
+}
+
 /// Adds the ephemeral containers to start to `actions`: those without any instance, when the pod's sandbox runs and
 /// stays (not while it is being created or killed), first in the start order.
 pub fn add_ephemeral_starts(pod: &Pod, observed: &ObservedPod, actions: &mut PodActions) {
@@ -238,5 +256,17 @@ mod tests {
         assert_eq!(s[0].state.as_ref().unwrap().terminated.as_ref().unwrap().reason.as_deref(), Some("Error"));
         let plain: Pod = serde_json::from_value(serde_json::json!({"spec": {"containers": []}})).unwrap();
         assert_eq!(ephemeral_container_statuses(&plain, &observed, &BTreeMap::new(), "containerd"), None);
+    }
+
+    #[test]
+    fn a_target_joins_the_running_target_containers_pid_namespace() {
+        let mut p = pod();
+        assert_eq!(target_id(&p, "debugger", &running_sandbox()), Ok(None));
+        p.spec.as_mut().unwrap().ephemeral_containers.as_mut().unwrap()[0].target_container_name = Some("app".into());
+        assert_eq!(target_id(&p, "debugger", &running_sandbox()), Ok(Some("app-id".into())));
+        let mut exited = running_sandbox();
+        exited.containers[0].state = ContainerRunState::Exited;
+        assert_eq!(target_id(&p, "debugger", &exited), Err("unable to find target container app".into()));
+        assert_eq!(target_id(&p, "app", &running_sandbox()), Ok(None));
     }
 }

@@ -38,11 +38,29 @@ pub struct PodEvent {
     pub namespace: String,
     pub name: String,
     pub uid: String,
-    /// `spec.containers{name}` or `spec.initContainers{name}` when the event is about a container.
+    /// `spec.containers{name}`, `spec.initContainers{name}` or `spec.ephemeralContainers{name}` when the event is about a container.
     pub field_path: Option<String>,
     pub kind: EventType,
     pub reason: &'static str,
     pub message: String,
+}
+
+/// kubelet's `fieldPath` (pkg/kubelet/container/ref.go): where the named container is in the pod's spec, looked up in
+/// containers, init containers, then ephemeral containers; `init` decides for a name the spec no longer has.
+pub fn container_field_path(pod: &Pod, name: &str, init: bool) -> String {
+    let s = spec::spec(pod);
+    let list = if s.containers.iter().any(|c| c.name == name) {
+        "containers"
+    } else if s.init_containers.iter().flatten().any(|c| c.name == name) {
+        "initContainers"
+    } else if s.ephemeral_containers.iter().flatten().any(|c| c.name == name) {
+        "ephemeralContainers"
+    } else if init {
+        "initContainers"
+    } else {
+        "containers"
+    };
+    format!("spec.{list}{{{name}}}")
 }
 
 #[derive(Debug, Clone, Default)]
@@ -63,8 +81,7 @@ impl EventRecorder {
         reason: &'static str,
         message: String,
     ) {
-        let field_path = container
-            .map(|(name, init)| format!("spec.{}{{{name}}}", if init { "initContainers" } else { "containers" }));
+        let field_path = container.map(|(name, init)| container_field_path(pod, name, init));
         match kind {
             EventType::Normal => tracing::info!(reason, "{message}"),
             EventType::Warning => tracing::warn!(reason, "{message}"),
@@ -80,5 +97,26 @@ impl EventRecorder {
                 message,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_paths_name_the_list_the_container_is_in() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "spec": {
+                "initContainers": [{"name": "setup"}],
+                "containers": [{"name": "app"}],
+                "ephemeralContainers": [{"name": "debugger"}],
+            }
+        }))
+        .unwrap();
+        assert_eq!(container_field_path(&pod, "app", false), "spec.containers{app}");
+        assert_eq!(container_field_path(&pod, "setup", true), "spec.initContainers{setup}");
+        assert_eq!(container_field_path(&pod, "debugger", false), "spec.ephemeralContainers{debugger}");
+        assert_eq!(container_field_path(&pod, "gone", true), "spec.initContainers{gone}");
     }
 }

@@ -25,7 +25,6 @@ pub fn unsupported_fields(pod: &Pod) -> Vec<String> {
     };
     pod_field(s.runtime_class_name.is_some(), "spec.runtimeClassName");
     pod_field(s.host_users == Some(false), "spec.hostUsers");
-    pod_field(s.os.as_ref().is_some_and(|os| os.name != "linux"), "spec.os.name");
     pod_field(s.resource_claims.as_ref().is_some_and(|c| !c.is_empty()), "spec.resourceClaims");
     let init = spec::init_containers(pod).iter().enumerate().map(|(i, c)| (format!("spec.initContainers[{i}]"), c));
     let app = s.containers.iter().enumerate().map(|(i, c)| (format!("spec.containers[{i}]"), c));

@@ -100,6 +100,8 @@ pub struct PodWorker {
     deadline_exceeded: bool,
     /// Termination messages of exited instances, by container ID: read once, as they do not change.
     termination_messages: HashMap<String, String>,
+    /// The volumes of the finished pod are torn down.
+    volumes_torn_down: bool,
 }
 
 impl PodWorker {
@@ -124,6 +126,7 @@ impl PodWorker {
             start_recorded: false,
             last_status: known,
             published: false,
+            volumes_torn_down: false,
             deadline_exceeded: false,
             termination_messages: HashMap::new(),
             ctx,
@@ -274,6 +277,19 @@ impl PodWorker {
             self.ctx.store.set_status(&uid, status.clone());
             self.last_status = Some(status);
             self.published = true;
+        }
+        // kubelet tears a finished pod's volumes down once nothing of it runs: memory-backed ones hold node memory.
+        let finished = self
+            .last_status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        if finished
+            && !self.volumes_torn_down
+            && observed.containers.iter().all(|c| c.state != ContainerRunState::Running)
+        {
+            self.ctx.kuberuntime.volumes.unmount_volumes(&uid);
+            self.volumes_torn_down = true;
         }
         // Sync again when the deadline passes.
         let resync_after = match (actions.resync_after, deadline_left.filter(|d| !d.is_zero())) {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use tokio::sync::{watch, Notify};
@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::handlers::{self, Target};
+use super::metrics::{ProbeTarget, PROBER_METRICS};
 use super::state::{Outcome, ProbeParams, ProbeState};
 use super::{ProbeKind, ProbeResult, ProbeResults};
 use crate::pods::events::{EventRecorder, EventType};
@@ -45,6 +46,19 @@ pub struct Prober {
     started: HashMap<String, Arc<watch::Sender<bool>>>,
     /// The pod is being terminated: liveness and startup probes stop, readiness goes on.
     terminating: Arc<AtomicBool>,
+    /// The pod last synced, whose probes' metrics go when the workers stop.
+    pod: Option<Arc<Pod>>,
+}
+
+/// The labels of a probe's metrics.
+fn metrics_target(pod: &Pod, container: String, kind: ProbeKind) -> ProbeTarget {
+    ProbeTarget {
+        namespace: spec::namespace(pod).to_owned(),
+        pod: spec::name(pod).to_owned(),
+        pod_uid: spec::uid(pod).to_owned(),
+        container,
+        kind,
+    }
 }
 
 /// The probes of a container by kind.
@@ -73,6 +87,7 @@ impl Prober {
             workers: HashMap::new(),
             started: HashMap::new(),
             terminating: Arc::default(),
+            pod: None,
         }
     }
 
@@ -83,6 +98,7 @@ impl Prober {
 
     /// Starts workers for container instances newly running and stops those of instances no longer running.
     pub fn sync(&mut self, pod: &Arc<Pod>, observed: &ObservedPod, host_ips: &[String]) {
+        self.pod = Some(pod.clone());
         let pod_ip = observed
             .latest_sandbox()
             .filter(|s| s.ready)
@@ -136,7 +152,11 @@ impl Prober {
                 self.workers.insert(key, Worker { container_id: running.id.clone(), task });
             }
         }
-        self.workers.retain(|k, _| keep.contains(k));
+        let gone: Vec<(String, ProbeKind)> = self.workers.keys().filter(|k| !keep.contains(k)).cloned().collect();
+        for (container, kind) in gone {
+            self.workers.remove(&(container.clone(), kind));
+            PROBER_METRICS.forget(&metrics_target(pod, container, kind));
+        }
         let live: Vec<&str> = self.workers.values().map(|w| w.container_id.as_str()).collect();
         self.started.retain(|id, _| live.contains(&id.as_str()));
         if let Ok(mut r) = self.results.lock() {
@@ -152,7 +172,11 @@ impl Prober {
 
     /// Stops every worker (the pod is gone).
     pub fn stop(&mut self) {
-        self.workers.clear();
+        for ((container, kind), _) in self.workers.drain() {
+            if let Some(pod) = &self.pod {
+                PROBER_METRICS.forget(&metrics_target(pod, container, kind));
+            }
+        }
         self.started.clear();
     }
 }
@@ -199,7 +223,10 @@ impl ProbeJob {
                 continue;
             }
             let target = Target { container: &self.container, container_id: &self.container_id, pod_ip: &self.pod_ip };
+            let began = Instant::now();
             let out = handlers::run(&self.runtime, &self.probe, target, self.params.timeout).await;
+            let labels = metrics_target(&self.pod, self.container.name.clone(), self.kind);
+            PROBER_METRICS.observe(&labels, out.outcome, began.elapsed());
             self.record_event(out.outcome, &out.output);
             tracing::debug!(outcome = ?out.outcome, output = %out.output, "probe ran");
             if let Some(result) = state.record(out.outcome) {

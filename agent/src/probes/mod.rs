@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod handlers;
 pub mod http;
 pub mod manager;
+pub mod metrics;
 pub mod state;
 
 use std::collections::BTreeMap;

@@ -598,6 +598,19 @@ fn namespace_options(spec: &SandboxSpec) -> cri::NamespaceOption {
     }
 }
 
+/// kubelet's `generateLinuxContainerConfig`: a container with a namespace target joins its PID namespace, unless the
+/// pod already shares one (shareProcessNamespace, hostPID).
+fn container_namespace_options(sandbox: &SandboxSpec, pid_target_id: Option<&str>) -> cri::NamespaceOption {
+    let mut options = namespace_options(sandbox);
+    if let Some(target) = pid_target_id {
+        if options.pid == cri::NamespaceMode::Container as i32 {
+            options.pid = cri::NamespaceMode::Target as i32;
+            options.target_id = target.to_owned();
+        }
+    }
+    options
+}
+
 fn security_profile(profile: &SeccompProfile) -> cri::SecurityProfile {
     use cri::security_profile::ProfileType;
     match profile {
@@ -737,7 +750,7 @@ fn container_config(spec: &ContainerSpec, sandbox: &SandboxSpec) -> cri::Contain
                     ..Default::default()
                 }),
                 privileged: sc.privileged,
-                namespace_options: Some(namespace_options(sandbox)),
+                namespace_options: Some(container_namespace_options(sandbox, spec.pid_target_id.as_deref())),
                 selinux_options: sc.selinux.as_ref().map(selinux_option),
                 run_as_user: sc.run_as_user.map(|value| cri::Int64Value { value }),
                 run_as_group: sc.run_as_group.map(|value| cri::Int64Value { value }),
@@ -778,5 +791,21 @@ mod cri_clock_tests {
         std::thread::sleep(Duration::from_millis(20));
         clock.leave();
         assert!(clock.total() >= overlapped + Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_target_joins_the_targets_namespace_unless_the_pod_shares_one() {
+        let sandbox = SandboxSpec::default();
+        let o = container_namespace_options(&sandbox, Some("abc"));
+        assert_eq!((o.pid, o.target_id.as_str()), (cri::NamespaceMode::Target as i32, "abc"));
+        assert_eq!(container_namespace_options(&sandbox, None).pid, cri::NamespaceMode::Container as i32);
+        let shared = SandboxSpec { share_process_namespace: true, ..Default::default() };
+        let o = container_namespace_options(&shared, Some("abc"));
+        assert_eq!((o.pid, o.target_id.as_str()), (cri::NamespaceMode::Pod as i32, ""));
     }
 }

@@ -187,6 +187,9 @@ pub struct ContainerSpec {
     pub security: ContainerSecurity,
     /// Volume mounts, kubelet's `makeMounts`.
     pub mounts: Vec<Mount>,
+    /// The running container whose PID namespace this one joins: an ephemeral container's `targetContainerName`
+    /// (`kubectl debug --target`), CRI namespace mode TARGET.
+    pub pid_target_id: Option<String>,
 }
 
 /// A bind mount of a host path into a container (CRI `Mount`).

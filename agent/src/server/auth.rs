@@ -18,6 +18,17 @@ pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
 /// Caches are pruned of expired entries once they hold this many.
 const CACHE_PRUNE_AT: usize = 4096;
 
+/// kubelet's `BuildAuthz` error when Webhook authorisation has no API server to ask.
+pub const NO_CLIENT_FOR_WEBHOOK_AUTHORIZATION: &str = "no client provided, cannot use webhook authorization";
+
+/// Whether the agent must refuse to start: Webhook authorisation set explicitly without an API server, as kubelet
+/// refuses. The mode defaulted from a config file (a standalone node) only warns: the server then refuses every
+/// request instead.
+pub fn refuse_without_api_server(auth: &ServerAuth, has_api_server: bool) -> Option<&'static str> {
+    (!has_api_server && auth.authorization_mode == AuthorizationMode::Webhook && auth.authorization_mode_set)
+        .then_some(NO_CLIENT_FOR_WEBHOOK_AUTHORIZATION)
+}
+
 /// kubelet's `isSubpath`: `path` itself or anything below it.
 fn is_subpath(request: &str, path: &str) -> bool {
     let path = path.trim_end_matches('/');
@@ -269,6 +280,7 @@ mod tests {
             authentication_cache_ttl: Duration::from_secs(120),
             anonymous,
             authorization_mode: mode,
+            authorization_mode_set: true,
             authorized_ttl: Duration::from_secs(300),
             unauthorized_ttl: Duration::from_secs(30),
         }
@@ -304,5 +316,15 @@ mod tests {
                 "Authorization error (user=u, verb=get, resource=nodes, subresource=stats)".into()
             ))
         );
+    }
+
+    #[test]
+    fn webhook_authorization_set_without_an_api_server_refuses_to_start() {
+        let webhook = config(false, AuthorizationMode::Webhook);
+        assert_eq!(refuse_without_api_server(&webhook, false), Some(NO_CLIENT_FOR_WEBHOOK_AUTHORIZATION));
+        assert_eq!(refuse_without_api_server(&webhook, true), None);
+        assert_eq!(refuse_without_api_server(&config(false, AuthorizationMode::AlwaysAllow), false), None);
+        let defaulted = ServerAuth { authorization_mode_set: false, ..webhook };
+        assert_eq!(refuse_without_api_server(&defaulted, false), None, "a standalone node's file defaults start");
     }
 }

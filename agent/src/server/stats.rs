@@ -57,9 +57,9 @@ pub async fn resource_metrics(State(s): State<StatsState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-/// The prober's metric family; samples appear once probe workers report results.
+/// kubelet's `/metrics/probes`: the prober's counters and durations.
 pub async fn probe_metrics() -> Response {
-    let text = "# HELP prober_probe_total [ALPHA] Cumulative number of a liveness, readiness or startup probe for a container by result.\n# TYPE prober_probe_total counter\n";
+    let text = crate::probes::metrics::PROBER_METRICS.render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

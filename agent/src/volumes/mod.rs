@@ -315,6 +315,28 @@ impl VolumeManager {
         Ok(mounts)
     }
 
+    /// Tears down the volumes of a pod that has finished, keeping its folder until the pod is gone.
+    pub fn unmount_volumes(&self, uid: &str) {
+        self.tokens.forget_pod(uid);
+        let dir = self.pod_dir(uid).join("volumes");
+        if !dir.exists() {
+            return;
+        }
+        for m in mounts_under(&dir).into_iter().rev() {
+            if let Err(e) = unmount(&m) {
+                tracing::warn!(uid, path = %m.display(), error = %e, "cannot unmount pod volume");
+            }
+        }
+        if !mounts_under(&dir).is_empty() {
+            tracing::warn!(uid, dir = %dir.display(), "volumes folder still holds mounts; not removing it");
+            return;
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::info!(uid, "volumes of the finished pod torn down"),
+            Err(e) => tracing::warn!(uid, dir = %dir.display(), error = %e, "cannot remove the volumes folder"),
+        }
+    }
+
     /// Tears the pod's volumes down and removes its folder, once its containers are gone.
     pub fn unmount_pod(&self, uid: &str) {
         self.tokens.forget_pod(uid);
