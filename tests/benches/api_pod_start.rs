@@ -24,7 +24,7 @@ use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use rkubelet_tests::agent::{tail, Agent};
-use rkubelet_tests::containerd::{is_root, Containerd};
+use rkubelet_tests::containerd::{is_root, unmount_under, Containerd};
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
 use serde_json::json;
 
@@ -235,6 +235,8 @@ impl Drop for NodeUnderTest {
         }
         if self.kind == AgentKind::Kubelet {
             let _ = Command::new("bash").arg(self.kit.join("kubelet.sh")).args(["--stop", &self.node]).output();
+            // kubelet bind-mounts its root dir onto itself (and its pods' volumes below it); the mounts outlive it.
+            unmount_under(&[self._dir.path().to_owned()]);
         }
     }
 }

@@ -1004,7 +1004,7 @@ pub fn mounts_under(prefixes: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// Unmounts (lazily if busy) everything at or below `prefixes`.
-pub(crate) fn unmount_under(prefixes: &[PathBuf]) {
+pub fn unmount_under(prefixes: &[PathBuf]) {
     for _ in 0..5 {
         let mounts = mounts_under(prefixes);
         if mounts.is_empty() {
