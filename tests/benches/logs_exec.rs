@@ -24,6 +24,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use rkubelet_tests::agent::{tail, Agent};
 use rkubelet_tests::containerd::{is_root, unmount_under, Containerd};
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
+use rkubelet_tests::kit::{env_number, kit_dir, kit_script};
 use serde_json::json;
 
 const PREFIX: &str = "bench logs_exec";
@@ -96,27 +97,6 @@ fn reexec_private() -> Result<()> {
         .context("run unshare")?;
     ensure!(status.success(), "the bench in its mount namespace failed: {status}");
     Ok(())
-}
-
-fn kit_dir() -> PathBuf {
-    match std::env::var_os("RKUBELET_K8S_KIT") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s"),
-    }
-}
-
-fn env_number(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().with_context(|| format!("{name}={v:?}: want a number")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn kit_script(kit: &Path, script: &str, args: &[&str]) -> Result<String> {
-    let out =
-        Command::new("bash").arg(kit.join(script)).args(args).output().with_context(|| format!("run {script}"))?;
-    ensure!(out.status.success(), "{script} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_owned())
 }
 
 fn node_ip() -> Result<String> {

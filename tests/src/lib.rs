@@ -14,5 +14,6 @@ pub mod apiserver;
 pub mod containerd;
 pub mod grpc_image;
 pub mod images;
+pub mod kit;
 pub mod oracle;
 pub mod proxy;

@@ -1,0 +1,36 @@
+//! The control-plane kit (`../shared/k8s`) as the benches drive it: where it is and how its scripts are run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+
+/// `RKUBELET_K8S_KIT`, else the kit beside the checkout.
+pub fn kit_dir() -> PathBuf {
+    match std::env::var_os("RKUBELET_K8S_KIT") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s"),
+    }
+}
+
+/// A numeric setting from the environment, or `default` when unset.
+pub fn env_number(name: &str, default: usize) -> Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().with_context(|| format!("{name}={v:?}: want a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Runs a kit script and returns the last line it printed (the scripts print their result last).
+pub fn kit_script(kit: &Path, script: &str, args: &[&str]) -> Result<String> {
+    let out =
+        Command::new("bash").arg(kit.join(script)).args(args).output().with_context(|| format!("run {script}"))?;
+    ensure!(
+        out.status.success(),
+        "{script} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(stdout.lines().last().unwrap_or_default().trim().to_owned())
+}
