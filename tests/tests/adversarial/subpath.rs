@@ -1,0 +1,1 @@
+//! (attacks on this boundary are added here)
