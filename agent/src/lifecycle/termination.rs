@@ -79,32 +79,49 @@ fn read_at_most(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(data)
 }
 
-/// The last `lines` log lines of a CRI log file (`<time> <stream> <P|F> <content>`, partial lines joined), at most
-/// `max_bytes` from their end, as kubelet's `readLastStringFromContainerLogs` gives them.
+/// The last `lines` log lines of a CRI log file, at most `max_bytes` from their end, as kubelet's
+/// `readLastStringFromContainerLogs` gives them (`ReadLogs` with `TailLines` into a circular buffer).
 pub fn last_log_lines(path: &Path, lines: usize, max_bytes: usize) -> String {
-    let Ok(data) = read_at_most(path, LOG_TAIL_READ) else { return String::new() };
-    let text = String::from_utf8_lossy(&data);
-    let mut logical: Vec<String> = Vec::new();
-    let mut partial = String::new();
-    for line in text.lines() {
-        let mut parts = line.splitn(4, ' ');
-        let (Some(_time), Some(_stream), Some(tag)) = (parts.next(), parts.next(), parts.next()) else { continue };
-        let content = parts.next().unwrap_or("");
-        partial.push_str(content);
-        if tag != "P" {
-            partial.push('\n');
-            logical.push(std::mem::take(&mut partial));
+    String::from_utf8_lossy(&log_tail_within(path, lines, max_bytes, LOG_TAIL_READ)).into_owned()
+}
+
+/// [`last_log_lines`], in bytes, reading at most the last `window` bytes of the file. kubelet reads back as far as the
+/// lines go; this bound keeps the read small. A window that starts inside a line has lost that line's header, so
+/// the fragment is dropped: containerd splits lines at 16 KiB, so in the default 256 KiB window this loses nothing
+/// of the 2 KiB kept.
+fn log_tail_within(path: &Path, lines: usize, max_bytes: usize, window: u64) -> Vec<u8> {
+    // One byte more than the window: whether the byte before it ends a line.
+    let Ok(data) = read_at_most(path, window.saturating_add(1)) else { return Vec::new() };
+    let whole = data.len() as u64 <= window;
+    let data = if whole {
+        &data[..]
+    } else {
+        match data.iter().position(|&c| c == b'\n') {
+            Some(i) => &data[i + 1..],
+            None => &[][..],
         }
+    };
+    tail_log_content(data, lines, max_bytes)
+}
+
+/// What kubelet's `ReadLogs` writes for the last `lines` lines of `data` (`tail.FindTailLineStartIndex`: lines
+/// as written, `P` and `F` alike, an unterminated last one not counted), keeping the last `max_bytes`. Lines that
+/// do not parse are skipped and not counted; a partial line's content has no newline, so a chain of `P` lines
+/// and its `F` line make one line of output.
+fn tail_log_content(data: &[u8], lines: usize, max_bytes: usize) -> Vec<u8> {
+    let start = data.iter().enumerate().rev().filter(|(_, &c)| c == b'\n').nth(lines).map_or(0, |(i, _)| i + 1);
+    let mut out = Vec::new();
+    let mut left = lines;
+    for line in data[start..].split_inclusive(|&c| c == b'\n') {
+        if left == 0 {
+            break;
+        }
+        let Ok(parsed) = crate::server::logs::parse_cri_line(line) else { continue };
+        out.extend_from_slice(parsed.content);
+        left -= 1;
     }
-    // A last line without its newline (`echo -n`) is only ever written as partial.
-    if !partial.is_empty() {
-        logical.push(partial);
-    }
-    let start = logical.len().saturating_sub(lines);
-    let joined: String = logical[start..].concat();
-    let bytes = joined.as_bytes();
-    let cut = bytes.len().saturating_sub(max_bytes);
-    String::from_utf8_lossy(&bytes[cut..]).into_owned()
+    let cut = out.len().saturating_sub(max_bytes);
+    out.split_off(cut)
 }
 
 /// kubelet's termination message of an exited instance: the message file, else (`FallbackToLogsOnError`, failed,
@@ -235,8 +252,9 @@ mod tests {
         assert_eq!(message(&c, &record(0), dir.path(), &log), "");
         let m = message(&c, &record(1), dir.path(), &log);
         assert!(m.ends_with("line 99\npart-joined\nno-newline"), "{m:?}");
-        // The last 80 lines: "line 22" onwards.
-        assert!(m.starts_with("line 22\n"), "{m:?}");
+        // The last 80 lines as written, a partial line counting as one (kubelet's `FindTailLineStartIndex`):
+        // "line 23" onwards.
+        assert!(m.starts_with("line 23\n"), "{m:?}");
         // The policy File never reads the log.
         assert_eq!(message(&container(None), &record(1), dir.path(), &log), "");
         // A message written by the application wins over the log.
@@ -252,5 +270,223 @@ mod tests {
         let entries: Vec<(&str, &str)> = (0..50).map(|_| ("F", long.as_str())).collect();
         write_log(&log, &entries);
         assert_eq!(last_log_lines(&log, 80, 2048).len(), 2048);
+    }
+
+    #[test]
+    fn log_lines_keep_a_carriage_return_and_skip_a_tag_without_content_field() {
+        // kubelet's `parseCRILog` keeps every byte of the content up to the newline, and a line whose tag is not
+        // followed by a space has no content field: it does not parse and is skipped.
+        let data =
+            b"2024-01-01T00:00:00Z stdout F dos\r\n2024-01-01T00:00:01Z stdout F\n2024-01-01T00:00:02Z stderr F x\n";
+        assert_eq!(tail_log_content(data, 80, 2048), b"dos\r\nx\n");
+    }
+
+    #[test]
+    fn partial_lines_count_as_lines_of_the_tail() {
+        let data =
+            b"2024-01-01T00:00:00Z stdout F a\n2024-01-01T00:00:00Z stdout P b\n2024-01-01T00:00:00Z stdout F c\n";
+        assert_eq!(tail_log_content(data, 2, 2048), b"bc\n");
+        assert_eq!(tail_log_content(data, 1, 2048), b"c\n");
+    }
+
+    #[test]
+    fn invalid_utf8_counts_as_the_bytes_written() {
+        // The circular buffer keeps bytes; only the message is made valid UTF-8, after the cut.
+        let data = b"2024-01-01T00:00:00Z stdout F \xff\xfeab\n";
+        assert_eq!(tail_log_content(data, 80, 3), b"ab\n");
+        assert_eq!(tail_log_content(data, 80, 4), b"\xfeab\n");
+    }
+
+    #[test]
+    fn a_window_starting_inside_a_line_drops_that_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        fs::write(
+            &log,
+            "2024-01-01T00:00:00Z stdout F 2024-01-01T00:00:00Z stdout P hidden\n2024-01-01T00:00:01Z stdout F end\n",
+        )
+        .unwrap();
+        // The window starts at the timestamp inside the first line's content: that is not a line of the log.
+        assert_eq!(log_tail_within(&log, 80, 2048, 71), b"end\n");
+        // A window starting right at a line is read whole.
+        assert_eq!(log_tail_within(&log, 80, 2048, 34), b"end\n");
+        assert_eq!(log_tail_within(&log, 80, 2048, 1 << 20), b"2024-01-01T00:00:00Z stdout P hidden\nend\n");
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// One line of a CRI log as the runtime writes it, or one that does not parse.
+        #[derive(Debug, Clone)]
+        enum Rec {
+            Line { header: String, partial: bool, content: Vec<u8> },
+            Garbage(Vec<u8>),
+        }
+
+        impl Rec {
+            fn bytes(&self) -> Vec<u8> {
+                match self {
+                    Rec::Line { header, content, .. } => [header.as_bytes(), b" ", content].concat(),
+                    Rec::Garbage(b) => b.clone(),
+                }
+            }
+        }
+
+        const TIMESTAMPS: &[&str] = &[
+            "2026-11-30T06:00:00.000000000Z",
+            "2016-10-06T00:17:09.5Z",
+            "2016-10-06T02:17:09.669794202+02:00",
+            "2024-01-01T00:00:00Z",
+        ];
+        const TAGS: &[(&str, bool)] = &[("F", false), ("P", true), ("P:x", true), ("F:y", false)];
+
+        /// Content bytes: anything but a newline, with spaces, carriage returns and invalid UTF-8 common.
+        fn content() -> impl Strategy<Value = Vec<u8>> {
+            let byte = prop_oneof![
+                Just(b' '),
+                Just(b'\r'),
+                Just(0xffu8),
+                Just(0xe2u8),
+                b'a'..=b'z',
+                any::<u8>().prop_filter("no newline", |b| *b != b'\n'),
+            ];
+            prop::collection::vec(byte, 0..24)
+        }
+
+        fn rec() -> impl Strategy<Value = Rec> {
+            let line = (prop::sample::select(TIMESTAMPS), any::<bool>(), prop::sample::select(TAGS), content())
+                .prop_map(|(ts, err, (tag, partial), content)| Rec::Line {
+                    header: format!("{ts} {} {tag}", if err { "stderr" } else { "stdout" }),
+                    partial,
+                    content,
+                });
+            let garbage = prop_oneof![
+                Just(b"".to_vec()),
+                Just(b"nospace".to_vec()),
+                Just(b"yesterday stdout F x".to_vec()),
+                Just(b"2024-01-01T00:00:00Z stdlog F x".to_vec()),
+                Just(b"2024-01-01T00:00:00Z stdout F".to_vec()),
+                Just(b"2024-01-01T00:00:00Z stdout".to_vec()),
+                // A first field that is no timestamp.
+                content().prop_map(|c| [b"x".as_slice(), &c].concat()),
+            ]
+            .prop_map(Rec::Garbage);
+            prop_oneof![4 => line, 1 => garbage]
+        }
+
+        fn file(recs: &[Rec], last_terminated: bool) -> Vec<u8> {
+            let mut out = Vec::new();
+            for (i, r) in recs.iter().enumerate() {
+                out.extend_from_slice(&r.bytes());
+                if i + 1 < recs.len() || last_terminated {
+                    out.push(b'\n');
+                }
+            }
+            out
+        }
+
+        /// kubelet's `ReadLogs` with `TailLines` into a circular buffer, from the lines as generated: the last
+        /// `lines` newline-terminated lines and an unterminated last one, up to `lines` that parse; a full line's
+        /// content ends with its newline, a partial one's does not.
+        fn model(recs: &[Rec], last_terminated: bool, lines: usize, max: usize) -> Vec<u8> {
+            let terminated = if last_terminated { recs.len() } else { recs.len().saturating_sub(1) };
+            let mut out = Vec::new();
+            let mut left = lines;
+            for (i, r) in recs.iter().enumerate().skip(terminated.saturating_sub(lines)) {
+                if left == 0 {
+                    break;
+                }
+                if let Rec::Line { partial, content, .. } = r {
+                    out.extend_from_slice(content);
+                    if i < terminated && !partial {
+                        out.push(b'\n');
+                    }
+                    left -= 1;
+                }
+            }
+            out[out.len().saturating_sub(max)..].to_vec()
+        }
+
+        /// Where kubelet's tail starts in `file(recs, ..)`.
+        fn tail_offset(recs: &[Rec], last_terminated: bool, lines: usize) -> usize {
+            let terminated = if last_terminated { recs.len() } else { recs.len().saturating_sub(1) };
+            recs[..terminated.saturating_sub(lines)].iter().map(|r| r.bytes().len() + 1).sum()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn the_tail_is_what_kubelet_reads(
+                recs in prop::collection::vec(rec(), 0..16),
+                last_terminated in any::<bool>(),
+                lines in 0usize..12,
+                max in 0usize..160,
+            ) {
+                let data = file(&recs, last_terminated);
+                prop_assert_eq!(tail_log_content(&data, lines, max), model(&recs, last_terminated, lines, max));
+            }
+
+            #[test]
+            fn a_partial_chain_is_one_line(
+                pieces in prop::collection::vec(content(), 1..6),
+                stream in prop::sample::select(&["stdout", "stderr"][..]),
+            ) {
+                let mut data = Vec::new();
+                for (i, p) in pieces.iter().enumerate() {
+                    let tag = if i + 1 == pieces.len() { "F" } else { "P" };
+                    data.extend_from_slice(format!("2024-01-01T00:00:00.{i}Z {stream} {tag} ").as_bytes());
+                    data.extend_from_slice(p);
+                    data.push(b'\n');
+                }
+                let mut want = pieces.concat();
+                want.push(b'\n');
+                prop_assert_eq!(tail_log_content(&data, MAX_LOG_LINES, usize::MAX), want);
+            }
+
+        }
+
+        // These write a file per case.
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+            #[test]
+            fn a_window_holding_the_tail_reads_as_the_whole_file(
+                recs in prop::collection::vec(rec(), 0..16),
+                last_terminated in any::<bool>(),
+                lines in 0usize..12,
+                max in 0usize..160,
+                near_the_tail in any::<bool>(),
+                delta in -2i64..=2,
+                anywhere in 0u64..600,
+            ) {
+                let data = file(&recs, last_terminated);
+                let dir = tempfile::tempdir().unwrap();
+                let log = dir.path().join("0.log");
+                fs::write(&log, &data).unwrap();
+                let tail_len = (data.len() - tail_offset(&recs, last_terminated, lines)) as i64;
+                let window = if near_the_tail { (tail_len + delta).max(0) as u64 } else { anywhere };
+                let got = log_tail_within(&log, lines, max, window);
+                prop_assert!(got.len() <= max);
+                if window as i64 >= tail_len {
+                    prop_assert_eq!(got, tail_log_content(&data, lines, max));
+                }
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                data in prop::collection::vec(any::<u8>(), 0..2048),
+                lines in 0usize..100,
+                max in 0usize..4096,
+                window in 0u64..4096,
+            ) {
+                prop_assert!(tail_log_content(&data, lines, max).len() <= max);
+                let dir = tempfile::tempdir().unwrap();
+                let log = dir.path().join("0.log");
+                fs::write(&log, &data).unwrap();
+                prop_assert!(log_tail_within(&log, lines, max, window).len() <= max);
+            }
+        }
     }
 }
