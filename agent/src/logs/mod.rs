@@ -152,6 +152,9 @@ pub async fn run_log_rotation(runtime: Runtime, max_size: u64, max_files: usize)
 }
 
 #[cfg(test)]
+mod cri_format_props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
