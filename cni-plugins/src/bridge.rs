@@ -96,10 +96,15 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("veth{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
 }
 
-/// The first host address of the subnet: the gateway when IPAM names none.
-fn default_gateway(addr: IpNet) -> IpAddr {
+/// The first host address of the subnet: the gateway when IPAM names none. The delegate's result is input: an
+/// address at the very end of the address space (`ffff:…:ffff/128`) has no next address.
+fn default_gateway(addr: IpNet) -> Result<IpAddr> {
     let net = crate::ipam::to_u128(addr.network());
-    crate::ipam::from_u128(net + 1, addr.addr().is_ipv6())
+    let max = if addr.addr().is_ipv6() { u128::MAX } else { u128::from(u32::MAX) };
+    match net.checked_add(1).filter(|gw| *gw <= max) {
+        Some(gw) => Ok(crate::ipam::from_u128(gw, addr.addr().is_ipv6())),
+        None => Err(CniError::invalid_config(format!("no gateway address follows the network of {addr}"))),
+    }
 }
 
 fn ensure_bridge(h: &mut Handle, c: &BridgeConf) -> Result<Link> {
@@ -215,7 +220,7 @@ impl Bridge {
         for ip in &mut res.ips {
             ip.interface = Some(2);
             if c.is_gateway && ip.gateway.is_none() {
-                ip.gateway = Some(default_gateway(ip.address));
+                ip.gateway = Some(default_gateway(ip.address)?);
             }
         }
         if c.is_default_gateway {
@@ -437,5 +442,39 @@ impl Plugin for Bridge {
 
     fn gc(&self, args: &CmdArgs) -> Result<()> {
         delegate::exec(args, &ipam_type(args)?, "GC").map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_last_address_of_the_space_has_no_default_gateway() {
+        let err = default_gateway("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128".parse().unwrap()).unwrap_err();
+        assert_eq!(err.code, crate::error::ERR_INVALID_NETCONF);
+        assert!(default_gateway("255.255.255.255/32".parse().unwrap()).is_err());
+        assert_eq!(default_gateway("10.1.2.3/24".parse().unwrap()).unwrap().to_string(), "10.1.2.1");
+    }
+
+    fn edge_u128() -> impl Strategy<Value = u128> {
+        prop_oneof![any::<u128>(), Just(u128::MAX), Just(u128::MAX - 1), Just(0), Just(u128::from(u32::MAX))]
+    }
+
+    proptest! {
+        #[test]
+        fn a_default_gateway_is_the_address_after_the_network(
+            bits in edge_u128(),
+            v6 in any::<bool>(),
+            prefix in prop_oneof![0u8..=128, Just(32), Just(128)],
+        ) {
+            let addr = crate::ipam::from_u128(bits, v6);
+            let Ok(net) = IpNet::new(addr, prefix) else { return Ok(()) };
+            if let Ok(gw) = default_gateway(net) {
+                prop_assert_eq!(gw.is_ipv6(), v6);
+                prop_assert_eq!(crate::ipam::to_u128(gw), crate::ipam::to_u128(net.network()) + 1);
+            }
+        }
     }
 }

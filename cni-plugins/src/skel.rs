@@ -127,12 +127,20 @@ pub fn validate_container_id(id: &str) -> Result<()> {
     }
 }
 
-/// Validate an interface name as the kernel would accept it.
+/// A byte Linux's `isspace` takes (lib/ctype.c): its Latin-1 table counts 0xa0, the no-break space, which is also
+/// the second byte of UTF-8 characters such as "à".
+fn kernel_space(b: u8) -> bool {
+    matches!(b, b'\t'..=b'\r' | b' ' | 0xa0)
+}
+
+/// Validate an interface name as the kernel would accept it (`dev_valid_name`, net/core/dev.c, which looks at
+/// bytes), and as libcni does (no whitespace characters), and without control characters.
 pub fn validate_ifname(name: &str) -> Result<()> {
     let bad = name.is_empty()
         || name.len() > MAX_IFNAME_LEN
         || name == "."
         || name == ".."
+        || name.bytes().any(kernel_space)
         || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
     if bad {
         Err(CniError::invalid_env(format!("invalid CNI_IFNAME {name:?}")))
@@ -351,6 +359,78 @@ mod tests {
         let v: Value = serde_json::from_str(&o.stdout).unwrap();
         assert_eq!(v["cniVersion"], LATEST_VERSION);
         assert!(v["supportedVersions"].as_array().unwrap().iter().any(|x| x == "0.3.1"));
+    }
+
+    #[test]
+    fn interface_names_the_kernel_refuses_are_refused() {
+        // "à" is c3 a0: the kernel's isspace(0xa0) refuses it (RTNETLINK: Invalid argument).
+        assert_eq!(validate_ifname("t\u{e0}").unwrap_err().code, 4);
+        assert!(validate_ifname("t\u{e1}").is_ok());
+        assert!(validate_ifname("eth0").is_ok());
+        assert!(validate_ifname("0123456789abcde").is_ok());
+        assert!(validate_ifname("0123456789abcdef").is_err());
+    }
+
+    /// The kernel's `dev_valid_name`.
+    fn dev_valid_name(name: &[u8]) -> bool {
+        !name.is_empty()
+            && name.len() < 16
+            && name != b"."
+            && name != b".."
+            && !name.contains(&0)
+            && !name.iter().any(|&b| b == b'/' || b == b':' || kernel_space(b))
+    }
+
+    fn ifname_like() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let c = prop_oneof![
+            prop::char::range('a', 'z'),
+            prop::char::range('0', '9'),
+            prop::sample::select(
+                &['.', '-', '_', '/', ':', ' ', '\t', '\0', '\u{a0}', '\u{e0}', '\u{e1}', '\u{2000}', '\u{1F600}'][..]
+            ),
+            any::<char>(),
+        ];
+        prop::collection::vec(c, 0..18).prop_map(|v| v.into_iter().collect())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+        #[test]
+        fn an_accepted_interface_name_is_one_the_kernel_accepts(name in ifname_like()) {
+            match validate_ifname(&name) {
+                Ok(()) => proptest::prop_assert!(dev_valid_name(name.as_bytes()), "{name:?}"),
+                Err(e) => proptest::prop_assert_eq!(e.code, 4),
+            }
+            // Printable ASCII: exactly the kernel's rule.
+            if name.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+                proptest::prop_assert_eq!(validate_ifname(&name).is_ok(), dev_valid_name(name.as_bytes()));
+            }
+        }
+
+        #[test]
+        fn cni_args_round_trip(
+            pairs in proptest::collection::vec(("[A-Za-z0-9_]{1,12}", "[A-Za-z0-9_./=-]{0,12}"), 0..6),
+        ) {
+            let joined: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let parsed = parse_cni_args(&joined.join(";")).unwrap();
+            proptest::prop_assert_eq!(parsed, pairs);
+        }
+
+        #[test]
+        fn any_cni_args_parse_to_pairs_or_an_environment_error(s in "[a-zA-Z=;_ \u{0}-\u{7f}\u{e0}]{0,40}") {
+            match parse_cni_args(&s) {
+                Ok(pairs) => {
+                    for (k, v) in &pairs {
+                        proptest::prop_assert!(!k.is_empty() && !k.contains('=') && !k.contains(';') && !v.contains(';'));
+                    }
+                    let rejoined: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    proptest::prop_assert_eq!(parse_cni_args(&rejoined.join(";")).unwrap(), pairs);
+                }
+                Err(e) => proptest::prop_assert_eq!(e.code, crate::error::ERR_INVALID_ENV),
+            }
+        }
     }
 
     #[test]
