@@ -5,6 +5,7 @@
 //! file per range set, and a `lock` file that every ADD/DEL/GC holds (flock) while it reads and
 //! writes, so concurrent calls (of ours or of the reference plugin) never hand out one address twice.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -222,23 +223,36 @@ impl Store {
         Ok(Store { dir: dir.to_path_buf(), _lock: lock })
     }
 
-    /// Every allocation: (ip, container id, ifname). Files that are not named by an IP are skipped.
-    pub fn allocations(&self) -> Result<Vec<(IpAddr, String, String)>> {
+    /// Every entry named by an IP, in whatever form the name spells it: its file and, when it can be read, its
+    /// (container id, ifname).
+    fn entries(&self) -> Result<Vec<Entry>> {
         let rd = std::fs::read_dir(&self.dir)
             .map_err(|e| CniError::io(format!("failed to read {}", self.dir.display()), e))?;
         let mut out = Vec::new();
         for ent in rd.flatten() {
             let name = ent.file_name();
             let Some(ip) = name.to_str().and_then(|n| n.parse::<IpAddr>().ok()) else { continue };
-            let Ok(data) = std::fs::read_to_string(ent.path()) else { continue };
-            let data = data.trim();
-            let (id, ifname) = match data.split_once(LINE_BREAK) {
-                Some((id, ifname)) => (id.trim().to_string(), ifname.trim().to_string()),
-                None => (data.to_string(), String::new()),
-            };
-            out.push((ip, id, ifname));
+            let owner = std::fs::read_to_string(ent.path()).ok().map(|data| {
+                let data = data.trim();
+                match data.split_once(LINE_BREAK) {
+                    Some((id, ifname)) => (id.trim().to_string(), ifname.trim().to_string()),
+                    None => (data.to_string(), String::new()),
+                }
+            });
+            out.push(Entry { ip, path: ent.path(), owner });
         }
         Ok(out)
+    }
+
+    /// Every allocation: (ip, container id, ifname). Files that are not named by an IP, or cannot be read, are
+    /// skipped.
+    pub fn allocations(&self) -> Result<Vec<(IpAddr, String, String)>> {
+        Ok(self.entries()?.into_iter().filter_map(|e| e.owner.map(|(id, ifname)| (e.ip, id, ifname))).collect())
+    }
+
+    /// Every address an entry names, readable or not: none of them is handed out again.
+    pub fn named(&self) -> Result<HashSet<IpAddr>> {
+        Ok(self.entries()?.into_iter().map(|e| e.ip).collect())
     }
 
     fn ip_path(&self, ip: IpAddr) -> PathBuf {
@@ -257,9 +271,12 @@ impl Store {
             let _ = std::fs::remove_file(&path);
             return Err(CniError::io(format!("failed to write {}", path.display()), e));
         }
+        // An address whose marker cannot be written is not handed out, and not left reserved by no one either.
         let last = self.dir.join(format!("{LAST_IP_PREFIX}{set_index}"));
-        std::fs::write(&last, ip.to_string())
-            .map_err(|e| CniError::io(format!("failed to write {}", last.display()), e))?;
+        if let Err(e) = std::fs::write(&last, ip.to_string()) {
+            let _ = std::fs::remove_file(&path);
+            return Err(CniError::io(format!("failed to write {}", last.display()), e));
+        }
         Ok(true)
     }
 
@@ -275,22 +292,47 @@ impl Store {
         }
     }
 
-    /// The IPs held by (id, ifname); files from old versions that hold only the ID also match.
-    pub fn find(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
-        let all = self.allocations()?;
-        let exact: Vec<IpAddr> = all.iter().filter(|(_, i, f)| i == id && f == ifname).map(|a| a.0).collect();
-        if !exact.is_empty() {
-            return Ok(exact);
-        }
-        Ok(all.iter().filter(|(_, i, f)| i == id && f.is_empty()).map(|a| a.0).collect())
+    /// The entries held by (id, ifname); files from old versions that hold only the ID also match.
+    fn held(&self, id: &str, ifname: &str) -> Result<Vec<Entry>> {
+        let all = self.entries()?;
+        let owned = |want_ifname: &str| -> Vec<Entry> {
+            all.iter().filter(|e| e.owner.as_ref().is_some_and(|(i, f)| i == id && f == want_ifname)).cloned().collect()
+        };
+        let exact = owned(ifname);
+        Ok(if exact.is_empty() { owned("") } else { exact })
     }
 
+    /// The IPs held by (id, ifname); files from old versions that hold only the ID also match.
+    pub fn find(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        Ok(self.held(id, ifname)?.into_iter().map(|e| e.ip).collect())
+    }
+
+    /// Releases what (id, ifname) holds, by the files' own names (as the reference's `ReleaseByID`): a file
+    /// named in another spelling of its address goes too.
     pub fn release_by_id(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
-        let ips = self.find(id, ifname)?;
-        for ip in &ips {
-            self.release(*ip)?;
+        let held = self.held(id, ifname)?;
+        for e in &held {
+            e.remove()?;
         }
-        Ok(ips)
+        Ok(held.into_iter().map(|e| e.ip).collect())
+    }
+}
+
+/// A file of the store named by an address.
+#[derive(Debug, Clone)]
+struct Entry {
+    ip: IpAddr,
+    path: PathBuf,
+    owner: Option<(String, String)>,
+}
+
+impl Entry {
+    fn remove(&self) -> Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CniError::io(format!("failed to release {}", self.ip), e)),
+        }
     }
 }
 
@@ -298,6 +340,7 @@ impl Store {
 pub fn allocate(cfg: &Config, id: &str, ifname: &str) -> Result<Vec<IpConfig>> {
     let store = Store::open(&cfg.data_dir)?;
     let held = store.find(id, ifname)?;
+    let named = store.named()?;
     let mut out: Vec<IpConfig> = Vec::new();
     for (idx, set) in cfg.range_sets.iter().enumerate() {
         if let Some(ip) = held.iter().find(|ip| set.iter().any(|r| r.contains(**ip))) {
@@ -308,7 +351,16 @@ pub fn allocate(cfg: &Config, id: &str, ifname: &str) -> Result<Vec<IpConfig>> {
                 "{ip} has been allocated to {id}, duplicate allocation is not allowed"
             )));
         }
-        match next_free(&store, set, idx, id, ifname)? {
+        let free = match next_free(&store, set, idx, id, ifname, &named) {
+            Ok(free) => free,
+            Err(e) => {
+                for done in &out {
+                    let _ = store.release(done.address.addr());
+                }
+                return Err(e);
+            }
+        };
+        match free {
             Some((ip, r)) => {
                 let address = IpNet::new(ip, r.subnet.prefix_len()).map_err(|e| CniError::internal(e.to_string()))?;
                 out.push(IpConfig { version: None, address, gateway: r.gateway, interface: None });
@@ -333,6 +385,7 @@ fn next_free<'a>(
     idx: usize,
     id: &str,
     ifname: &str,
+    named: &HashSet<IpAddr>,
 ) -> Result<Option<(IpAddr, &'a Range)>> {
     let (mut ri, mut cur) = (0usize, to_u128(set[0].start));
     if let Some(last) = store.last_reserved(idx) {
@@ -350,7 +403,7 @@ fn next_free<'a>(
     loop {
         let r = &set[ri];
         let ip = from_u128(cur, r.start.is_ipv6());
-        if Some(ip) != r.gateway && store.reserve(ip, id, ifname, idx)? {
+        if Some(ip) != r.gateway && !named.contains(&ip) && store.reserve(ip, id, ifname, idx)? {
             return Ok(Some((ip, r)));
         }
         if cur < to_u128(r.end) {
@@ -389,10 +442,11 @@ pub fn gc(cfg: &Config, valid: &[Attachment]) -> Result<()> {
         return Ok(());
     }
     let store = Store::open(&cfg.data_dir)?;
-    for (ip, id, ifname) in store.allocations()? {
-        let keep = valid.iter().any(|a| a.container_id == id && (ifname.is_empty() || a.ifname == ifname));
+    for e in store.entries()? {
+        let Some((id, ifname)) = &e.owner else { continue };
+        let keep = valid.iter().any(|a| a.container_id == *id && (ifname.is_empty() || a.ifname == *ifname));
         if !keep {
-            store.release(ip)?;
+            e.remove()?;
         }
     }
     Ok(())
@@ -440,6 +494,45 @@ mod tests {
         assert!(allocate(&c, "f", "eth0").unwrap_err().msg.contains("no IP addresses available"));
         let content = std::fs::read_to_string(d.join("10.98.0.4")).unwrap();
         assert_eq!(content, "x\r\neth0");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_marker_that_cannot_be_written_leaves_no_address_reserved() {
+        let d = tmpdir("marker");
+        let c = cfg(&d, r#"{"subnet":"10.98.0.0/29"}"#);
+        std::fs::create_dir_all(d.join("last_reserved_ip.0")).unwrap();
+        assert_eq!(allocate(&c, "a", "eth0").unwrap_err().code, crate::error::ERR_IO);
+        assert!(!d.join("10.98.0.2").exists());
+        std::fs::remove_dir_all(&d).unwrap();
+
+        // The second range set fails: the first one's address goes back too.
+        let d = tmpdir("marker2");
+        let c = cfg(&d, r#"{"ranges":[[{"subnet":"10.98.0.0/29"}],[{"subnet":"fd98::/124"}]]}"#);
+        std::fs::create_dir_all(d.join("last_reserved_ip.1")).unwrap();
+        assert_eq!(allocate(&c, "a", "eth0").unwrap_err().code, crate::error::ERR_IO);
+        assert!(!d.join("10.98.0.2").exists());
+        assert!(!d.join("fd98::2").exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_address_spelled_otherwise_is_neither_handed_out_again_nor_kept_by_del() {
+        let d = tmpdir("spelling");
+        let c = cfg(&d, r#"{"ranges":[[{"subnet":"fd98::/124"}]]}"#);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("fd98::0002"), "other\r\neth0").unwrap();
+        std::fs::write(d.join("fd98:0::3"), "a\r\neth0").unwrap();
+        // ::2 is held by "other", ::3 by "a" (which asks again: a duplicate).
+        assert!(allocate(&c, "a", "eth0").unwrap_err().msg.contains("duplicate"));
+        let b = allocate(&c, "b", "eth0").unwrap();
+        assert_eq!(b[0].address.to_string(), "fd98::4/124");
+        let store = Store::open(&d).unwrap();
+        assert_eq!(store.release_by_id("a", "eth0").unwrap(), vec!["fd98::3".parse::<IpAddr>().unwrap()]);
+        assert!(!d.join("fd98:0::3").exists());
+        drop(store);
+        gc(&c, &[]).unwrap();
+        assert!(!d.join("fd98::0002").exists());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
