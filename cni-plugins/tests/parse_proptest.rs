@@ -216,3 +216,104 @@ proptest! {
         }
     }
 }
+
+// Results: what a plugin prints and a later plugin reads back as `prevResult`.
+
+use std::net::IpAddr;
+
+use cni_plugins::ipam::from_u128;
+use cni_plugins::spec::{Dns, Interface, IpConfig, Route, SUPPORTED_VERSIONS};
+use ipnet::IpNet;
+
+fn ip() -> impl Strategy<Value = IpAddr> {
+    (prop_oneof![any::<u128>(), 0u128..300, Just(u128::MAX)], any::<bool>()).prop_map(|(v, v6)| from_u128(v, v6))
+}
+
+fn net() -> impl Strategy<Value = IpNet> {
+    (ip(), 0u8..=128).prop_map(|(a, p)| IpNet::new(a, if a.is_ipv4() { p % 33 } else { p }).unwrap())
+}
+
+fn result() -> impl Strategy<Value = CniResult> {
+    let interface =
+        ("[a-z0-9]{1,8}", "([0-9a-f]{2}:){5}[0-9a-f]{2}|", any::<Option<u32>>(), "(/var/run/netns/[a-z]{1,4})?")
+            .prop_map(|(name, mac, mtu, sandbox)| Interface { name, mac, mtu, sandbox });
+    let ipc = (net(), prop::option::of(ip()), prop::option::of(0usize..4))
+        .prop_map(|(address, gateway, interface)| IpConfig { version: None, address, gateway, interface });
+    let route = (net(), prop::option::of(ip()), any::<Option<u32>>(), any::<Option<u32>>(), any::<Option<u32>>())
+        .prop_map(|(dst, gw, mtu, priority, table)| Route { dst, gw, mtu, priority, table });
+    let dns = (
+        prop::collection::vec("[0-9.]{1,15}", 0..3),
+        "[a-z.]{0,10}",
+        prop::collection::vec("[a-z.]{1,10}", 0..3),
+        prop::collection::vec("[a-z:0-9]{1,10}", 0..3),
+    )
+        .prop_map(|(nameservers, domain, search, options)| Dns { nameservers, domain, search, options });
+    (prop::collection::vec(interface, 0..4), prop::collection::vec(ipc, 0..4), prop::collection::vec(route, 0..4), dns)
+        .prop_map(|(interfaces, ips, routes, dns)| CniResult {
+            cni_version: "1.1.0".into(),
+            interfaces,
+            ips,
+            routes,
+            dns,
+        })
+}
+
+/// The keys the spec defines for each object of a result (SPEC.md, "Success"), for the version given.
+fn check_shape(v: &Value, version: &str) -> Result<(), TestCaseError> {
+    let keys = |o: &Value, allowed: &[&str], what: &str| -> Result<(), TestCaseError> {
+        for k in o.as_object().map(|m| m.keys().collect::<Vec<_>>()).unwrap_or_default() {
+            prop_assert!(allowed.contains(&k.as_str()), "{} has {:?} in {}", what, k, version);
+        }
+        Ok(())
+    };
+    let old = version.starts_with("0.");
+    let pre_1_1 = version != "1.1.0";
+    keys(v, &["cniVersion", "interfaces", "ips", "routes", "dns"], "result")?;
+    prop_assert_eq!(v["cniVersion"].as_str(), Some(version));
+    for i in v["interfaces"].as_array().into_iter().flatten() {
+        keys(i, if pre_1_1 { &["name", "mac", "sandbox"] } else { &["name", "mac", "mtu", "sandbox"] }, "interface")?;
+    }
+    for ip in v["ips"].as_array().into_iter().flatten() {
+        keys(
+            ip,
+            if old { &["version", "address", "gateway", "interface"] } else { &["address", "gateway", "interface"] },
+            "ip",
+        )?;
+        let a: IpNet =
+            ip["address"].as_str().unwrap_or_default().parse().map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        if old {
+            prop_assert_eq!(ip["version"].as_str(), Some(if a.addr().is_ipv4() { "4" } else { "6" }));
+        }
+    }
+    for r in v["routes"].as_array().into_iter().flatten() {
+        keys(
+            r,
+            if pre_1_1 { &["dst", "gw"] } else { &["dst", "gw", "mtu", "advmss", "priority", "table", "scope"] },
+            "route",
+        )?;
+    }
+    keys(&v["dns"], &["nameservers", "domain", "search", "options"], "dns")?;
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn results_round_trip_in_every_version(r in result()) {
+        for &v in SUPPORTED_VERSIONS {
+            let shaped = r.to_version(v);
+            let text = serde_json::to_string(&shaped).unwrap();
+            check_shape(&serde_json::from_str(&text).unwrap(), v)?;
+            let back = CniResult::from_slice(text.as_bytes()).unwrap();
+            prop_assert_eq!(&back, &shaped);
+            // Read back and printed in the newest version: nothing but what the older version lacks is lost.
+            let mut want = r.to_version("1.1.0");
+            if v != "1.1.0" {
+                want.interfaces.iter_mut().for_each(|i| i.mtu = None);
+                want.routes.iter_mut().for_each(|r| (r.mtu, r.priority, r.table) = (None, None, None));
+            }
+            prop_assert_eq!(back.to_version("1.1.0"), want);
+        }
+    }
+}
