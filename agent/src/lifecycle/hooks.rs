@@ -77,12 +77,11 @@ pub async fn run(runtime: &Runtime, handler: &LifecycleHandler, target: HookTarg
             port,
             path: http::normalize_path(&path),
         };
-        let mut hdrs = headers(get.http_headers.as_deref());
-        if !hdrs.iter().any(|(k, _)| k.eq_ignore_ascii_case("User-Agent")) {
-            hdrs.push(("User-Agent".into(), USER_AGENT.into()));
-        }
-        // A hook's request has no timeout of its own: the caller's bound (the grace period) applies.
-        return http::get(&url, &hdrs, Duration::from_secs(365 * 24 * 3600)).await.map(|_| ()).map_err(failure);
+        // kubelet's hook client (`insecureContainerLifecycleHTTPClient`) is the prober's: no certificate check, the
+        // same redirect checker. A hook's request has no timeout of its own: the caller's bound (the grace period)
+        // applies. Any response counts as done, and an error reading its body is ignored (`discardHTTPRespBody`).
+        let hdrs = headers(get.http_headers.as_deref());
+        return http::get(&url, &hdrs, USER_AGENT, None).await.map(|_| ()).map_err(|e| failure(e.to_string()));
     }
     if let Some(sleep) = &handler.sleep {
         tokio::time::sleep(Duration::from_secs(u64::try_from(sleep.seconds).unwrap_or(0))).await;
