@@ -472,3 +472,25 @@ async fn terminate_requested(input: &mut watch::Receiver<WorkerInput>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_worker_waits_longer_each_time_and_starts_afresh_after_a_long_run() {
+        let mut b = PanicBackOff::default();
+        let short = Duration::from_millis(10);
+        let waits: Vec<u64> = (0..8).map(|_| b.after(short).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(b.after(PANIC_BACK_OFF_MAX), PANIC_BACK_OFF_INITIAL);
+    }
+
+    #[test]
+    fn panic_payloads_read_as_text() {
+        let caught = std::panic::catch_unwind(|| panic!("boom {}", 1)).unwrap_err();
+        assert_eq!(panic_message(caught.as_ref()), "boom 1");
+        let caught = std::panic::catch_unwind(|| std::panic::panic_any(7)).unwrap_err();
+        assert_eq!(panic_message(caught.as_ref()), "(no message)");
+    }
+}

@@ -39,10 +39,6 @@ impl Url {
             format!("{}:{}", self.host, self.port)
         }
     }
-
-    fn default_port(&self) -> bool {
-        self.port == if self.https { 443 } else { 80 }
-    }
 }
 
 impl std::fmt::Display for Url {
@@ -277,18 +273,10 @@ async fn get_once(
     let mut builder = hyper::client::conn::http1::Builder::new();
     // Go writes canonical header names (`X-Custom`), hyper lower case unless told otherwise.
     builder.title_case_headers(true);
-    let default_host = if url.default_port() {
-        if url.host.contains(':') {
-            format!("[{}]", url.host)
-        } else {
-            url.host.clone()
-        }
-    } else {
-        url.host_port()
-    };
+    // Go's `req.Host` defaults to the URL's host, which `formatURL` always gives with its port.
     let host = match host {
         Some(h) => h.clone(),
-        None => HeaderValue::from_str(&default_host).map_err(|_| "http: invalid Host header".to_owned())?,
+        None => HeaderValue::from_str(&url.host_port()).map_err(|_| "http: invalid Host header".to_owned())?,
     };
     let mut request = hyper::Request::get(url.path.as_str())
         .body(Empty::<Bytes>::new())
@@ -628,6 +616,37 @@ mod tests {
         assert_eq!((r.status, r.body.as_slice()), (500, &b"fail"[..]));
         let e = get(&url("/loop", port), &[], PROBE_USER_AGENT, T).await.unwrap_err();
         assert_eq!(e.to_string(), "Get \"/loop\": stopped after 10 redirects");
+    }
+
+    /// kubelet's prober does not verify a pod's certificate (`InsecureSkipVerify`): one issued for another name,
+    /// self-signed, is accepted.
+    #[tokio::test]
+    async fn https_probes_skip_certificate_verification() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["elsewhere.example".into()]).unwrap().self_signed(&key).unwrap();
+        let der_key = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], der_key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut s) = acceptor.accept(tcp).await else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntls").await;
+                let _ = s.shutdown().await;
+            }
+        });
+        let u = Url { https: true, ..url("/", port) };
+        let r = get(&u, &[], PROBE_USER_AGENT, T).await.unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"tls"[..]));
     }
 
     #[tokio::test]
