@@ -162,7 +162,8 @@ pub struct RequestHeaders {
     pub headers: HeaderMap,
 }
 
-/// Go's `httpguts.ValidHostHeader`: the bytes a Host header may hold.
+/// Go's `httpguts.ValidHostHeader` (`validHostByte`, golang.org/x/net/http/httpguts/httplex.go): the bytes a Host
+/// header may hold.
 fn valid_host(host: &[u8]) -> bool {
     host.iter().all(|c| c.is_ascii_alphanumeric() || b"!$%&'()*+,-.:;=[]_~".contains(c))
 }
@@ -180,6 +181,11 @@ pub fn request_headers(user: &[(String, String)], user_agent: &'static str) -> R
         // Go's message leaves the value out: it may be a secret.
         let value = HeaderValue::from_bytes(value.as_bytes())
             .map_err(|_| format!("net/http: invalid header field value for {name:?}"))?;
+        // Go's request writer leaves these out of the user's headers (`reqWriteExcludeHeader`, net/http): a GET's
+        // framing is its own, so a probe cannot announce a body it does not send.
+        if [hyper::header::TRANSFER_ENCODING, hyper::header::CONTENT_LENGTH, hyper::header::TRAILER].contains(&header) {
+            continue;
+        }
         if header == hyper::header::HOST {
             if host.is_none() {
                 if !valid_host(value.as_bytes()) {
@@ -792,6 +798,8 @@ mod tests {
         assert_eq!(r.headers.get_all("x-a").iter().count(), 2);
         assert_eq!((r.host.as_ref().map(|v| v.as_bytes()), r.headers.contains_key("host")), (Some(&b"h"[..]), false));
         assert!(!h(&[("User-Agent", "")]).headers.contains_key("user-agent"), "an empty User-Agent sends none");
+        let r = h(&[("Content-Length", "100"), ("transfer-encoding", "chunked"), ("Trailer", "x")]);
+        assert_eq!(r.headers.len(), 2, "the request's framing is not the user's: {:?}", r.headers);
     }
 
     proptest! {
@@ -806,9 +814,10 @@ mod tests {
             prop_assert_eq!(normalize_path(&target), target.clone());
         }
 
-        /// Paths of unreserved characters go as they are (with a leading slash).
+        /// Paths of unreserved characters go as they are (with a leading slash); `//…` is Go's authority form.
         #[test]
         fn plain_paths_are_kept(path in "[A-Za-z0-9._~/-]{0,40}") {
+            prop_assume!(!path.starts_with("//"));
             let target = normalize_path(&path);
             let want = if path.starts_with('/') { path.clone() } else { format!("/{path}") };
             prop_assert_eq!(target, want);
