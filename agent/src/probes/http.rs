@@ -296,10 +296,26 @@ async fn get_once(
         let config = tls_config().map_err(|e| format!("tls: {e}"))?;
         let name = rustls::pki_types::ServerName::try_from(url.host.clone())
             .map_err(|e| format!("tls: invalid server name {:?}: {e}", url.host))?;
-        let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| format!("tls: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| tls_error(&e))?;
         send(builder, TokioIo::new(tls), request).await
     } else {
         send(builder, TokioIo::new(tcp), request).await
+    }
+}
+
+/// Go's message when the server of an HTTPS request answers in plain HTTP (Go sees `HTTP/` where a TLS record
+/// header should be; rustls, a first byte that is no record type), which lifecycle hooks retry over HTTP.
+pub const HTTP_RESPONSE_TO_HTTPS: &str = "http: server gave HTTP response to HTTPS client";
+
+fn tls_error(e: &std::io::Error) -> String {
+    let plain = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)));
+    if plain {
+        HTTP_RESPONSE_TO_HTTPS.into()
+    } else {
+        format!("tls: {e}")
     }
 }
 
@@ -653,6 +669,23 @@ mod tests {
         let u = Url { https: true, ..url("/", port) };
         let r = get(&u, &[], PROBE_USER_AGENT, T).await.unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"tls"[..]));
+    }
+
+    #[tokio::test]
+    async fn https_to_a_plain_http_server_reads_as_go_does() {
+        // A plain HTTP server answers the ClientHello with a 400, as most do.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await;
+            }
+        });
+        let u = Url { https: true, ..url("/", port) };
+        let e = get(&u, &[], PROBE_USER_AGENT, T).await.unwrap_err();
+        assert_eq!(e.message, HTTP_RESPONSE_TO_HTTPS);
     }
 
     #[tokio::test]
