@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
 
+use crate::pods::events::{EventRecorder, EventType};
 use crate::pods::spec;
 use crate::probes::handlers::{headers, resolve_port, static_command};
 use crate::probes::http::{self, Url};
@@ -12,6 +13,8 @@ use crate::runtime::Runtime;
 
 /// The User-Agent of kubelet's lifecycle HTTP hooks.
 pub const USER_AGENT: &str = "kube-lifecycle/1.28";
+/// The warning of an HTTPS hook retried over HTTP (pkg/kubelet/lifecycle/handlers.go).
+pub const LIFECYCLE_HTTP_FALLBACK: &str = "LifecycleHTTPFallback";
 /// Events of failed hooks (pkg/kubelet/events).
 pub const FAILED_POST_START_HOOK: &str = "FailedPostStartHook";
 pub const FAILED_PRE_STOP_HOOK: &str = "FailedPreStopHook";
@@ -32,8 +35,34 @@ fn go_slice(items: &[String]) -> String {
     format!("[{}]", items.join(" "))
 }
 
+/// The GET of an httpGet hook, kubelet's `runHTTPHandler`: an HTTPS hook whose server answers in plain HTTP is
+/// retried over HTTP without its `Authorization` header; `Ok(Some(_))` is the message of the warning event a
+/// successful retry gets. When the retry fails too, the error is the HTTPS request's, as in kubelet.
+pub async fn http_hook(url: &Url, headers: &[(String, String)]) -> Result<Option<String>, http::GetError> {
+    let Err(e) = http::get(url, headers, USER_AGENT, None).await else { return Ok(None) };
+    if !(url.https && e.message == http::HTTP_RESPONSE_TO_HTTPS) {
+        return Err(e);
+    }
+    tracing::info!(host = %url.host_port(), "HTTPS request to lifecycle hook got HTTP response, retrying with HTTP");
+    let url = Url { https: false, ..url.clone() };
+    let headers: Vec<(String, String)> =
+        headers.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("Authorization")).cloned().collect();
+    match http::get(&url, &headers, USER_AGENT, None).await {
+        Ok(_) => Ok(Some(format!(
+            "request to HTTPS lifecycle hook {} got HTTP response, retry with HTTP succeeded",
+            url.host_port()
+        ))),
+        Err(_) => Err(e),
+    }
+}
+
 /// Runs a hook to its end (the caller bounds it in time). `Err` is kubelet's message for the failure.
-pub async fn run(runtime: &Runtime, handler: &LifecycleHandler, target: HookTarget<'_>) -> Result<(), String> {
+pub async fn run(
+    runtime: &Runtime,
+    events: &EventRecorder,
+    handler: &LifecycleHandler,
+    target: HookTarget<'_>,
+) -> Result<(), String> {
     let HookTarget { pod, container, container_id, pod_ip } = target;
     if let Some(exec) = &handler.exec {
         let command = static_command(exec.command.as_deref().unwrap_or_default(), container);
@@ -77,12 +106,18 @@ pub async fn run(runtime: &Runtime, handler: &LifecycleHandler, target: HookTarg
             port,
             path: http::normalize_path(&path),
         };
-        let mut hdrs = headers(get.http_headers.as_deref());
-        if !hdrs.iter().any(|(k, _)| k.eq_ignore_ascii_case("User-Agent")) {
-            hdrs.push(("User-Agent".into(), USER_AGENT.into()));
-        }
-        // A hook's request has no timeout of its own: the caller's bound (the grace period) applies.
-        return http::get(&url, &hdrs, Duration::from_secs(365 * 24 * 3600)).await.map(|_| ()).map_err(failure);
+        // kubelet's hook client (`insecureContainerLifecycleHTTPClient`) is the prober's: no certificate check, the
+        // same redirect checker. A hook's request has no timeout of its own: the caller's bound (the grace period)
+        // applies. Any response counts as done, and an error reading its body is ignored (`discardHTTPRespBody`).
+        let hdrs = headers(get.http_headers.as_deref());
+        return match http_hook(&url, &hdrs).await {
+            Ok(None) => Ok(()),
+            Ok(Some(fallback)) => {
+                events.record(pod, None, EventType::Warning, LIFECYCLE_HTTP_FALLBACK, fallback);
+                Ok(())
+            }
+            Err(e) => Err(failure(e.to_string())),
+        };
     }
     if let Some(sleep) = &handler.sleep {
         tokio::time::sleep(Duration::from_secs(u64::try_from(sleep.seconds).unwrap_or(0))).await;
@@ -112,6 +147,33 @@ mod tests {
         assert_eq!(grace_after_pre_stop(30, Duration::from_secs(29)), 2);
         assert_eq!(grace_after_pre_stop(5, Duration::from_secs(60)), 2);
         assert_eq!(grace_after_pre_stop(0, Duration::ZERO), 2);
+    }
+
+    /// A hook whose scheme says HTTPS against a plain HTTP server: retried over HTTP, without `Authorization`.
+    #[tokio::test]
+    async fn https_hooks_fall_back_to_http_as_kubelet_does() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+            }
+        });
+        let url = Url { https: true, host: "127.0.0.1".into(), port, path: "/hook".into() };
+        let headers = vec![("Authorization".to_string(), "Bearer secret".to_string())];
+        let fallback = http_hook(&url, &headers).await.unwrap();
+        let want =
+            format!("request to HTTPS lifecycle hook 127.0.0.1:{port} got HTTP response, retry with HTTP succeeded");
+        assert_eq!(fallback, Some(want));
+        let _client_hello = rx.recv().await.unwrap();
+        let retry = rx.recv().await.unwrap();
+        assert!(retry.starts_with("GET /hook HTTP/1.1\r\n"), "{retry}");
+        assert!(retry.contains("User-Agent: kube-lifecycle/1.28") && !retry.contains("secret"), "{retry}");
     }
 
     #[test]

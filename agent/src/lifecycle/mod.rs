@@ -27,7 +27,7 @@ pub async fn post_start(
 ) -> Result<(), Waiting> {
     let Some(handler) = container.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) else { return Ok(()) };
     let target = HookTarget { pod, container, container_id, pod_ip };
-    let Err(message) = hooks::run(&kr.runtime, handler, target).await else { return Ok(()) };
+    let Err(message) = hooks::run(&kr.runtime, &kr.events, handler, target).await else { return Ok(()) };
     tracing::warn!(%message, "postStart hook failed");
     let at = Some((container.name.as_str(), init));
     // kubelet keeps the hook's output out of the event, which anyone reading events may see.
@@ -54,7 +54,7 @@ pub async fn pre_stop(
     let began = Instant::now();
     let target = HookTarget { pod, container, container_id, pod_ip };
     let limit = std::time::Duration::from_secs(u64::try_from(grace).unwrap_or(0));
-    match tokio::time::timeout(limit, hooks::run(&kr.runtime, handler, target)).await {
+    match tokio::time::timeout(limit, hooks::run(&kr.runtime, &kr.events, handler, target)).await {
         Ok(Ok(())) => {}
         Ok(Err(message)) => {
             tracing::warn!(%message, "preStop hook failed");

@@ -13,7 +13,7 @@ use super::source::{SourceUpdate, CONFIG_SOURCE_ANNOTATION, FILE_SOURCE};
 use super::spec;
 use super::sysctl::SysctlAllowlist;
 use super::unsupported::{self, REASON_UNSUPPORTED_POD_SPEC};
-use super::worker::{PodWorker, WorkerContext, WorkerInput};
+use super::worker::{self, WorkerContext, WorkerInput};
 use crate::resources::cgroups::CgroupName;
 use crate::resources::pod::{burstable_cpu_shares, ResourceConfig};
 use crate::resources::QosClass;
@@ -331,11 +331,12 @@ impl PodManager {
         self.ctx.store.upsert_pod(uid, pod.clone());
         let (tx, rx) = watch::channel(WorkerInput { pod, terminate: false });
         let wake = Arc::new(Notify::new());
-        let worker = PodWorker::new(self.ctx.clone(), rx, wake.clone());
+        let ctx = self.ctx.clone();
+        let worker_wake = wake.clone();
         let done = self.done_tx.clone();
         let uid_owned = uid.to_owned();
         tokio::spawn(async move {
-            worker.run().await;
+            worker::run_supervised(ctx, rx, worker_wake).await;
             let _ = done.send(Done::Worker(uid_owned));
         });
         self.workers.insert(uid.to_owned(), WorkerHandle { input: tx, wake, terminating: None });

@@ -120,10 +120,12 @@ pub async fn run_exec(runtime: &Runtime, container_id: &str, command: &[String],
 }
 
 /// kubelet's `DoHTTPProbe`: 2xx succeeds with the body as output, a redirect not followed is a warning, anything
-/// else fails.
+/// else fails; a request that cannot be made (a refused header among them) fails with Go's error, a body that
+/// cannot be read makes the probe error.
 pub async fn run_http(url: &Url, headers: &[(String, String)], timeout: Duration) -> ProbeOutput {
-    match http::get(url, headers, timeout).await {
-        Err(e) => ProbeOutput::new(Outcome::Failure, e),
+    match http::get(url, headers, super::USER_AGENT, Some(timeout)).await {
+        Err(e) => ProbeOutput::new(Outcome::Failure, e.to_string()),
+        Ok(http::Response { body_error: Some(e), .. }) => ProbeOutput::new(Outcome::Unknown, e),
         Ok(r) if (200..300).contains(&r.status) => {
             ProbeOutput::new(Outcome::Success, String::from_utf8_lossy(&r.body).into_owned())
         }

@@ -3,10 +3,12 @@
 //! the pod's [`ProbeResults`] and wake the pod worker when one changes.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -17,7 +19,9 @@ use super::metrics::{ProbeTarget, PROBER_METRICS};
 use super::state::{Outcome, ProbeParams, ProbeState};
 use super::{ProbeKind, ProbeResult, ProbeResults};
 use crate::pods::events::{EventRecorder, EventType};
+use crate::pods::plan::go_duration;
 use crate::pods::spec;
+use crate::pods::worker::{inject_panic, panic_message, PanicBackOff, WORKER_PANICKED};
 use crate::runtime::{ContainerRunState, ObservedPod, Runtime};
 
 /// Event reasons of probes (pkg/kubelet/events).
@@ -148,7 +152,7 @@ impl Prober {
                     terminating: self.terminating.clone(),
                 };
                 let span = tracing::info_span!("probe", container = %container.name, kind = kind.as_str());
-                let task = tokio::spawn(job.run().instrument(span));
+                let task = tokio::spawn(job.run_supervised().instrument(span));
                 self.workers.insert(key, Worker { container_id: running.id.clone(), task });
             }
         }
@@ -184,6 +188,7 @@ impl Prober {
 /// The earliest first probe of a container after it is seen running (kubelet's PLEG relist period).
 const FIRST_PROBE_DELAY: Duration = Duration::from_secs(1);
 
+#[derive(Clone)]
 struct ProbeJob {
     runtime: Runtime,
     events: EventRecorder,
@@ -203,6 +208,35 @@ struct ProbeJob {
 }
 
 impl ProbeJob {
+    /// Runs the probe worker; a panic in it is logged with the pod, recorded as a warning event on the container,
+    /// and a new worker (with fresh thresholds, as for a new container instance) takes over after a back-off.
+    async fn run_supervised(self) {
+        let mut back_off = PanicBackOff::default();
+        loop {
+            let began = std::time::Instant::now();
+            // The worker's state (its thresholds and ticker) goes with it; the job it was given is not changed.
+            let Err(payload) = AssertUnwindSafe(self.clone().run()).catch_unwind().await else { return };
+            let wait = back_off.after(began.elapsed());
+            let panic = panic_message(payload.as_ref());
+            tracing::error!(
+                pod = %spec::key(&self.pod),
+                container = %self.container.name,
+                probe = self.kind.as_str(),
+                panic,
+                restart_in = ?wait,
+                "probe worker panicked"
+            );
+            let message = format!(
+                "{} probe worker panicked ({panic}); restarting it in {}",
+                self.kind.title(),
+                go_duration(wait)
+            );
+            let at = Some((self.container.name.as_str(), self.init));
+            self.events.record(&self.pod, at, EventType::Warning, WORKER_PANICKED, message);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     async fn run(self) {
         let mut state = ProbeState::new(self.kind, self.params);
         // kubelet's prober sees a new container through the status manager, a PLEG relist (1 s) after it started,
@@ -222,6 +256,7 @@ impl ProbeJob {
             if !state.should_probe(self.started_at, SystemTime::now(), started, deleting) {
                 continue;
             }
+            inject_panic("probe", &self.pod);
             let target = Target { container: &self.container, container_id: &self.container_id, pod_ip: &self.pod_ip };
             let began = Instant::now();
             let out = handlers::run(&self.runtime, &self.probe, target, self.params.timeout).await;
