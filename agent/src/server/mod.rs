@@ -3,7 +3,9 @@
 //! `address:port` with the container endpoints on top of the read-only ones.
 
 pub mod auth;
+pub mod cache;
 pub mod certificate;
+pub mod connection;
 pub mod containers;
 pub mod logs;
 pub mod secure;

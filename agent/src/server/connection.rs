@@ -1,0 +1,224 @@
+//! The kubelet server's connections under abuse: a cap on how many are served at once, and deadlines for the TLS
+//! handshake, for the headers of each request, and for an idle connection, with kubelet's header size limit.
+//!
+//! Go's `http.Server` measures the header deadline from the first byte of a request and the idle deadline from the
+//! end of the last one; hyper's own header timer runs from when it starts waiting for a request, idle time included,
+//! so both deadlines are kept here instead: reads through the connection mark a request's start, the service marks
+//! its end (when its response body is done).
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::Router;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Limits of the kubelet server's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A client that has not finished its TLS handshake by then is dropped.
+    pub tls_handshake: Duration,
+    /// From a request's first byte (or the connection's start) to the end of its headers. kubelet's server sets only
+    /// a 4 h `ReadTimeout`; the API server's secure serving sets `ReadHeaderTimeout: 32 * time.Second` ("just shy of
+    /// requestTimeoutUpperBound", k8s.io/apiserver/pkg/server/secure_serving.go), which is taken here.
+    pub read_header: Duration,
+    /// A connection with no request for this long is closed: kubelet's `IdleTimeout: 90 * time.Second` ("matches
+    /// http.DefaultTransport keep-alive timeout", pkg/kubelet/server/server.go).
+    pub idle: Duration,
+    /// The largest request head: kubelet's `MaxHeaderBytes: 1 << 20`, Go's `DefaultMaxHeaderBytes`.
+    pub max_header_bytes: usize,
+    /// Connections served at once. Go's server has no cap. At the cap the server stops accepting until one ends:
+    /// further clients wait in the listen backlog and are served in turn rather than refused, and the deadlines above
+    /// bound how long a silent connection keeps its place.
+    pub max_connections: usize,
+}
+
+/// Go's `http.Server` reads `MaxHeaderBytes` plus this much slack before refusing a head (`initialReadLimitSize`).
+const HEADER_SLACK: usize = 4096;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            tls_handshake: Duration::from_secs(10),
+            read_header: Duration::from_secs(32),
+            idle: Duration::from_secs(90),
+            max_header_bytes: 1 << 20,
+            // Each held connection costs its TLS and HTTP buffers; 1024 is well above what the API server's proxying
+            // and a node's streaming sessions use, and keeps the worst case (every connection with a full head
+            // buffered) near a gigabyte rather than unbounded.
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Where a connection stands, for its deadlines.
+#[derive(Debug)]
+struct State {
+    /// Requests whose responses are not finished.
+    in_flight: usize,
+    /// When the bytes of a request not yet handed to the service started coming.
+    head_since: Option<Instant>,
+    /// When the last request finished.
+    idle_since: Instant,
+    /// HTTP/2 carries pings and settings between requests: reads do not mark a request there.
+    h2: bool,
+}
+
+#[derive(Debug)]
+pub struct Activity(Mutex<State>);
+
+impl Activity {
+    fn new(h2: bool) -> Arc<Self> {
+        let now = Instant::now();
+        // The first request is due within the header deadline of the connection's start, as with Go.
+        Arc::new(Self(Mutex::new(State { in_flight: 0, head_since: Some(now), idle_since: now, h2 })))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) {
+        let mut s = self.state();
+        if !s.h2 && s.in_flight == 0 && s.head_since.is_none() {
+            s.head_since = Some(Instant::now());
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        let mut s = self.state();
+        s.in_flight += 1;
+        s.head_since = None;
+        InFlight(self.clone())
+    }
+
+    /// When the connection is to be closed, and why; `None` while a request is being served.
+    fn deadline(&self, limits: &Limits) -> Option<(Instant, &'static str)> {
+        let s = self.state();
+        if s.in_flight > 0 {
+            return None;
+        }
+        Some(match s.head_since {
+            Some(t) => (t + limits.read_header, "request headers not read in time"),
+            None => (s.idle_since + limits.idle, "idle"),
+        })
+    }
+}
+
+/// One request being served; its end starts the idle time.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.0.state();
+        s.in_flight = s.in_flight.saturating_sub(1);
+        s.idle_since = Instant::now();
+    }
+}
+
+/// A stream that tells its connection's [`Activity`] when request bytes arrive.
+struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Resolves when the connection has outlived its deadline, with the reason. Checked once a second: the deadlines are
+/// tens of seconds, and a timer per state change would cost more than the tick.
+async fn expired(activity: &Activity, limits: &Limits) -> &'static str {
+    let tick = Duration::from_secs(1).min(limits.read_header / 4).max(Duration::from_millis(10));
+    let mut interval = tokio::time::interval(tick);
+    loop {
+        interval.tick().await;
+        if let Some((deadline, why)) = activity.deadline(limits) {
+            if Instant::now() >= deadline {
+                return why;
+            }
+        }
+    }
+}
+
+/// Serves HTTP/2 or HTTP/1.1 (with upgrades, which then leave these deadlines behind) on one connection until it ends
+/// or outlives a deadline.
+pub async fn serve<S>(stream: S, h2: bool, app: Router, limits: Limits, remote: std::net::SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new(h2);
+    let io = TokioIo::new(Watched { inner: stream, activity: activity.clone() });
+    let inner = TowerToHyperService::new(app);
+    let tracked = activity.clone();
+    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let in_flight = tracked.begin();
+        let response = hyper::service::Service::call(&inner, request);
+        async move {
+            let response = response.await?;
+            // The request lasts as long as its response body: a followed log is not idle.
+            Ok::<_, std::convert::Infallible>(response.map(|body| {
+                Body::new(body.map_frame(move |frame| {
+                    let _alive = &in_flight;
+                    frame
+                }))
+            }))
+        }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes + HEADER_SLACK);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::select! {
+        result = connection => {
+            if let Err(e) = result {
+                tracing::debug!(%remote, error = %e, "kubelet server connection ended with an error");
+            }
+        }
+        why = expired(&activity, &limits) => {
+            tracing::debug!(%remote, "closing kubelet server connection: {why}");
+        }
+    }
+}
