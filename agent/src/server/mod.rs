@@ -8,6 +8,8 @@ pub mod certificate;
 pub mod connection;
 pub mod containers;
 pub mod logs;
+#[cfg(test)]
+mod proptests;
 pub mod secure;
 pub mod stats;
 pub mod streaming;
