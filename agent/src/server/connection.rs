@@ -222,3 +222,155 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::secure::serve_tls_with;
+    use crate::server::tls::{pem_pair, self_signed, server_config, ServingCerts};
+    use axum::routing::get;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    struct Server {
+        addr: std::net::SocketAddr,
+        client: Arc<rustls::ClientConfig>,
+    }
+
+    async fn start(limits: Limits) -> Server {
+        let (cert, key) = self_signed("node-1", &[]).unwrap();
+        let certs = ServingCerts::default();
+        certs.set(pem_pair(&format!("{cert}{key}"), std::path::Path::new("/x")).unwrap()).unwrap();
+        let tls = server_config(Arc::new(certs), None).unwrap();
+        let app = Router::new().route("/x", get(|| async { "ok" })).route(
+            "/slow",
+            get(|| async {
+                // Three chunks a second apart: longer than the idle deadline, with the response under way.
+                let chunks = futures::stream::unfold(0, |i| async move {
+                    (i < 3).then_some(())?;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Some((Ok::<_, std::io::Error>(format!("chunk{i}\n")), i + 1))
+                });
+                Body::from_stream(chunks)
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_tls_with(listener, tls, app, limits));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Server { addr, client: Arc::new(client) }
+    }
+
+    impl Server {
+        async fn connect(&self) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+            let tcp = TcpStream::connect(self.addr).await?;
+            let name = ServerName::try_from("node-1").unwrap();
+            tokio_rustls::TlsConnector::from(self.client.clone()).connect(name, tcp).await
+        }
+
+        /// An HTTP/1.1 client on a new connection.
+        async fn client(&self) -> hyper::client::conn::http1::SendRequest<Body> {
+            let stream = self.connect().await.unwrap();
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+            tokio::spawn(conn);
+            sender
+        }
+    }
+
+    async fn get_text(sender: &mut hyper::client::conn::http1::SendRequest<Body>, path: &str) -> (u16, String) {
+        sender.ready().await.unwrap();
+        let request = hyper::Request::get(path).header("host", "node-1").body(Body::empty()).unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// How long until the server closes `stream` (reads see the end or an error), up to `limit`.
+    async fn closed_within<S: AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        let mut buf = [0u8; 1024];
+        tokio::time::timeout(limit, async {
+            loop {
+                if matches!(stream.read(&mut buf).await, Ok(0) | Err(_)) {
+                    return start.elapsed();
+                }
+            }
+        })
+        .await
+        .ok()
+    }
+
+    fn short() -> Limits {
+        Limits { read_header: Duration::from_secs(1), idle: Duration::from_secs(3), ..Limits::default() }
+    }
+
+    #[tokio::test]
+    async fn silent_and_slow_heads_are_closed_at_the_header_deadline() {
+        let server = start(short()).await;
+        let mut silent = server.connect().await.unwrap();
+        let mut slow = server.connect().await.unwrap();
+        slow.write_all(b"GET /x HTTP/1.1\r\nHost: node-1\r\n").await.unwrap();
+        let took = closed_within(&mut silent, Duration::from_secs(5)).await.expect("silent connection closed");
+        assert!(took < Duration::from_millis(2500), "{took:?}");
+        assert!(closed_within(&mut slow, Duration::from_secs(2)).await.is_some(), "slow head closed");
+    }
+
+    #[tokio::test]
+    async fn a_keep_alive_connection_lives_until_the_idle_deadline_not_the_header_one() {
+        let server = start(short()).await;
+        let mut sender = server.client().await;
+        assert_eq!(get_text(&mut sender, "/x").await, (200, "ok".into()));
+        // Past the header deadline, within the idle one: the connection is still there for the next request.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(get_text(&mut sender, "/x").await, (200, "ok".into()));
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        assert!(sender.is_closed() || sender.ready().await.is_err(), "idle connection closed");
+    }
+
+    #[tokio::test]
+    async fn a_response_under_way_is_not_idle() {
+        let server = start(Limits { idle: Duration::from_secs(1), ..short() }).await;
+        let mut sender = server.client().await;
+        assert_eq!(get_text(&mut sender, "/slow").await, (200, "chunk0\nchunk1\nchunk2\n".into()));
+    }
+
+    #[tokio::test]
+    async fn heads_over_the_limit_are_refused() {
+        let server = start(Limits { max_header_bytes: 16 << 10, ..short() }).await;
+        let mut sender = server.client().await;
+        let request = hyper::Request::get("/x")
+            .header("host", "node-1")
+            .header("x-big", "a".repeat(64 << 10))
+            .body(Body::empty())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status().as_u16(), 431);
+        let mut sender = server.client().await;
+        assert_eq!(get_text(&mut sender, "/x").await.0, 200, "heads within the limit are served");
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_wait_for_a_slot() {
+        let server = start(Limits { max_connections: 2, ..Limits::default() }).await;
+        let first = server.connect().await.unwrap();
+        let _second = server.connect().await.unwrap();
+        let third = tokio::spawn({
+            let (addr, client) = (server.addr, server.client.clone());
+            async move { Server { addr, client }.connect().await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!third.is_finished(), "the third handshake waits while two connections are served");
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(5), third).await.expect("served once a slot is free");
+        assert!(third.unwrap().is_ok());
+    }
+}
