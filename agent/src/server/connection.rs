@@ -244,7 +244,7 @@ mod tests {
         let certs = ServingCerts::default();
         certs.set(pem_pair(&format!("{cert}{key}"), std::path::Path::new("/x")).unwrap()).unwrap();
         let tls = server_config(Arc::new(certs), None).unwrap();
-        let app = Router::new().route("/x", get(|| async { "ok" })).route(
+        let app = Router::new().route("/x", get(|| async { "ok" })).route("/echo", get(echo)).route(
             "/slow",
             get(|| async {
                 // Three chunks a second apart: longer than the idle deadline, with the response under way.
@@ -267,6 +267,27 @@ mod tests {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Server { addr, client: Arc::new(client) }
+    }
+
+    /// Upgrades to a raw stream that echoes what it reads, as the streaming endpoints hand theirs over.
+    async fn echo(mut request: axum::extract::Request) -> axum::response::Response {
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 64];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        axum::response::Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(Body::empty())
+            .unwrap()
     }
 
     impl Server {
@@ -341,6 +362,54 @@ mod tests {
         let server = start(Limits { idle: Duration::from_secs(1), ..short() }).await;
         let mut sender = server.client().await;
         assert_eq!(get_text(&mut sender, "/slow").await, (200, "chunk0\nchunk1\nchunk2\n".into()));
+    }
+
+    #[tokio::test]
+    async fn an_upgraded_stream_is_served_past_the_deadlines() {
+        let server = start(Limits { idle: Duration::from_secs(1), ..short() }).await;
+        let mut stream = server.connect().await.unwrap();
+        stream
+            .write_all(b"GET /echo HTTP/1.1\r\nHost: node-1\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "{head:?}");
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        for round in 0..2 {
+            stream.write_all(b"ping").await.unwrap();
+            let mut answer = [0u8; 4];
+            stream.read_exact(&mut answer).await.unwrap();
+            assert_eq!(&answer, b"ping", "round {round}");
+            // Silent for longer than both deadlines: the session is the streaming proxy's to end, not theirs.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn http2_as_alpn_agrees_is_served_with_the_same_deadlines() {
+        let server = start(Limits { idle: Duration::from_secs(2), ..short() }).await;
+        let mut config = (*server.client).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let name = ServerName::try_from("node-1").unwrap();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        for path in ["/x", "/slow"] {
+            let request = hyper::Request::get(format!("https://node-1{path}")).body(Body::empty()).unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.status().as_u16(), 200, "{path}");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert!(!body.is_empty(), "{path}");
+        }
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert!(sender.is_closed() || sender.ready().await.is_err(), "idle HTTP/2 connection closed");
     }
 
     #[tokio::test]
