@@ -3,10 +3,12 @@
 //! kubelet's path-to-subresource mapping and its cache lifetimes.
 
 use std::collections::HashMap;
-use std::hash::Hash;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::OnceCell;
+
+use super::cache::{BoundedCache, TokenBucket, TokenHasher};
 use crate::api::auth::{review_access, review_token, NodeAttributes, UserInfo};
 use crate::config::{AuthorizationMode, ServerAuth};
 
@@ -15,8 +17,19 @@ pub const ANONYMOUS_USER: &str = "system:anonymous";
 pub const UNAUTHENTICATED_GROUP: &str = "system:unauthenticated";
 /// Added to every authenticated user (the API server's `AuthenticatedGroupAdder`).
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
-/// Caches are pruned of expired entries once they hold this many.
-const CACHE_PRUNE_AT: usize = 4096;
+/// The API server's token cache is sized for 32k tokens ("5k nodes and 10k namespaces ... a 32k entry cache is
+/// therefore a 2x safety margin", k8s.io/apiserver/pkg/authentication/token/cache/cached_token_authenticator.go);
+/// the authorisation decisions get the same bound.
+pub const CACHE_SIZE: usize = 32 << 10;
+/// A shared token lookup gives up after this long (`sharedLookupTimeout`, same file).
+const SHARED_LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// TokenReviews sent per second and at once. kubelet sends its reviews through its API client, which client-go
+/// limits to `kubeAPIQPS`/`kubeAPIBurst` (defaults 50 and 100, pkg/kubelet/apis/config/v1beta1/defaults.go;
+/// cmd/kubelet/app/server.go sets them on the client `BuildAuth` is given). Here the reviews get a bucket of their
+/// own with those figures, so that a flood of new tokens cannot starve the node's other calls, and a request over
+/// the cap is refused at once instead of queueing behind the flood.
+pub const TOKEN_REVIEW_QPS: f64 = 50.0;
+pub const TOKEN_REVIEW_BURST: u32 = 100;
 
 /// kubelet's `BuildAuthz` error when Webhook authorisation has no API server to ask.
 pub const NO_CLIENT_FOR_WEBHOOK_AUTHORIZATION: &str = "no client provided, cannot use webhook authorization";
@@ -62,33 +75,6 @@ pub fn verb_for_method(method: &str) -> &'static str {
     }
 }
 
-/// A map whose entries expire; the time is passed in so that tests run on a fake clock.
-#[derive(Debug)]
-pub struct TtlCache<K, V> {
-    entries: Mutex<HashMap<K, (V, Instant)>>,
-}
-
-impl<K, V> Default for TtlCache<K, V> {
-    fn default() -> Self {
-        Self { entries: Mutex::new(HashMap::new()) }
-    }
-}
-
-impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
-    pub fn get(&self, key: &K, now: Instant) -> Option<V> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(key).filter(|(_, expires)| *expires > now).map(|(v, _)| v.clone())
-    }
-
-    pub fn insert(&self, key: K, value: V, ttl: Duration, now: Instant) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= CACHE_PRUNE_AT {
-            entries.retain(|_, (_, expires)| *expires > now);
-        }
-        entries.insert(key, (value, now + ttl));
-    }
-}
-
 /// What the request brought to prove who it is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Credentials {
@@ -107,6 +93,17 @@ pub enum Refusal {
     Forbidden(String),
     /// 500: the authoriser could not decide.
     AuthorizationError(String),
+    /// 429: the token could not be reviewed now, the cap on TokenReviews being reached. Not 401: the token may well
+    /// be valid, and 429 with `Retry-After` tells the caller to come back, as the API server's own overload answer.
+    TooManyRequests,
+}
+
+/// The outcome of one token lookup, shared by every request that waited on it.
+#[derive(Debug, Clone)]
+enum Lookup {
+    Reviewed(Option<UserInfo>),
+    Throttled,
+    Failed,
 }
 
 pub struct Authenticator {
@@ -114,8 +111,13 @@ pub struct Authenticator {
     pub node_name: String,
     /// `None` without an API server: tokens cannot be reviewed and Webhook authorisation cannot decide.
     pub client: Option<kube::Client>,
-    tokens: TtlCache<String, Option<UserInfo>>,
-    decisions: TtlCache<(UserInfo, NodeAttributes), bool>,
+    /// Reviewed tokens by their keyed hash, accepted and rejected alike (kubelet caches both for `cacheTTL`).
+    tokens: BoundedCache<[u8; 32], Option<UserInfo>>,
+    hasher: TokenHasher,
+    /// Lookups under way, by token key: concurrent requests with one token wait for one review.
+    in_flight: Mutex<HashMap<[u8; 32], Arc<OnceCell<Lookup>>>>,
+    reviews: TokenBucket,
+    decisions: BoundedCache<(UserInfo, NodeAttributes), bool>,
 }
 
 fn with_authenticated_group(mut user: UserInfo) -> UserInfo {
@@ -135,44 +137,98 @@ pub fn bearer_token(header: Option<&str>) -> Option<String> {
 
 impl Authenticator {
     pub fn new(config: ServerAuth, node_name: String, client: Option<kube::Client>) -> Self {
-        Self { config, node_name, client, tokens: TtlCache::default(), decisions: TtlCache::default() }
+        Self::with_review_rate(config, node_name, client, TOKEN_REVIEW_QPS, TOKEN_REVIEW_BURST)
     }
 
-    /// The request's user, or `None` (401).
-    pub async fn authenticate(&self, credentials: &Credentials) -> Option<UserInfo> {
+    /// As [`Authenticator::new`], with another cap on TokenReviews.
+    pub fn with_review_rate(
+        config: ServerAuth,
+        node_name: String,
+        client: Option<kube::Client>,
+        qps: f64,
+        burst: u32,
+    ) -> Self {
+        Self {
+            config,
+            node_name,
+            client,
+            tokens: BoundedCache::new(CACHE_SIZE),
+            hasher: TokenHasher::default(),
+            in_flight: Mutex::default(),
+            reviews: TokenBucket::new(qps, burst),
+            decisions: BoundedCache::new(CACHE_SIZE),
+        }
+    }
+
+    /// The request's user; `Unauthorized` (401) without one, `TooManyRequests` (429) when its token could not be
+    /// reviewed for the cap on reviews.
+    pub async fn authenticate(&self, credentials: &Credentials) -> Result<UserInfo, Refusal> {
         let found = match credentials {
             Credentials::Certificate(user) => Some(with_authenticated_group(user.clone())),
-            Credentials::Bearer(token) if self.config.webhook_authentication => {
-                self.review_token(token).await.map(with_authenticated_group)
-            }
+            Credentials::Bearer(token) if self.config.webhook_authentication => match self.review_token(token).await {
+                Lookup::Reviewed(user) => user.map(with_authenticated_group),
+                Lookup::Failed => None,
+                Lookup::Throttled => return Err(Refusal::TooManyRequests),
+            },
             _ => None,
         };
         // A request no authenticator accepted is anonymous when that is allowed (the union falls through to it).
-        found.or_else(|| {
-            self.config.anonymous.then(|| UserInfo {
-                name: ANONYMOUS_USER.into(),
-                groups: vec![UNAUTHENTICATED_GROUP.into()],
-                ..Default::default()
+        found
+            .or_else(|| {
+                self.config.anonymous.then(|| UserInfo {
+                    name: ANONYMOUS_USER.into(),
+                    groups: vec![UNAUTHENTICATED_GROUP.into()],
+                    ..Default::default()
+                })
             })
-        })
+            .ok_or(Refusal::Unauthorized)
     }
 
-    async fn review_token(&self, token: &str) -> Option<UserInfo> {
-        let now = Instant::now();
-        if let Some(cached) = self.tokens.get(&token.to_owned(), now) {
-            return cached;
+    /// The API server's cached token authenticator: the cache by keyed hash, else one review per token however many
+    /// requests bring it at once (its `singleflight` group), within the cap on reviews. Failed reviews are not
+    /// cached (kubelet's `cache.New(tokenAuth, false, ...)`: `cacheErrs` off).
+    async fn review_token(&self, token: &str) -> Lookup {
+        let key = self.hasher.key(token);
+        if let Some(cached) = self.tokens.get(&key, Instant::now()) {
+            return Lookup::Reviewed(cached);
         }
-        let client = self.client.as_ref()?;
-        match review_token(client, token).await {
-            Ok(user) => {
-                self.tokens.insert(token.to_owned(), user.clone(), self.config.authentication_cache_ttl, now);
-                user
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "token review failed");
-                None
-            }
+        let Some(client) = self.client.as_ref() else { return Lookup::Reviewed(None) };
+        let cell = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone();
+        let lookup = cell
+            .get_or_init(|| async {
+                // Another lookup of this token may have finished between the cache miss and here.
+                if let Some(cached) = self.tokens.get(&key, Instant::now()) {
+                    return Lookup::Reviewed(cached);
+                }
+                if !self.reviews.try_take(Instant::now()) {
+                    tracing::debug!("token review refused: over the cap on reviews per second");
+                    return Lookup::Throttled;
+                }
+                match tokio::time::timeout(SHARED_LOOKUP_TIMEOUT, review_token(client, token)).await {
+                    Ok(Ok(user)) => {
+                        let ttl = self.config.authentication_cache_ttl;
+                        if !ttl.is_zero() {
+                            self.tokens.insert(key, user.clone(), ttl, Instant::now());
+                        }
+                        Lookup::Reviewed(user)
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "token review failed");
+                        Lookup::Failed
+                    }
+                    Err(_) => {
+                        tracing::warn!("token review timed out after {SHARED_LOOKUP_TIMEOUT:?}");
+                        Lookup::Failed
+                    }
+                }
+            })
+            .await
+            .clone();
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if in_flight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            in_flight.remove(&key);
         }
+        lookup
     }
 
     /// Whether `user` may do what `method` on `path` means to the node.
@@ -255,16 +311,6 @@ mod tests {
     }
 
     #[test]
-    fn cache_entries_expire_after_their_ttl() {
-        let cache = TtlCache::default();
-        let t0 = Instant::now();
-        cache.insert("a", true, Duration::from_secs(30), t0);
-        assert_eq!(cache.get(&"a", t0 + Duration::from_secs(29)), Some(true));
-        assert_eq!(cache.get(&"a", t0 + Duration::from_secs(30)), None);
-        assert_eq!(cache.get(&"b", t0), None);
-    }
-
-    #[test]
     fn bearer_tokens_are_read_from_the_authorization_header() {
         assert_eq!(bearer_token(Some("Bearer abc")), Some("abc".into()));
         assert_eq!(bearer_token(Some("bearer  abc ")), Some("abc".into()));
@@ -289,9 +335,9 @@ mod tests {
     #[tokio::test]
     async fn no_credentials_is_unauthenticated_unless_anonymous_is_allowed() {
         let strict = Authenticator::new(config(false, AuthorizationMode::Webhook), "n".into(), None);
-        assert_eq!(strict.authenticate(&Credentials::None).await, None);
+        assert_eq!(strict.authenticate(&Credentials::None).await, Err(Refusal::Unauthorized));
         // A token that cannot be reviewed authenticates no one.
-        assert_eq!(strict.authenticate(&Credentials::Bearer("t".into())).await, None);
+        assert_eq!(strict.authenticate(&Credentials::Bearer("t".into())).await, Err(Refusal::Unauthorized));
         let open = Authenticator::new(config(true, AuthorizationMode::AlwaysAllow), "n".into(), None);
         let anon = open.authenticate(&Credentials::None).await.unwrap();
         assert_eq!((anon.name.as_str(), anon.groups.clone()), (ANONYMOUS_USER, vec![UNAUTHENTICATED_GROUP.into()]));
@@ -326,5 +372,84 @@ mod tests {
         assert_eq!(refuse_without_api_server(&config(false, AuthorizationMode::AlwaysAllow), false), None);
         let defaulted = ServerAuth { authorization_mode_set: false, ..webhook };
         assert_eq!(refuse_without_api_server(&defaulted, false), None, "a standalone node's file defaults start");
+    }
+
+    /// An API server answering TokenReviews after `delay`: `good` is user `u`, anything else unauthenticated.
+    fn reviewing_client(delay: Duration) -> (kube::Client, Arc<std::sync::atomic::AtomicUsize>) {
+        use http_body_util::BodyExt;
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let service = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+            let calls = counted.clone();
+            async move {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let review: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let good = review.pointer("/spec/token").and_then(|t| t.as_str()) == Some("good");
+                tokio::time::sleep(delay).await;
+                let status = if good {
+                    serde_json::json!({"authenticated": true, "user": {"username": "u", "groups": ["g"]}})
+                } else {
+                    serde_json::json!({"authenticated": false})
+                };
+                let answer = serde_json::json!({
+                    "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {}, "status": status
+                });
+                let response = axum::http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(answer.to_string().into_bytes()))
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        (kube::Client::new(service, "default"), calls)
+    }
+
+    #[tokio::test]
+    async fn concurrent_lookups_of_one_token_make_one_review_and_are_cached() {
+        let (client, calls) = reviewing_client(Duration::from_millis(200));
+        let a = Arc::new(Authenticator::new(config(false, AuthorizationMode::AlwaysAllow), "n".into(), Some(client)));
+        let lookups: Vec<_> = (0..50)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move { a.authenticate(&Credentials::Bearer("good".into())).await })
+            })
+            .collect();
+        for l in lookups {
+            let user = l.await.unwrap().unwrap();
+            assert_eq!((user.name.as_str(), user.groups.len()), ("u", 2));
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(a.authenticate(&Credentials::Bearer("good".into())).await.is_ok());
+        assert_eq!(a.authenticate(&Credentials::Bearer("bad".into())).await, Err(Refusal::Unauthorized));
+        assert_eq!(a.authenticate(&Credentials::Bearer("bad".into())).await, Err(Refusal::Unauthorized));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "a rejected token is cached too");
+        assert!(a.in_flight.lock().unwrap().is_empty(), "finished lookups leave nothing behind");
+    }
+
+    #[tokio::test]
+    async fn new_tokens_beyond_the_review_cap_get_429_and_cached_ones_still_pass() {
+        let (client, calls) = reviewing_client(Duration::ZERO);
+        let a = Authenticator::with_review_rate(
+            config(false, AuthorizationMode::AlwaysAllow),
+            "n".into(),
+            Some(client),
+            1.0,
+            10,
+        );
+        assert!(a.authenticate(&Credentials::Bearer("good".into())).await.is_ok());
+        let mut refused = 0;
+        for i in 0..200 {
+            match a.authenticate(&Credentials::Bearer(format!("bogus-{i}"))).await {
+                Err(Refusal::TooManyRequests) => refused += 1,
+                Err(Refusal::Unauthorized) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        let reviews = calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(reviews <= 12, "{reviews} reviews for 200 new tokens with a burst of 10");
+        assert!(refused >= 188, "{refused}");
+        assert!(a.authenticate(&Credentials::Bearer("good".into())).await.is_ok(), "the cached token still works");
+        assert!(a.tokens.len() <= 12);
     }
 }

@@ -3,9 +3,13 @@
 //! `address:port` with the container endpoints on top of the read-only ones.
 
 pub mod auth;
+pub mod cache;
 pub mod certificate;
+pub mod connection;
 pub mod containers;
 pub mod logs;
+#[cfg(test)]
+mod proptests;
 pub mod secure;
 pub mod stats;
 pub mod streaming;

@@ -6,21 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::auth::{bearer_token, Authenticator, Credentials, Refusal};
+use super::connection::Limits;
 use super::tls::certificate_user;
 use crate::api::auth::UserInfo;
-
-/// A client that has not finished its TLS handshake by then is dropped.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The verified client certificate's user for one connection.
 #[derive(Debug, Clone, Default)]
@@ -40,8 +37,10 @@ async fn auth_filter(
             None => Credentials::None,
         },
     };
-    let Some(user) = auth.authenticate(&credentials).await else {
-        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+    let user = match auth.authenticate(&credentials).await {
+        Ok(user) => user,
+        Err(Refusal::TooManyRequests) => return too_many_requests(),
+        Err(_) => return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response(),
     };
     match auth.authorize(&user, request.method().as_str(), request.uri().path()).await {
         Ok(()) => {
@@ -56,7 +55,15 @@ async fn auth_filter(
             (StatusCode::FORBIDDEN, msg).into_response()
         }
         Err(Refusal::AuthorizationError(msg)) => (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response(),
+        Err(Refusal::TooManyRequests) => too_many_requests(),
     }
+}
+
+/// The API server's answer when it is overloaded (`tooManyRequests`,
+/// k8s.io/apiserver/pkg/server/filters/priority-and-fairness.go).
+fn too_many_requests() -> Response {
+    (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")], "Too many requests, please try again later.\n")
+        .into_response()
 }
 
 /// Wraps the routes in the auth filter (for every path, as kubelet filters its whole container).
@@ -67,8 +74,32 @@ pub fn with_auth(routes: Router, auth: Arc<Authenticator>) -> Router {
 /// Serves `app` over TLS on `listener`, one task per connection, HTTP/2 or HTTP/1.1 as ALPN agrees (the API server's
 /// reads of logs and stats come over HTTP/2, as with kubelet; its streaming upgrades over HTTP/1.1, which stay open).
 pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) -> std::io::Result<()> {
+    serve_tls_with(listener, tls, app, Limits::default()).await
+}
+
+/// As [`serve_tls`], with other limits.
+pub async fn serve_tls_with(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    limits: Limits,
+) -> std::io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::warn!(
+                    max = limits.max_connections,
+                    "kubelet server at its connection limit: waiting for one to end"
+                );
+                match slots.clone().acquire_owned().await {
+                    Ok(slot) => slot,
+                    Err(_) => return Ok(()),
+                }
+            }
+        };
         let (tcp, remote) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -84,7 +115,8 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ap
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let _slot = slot;
+            let stream = match tokio::time::timeout(limits.tls_handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%remote, error = %e, "TLS handshake failed");
@@ -92,12 +124,11 @@ pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ap
                 }
                 Err(_) => return,
             };
-            let user = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(certificate_user);
-            let service = TowerToHyperService::new(app.layer(Extension(PeerCertificate(user))));
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
-                tracing::debug!(%remote, error = %e, "kubelet server connection ended with an error");
-            }
+            let (_, tls) = stream.get_ref();
+            let user = tls.peer_certificates().and_then(|c| c.first()).and_then(certificate_user);
+            let h2 = tls.alpn_protocol() == Some(b"h2");
+            let app = app.layer(Extension(PeerCertificate(user)));
+            super::connection::serve(stream, h2, app, limits, remote).await;
         });
     }
 }

@@ -214,10 +214,31 @@ fn route(
         ["api", "v1"] => non_resource(resources::api_resource_list("", "v1")),
         ["apis", g] => non_resource(resources::api_group(g)),
         ["apis", g, v] => non_resource(resources::api_resource_list(g, v)),
+        ["apis", "authentication.k8s.io", "v1", "tokenreviews"] if method == Method::POST => token_review(shared, body),
         ["api", "v1", rest @ ..] => resource(shared, user, method, "", "v1", rest, query, headers, body),
         ["apis", g, v, rest @ ..] => resource(shared, user, method, g, v, rest, query, headers, body),
         _ => non_resource(None),
     }
+}
+
+/// POST tokenreviews: whether `spec.token` is one of the registered tokens, and whose (as the API server answers a
+/// kubelet's webhook authenticator).
+fn token_review(shared: &Shared, body: &[u8]) -> Reply {
+    let review = match parse_json(body) {
+        Ok(v) => v,
+        Err(e) => return e.into(),
+    };
+    let token = review.pointer("/spec/token").and_then(Value::as_str).unwrap_or("");
+    let found = shared.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned();
+    let status = match found {
+        Some(u) => json!({ "authenticated": true, "user": { "username": u.name, "groups": u.groups } }),
+        None => json!({ "authenticated": false, "error": "invalid bearer token" }),
+    };
+    let mut out = review;
+    out["apiVersion"] = json!("authentication.k8s.io/v1");
+    out["kind"] = json!("TokenReview");
+    out["status"] = status;
+    Reply::Json(201, out)
 }
 
 struct Target<'a> {

@@ -104,7 +104,7 @@
 //!   aggregated discovery (plain discovery documents are served), OpenAPI documents.
 //! * Validation is limited to names, required pod container fields, pod spec immutability,
 //!   CSR request/signer/usages and a few status rules; no other field validation.
-//! * Tokens are not signed and nothing reviews them; no scheduler or other
+//! * Tokens are not signed (TokenReview looks them up among the registered ones); no scheduler or other
 //!   controllers (pods stay Pending until a test binds them or creates them with
 //!   `spec.nodeName`), namespaces are deleted at once rather than going through
 //!   `Terminating`.
