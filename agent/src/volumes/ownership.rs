@@ -359,6 +359,79 @@ mod tests {
         }
     }
 
+    /// `renameat2(RENAME_EXCHANGE)`: what a process in the pod can do to swap two names at once, a directory and a
+    /// symlink included, with no moment where either name is missing.
+    fn exchange(dir: &Path, a: &str, b: &str) {
+        let (a, b) = (
+            CString::new(dir.join(a).as_os_str().as_bytes()).unwrap(),
+            CString::new(dir.join(b).as_os_str().as_bytes()).unwrap(),
+        );
+        // SAFETY: NUL-terminated paths.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                libc::AT_FDCWD,
+                a.as_ptr(),
+                libc::AT_FDCWD,
+                b.as_ptr(),
+                2, /* RENAME_EXCHANGE */
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    }
+
+    /// The fsGroup symlink swap, in-process: while the walk runs, the pod swaps a file for a symlink to a file
+    /// outside, and a directory of its own for a symlink to a directory outside holding files of the same names. A
+    /// walk that looks at a name and then acts on the name again (or on a path through a swapped directory) reaches
+    /// the outside files; one that acts through the descriptor it looked at never does.
+    #[test]
+    fn a_swap_race_in_the_volume_never_reaches_outside() {
+        const FILES: usize = 32;
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = (dir.path().join("v"), dir.path().join("host"));
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o700)).unwrap();
+        for i in 0..FILES {
+            for parent in [&root.join("d"), &outside] {
+                std::fs::write(parent.join(format!("f{i:02}")), "x").unwrap();
+                std::fs::set_permissions(parent.join(format!("f{i:02}")), std::fs::Permissions::from_mode(0o600))
+                    .unwrap();
+            }
+        }
+        std::os::unix::fs::symlink(&outside, root.join("dl")).unwrap();
+        std::os::unix::fs::symlink(outside.join("f00"), root.join("xl")).unwrap();
+        std::fs::write(root.join("x"), "x").unwrap();
+        let owner = std::fs::metadata(&outside).unwrap();
+        let gid = if is_root() { 4242 } else { owner.gid() };
+        let untouched = || {
+            (0..FILES).map(|i| outside.join(format!("f{i:02}"))).chain([outside.clone()]).all(|p| {
+                let m = std::fs::metadata(&p).unwrap();
+                let want = if p == outside { 0o700 } else { 0o600 };
+                m.mode() & 0o7777 == want && m.gid() == owner.gid()
+            })
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (root, stop) = (root.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    exchange(&root, "d", "dl");
+                    exchange(&root, "x", "xl");
+                }
+            })
+        };
+        let mut walks = 0;
+        while walks < 300 && untouched() {
+            // A walk may fail on what vanished under it; what matters is what it changed.
+            let _ = set_volume_ownership(&root, gid.into(), None, false);
+            walks += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert!(untouched(), "a file outside the volume was changed by walk {walks}");
+    }
+
     #[test]
     fn a_special_file_is_changed_without_being_opened() {
         let dir = tempfile::tempdir().unwrap();
