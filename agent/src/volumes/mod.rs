@@ -190,8 +190,9 @@ impl VolumeManager {
     async fn set_up(&self, pod: &Pod, v: &Volume, objects: Option<&Objects>) -> Result<(), String> {
         let uid = spec::uid(pod);
         let sc = spec::spec(pod).security_context.as_ref();
-        // Every volume kind here passes no `fsGroupChangePolicy` to `SetVolumeOwnership` in kubelet (emptyDir,
-        // configMap, secret, downwardAPI and projected plugins pass nil): only the walk's own function honours it.
+        // No `fsGroupChangePolicy`: kubelet's emptyDir, configMap, secret, downwardAPI and projected plugins all call
+        // `SetVolumeOwnership` with a nil policy (`empty_dir.go`, `secret.go`, ...); the pod's policy is for the
+        // volume kinds (CSI, local, ...) this node does not set up.
         let fs_group = sc.and_then(|s| s.fs_group);
         if let Some(hp) = &v.host_path {
             return host_path::check_type(Path::new(&hp.path), hp.type_.as_deref().unwrap_or_default());
