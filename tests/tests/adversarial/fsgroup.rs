@@ -128,46 +128,55 @@ fn fs_group_symlink_swap_never_changes_a_host_file() -> Result<()> {
         }
     });
     agent.write_manifest("swap.json", &manifest.to_string())?;
-    let pod = agent.wait_pod("swap", Duration::from_secs(60), |p| {
-        container_status(p, "swapper")["state"]["running"].is_object()
-    })?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !container_log(&agent, &pod, "swapper").contains("READY") {
+    // The attack and the watch; whatever their outcome, the pod goes before the test returns (a swapper left
+    // running would race the removal of the agent's folder).
+    let mut uid = String::new();
+    let attacked = (|| -> Result<()> {
+        let pod = agent.wait_pod("swap", Duration::from_secs(60), |p| {
+            container_status(p, "swapper")["state"]["running"].is_object()
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !container_log(&agent, &pod, "swapper").contains("READY") {
+            ensure!(
+                Instant::now() < deadline,
+                "the swapper did not start swapping: {}\n{}",
+                container_log(&agent, &pod, "swapper"),
+                tail(&agent.log(), 30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+        let scratch = agent.root_dir().join("pods").join(&uid).join("volumes/kubernetes.io~empty-dir/scratch");
+        let scratch_meta = std::fs::metadata(&scratch)?;
         ensure!(
-            Instant::now() < deadline,
-            "the swapper did not start swapping: {}\n{}",
-            container_log(&agent, &pod, "swapper"),
-            tail(&agent.log(), 30)
+            scratch_meta.gid() == FS_GROUP && scratch_meta.mode() & 0o7777 == 0o2777,
+            "the emptyDir is owned as kubelet owns it: group {} mode {:o}",
+            scratch_meta.gid(),
+            scratch_meta.mode() & 0o7777
         );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
-    let scratch = agent.root_dir().join("pods").join(&uid).join("volumes/kubernetes.io~empty-dir/scratch");
-    let scratch_meta = std::fs::metadata(&scratch)?;
-    ensure!(
-        scratch_meta.gid() == FS_GROUP && scratch_meta.mode() & 0o7777 == 0o2777,
-        "the emptyDir is owned as kubelet owns it: group {} mode {:o}",
-        scratch_meta.gid(),
-        scratch_meta.mode() & 0o7777
-    );
 
-    watch(&host, &want, WATCH_BEFORE_RESTART, &agent, "while the pod runs")?;
-    let restarts = |agent: &Agent| -> Result<u64> {
-        let p = agent.pod("swap")?.unwrap_or_default();
-        Ok(container_status(&p, "crash")["restartCount"].as_u64().unwrap_or(0))
-    };
-    let before_restart = restarts(&agent)?;
-    agent.restart()?;
-    watch(&host, &want, WATCH_AFTER_RESTART, &agent, "after the agent's restart")?;
-    let after = agent.pod("swap")?.unwrap_or_default();
-    ensure!(container_status(&after, "swapper")["state"]["running"].is_object(), "the swapper ran throughout: {after}");
-    println!(
-        "crash-looping container restarts: {before_restart} before the agent's restart, {} at the end",
-        restarts(&agent)?
-    );
-
-    agent.remove_manifest("swap.json")?;
-    agent.wait_pod_gone("swap", Duration::from_secs(60))?;
+        watch(&host, &want, WATCH_BEFORE_RESTART, &agent, "while the pod runs")?;
+        let restarts = |agent: &Agent| -> Result<u64> {
+            let p = agent.pod("swap")?.unwrap_or_default();
+            Ok(container_status(&p, "crash")["restartCount"].as_u64().unwrap_or(0))
+        };
+        let before_restart = restarts(&agent)?;
+        agent.restart()?;
+        watch(&host, &want, WATCH_AFTER_RESTART, &agent, "after the agent's restart")?;
+        let after = agent.pod("swap")?.unwrap_or_default();
+        ensure!(
+            container_status(&after, "swapper")["state"]["running"].is_object(),
+            "the swapper ran throughout: {after}"
+        );
+        println!(
+            "crash-looping container restarts: {before_restart} before the agent's restart, {} at the end",
+            restarts(&agent)?
+        );
+        Ok(())
+    })();
+    let gone = agent.remove_manifest("swap.json").and_then(|()| agent.wait_pod_gone("swap", Duration::from_secs(60)));
+    attacked?;
+    gone?;
     let pod_dir = agent.root_dir().join("pods").join(&uid);
     let deadline = Instant::now() + Duration::from_secs(30);
     while pod_dir.exists() {
