@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::io::Write;
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// The symlink to the current payload directory.
@@ -71,8 +72,27 @@ fn read_tree(dir: &Path) -> io::Result<Payload> {
     Ok(out)
 }
 
+/// kubelet's `shouldWritePayload` and `pathsToRemove`: the same paths with the same bytes. Modes are not compared:
+/// the ownership change widens them after writing (0400 becomes 0440 with `fsGroup`), and comparing them would
+/// rewrite and re-own the volume on every sync.
+fn same_files(existing: &Payload, payload: &Payload) -> bool {
+    existing.len() == payload.len()
+        && existing.iter().zip(payload).all(|((p1, f1), (p2, f2))| p1 == p2 && f1.data == f2.data)
+}
+
 /// Writes `payload` into `target` atomically. Returns whether anything changed.
 pub fn write(target: &Path, payload: &Payload) -> io::Result<bool> {
+    write_with_perms(target, payload, || Ok(()))
+}
+
+/// [`write`] with kubelet's `setPerms` hook: when the payload changed, `set_perms` runs once the new files are
+/// written and before they are published (step 7 of kubelet's `AtomicWriter.Write`), so a reader never sees them
+/// without their ownership. An unchanged payload writes nothing and does not call it.
+pub fn write_with_perms(
+    target: &Path,
+    payload: &Payload,
+    set_perms: impl FnOnce() -> io::Result<()>,
+) -> io::Result<bool> {
     for path in payload.keys() {
         validate_path(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     }
@@ -82,7 +102,7 @@ pub fn write(target: &Path, payload: &Payload) -> io::Result<bool> {
     let old_visible: BTreeSet<String> = match &old_ts {
         Some(old) => {
             let existing = read_tree(&target.join(old))?;
-            if &existing == payload {
+            if same_files(&existing, payload) {
                 return Ok(false);
             }
             visible_names(&existing)
@@ -91,7 +111,7 @@ pub fn write(target: &Path, payload: &Payload) -> io::Result<bool> {
     };
 
     let ts_dir = new_ts_dir(target)?;
-    let result = write_payload(&ts_dir, payload);
+    let result = write_payload(&ts_dir, payload).and_then(|()| set_perms());
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&ts_dir);
         return Err(e);
@@ -150,10 +170,23 @@ fn write_payload(dir: &Path, payload: &Payload) -> io::Result<()> {
         if let Some(parent) = full.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(&full, &file.data)?;
-        std::fs::set_permissions(&full, std::fs::Permissions::from_mode(file.mode))?;
+        create_file(&full, file.mode)?.write_all(&file.data)?;
     }
     Ok(())
+}
+
+/// A new file with its final mode from the moment it exists: `open(O_CREAT | O_EXCL)` with `mode` (which the umask
+/// can only narrow) and an `fchmod` to `mode` before any byte is written. kubelet's `writePayloadToDir` writes with
+/// the umask's mode and chmods after, which leaves a secret readable by all for a moment under a lax umask.
+fn create_file(path: &Path, mode: u32) -> io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode & 0o7777)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -198,5 +231,59 @@ mod tests {
         let entries: Vec<String> =
             std::fs::read_dir(t).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(entries.len(), 3, "a, ..data and one payload directory: {entries:?}");
+    }
+
+    fn fd_mode(f: &std::fs::File) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        f.metadata().unwrap().mode() & 0o7777
+    }
+
+    /// A secret's file is never readable beyond its final mode, not even between its creation and its chmod: the
+    /// descriptor the writer gets back, before a byte is written, already has the final mode, whatever the umask.
+    /// (Asserted on the creation step the writer uses; the state between open and fchmod cannot be observed from a
+    /// test, but the mode given to open is the final one, which the umask can only narrow.)
+    #[test]
+    fn files_are_created_with_their_final_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, m) in [("secret", 0o400), ("group", 0o440), ("wide", 0o666), ("exec", 0o755)] {
+            let f = create_file(&dir.path().join(name), m).unwrap();
+            assert_eq!(fd_mode(&f), m, "{name}: the mode right after creation, before any data");
+        }
+        let again = create_file(&dir.path().join("secret"), 0o400).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists, "never opens a file someone else made");
+        let target = dir.path().join("elsewhere");
+        symlink(&target, dir.path().join("planted")).unwrap();
+        assert!(create_file(&dir.path().join("planted"), 0o400).is_err());
+        assert!(!target.exists(), "a planted link is not written through");
+    }
+
+    #[test]
+    fn set_perms_runs_before_publishing_and_only_for_a_new_payload() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        let files = payload(&[("key", "v1", 0o400)]);
+        let mut calls = 0;
+        assert!(write_with_perms(t, &files, || {
+            calls += 1;
+            assert!(std::fs::symlink_metadata(t.join(DATA_DIR_NAME)).is_err(), "not yet published");
+            Ok(())
+        })
+        .unwrap());
+        assert_eq!(calls, 1);
+        // What the ownership change does to the files (0400 with fsGroup becomes 0440) is no change of payload.
+        std::fs::set_permissions(t.join("..data/key"), std::fs::Permissions::from_mode(0o440)).unwrap();
+        assert!(!write_with_perms(t, &files, || {
+            calls += 1;
+            Ok(())
+        })
+        .unwrap());
+        assert_eq!(calls, 1, "an unchanged payload is not re-owned");
+        let err = write_with_perms(t, &payload(&[("key", "v2", 0o400)]), || Err(io::Error::other("no"))).unwrap_err();
+        assert_eq!(err.to_string(), "no");
+        assert_eq!(
+            std::fs::read_to_string(t.join("key")).unwrap(),
+            "v1",
+            "a failed ownership change publishes nothing"
+        );
     }
 }

@@ -36,6 +36,9 @@ const EMPTY_DIR_MODE: u32 = 0o777;
 /// kubelet's pod and volumes folders.
 const POD_DIR_MODE: u32 = 0o750;
 const TMPFS_MAGIC: i64 = 0x0102_1994;
+const EMPTY_DIR_PLUGIN: &str = "kubernetes.io~empty-dir";
+/// kubelet's `readyFileName` (`pkg/volume/util/util.go`).
+const READY_FILE_NAME: &str = "ready";
 
 /// A volume plugin's folder name under `volumes/`.
 fn plugin_dir(v: &Volume) -> Option<&'static str> {
@@ -187,8 +190,10 @@ impl VolumeManager {
     async fn set_up(&self, pod: &Pod, v: &Volume, objects: Option<&Objects>) -> Result<(), String> {
         let uid = spec::uid(pod);
         let sc = spec::spec(pod).security_context.as_ref();
+        // No `fsGroupChangePolicy`: kubelet's emptyDir, configMap, secret, downwardAPI and projected plugins all call
+        // `SetVolumeOwnership` with a nil policy (`empty_dir.go`, `secret.go`, ...); the pod's policy is for the
+        // volume kinds (CSI, local, ...) this node does not set up.
         let fs_group = sc.and_then(|s| s.fs_group);
-        let policy = sc.and_then(|s| s.fs_group_change_policy.as_deref());
         if let Some(hp) = &v.host_path {
             return host_path::check_type(Path::new(&hp.path), hp.type_.as_deref().unwrap_or_default());
         }
@@ -197,7 +202,12 @@ impl VolumeManager {
         };
         self.ensure_pod_dirs(uid).map_err(|e| e.to_string())?;
         let payload = if let Some(ed) = &v.empty_dir {
-            match ed.medium.as_deref().unwrap_or_default() {
+            let medium = ed.medium.as_deref().unwrap_or_default();
+            let ready = self.empty_dir_ready_file(uid, &v.name);
+            if ready.as_deref().is_some_and(is_ready) && empty_dir_in_place(&dir, medium) {
+                return Ok(());
+            }
+            match medium {
                 "" => ensure_dir(&dir, EMPTY_DIR_MODE),
                 "Memory" => {
                     let size = self.memory_volume_size(pod, ed.size_limit.as_ref().map(|q| q.0.as_str()));
@@ -207,7 +217,13 @@ impl VolumeManager {
             }
             .map_err(|e| e.to_string())?;
             if let Some(g) = fs_group {
-                ownership::set_volume_ownership(&dir, g, policy, false).map_err(|e| e.to_string())?;
+                // kubelet's emptyDir SetUpAt logs a failed ownership change and goes on.
+                if let Err(e) = set_ownership_blocking(dir.clone(), g, false).await {
+                    tracing::warn!(uid, volume = %v.name, error = %e, "fsGroup ownership change failed");
+                }
+            }
+            if let Some(ready) = ready {
+                set_ready(&ready);
             }
             return Ok(());
         } else if let Some(c) = &v.config_map {
@@ -237,10 +253,18 @@ impl VolumeManager {
             ensure_tmpfs(&dir, self.memory_volume_size(pod, None)).map_err(|e| e.to_string())?;
         }
         ensure_dir(&dir, EMPTY_DIR_MODE).map_err(|e| e.to_string())?;
-        atomic_writer::write(&dir, &payload).map_err(|e| format!("failed to write volume files: {e}"))?;
-        if let Some(g) = fs_group {
-            ownership::set_volume_ownership(&dir, g, policy, true).map_err(|e| e.to_string())?;
-        }
+        // kubelet's setPerms: the whole volume is re-owned when (and only when) a new payload is written, before it
+        // is published. Off the runtime: both the write and the walk are blocking.
+        let written = tokio::task::spawn_blocking(move || {
+            let set_perms = || match fs_group {
+                Some(g) => ownership::set_volume_ownership(&dir, g, None, true).map_err(std::io::Error::other),
+                None => Ok(()),
+            };
+            atomic_writer::write_with_perms(&dir, &payload, set_perms)
+        })
+        .await
+        .map_err(|e| format!("failed to write volume files: {e}"))?;
+        written.map_err(|e| format!("failed to write volume files: {e}"))?;
         Ok(())
     }
 
@@ -259,6 +283,14 @@ impl VolumeManager {
             }
         }
         (size > 0).then_some(size)
+    }
+
+    /// kubelet's emptyDir readiness file, `<pod>/plugins/kubernetes.io~empty-dir/<volume>/ready`: set once the volume
+    /// is set up (and owned), so that later syncs and agent restarts leave it, and what the pod wrote there, alone.
+    fn empty_dir_ready_file(&self, uid: &str, volume: &str) -> Option<PathBuf> {
+        let mut parts = Path::new(volume).components();
+        let single = matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None));
+        single.then(|| self.pod_dir(uid).join("plugins").join(EMPTY_DIR_PLUGIN).join(volume).join(READY_FILE_NAME))
     }
 
     fn ensure_pod_dirs(&self, uid: &str) -> std::io::Result<()> {
@@ -330,6 +362,13 @@ impl VolumeManager {
         if !mounts_under(&dir).is_empty() {
             tracing::warn!(uid, dir = %dir.display(), "volumes folder still holds mounts; not removing it");
             return;
+        }
+        // kubelet's emptyDir TearDown removes the readiness file with the volume.
+        let ready = self.pod_dir(uid).join("plugins").join(EMPTY_DIR_PLUGIN);
+        if let Err(e) = std::fs::remove_dir_all(&ready) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(uid, dir = %ready.display(), error = %e, "cannot remove the emptyDir ready files");
+            }
         }
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => tracing::info!(uid, "volumes of the finished pod torn down"),
@@ -403,14 +442,50 @@ fn chmod(path: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
+/// kubelet's emptyDir `setupDir`: only the permission bits are compared, so the setgid bit an `fsGroup` gave the
+/// volume stays.
 fn ensure_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
     if !dir.is_dir() {
         std::fs::create_dir_all(dir)?;
     }
-    if std::fs::metadata(dir)?.permissions().mode() & 0o7777 != mode {
+    if std::fs::metadata(dir)?.permissions().mode() & 0o777 != mode {
         chmod(dir, mode)?;
     }
     Ok(())
+}
+
+/// kubelet's `IsReady`: the readiness file exists and is a regular file.
+fn is_ready(file: &Path) -> bool {
+    std::fs::symlink_metadata(file).is_ok_and(|m| m.is_file())
+}
+
+/// kubelet's `SetReady`; a failure is logged, as kubelet does, and only costs a second setup.
+fn set_ready(file: &Path) {
+    let created = file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(file).map(drop));
+    if let Err(e) = created {
+        tracing::error!(file = %file.display(), error = %e, "Can't touch the ready file");
+    }
+}
+
+/// kubelet's emptyDir SetUpAt with the readiness file present: a disk volume whose folder exists, a memory volume
+/// whose tmpfs is mounted, needs nothing more.
+fn empty_dir_in_place(dir: &Path, medium: &str) -> bool {
+    match medium {
+        "" => dir.is_dir(),
+        "Memory" => is_mount_point(dir) && is_tmpfs(dir),
+        _ => false,
+    }
+}
+
+/// [`ownership::set_volume_ownership`] of a volume the pod can write to, off the runtime, without a policy.
+async fn set_ownership_blocking(dir: PathBuf, fs_group: i64, readonly: bool) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || ownership::set_volume_ownership(&dir, fs_group, None, readonly))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
 fn c_path(p: &Path) -> std::io::Result<CString> {
