@@ -21,7 +21,7 @@ use rkubelet::kuberuntime::KubeRuntime;
 use rkubelet::node;
 use rkubelet::node::registration::{run_node_lease, FactsFn, NodeRegistration};
 use rkubelet::node::status::{go_arch, NodeFacts, KUBELET_COMPAT_VERSION};
-use rkubelet::pods::admission::NodeInfo;
+use rkubelet::pods::admission::{NodeInfo, Resources};
 use rkubelet::pods::env::NodeAllocatable;
 use rkubelet::pods::events::EventRecorder;
 use rkubelet::pods::manager::PodManager;
@@ -441,11 +441,18 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     }
     let (terminated_tx, terminated_rx) = mpsc::unbounded_channel();
     let node_labels = node::status::node_labels(&hostname, go_arch(), &extra_labels);
+    // Until the Node is read back from the API, admission uses the allocatable the node will report.
     let (admission_tx, admission_rx) = watch::channel(NodeInfo {
         name: config.node_name.clone(),
         labels: node_labels,
-        allocatable,
-        max_pods: config.max_pods,
+        allocatable: Resources {
+            milli_cpu: allocatable.cpu_milli,
+            memory: allocatable.memory_bytes,
+            ephemeral_storage: node::host_info(&config.root_dir).ephemeral_storage_bytes,
+            allowed_pods: config.max_pods.into(),
+            ..Default::default()
+        },
+        taints: config.register_with_taints.clone(),
     });
     let mut api_client = None;
     if let Some(kubeconfig) = &flags.kubeconfig {

@@ -218,16 +218,18 @@ pub struct VersionInfo {
     pub supported_versions: Vec<String>,
 }
 
-/// `runtimeConfig.portMappings` entries (capability `portMappings`).
+/// `runtimeConfig.portMappings` entries (capability `portMappings`). containerd's go-cni marshals its untagged
+/// struct with Go's field names (`HostPort`, ...), which the reference plugins read through Go's case-insensitive
+/// JSON decoding; both spellings are accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct PortMapping {
-    #[serde(rename = "hostPort")]
+    #[serde(rename = "hostPort", alias = "HostPort")]
     pub host_port: u16,
-    #[serde(rename = "containerPort")]
+    #[serde(rename = "containerPort", alias = "ContainerPort")]
     pub container_port: u16,
-    #[serde(default = "default_protocol")]
+    #[serde(default = "default_protocol", alias = "Protocol")]
     pub protocol: String,
-    #[serde(rename = "hostIP", default, skip_serializing_if = "String::is_empty")]
+    #[serde(rename = "hostIP", alias = "HostIP", default, skip_serializing_if = "String::is_empty")]
     pub host_ip: String,
 }
 
@@ -238,6 +240,27 @@ fn default_protocol() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_mappings_are_read_with_go_field_names_as_containerd_sends_them() {
+        let m: Vec<PortMapping> = serde_json::from_str(
+            r#"[{"HostPort":8080,"ContainerPort":80,"Protocol":"udp","HostIP":"127.0.0.1"},
+                {"hostPort":9090,"containerPort":90}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            vec![
+                PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: "udp".into(),
+                    host_ip: "127.0.0.1".into()
+                },
+                PortMapping { host_port: 9090, container_port: 90, protocol: "tcp".into(), host_ip: String::new() },
+            ]
+        );
+    }
 
     #[test]
     fn version_conversion_adds_and_strips_ip_version() {

@@ -4,9 +4,13 @@
 # the one node (--node-ip: the API server refuses loopback node addresses), then conformance.sh, then everything it
 # started is stopped and the runtime emptied (pods killed, sandboxes removed through CRI by a standalone rkubelet).
 #   conformance-node.sh [conformance.sh args...]        e.g. --focus='Pods should'
+#   conformance-node.sh --slice cncf [conformance.sh args...]
+#     the wider suite's slice instead (bin/e2e-cncf.test): the [sig-node], [sig-apps], [sig-storage] and [sig-cli]
+#     [Conformance] specs outside [NodeConformance], [Serial] and [Disruptive] (94 specs; the Go kubelet passes 88),
+#     16 processes and a 20 min timeout unless set; a --focus or --skip of yours replaces the slice's.
 # env: RKUBELET_BIN (default target/debug/rkubelet), RKUBELET_CNI_BIN_DIR (default target/debug),
 #      RKUBELET_K8S_KIT (default ../shared/k8s), RKUBELET_NODE_IP (default: the first global IPv4 address),
-#      K8S_E2E_PROCS (default 40: the waiting specs cost little CPU).
+#      K8S_E2E_PROCS (default 40: the waiting specs cost little CPU; 16 for the slice).
 # Results: the kit's folder under $K8S_HOME/e2e/<timestamp>/ (results.txt), its last line printed last.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -17,6 +21,22 @@ NODE=rkubelet-conformance
 export K8S_HOME=${K8S_HOME:-/var/lib/rkubelet-test/conformance-kit}
 export K8S_APISERVER_PORT=${K8S_APISERVER_PORT:-46443} K8S_ETCD_PORT=${K8S_ETCD_PORT:-42379}
 export K8S_KCM_PORT=${K8S_KCM_PORT:-41257} K8S_SCHED_PORT=${K8S_SCHED_PORT:-41259}
+SLICE_ARGS=()
+if [ "${1:-}" = --slice ]; then
+  [ "${2:-}" = cncf ] || { printf 'conformance-node: unknown slice "%s" (known: cncf)\n' "${2:-}" >&2; exit 2; }
+  export K8S_E2E_BINARY=${K8S_E2E_BINARY:-$K8S_HOME/bin/e2e-cncf.test}
+  export K8S_E2E_PROCS=${K8S_E2E_PROCS:-16} K8S_E2E_TIMEOUT=${K8S_E2E_TIMEOUT:-20m}
+  focus='--focus=\[sig-(node|apps|storage|cli)\].*\[Conformance\]'
+  skip='--skip=\[NodeConformance\]|\[Serial\]|\[Disruptive\]'
+  shift 2
+  # ginkgo ORs repeated --focus (and --skip) flags: the caller's replace the slice's rather than widen it.
+  for a in "$@"; do
+    if [[ $a =~ ^--?focus(=|$) ]]; then focus=""; fi
+    if [[ $a =~ ^--?skip(=|$) ]]; then skip=""; fi
+  done
+  if [ -n "$focus" ]; then SLICE_ARGS+=("$focus"); fi
+  if [ -n "$skip" ]; then SLICE_ARGS+=("$skip"); fi
+fi
 export K8S_E2E_PROCS=${K8S_E2E_PROCS:-40}
 NODE_IP=${RKUBELET_NODE_IP:-$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -1)}
 log() { printf 'conformance-node: %s\n' "$*" >&2; }
@@ -101,6 +121,6 @@ for _ in $(seq 120); do
 done
 log "node $NODE Ready ($NODE_IP); running the specs with $K8S_E2E_PROCS processes"
 rc=0
-K8S_E2E_CONTAINERD=unix://$SOCK bash "$KIT/conformance.sh" "$NODE" "$@" || rc=$?
+K8S_E2E_CONTAINERD=unix://$SOCK bash "$KIT/conformance.sh" "$NODE" "${SLICE_ARGS[@]}" "$@" || rc=$?
 cp "$STATE/rkubelet.log" "$(ls -d "$K8S_HOME"/e2e/2*/ | tail -1)/rkubelet.log" 2>/dev/null || true
 exit "$rc"

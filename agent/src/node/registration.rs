@@ -13,7 +13,7 @@ use kube::api::{Api, GetParams, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use tokio::sync::watch;
 
-use crate::pods::admission::NodeInfo;
+use crate::pods::admission::{NodeInfo, Resources};
 
 use super::status::{
     initial_node, kubelet_version, node_status_has_changed, node_status_patch, set_node_status, NodeFacts,
@@ -169,13 +169,25 @@ impl NodeRegistration {
 
     fn publish_node(&self, node: &Node) {
         self.publish_pod_cidr(node);
-        if let Some(labels) = &node.metadata.labels {
-            self.admission.send_if_modified(|n| {
-                let changed = n.labels != *labels;
+        // Admission reads the Node as the API has it: labels, taints and allocatable others set included.
+        let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        let allocatable = node.status.as_ref().and_then(|s| s.allocatable.as_ref()).map(Resources::from_list);
+        self.admission.send_if_modified(|n| {
+            let mut changed = false;
+            if let Some(labels) = node.metadata.labels.as_ref().filter(|l| **l != n.labels) {
                 n.labels = labels.clone();
-                changed
-            });
-        }
+                changed = true;
+            }
+            if n.taints != taints {
+                n.taints = taints;
+                changed = true;
+            }
+            if let Some(a) = allocatable.filter(|a| *a != n.allocatable) {
+                n.allocatable = a;
+                changed = true;
+            }
+            changed
+        });
     }
 
     fn publish_pod_cidr(&self, node: &Node) {

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use super::admission::{self, NodeInfo, Rejection};
 use super::events::EventType;
-use super::source::{SourceUpdate, CONFIG_SOURCE_ANNOTATION, FILE_SOURCE};
+use super::source::SourceUpdate;
 use super::spec;
 use super::sysctl::SysctlAllowlist;
 use super::unsupported::{self, REASON_UNSUPPORTED_POD_SPEC};
@@ -67,6 +67,8 @@ pub struct PodManager {
     not_running: BTreeSet<String>,
     /// The sysctls pods may set: the safe ones, and `allowedUnsafeSysctls`.
     sysctls: SysctlAllowlist,
+    /// Pods being killed to make room for a critical pod; they end Failed.
+    preempted: BTreeSet<String>,
 }
 
 impl PodManager {
@@ -87,6 +89,7 @@ impl PodManager {
             node: None,
             not_running: BTreeSet::new(),
             sysctls: SysctlAllowlist::safe(),
+            preempted: BTreeSet::new(),
         }
     }
 
@@ -124,6 +127,11 @@ impl PodManager {
                 Some(done) = self.done_rx.recv() => match done {
                     Done::Worker(uid) => {
                         if let Some(pod) = self.workers.remove(&uid).and_then(|h| h.terminating) {
+                            if self.preempted.remove(&uid) {
+                                self.not_running.insert(uid.clone());
+                                self.ctx.store.upsert_pod(&uid, pod.clone());
+                                self.ctx.store.set_status(&uid, admission::preempted_status(&pod));
+                            }
                             if pod.metadata.deletion_timestamp.is_some() {
                                 self.finished_deletions.insert(uid.clone());
                             }
@@ -281,23 +289,19 @@ impl PodManager {
         }
         if let Some(node) = &self.node {
             let node = node.borrow().clone();
-            let active: Vec<Arc<Pod>> = self
-                .workers
-                .iter()
-                .filter(|(uid, h)| h.terminating.is_none() && !self.is_terminal(uid))
-                .map(|(_, h)| h.input.borrow().pod.clone())
-                .collect();
+            let active = self.active_pods();
             let active: Vec<&Pod> = active.iter().map(|p| p.as_ref()).collect();
-            let is_static = pod
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(CONFIG_SOURCE_ANNOTATION))
-                .is_some_and(|s| s == FILE_SOURCE);
-            if let Err(rejection) = admission::admit(&pod, &active, &node, is_static) {
-                tracing::warn!(pod = %spec::key(&pod), uid, reason = rejection.reason, "{}", rejection.message);
-                self.reject(&uid, pod, &rejection);
-                return;
+            match admission::admit(&pod, &active, &node) {
+                Err(rejection) => {
+                    tracing::warn!(pod = %spec::key(&pod), uid, reason = rejection.reason, "{}", rejection.message);
+                    self.reject(&uid, pod, &rejection);
+                    return;
+                }
+                Ok(admitted) => {
+                    for victim in admitted.preempt {
+                        self.preempt(&victim, &pod);
+                    }
+                }
             }
         }
         let unsupported = unsupported::unsupported_fields(&pod);
@@ -320,6 +324,34 @@ impl PodManager {
         self.not_running.insert(uid.to_owned());
         self.ctx.store.upsert_pod(uid, pod.clone());
         self.ctx.store.set_status(uid, rejection.status(&pod));
+    }
+
+    /// kubelet's `filterOutInactivePods` over its pod manager: the pods the sources still hold (those being deleted
+    /// in the API too) that were admitted, unless their termination is over or they are terminal and not being
+    /// terminated. A port or a request frees once the pod's containers are gone, or once its source drops it.
+    fn active_pods(&self) -> Vec<Arc<Pod>> {
+        let in_sources: BTreeSet<&str> = self.desired.values().flatten().map(|p| spec::uid(p)).collect();
+        self.workers
+            .iter()
+            .filter(|(uid, h)| in_sources.contains(uid.as_str()) && (h.terminating.is_some() || !self.is_terminal(uid)))
+            .map(|(_, h)| h.input.borrow().pod.clone())
+            .collect()
+    }
+
+    /// kubelet's `CriticalPodAdmissionHandler` eviction of one pod for `critical`: a warning event, and the pod is
+    /// killed; it ends Failed with reason `Preempting`.
+    fn preempt(&mut self, uid: &str, critical: &Pod) {
+        let Some(h) = self.workers.get_mut(uid) else { return };
+        if h.terminating.is_some() {
+            return;
+        }
+        let pod = h.input.borrow().pod.clone();
+        tracing::info!(pod = %spec::key(&pod), uid, critical = %spec::key(critical), "preempting pod to free up resources");
+        let message = admission::PREEMPTED_MESSAGE.to_owned();
+        self.ctx.kuberuntime.events.record(&pod, None, EventType::Warning, admission::PREEMPTING, message);
+        h.terminating = Some(pod.clone());
+        let _ = h.input.send(WorkerInput { pod, terminate: true });
+        self.preempted.insert(uid.to_owned());
     }
 
     fn is_terminal(&self, uid: &str) -> bool {
