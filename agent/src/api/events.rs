@@ -359,7 +359,7 @@ pub async fn run_event_poster(client: kube::Client, node_name: String, mut event
         while let Some(ev) = queued.recv().await {
             let now = jiff::Timestamp::now();
             let Some(correlated) = correlator.correlate(new_event(&ev, &node_name, now), Instant::now(), now) else {
-                tracing::debug!(pod = %format!("{}/{}", ev.namespace, ev.name), reason = ev.reason, "event dropped by the spam filter");
+                tracing::debug!(pod = %format!("{}/{}", ev.namespace, ev.name), reason = %ev.reason, "event dropped by the spam filter");
                 continue;
             };
             write_event(&client, &mut correlator, correlated).await;
@@ -384,7 +384,7 @@ fn offer(queue: &mpsc::Sender<PodEvent>, ev: PodEvent, dropped: &mut u64) -> boo
             if dropped.is_power_of_two() {
                 tracing::warn!(
                     pod = %format!("{}/{}", ev.namespace, ev.name),
-                    reason = ev.reason,
+                    reason = %ev.reason,
                     dropped = *dropped,
                     "event queue full ({MAX_QUEUED_EVENTS}); dropping event"
                 );
@@ -461,7 +461,7 @@ fn new_event(ev: &PodEvent, node_name: &str, now: jiff::Timestamp) -> Event {
         field_path: ev.field_path.clone(),
         ..Default::default()
     };
-    event.reason = Some(ev.reason.to_owned());
+    event.reason = Some(ev.reason.to_string());
     event.message = Some(ev.message.clone());
     event.type_ = Some(ev.kind.as_str().to_owned());
     event.source = Some(EventSource { component: Some(COMPONENT.into()), host: Some(node_name.to_owned()) });
@@ -497,7 +497,7 @@ mod tests {
             uid: uid.into(),
             field_path: Some("spec.containers{app}".into()),
             kind: EventType::Warning,
-            reason,
+            reason: reason.into(),
             message: message.into(),
         }
     }

@@ -4,8 +4,8 @@
 //! failing predicate as its reason. A critical pod short only of resources is admitted by preempting other pods
 //! (`pkg/kubelet/preemption/preemption.go`). Pure: node facts in, verdict out.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, OnceLock};
 
 use k8s_openapi::api::core::v1::{
     Container, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodCondition, PodStatus, Taint,
@@ -118,7 +118,7 @@ pub struct NodeInfo {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    pub reason: &'static str,
+    pub reason: Cow<'static, str>,
     pub message: String,
 }
 
@@ -127,7 +127,7 @@ impl Rejection {
     pub fn status(&self, pod: &Pod) -> PodStatus {
         PodStatus {
             phase: Some("Failed".into()),
-            reason: Some(self.reason.to_owned()),
+            reason: Some(self.reason.to_string()),
             message: Some(format!("Pod was rejected: {}", self.message)),
             qos_class: Some(pod_qos_class(spec::spec(pod)).as_str().to_owned()),
             ..Default::default()
@@ -180,30 +180,22 @@ impl Failure {
                      capacity: {capacity}"
                 ),
             },
-            Failure::Predicate(name) => Rejection { reason: name, message: format!("Predicate {name} failed") },
+            Failure::Predicate(name) => {
+                Rejection { reason: Cow::Borrowed(name), message: format!("Predicate {name} failed") }
+            }
         }
     }
 }
 
-/// `OutOf<resource>`. The reason is `&'static str` everywhere a pod's reason travels (events too), so the reasons
-/// of resources other than the four fixed ones are kept once per resource name for the agent's lifetime.
-fn out_of(resource: &str) -> &'static str {
+/// `OutOf<resource>`: the four fixed reasons borrowed, any other resource's (extended resources are named by the pod
+/// author) built for this rejection alone, so no name outlives the pod that asked for it.
+fn out_of(resource: &str) -> Cow<'static, str> {
     match resource {
-        RESOURCE_CPU => OUT_OF_CPU,
-        RESOURCE_MEMORY => OUT_OF_MEMORY,
-        RESOURCE_PODS => OUT_OF_PODS,
-        RESOURCE_EPHEMERAL_STORAGE => OUT_OF_EPHEMERAL_STORAGE,
-        other => {
-            static REASONS: OnceLock<Mutex<BTreeSet<&'static str>>> = OnceLock::new();
-            let reason = format!("OutOf{other}");
-            let mut known = REASONS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(r) = known.get(reason.as_str()) {
-                return r;
-            }
-            let r: &'static str = Box::leak(reason.into_boxed_str());
-            known.insert(r);
-            r
-        }
+        RESOURCE_CPU => Cow::Borrowed(OUT_OF_CPU),
+        RESOURCE_MEMORY => Cow::Borrowed(OUT_OF_MEMORY),
+        RESOURCE_PODS => Cow::Borrowed(OUT_OF_PODS),
+        RESOURCE_EPHEMERAL_STORAGE => Cow::Borrowed(OUT_OF_EPHEMERAL_STORAGE),
+        other => Cow::Owned(format!("OutOf{other}")),
     }
 }
 
@@ -247,7 +239,7 @@ pub fn admit(pod: &Pod, active: &[&Pod], node: &NodeInfo) -> Result<Admitted, Re
                 Ok(victims) => admitted.preempt = victims.iter().map(|p| spec::uid(p).to_owned()).collect(),
                 Err(e) => {
                     return Err(Rejection {
-                        reason: UNEXPECTED_ADMISSION_ERROR,
+                        reason: UNEXPECTED_ADMISSION_ERROR.into(),
                         message: format!(
                             "Unexpected error while attempting to recover from admission failure: preemption: \
                              error finding a set of pods to preempt: {e}"
@@ -266,13 +258,13 @@ pub fn admit(pod: &Pod, active: &[&Pod], node: &NodeInfo) -> Result<Admitted, Re
     let os = std::env::consts::OS;
     if pod.metadata.labels.as_ref().and_then(|l| l.get(LABEL_OS)).is_some_and(|v| v != os) {
         return Err(Rejection {
-            reason: POD_OS_SELECTOR_NODE_LABEL_DOES_NOT_MATCH,
+            reason: POD_OS_SELECTOR_NODE_LABEL_DOES_NOT_MATCH.into(),
             message: "Failed to admit pod as the `kubernetes.io/os` label doesn't match node label".into(),
         });
     }
     if spec::spec(pod).os.as_ref().is_some_and(|o| o.name != os) {
         return Err(Rejection {
-            reason: POD_OS_NOT_SUPPORTED,
+            reason: POD_OS_NOT_SUPPORTED.into(),
             message: "Failed to admit pod as the OS field doesn't match node OS".into(),
         });
     }
@@ -1117,7 +1109,7 @@ mod tests {
         assert_eq!(filter(&storage("11"), &used, &n), vec![ins("ephemeral-storage", 11, 10, 20)]);
         let r = admit(&storage("25"), &[], &n).unwrap_err();
         assert_eq!(
-            (r.reason, r.message.as_str()),
+            (&*r.reason, r.message.as_str()),
             (
                 "OutOfephemeral-storage",
                 "Node didn't have enough resource: ephemeral-storage, requested: 25, used: 0, capacity: 20"
@@ -1139,12 +1131,12 @@ mod tests {
         let used = [resource_pod("a", &[json!({"cpu": "5m", "memory": "19"})])];
         let r = admit(&resource_pod("p", &[json!({"cpu": "8m", "memory": "10"})]), &[&used[0]], &n).unwrap_err();
         assert_eq!(
-            (r.reason, r.message.as_str()),
+            (&*r.reason, r.message.as_str()),
             ("OutOfcpu", "Node didn't have enough resource: cpu, requested: 8, used: 5, capacity: 10")
         );
         let r = admit(&resource_pod("p", &[json!({"example.com/aaa": "6"})]), &[], &n).unwrap_err();
         assert_eq!(
-            (r.reason, r.message.as_str()),
+            (&*r.reason, r.message.as_str()),
             (
                 "OutOfexample.com/aaa",
                 "Node didn't have enough resource: example.com/aaa, requested: 6, used: 0, capacity: 5"
@@ -1156,7 +1148,7 @@ mod tests {
         );
         let conflict = [port_pod(&["TCP//8080"])];
         let r = admit(&port_pod(&["TCP//8080"]), &[&conflict[0]], &n).unwrap_err();
-        assert_eq!((r.reason, r.message.as_str()), ("NodePorts", "Predicate NodePorts failed"));
+        assert_eq!((&*r.reason, r.message.as_str()), ("NodePorts", "Predicate NodePorts failed"));
         let s = r.status(&conflict[0]);
         assert_eq!(
             (s.phase.as_deref(), s.reason.as_deref(), s.message.as_deref()),
@@ -1164,9 +1156,9 @@ mod tests {
         );
         let tainted = NodeInfo { taints: taints(json!([{ "key": "k", "effect": "NoExecute" }])), ..n.clone() };
         let r = admit(&resource_pod("p", &[]), &[], &tainted).unwrap_err();
-        assert_eq!((r.reason, r.message.as_str()), ("TaintToleration", "Predicate TaintToleration failed"));
+        assert_eq!((&*r.reason, r.message.as_str()), ("TaintToleration", "Predicate TaintToleration failed"));
         let r = admit(&from_json(json!({ "spec": { "containers": [], "nodeName": "other" } })), &[], &n).unwrap_err();
-        assert_eq!((r.reason, r.message.as_str()), ("NodeName", "Predicate NodeName failed"));
+        assert_eq!((&*r.reason, r.message.as_str()), ("NodeName", "Predicate NodeName failed"));
     }
 
     #[test]
@@ -1219,13 +1211,13 @@ mod tests {
         let mut p = from_json(json!({ "spec": { "containers": [], "os": { "name": "windows" } } }));
         let r = admit(&p, &[], &n).unwrap_err();
         assert_eq!(
-            (r.reason, r.message.as_str()),
+            (&*r.reason, r.message.as_str()),
             ("PodOSNotSupported", "Failed to admit pod as the OS field doesn't match node OS")
         );
         p.metadata.labels = Some([("kubernetes.io/os".to_owned(), "dummyOS".to_owned())].into());
         let r = admit(&p, &[], &n).unwrap_err();
         assert_eq!(
-            (r.reason, r.message.as_str()),
+            (&*r.reason, r.message.as_str()),
             (
                 "PodOSSelectorNodeLabelDoesNotMatch",
                 "Failed to admit pod as the `kubernetes.io/os` label doesn't match node label"
@@ -1249,7 +1241,7 @@ mod tests {
         let n = node(1000, 1 << 30, 32, 0, 0, 0);
         let r = admit(&critical(resource_pod("s", &[json!({"cpu": "8"})])), &[], &n).unwrap_err();
         assert_eq!(
-            (r.reason, r.message.as_str()),
+            (&*r.reason, r.message.as_str()),
             (
                 "UnexpectedAdmissionError",
                 "Unexpected error while attempting to recover from admission failure: preemption: error finding a \
@@ -1410,7 +1402,7 @@ mod tests {
         let sel = |s: Value| from_json(json!({ "spec": { "containers": [], "nodeSelector": s } }));
         assert_eq!(filter(&sel(json!({ "disk": "ssd" })), &[], &n), vec![]);
         let r = admit(&sel(json!({ "disk": "ssd", "zone": "a" })), &[], &n).unwrap_err();
-        assert_eq!((r.reason, r.message.as_str()), ("NodeAffinity", "Predicate NodeAffinity failed"));
+        assert_eq!((&*r.reason, r.message.as_str()), ("NodeAffinity", "Predicate NodeAffinity failed"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Pod events with kubelet's reasons (pkg/kubelet/events/event.go). Workers record them here; without an API server
 //! they are only logged, with one they are posted by `api::events`.
 
+use std::borrow::Cow;
+
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::mpsc;
 
@@ -41,7 +43,7 @@ pub struct PodEvent {
     /// `spec.containers{name}`, `spec.initContainers{name}` or `spec.ephemeralContainers{name}` when the event is about a container.
     pub field_path: Option<String>,
     pub kind: EventType,
-    pub reason: &'static str,
+    pub reason: Cow<'static, str>,
     pub message: String,
 }
 
@@ -78,13 +80,14 @@ impl EventRecorder {
         pod: &Pod,
         container: Option<(&str, bool)>,
         kind: EventType,
-        reason: &'static str,
+        reason: impl Into<Cow<'static, str>>,
         message: String,
     ) {
+        let reason = reason.into();
         let field_path = container.map(|(name, init)| container_field_path(pod, name, init));
         match kind {
-            EventType::Normal => tracing::info!(reason, "{message}"),
-            EventType::Warning => tracing::warn!(reason, "{message}"),
+            EventType::Normal => tracing::info!(reason = %reason, "{message}"),
+            EventType::Warning => tracing::warn!(reason = %reason, "{message}"),
         }
         if let Some(tx) = &self.tx {
             let _ = tx.send(PodEvent {

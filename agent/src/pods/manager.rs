@@ -283,7 +283,7 @@ impl PodManager {
         }
         // kubelet's sysctl admit handler runs before the resource predicates.
         if let Err(rejection) = self.sysctls.admit(&pod) {
-            tracing::warn!(pod = %spec::key(&pod), uid, reason = rejection.reason, "{}", rejection.message);
+            tracing::warn!(pod = %spec::key(&pod), uid, reason = %rejection.reason, "{}", rejection.message);
             self.reject(&uid, pod, &rejection);
             return;
         }
@@ -293,7 +293,7 @@ impl PodManager {
             let active: Vec<&Pod> = active.iter().map(|p| p.as_ref()).collect();
             match admission::admit(&pod, &active, &node) {
                 Err(rejection) => {
-                    tracing::warn!(pod = %spec::key(&pod), uid, reason = rejection.reason, "{}", rejection.message);
+                    tracing::warn!(pod = %spec::key(&pod), uid, reason = %rejection.reason, "{}", rejection.message);
                     self.reject(&uid, pod, &rejection);
                     return;
                 }
@@ -307,10 +307,10 @@ impl PodManager {
         let unsupported = unsupported::unsupported_fields(&pod);
         if !unsupported.is_empty() {
             let rejection = Rejection {
-                reason: REASON_UNSUPPORTED_POD_SPEC,
+                reason: REASON_UNSUPPORTED_POD_SPEC.into(),
                 message: format!("this node does not support these pod fields yet: {}", unsupported.join(", ")),
             };
-            tracing::warn!(pod = %spec::key(&pod), uid, reason = rejection.reason, "{}", rejection.message);
+            tracing::warn!(pod = %spec::key(&pod), uid, reason = %rejection.reason, "{}", rejection.message);
             self.reject(&uid, pod, &rejection);
             return;
         }
@@ -320,7 +320,7 @@ impl PodManager {
     /// kubelet's `rejectPod`: a warning event, and the pod Failed with the reason, never run.
     fn reject(&mut self, uid: &str, pod: Arc<Pod>, rejection: &Rejection) {
         let events = &self.ctx.kuberuntime.events;
-        events.record(&pod, None, EventType::Warning, rejection.reason, rejection.message.clone());
+        events.record(&pod, None, EventType::Warning, rejection.reason.clone(), rejection.message.clone());
         self.not_running.insert(uid.to_owned());
         self.ctx.store.upsert_pod(uid, pod.clone());
         self.ctx.store.set_status(uid, rejection.status(&pod));

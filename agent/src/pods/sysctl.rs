@@ -163,8 +163,9 @@ impl SysctlAllowlist {
         let s = spec::spec(pod);
         let sysctls = s.security_context.as_ref().and_then(|sc| sc.sysctls.as_ref());
         for sysctl in sysctls.into_iter().flatten() {
-            self.validate(&sysctl.name, s.host_network.unwrap_or(false), s.host_ipc.unwrap_or(false))
-                .map_err(|e| Rejection { reason: SYSCTL_FORBIDDEN, message: format!("forbidden sysctl: {e}") })?;
+            self.validate(&sysctl.name, s.host_network.unwrap_or(false), s.host_ipc.unwrap_or(false)).map_err(|e| {
+                Rejection { reason: SYSCTL_FORBIDDEN.into(), message: format!("forbidden sysctl: {e}") }
+            })?;
         }
         Ok(())
     }
@@ -209,7 +210,7 @@ mod tests {
         assert_eq!(
             list.admit(&pod(&[("kernel.shm_rmid_forced", "1"), ("kernel.msgmax", "10000")], false, false)),
             Err(Rejection {
-                reason: SYSCTL_FORBIDDEN,
+                reason: SYSCTL_FORBIDDEN.into(),
                 message: "forbidden sysctl: \"kernel.msgmax\" not allowlisted".into()
             })
         );
