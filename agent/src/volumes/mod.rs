@@ -328,9 +328,11 @@ impl VolumeManager {
                         ));
                     }
                     Ok(Err(SubPathFailure::Mode(e))) => return Err(e),
-                    Err(e) => return Err(format!(
+                    Err(e) => {
+                        return Err(format!(
                         "failed to prepare subPath for volumeMount {mount_name:?} of container {container_name:?}: {e}"
-                    )),
+                    ))
+                    }
                 }
             };
             let privileged = container.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false);
