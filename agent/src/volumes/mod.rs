@@ -308,32 +308,7 @@ impl VolumeManager {
                     pod_dir: self.pod_dir(uid),
                     container_name: container.name.clone(),
                 };
-                let (mount_name, container_name) = (m.name.clone(), container.name.clone());
-                let prepared = tokio::task::spawn_blocking(move || prepare_sub_path(&s, &sub_path));
-                match prepared.await {
-                    Ok(Ok(path)) => path,
-                    // Detail stays in the node's log: it could tell the pod about the host's filesystem.
-                    Ok(Err(SubPathFailure::Create(e))) => {
-                        tracing::error!(container = %container_name, volume_mount = %mount_name, error = %e,
-                            "failed to create subPath directory for volumeMount of the container");
-                        return Err(format!(
-                            "failed to create subPath directory for volumeMount {mount_name:?} of container {container_name:?}"
-                        ));
-                    }
-                    Ok(Err(SubPathFailure::Prepare(e))) => {
-                        tracing::error!(container = %container_name, volume_mount = %mount_name, error = %e,
-                            "failed to prepare subPath for volumeMount of the container");
-                        return Err(format!(
-                            "failed to prepare subPath for volumeMount {mount_name:?} of container {container_name:?}"
-                        ));
-                    }
-                    Ok(Err(SubPathFailure::Mode(e))) => return Err(e),
-                    Err(e) => {
-                        return Err(format!(
-                        "failed to prepare subPath for volumeMount {mount_name:?} of container {container_name:?}: {e}"
-                    ))
-                    }
-                }
+                sub_path_mount(s, sub_path, &m.name).await?
             };
             let privileged = container.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false);
             let propagation = match m.mount_propagation.as_deref() {
@@ -423,6 +398,27 @@ fn check_sub_path(sub_path: &str) -> Result<(), String> {
         return Err(format!("unable to provision SubPath `{sub_path}`: must not contain '..'"));
     }
     Ok(())
+}
+
+/// kubelet's subPath part of `makeMounts`, off the async runtime: the bind mount the runtime gets, or kubelet's
+/// error for the container. The detail goes to the node's log only: it could tell the pod about the host's files.
+async fn sub_path_mount(s: subpath::SubPath, sub_path: String, mount_name: &str) -> Result<PathBuf, String> {
+    let container = s.container_name.clone();
+    let prepared = tokio::task::spawn_blocking(move || prepare_sub_path(&s, &sub_path)).await;
+    let (step, detail) = match prepared {
+        Ok(Ok(path)) => return Ok(path),
+        Ok(Err(SubPathFailure::Mode(e))) => return Err(e),
+        Ok(Err(SubPathFailure::Create(e))) => ("create subPath directory", e.to_string()),
+        Ok(Err(SubPathFailure::Prepare(e))) => ("prepare subPath", e.to_string()),
+        Err(e) => ("prepare subPath", e.to_string()),
+    };
+    tracing::error!(
+        container,
+        volume_mount = mount_name,
+        error = detail,
+        "failed to {step} for volumeMount of the container"
+    );
+    Err(format!("failed to {step} for volumeMount {mount_name:?} of container {container:?}"))
 }
 
 /// Which step of `makeMounts`'s subPath handling failed: kubelet tells the container which, not why.
