@@ -41,7 +41,7 @@ impl KubeRuntime {
         }
         let envs = self.make_environment(pod, container, pod_ips).await;
         let envs = envs.map_err(|m| self.config_error(pod, container, start, m))?;
-        let mounts = self.volumes.container_mounts(pod, container, &envs);
+        let mounts = self.volumes.container_mounts(pod, container, &envs).await;
         let mut mounts = mounts.map_err(|m| self.config_error(pod, container, start, m))?;
         let pod_dir = self.volumes.pod_dir(spec::uid(pod));
         let message_file = crate::lifecycle::termination::mount(&pod_dir, container, start.restart_count);

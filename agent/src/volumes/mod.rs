@@ -7,6 +7,7 @@ pub mod atomic_writer;
 pub mod host_path;
 pub mod ownership;
 pub mod payload;
+pub mod subpath;
 pub mod token;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -305,7 +306,7 @@ impl VolumeManager {
 
     /// kubelet's `makeMounts` for the pod's volumes: each `volumeMount` with its `subPath`/`subPathExpr` (checked
     /// as kubelet does), read-only flag and propagation. `envs` is the container's environment for `subPathExpr`.
-    pub fn container_mounts(
+    pub async fn container_mounts(
         &self,
         pod: &Pod,
         container: &Container,
@@ -314,7 +315,7 @@ impl VolumeManager {
         let uid = spec::uid(pod);
         let volumes = spec::spec(pod).volumes.as_deref().unwrap_or_default();
         let mut mounts = Vec::new();
-        for m in container.volume_mounts.iter().flatten() {
+        for (index, m) in container.volume_mounts.iter().flatten().enumerate() {
             let Some(v) = volumes.iter().find(|v| v.name == m.name) else {
                 return Err(format!("cannot find volume {:?} to mount into container {:?}", m.name, container.name));
             };
@@ -327,7 +328,20 @@ impl VolumeManager {
             if let Some(expr) = m.sub_path_expr.as_deref().filter(|e| !e.is_empty()) {
                 sub_path = env::expand_sub_path_expr(expr, envs)?;
             }
-            let host_path = if sub_path.is_empty() { volume_path } else { prepare_sub_path(&volume_path, &sub_path)? };
+            let host_path = if sub_path.is_empty() {
+                volume_path
+            } else {
+                check_sub_path(&sub_path)?;
+                let s = subpath::SubPath {
+                    volume_mount_index: index,
+                    path: volume_path.join(&sub_path),
+                    volume_name: v.name.clone(),
+                    volume_path,
+                    pod_dir: self.pod_dir(uid),
+                    container_name: container.name.clone(),
+                };
+                sub_path_mount(s, sub_path, &m.name).await?
+            };
             let privileged = container.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false);
             let propagation = match m.mount_propagation.as_deref() {
                 Some("HostToContainer") => MountPropagation::HostToContainer,
@@ -350,6 +364,7 @@ impl VolumeManager {
     /// Tears down the volumes of a pod that has finished, keeping its folder until the pod is gone.
     pub fn unmount_volumes(&self, uid: &str) {
         self.tokens.forget_pod(uid);
+        clean_sub_paths(uid, &self.pod_dir(uid));
         let dir = self.pod_dir(uid).join("volumes");
         if !dir.exists() {
             return;
@@ -383,6 +398,7 @@ impl VolumeManager {
         if !dir.exists() {
             return;
         }
+        clean_sub_paths(uid, &dir);
         for m in mounts_under(&dir).into_iter().rev() {
             if let Err(e) = unmount(&m) {
                 tracing::warn!(uid, path = %m.display(), error = %e, "cannot unmount pod volume");
@@ -411,31 +427,75 @@ impl VolumeManager {
     }
 }
 
-/// kubelet's subPath checks: relative, no `..`, created when missing with the volume's mode, and — after resolving
-/// symlinks — still inside the volume.
-fn prepare_sub_path(volume_path: &Path, sub_path: &str) -> Result<PathBuf, String> {
+/// kubelet's checks of a subPath before it is used (`makeMounts`): relative and without `..`.
+fn check_sub_path(sub_path: &str) -> Result<(), String> {
     if Path::new(sub_path).is_absolute() {
         return Err(format!("error SubPath `{sub_path}` must not be an absolute path"));
     }
+    // `ValidatePathNoBacksteps` (pkg/volume/validation/pv_validation.go).
     if sub_path.split('/').any(|e| e == "..") {
         return Err(format!("unable to provision SubPath `{sub_path}`: must not contain '..'"));
     }
-    let host_path = volume_path.join(sub_path);
-    if std::fs::symlink_metadata(&host_path).is_err() {
-        let mode = std::fs::metadata(volume_path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o755);
-        std::fs::create_dir_all(&host_path).map_err(|e| format!("failed to create subPath directory: {e}"))?;
-        let _ = chmod(&host_path, mode);
+    Ok(())
+}
+
+/// kubelet's subPath part of `makeMounts`, off the async runtime: the bind mount the runtime gets, or kubelet's
+/// error for the container. The detail goes to the node's log only: it could tell the pod about the host's files.
+async fn sub_path_mount(s: subpath::SubPath, sub_path: String, mount_name: &str) -> Result<PathBuf, String> {
+    let container = s.container_name.clone();
+    let prepared = tokio::task::spawn_blocking(move || prepare_sub_path(&s, &sub_path)).await;
+    let (step, detail) = match prepared {
+        Ok(Ok(path)) => return Ok(path),
+        Ok(Err(SubPathFailure::Mode(e))) => return Err(e),
+        Ok(Err(SubPathFailure::Create(e))) => ("create subPath directory", e.to_string()),
+        Ok(Err(SubPathFailure::Prepare(e))) => ("prepare subPath", e.to_string()),
+        Err(e) => ("prepare subPath", e.to_string()),
+    };
+    tracing::error!(
+        container,
+        volume_mount = mount_name,
+        error = detail,
+        "failed to {step} for volumeMount of the container"
+    );
+    Err(format!("failed to {step} for volumeMount {mount_name:?} of container {container:?}"))
+}
+
+/// Which step of `makeMounts`'s subPath handling failed: kubelet tells the container which, not why.
+#[derive(Debug)]
+enum SubPathFailure {
+    Mode(String),
+    Create(subpath::SubPathError),
+    Prepare(subpath::SubPathError),
+}
+
+/// kubelet's subPath steps of `makeMounts` (blocking): a missing subPath is created inside the volume with the
+/// volume's mode (`SafeMakeDir`), then bind-mounted under the pod's `volume-subpaths` (`PrepareSafeSubpath`);
+/// returns the bind mount, which is what the runtime gets.
+fn prepare_sub_path(s: &subpath::SubPath, sub_path: &str) -> Result<PathBuf, SubPathFailure> {
+    // kubelet's `hu.PathExists`: an error other than "not there" only skips the creation.
+    let exists = match std::fs::metadata(&s.path) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            tracing::error!(path = %s.path.display(), error = %e, "could not determine if subPath exists");
+            true
+        }
+    };
+    if !exists {
+        // Created now so that it gets the volume's mode (with an fsGroup, g+rwx) rather than the runtime's 0755.
+        let perm =
+            std::fs::metadata(&s.volume_path).map_err(|e| SubPathFailure::Mode(e.to_string()))?.permissions().mode();
+        subpath::safe_make_dir(Path::new(sub_path), &s.volume_path, perm).map_err(SubPathFailure::Create)?;
     }
-    let volume_real = volume_path.canonicalize().map_err(|e| e.to_string())?;
-    let real = host_path.canonicalize().map_err(|e| e.to_string())?;
-    if !real.starts_with(&volume_real) {
-        return Err(format!(
-            "subpath {:?} not within volume path {:?}",
-            real.display().to_string(),
-            volume_real.display().to_string()
-        ));
+    subpath::bind_sub_path(s).map_err(SubPathFailure::Prepare)
+}
+
+/// Unmounts and removes the pod's subPath bind mounts (kubelet's `CleanSubPaths`, done before its volumes are torn
+/// down, since a bind mount keeps a tmpfs volume alive).
+fn clean_sub_paths(uid: &str, pod_dir: &Path) {
+    if let Err(e) = subpath::clean_sub_paths(pod_dir) {
+        tracing::warn!(uid, error = %e, "cannot clean subpath mounts");
     }
-    Ok(real)
 }
 
 fn chmod(path: &Path, mode: u32) -> std::io::Result<()> {
@@ -607,8 +667,8 @@ mod tests {
         (pod, c)
     }
 
-    #[test]
-    fn mounts_follow_kubelets_make_mounts() {
+    #[tokio::test]
+    async fn mounts_follow_kubelets_make_mounts() {
         let dir = tempfile::tempdir().unwrap();
         let vm = manager(dir.path());
         let volumes = serde_json::json!([
@@ -622,7 +682,7 @@ mod tests {
             { "name": "host", "mountPath": "/logs", "readOnly": true },
         ]);
         let (pod, c) = pod_with(volumes.clone(), mounts, false);
-        let got = vm.container_mounts(&pod, &c, &[]).unwrap();
+        let got = vm.container_mounts(&pod, &c, &[]).await.unwrap();
         let pods = dir.path().join("pods/u1/volumes");
         assert_eq!(
             got,
@@ -650,38 +710,66 @@ mod tests {
         );
         let (pod, c) = pod_with(volumes.clone(), serde_json::json!([{ "name": "nope", "mountPath": "/x" }]), false);
         assert_eq!(
-            vm.container_mounts(&pod, &c, &[]).unwrap_err(),
+            vm.container_mounts(&pod, &c, &[]).await.unwrap_err(),
             "cannot find volume \"nope\" to mount into container \"app\""
         );
         let bidi = serde_json::json!([{ "name": "host", "mountPath": "/x", "mountPropagation": "Bidirectional" }]);
         let (pod, c) = pod_with(volumes.clone(), bidi.clone(), false);
         assert_eq!(
-            vm.container_mounts(&pod, &c, &[]).unwrap_err(),
+            vm.container_mounts(&pod, &c, &[]).await.unwrap_err(),
             "Bidirectional mount propagation is available only to privileged containers"
         );
         let (pod, c) = pod_with(volumes, bidi, true);
-        assert_eq!(vm.container_mounts(&pod, &c, &[]).unwrap()[0].propagation, MountPropagation::Bidirectional);
+        assert_eq!(vm.container_mounts(&pod, &c, &[]).await.unwrap()[0].propagation, MountPropagation::Bidirectional);
     }
 
-    #[test]
-    fn sub_path_exprs_expand_from_the_container_env() {
+    #[tokio::test]
+    async fn sub_path_exprs_expand_from_the_container_env() {
         let dir = tempfile::tempdir().unwrap();
         let vm = manager(dir.path());
         let volumes = serde_json::json!([{ "name": "scratch", "emptyDir": {} }]);
         let vol = dir.path().join("pods/u1/volumes/kubernetes.io~empty-dir/scratch");
         std::fs::create_dir_all(&vol).unwrap();
-        let mounts = serde_json::json!([{ "name": "scratch", "mountPath": "/logs", "subPathExpr": "$(POD)/logs" }]);
+        chmod(&vol, 0o777).unwrap();
+        let mounts = serde_json::json!([
+            { "name": "scratch", "mountPath": "/data" },
+            { "name": "scratch", "mountPath": "/logs", "subPathExpr": "$(POD)/logs" },
+        ]);
         let (pod, c) = pod_with(volumes.clone(), mounts.clone(), false);
-        let env = vec![("POD".to_owned(), "web-1".to_owned())];
-        let got = vm.container_mounts(&pod, &c, &env).unwrap();
-        assert_eq!(got[0].host_path, vol.canonicalize().unwrap().join("web-1/logs").display().to_string());
-        assert!(vol.join("web-1/logs").is_dir(), "created before the container starts");
-        assert_eq!(vm.container_mounts(&pod, &c, &[]).unwrap_err(), "missing value for POD");
+        assert_eq!(vm.container_mounts(&pod, &c, &[]).await.unwrap_err(), "missing value for POD");
         let env = vec![("POD".to_owned(), "..".to_owned())];
         assert_eq!(
-            vm.container_mounts(&pod, &c, &env).unwrap_err(),
+            vm.container_mounts(&pod, &c, &env).await.unwrap_err(),
             "unable to provision SubPath `../logs`: must not contain '..'"
         );
+        let env = vec![("POD".to_owned(), "/etc".to_owned())];
+        assert_eq!(
+            vm.container_mounts(&pod, &c, &env).await.unwrap_err(),
+            "error SubPath `/etc/logs` must not be an absolute path"
+        );
+        // A symlink out of the volume: kubelet's message, nothing created where it leads.
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), vol.join("esc")).unwrap();
+        let env = vec![("POD".to_owned(), "esc".to_owned())];
+        assert_eq!(
+            vm.container_mounts(&pod, &c, &env).await.unwrap_err(),
+            "failed to create subPath directory for volumeMount \"scratch\" of container \"app\""
+        );
+        assert!(!outside.path().join("logs").exists());
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let env = vec![("POD".to_owned(), "web-1".to_owned())];
+        let got = vm.container_mounts(&pod, &c, &env).await.unwrap();
+        let target = dir.path().join("pods/u1/volume-subpaths/scratch/app/1");
+        assert_eq!(got[1].host_path, target.display().to_string(), "the volumeMount's index names the bind mount");
+        assert!(vol.join("web-1/logs").is_dir(), "created before the container starts");
+        assert_eq!(std::fs::metadata(vol.join("web-1/logs")).unwrap().permissions().mode() & 0o7777, 0o777);
+        std::fs::write(vol.join("web-1/logs/x"), "y").unwrap();
+        assert_eq!(std::fs::read_to_string(target.join("x")).unwrap(), "y", "the bind mount holds the subPath");
+        vm.unmount_pod("u1");
+        assert!(mounts_under(dir.path()).is_empty());
+        assert!(!dir.path().join("pods/u1").exists());
     }
 
     #[test]
@@ -689,26 +777,5 @@ mod tests {
         assert_eq!(unescape_mountinfo("/var/lib/a\\040b"), "/var/lib/a b");
         assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
-    }
-
-    #[test]
-    fn sub_paths_stay_inside_their_volume() {
-        let dir = tempfile::tempdir().unwrap();
-        let vol = dir.path().join("vol");
-        std::fs::create_dir(&vol).unwrap();
-        chmod(&vol, 0o777).unwrap();
-        let created = prepare_sub_path(&vol, "a/b").unwrap();
-        assert!(created.is_dir());
-        assert_eq!(std::fs::metadata(&created).unwrap().permissions().mode() & 0o777, 0o777);
-        assert_eq!(prepare_sub_path(&vol, "/etc").unwrap_err(), "error SubPath `/etc` must not be an absolute path");
-        assert_eq!(
-            prepare_sub_path(&vol, "a/../../x").unwrap_err(),
-            "unable to provision SubPath `a/../../x`: must not contain '..'"
-        );
-        std::os::unix::fs::symlink("/etc", vol.join("escape")).unwrap();
-        assert!(prepare_sub_path(&vol, "escape").unwrap_err().contains("not within volume path"));
-        std::fs::write(vol.join("file"), "x").unwrap();
-        std::os::unix::fs::symlink("file", vol.join("link")).unwrap();
-        assert_eq!(prepare_sub_path(&vol, "link").unwrap(), vol.canonicalize().unwrap().join("file"));
     }
 }
