@@ -202,8 +202,10 @@ impl LogWriter {
         }
         let start = out.len();
         if self.opts.timestamps && self.at_line_start {
-            out.extend_from_slice(line.timestamp.as_bytes());
-            out.push(b' ');
+            // kubelet prints `RFC3339NanoFixed` (`pkg/kubelet/types/constants.go`): nine fraction digits, where the
+            // runtime wrote Go's `RFC3339Nano` with its trailing zeros dropped. In UTC: containerd writes UTC.
+            let fixed = line.time.strftime("%Y-%m-%dT%H:%M:%S%.9fZ ").to_string();
+            out.extend_from_slice(fixed.as_bytes());
         }
         out.extend_from_slice(line.content);
         self.at_line_start = line.content.last().is_none_or(|&c| c == b'\n');
@@ -246,6 +248,9 @@ pub async fn read_logs(
         file.seek(std::io::SeekFrom::Start(start)).await?;
     }
     let follow = opts.follow;
+    // kubelet's `limitedNum`: with tailLines and no follow, at most that many parsed lines are written, which leaves
+    // out an unterminated last line after a full tail.
+    let mut tail_left = opts.tail_lines.filter(|_| !follow);
     let mut writer = LogWriter::new(opts);
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     let mut line = Vec::new();
@@ -258,6 +263,7 @@ pub async fn read_logs(
         if n > 0 && line.last() == Some(&b'\n') {
             match parse_cri_line(&line) {
                 Ok(l) => {
+                    tail_left = tail_left.map(|n| n.saturating_sub(1));
                     if !writer.write(&l, &mut out) {
                         let _ = tx.send(Ok(Bytes::from(std::mem::take(&mut out)))).await;
                         return Ok(());
@@ -275,7 +281,19 @@ pub async fn read_logs(
             }
             continue;
         }
-        // The end of the file; an unterminated line stays in `line` and is completed by the next read.
+        // The end of the file. Following, an unterminated line stays in `line` and is completed by the next read;
+        // otherwise it is the last thing written, as kubelet's `ReadLogs` writes an "Incomplete line".
+        if !line.is_empty() && !follow && tail_left != Some(0) {
+            match parse_cri_line(&line) {
+                Ok(l) => {
+                    writer.write(&l, &mut out);
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "skipping a log line that does not parse")
+                }
+            }
+            line.clear();
+        }
         if !out.is_empty()
             && tx.send(Ok(Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(CHUNK))))).await.is_err()
         {
@@ -404,7 +422,8 @@ mod tests {
         let opts = LogOptions { timestamps: true, ..Default::default() };
         assert_eq!(
             render(&LOG, opts),
-            "2024-01-01T00:00:01.5Z one\n2024-01-01T00:00:02Z two\n2024-01-01T00:00:04Z three\n"
+            "2024-01-01T00:00:01.500000000Z one\n2024-01-01T00:00:02.000000000Z two\n\
+             2024-01-01T00:00:04.000000000Z three\n"
         );
     }
 
