@@ -31,14 +31,11 @@ impl KubeRuntime {
         // kubelet resolves the target after the pull, as the container is created.
         let pid_target_id = crate::pods::ephemeral::target_id(pod, &container.name, observed)
             .map_err(|m| self.config_error(pod, container, start, m))?;
-        if security::needs_image_user(pod, container) {
-            let user = match self.runtime.image_user(&image_ref).await {
-                Ok(user) => user.unwrap_or_default(),
-                Err(e) => return Err(self.config_error(pod, container, start, e.message())),
-            };
-            security::verify_run_as_non_root(pod, container, &user)
-                .map_err(|m| self.config_error(pod, container, start, m))?;
-        }
+        let image_user = || async {
+            self.runtime.image_user(&image_ref).await.map(Option::unwrap_or_default).map_err(|e| e.message())
+        };
+        let non_root = security::check_run_as_non_root(pod, container, image_user).await;
+        non_root.map_err(|m| self.config_error(pod, container, start, m))?;
         let envs = self.make_environment(pod, container, pod_ips).await;
         let envs = envs.map_err(|m| self.config_error(pod, container, start, m))?;
         let mounts = self.volumes.container_mounts(pod, container, &envs);
