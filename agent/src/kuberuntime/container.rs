@@ -101,8 +101,11 @@ impl KubeRuntime {
             );
             Waiting { reason: plan::REASON_CREATE_CONTAINER_CONFIG_ERROR.into(), message }
         };
-        let expand = |list: &Option<Vec<String>>| -> Vec<String> {
-            list.iter().flatten().map(|s| env::expand(s, &envs)).collect()
+        // Command and args share one expansion budget (kubelet's `ExpandContainerCommandAndArgs`, bounded).
+        let mut budget = env::ExpansionBudget::default();
+        let mut expand = |list: &Option<Vec<String>>| {
+            env::expand_all(list.as_deref().unwrap_or_default(), &envs, &mut budget, "command and args")
+                .map_err(|e| config_error(e.to_string()))
         };
         let qos = pod_qos_class(spec::spec(pod));
         let resources =
@@ -114,8 +117,8 @@ impl KubeRuntime {
             termination_grace_period: grace_period(pod),
             image: spec::image_of(container).to_owned(),
             image_ref,
-            command: expand(&container.command),
-            args: expand(&container.args),
+            command: expand(&container.command)?,
+            args: expand(&container.args)?,
             working_dir: container.working_dir.clone().unwrap_or_default(),
             log_path: format!("{}/{}.log", container.name, start.restart_count),
             labels: BTreeMap::new(),
