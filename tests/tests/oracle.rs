@@ -219,6 +219,27 @@ fn scenarios() -> Vec<Scenario> {
                     && has_event(e, "Failed")
             },
         },
+        // kubelet's verifyRunAsNonRoot table (pkg/kubelet/kuberuntime/security_context_others.go). The test images
+        // have no image with a non-numeric user, so that row is covered by unit tests only.
+        non_root_refused("nonroot-pod-uid0", json!({ "runAsNonRoot": true, "runAsUser": 0 }), json!({})),
+        non_root_refused("nonroot-ctr-uid0", json!({}), json!({ "runAsNonRoot": true, "runAsUser": 0 })),
+        non_root_refused(
+            "nonroot-ctr-over-pod",
+            json!({ "runAsNonRoot": true, "runAsUser": 1000 }),
+            json!({ "runAsUser": 0 }),
+        ),
+        non_root_refused("nonroot-image-root", json!({ "runAsNonRoot": true }), json!({})),
+        Scenario {
+            name: "nonroot-ctr-uid-wins",
+            spec: json!({
+                "restartPolicy": "Never",
+                "securityContext": { "runAsNonRoot": true, "runAsUser": 0 },
+                "containers": [with(app("id -u"), json!({ "securityContext": { "runAsUser": 1000 } }))],
+            }),
+            looping: false,
+            delete: false,
+            settled: |p, _| terminated(p, "app") && phase(p) == "Succeeded",
+        },
         Scenario {
             name: "start-error-backoff",
             spec: json!({ "containers": [{ "name": "app", "image": BUSYBOX, "command": ["/no/such/binary"] }] }),
@@ -227,6 +248,20 @@ fn scenarios() -> Vec<Scenario> {
             settled: |p, e| waiting(p, "app", "CrashLoopBackOff") && has_event(e, "BackOff"),
         },
     ]
+}
+
+/// A container that `runAsNonRoot` must keep from starting: it would print its uid.
+fn non_root_refused(name: &'static str, pod: Value, container: Value) -> Scenario {
+    Scenario {
+        name,
+        spec: json!({
+            "securityContext": pod,
+            "containers": [with(app("id -u"), json!({ "securityContext": container }))],
+        }),
+        looping: true,
+        delete: false,
+        settled: |p, e| waiting(p, "app", "CreateContainerConfigError") && has_event(e, "Failed"),
+    }
 }
 
 /// One node under comparison: its namespace, its root dir (named in some messages), the admin client.

@@ -31,14 +31,11 @@ impl KubeRuntime {
         // kubelet resolves the target after the pull, as the container is created.
         let pid_target_id = crate::pods::ephemeral::target_id(pod, &container.name, observed)
             .map_err(|m| self.config_error(pod, container, start, m))?;
-        if security::needs_image_user(pod, container) {
-            let user = match self.runtime.image_user(&image_ref).await {
-                Ok(user) => user.unwrap_or_default(),
-                Err(e) => return Err(self.config_error(pod, container, start, e.message())),
-            };
-            security::verify_run_as_non_root(pod, container, &user)
-                .map_err(|m| self.config_error(pod, container, start, m))?;
-        }
+        let image_user = || async {
+            self.runtime.image_user(&image_ref).await.map(Option::unwrap_or_default).map_err(|e| e.message())
+        };
+        let non_root = security::check_run_as_non_root(pod, container, image_user).await;
+        non_root.map_err(|m| self.config_error(pod, container, start, m))?;
         let envs = self.make_environment(pod, container, pod_ips).await;
         let envs = envs.map_err(|m| self.config_error(pod, container, start, m))?;
         let mounts = self.volumes.container_mounts(pod, container, &envs).await;
@@ -104,8 +101,11 @@ impl KubeRuntime {
             );
             Waiting { reason: plan::REASON_CREATE_CONTAINER_CONFIG_ERROR.into(), message }
         };
-        let expand = |list: &Option<Vec<String>>| -> Vec<String> {
-            list.iter().flatten().map(|s| env::expand(s, &envs)).collect()
+        // Command and args share one expansion budget (kubelet's `ExpandContainerCommandAndArgs`, bounded).
+        let mut budget = env::ExpansionBudget::default();
+        let mut expand = |list: &Option<Vec<String>>| {
+            env::expand_all(list.as_deref().unwrap_or_default(), &envs, &mut budget, "command and args")
+                .map_err(|e| config_error(e.to_string()))
         };
         let qos = pod_qos_class(spec::spec(pod));
         let resources =
@@ -117,8 +117,8 @@ impl KubeRuntime {
             termination_grace_period: grace_period(pod),
             image: spec::image_of(container).to_owned(),
             image_ref,
-            command: expand(&container.command),
-            args: expand(&container.args),
+            command: expand(&container.command)?,
+            args: expand(&container.args)?,
             working_dir: container.working_dir.clone().unwrap_or_default(),
             log_path: format!("{}/{}.log", container.name, start.restart_count),
             labels: BTreeMap::new(),

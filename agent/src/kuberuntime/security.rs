@@ -147,14 +147,29 @@ pub fn seccomp_profile(
     }
 }
 
-/// Whether the container must be checked against its image's user: `runAsNonRoot` without a `runAsUser`.
+/// Whether `verify_run_as_non_root` needs the image's user: `runAsNonRoot` without a `runAsUser`. Every other
+/// case is decided by the security contexts alone, so the runtime is not asked.
 pub fn needs_image_user(pod: &Pod, container: &Container) -> bool {
     let non_root = effective(pod, container, |p| p.run_as_non_root, |c| c.run_as_non_root) == Some(true);
     non_root && effective(pod, container, |p| p.run_as_user, |c| c.run_as_user).is_none()
 }
 
-/// kubelet's `verifyRunAsNonRoot`, with its messages. `image_user` is the image's user (kubelet treats an image
-/// that names none as root).
+/// The `runAsNonRoot` check of every container start, as kubelet's `generateContainerConfig` makes it: always,
+/// asking the runtime for the image's user (`image_user`) only when no `runAsUser` decides. An error is the
+/// container's `CreateContainerConfigError` message.
+pub async fn check_run_as_non_root<F, Fut>(pod: &Pod, container: &Container, image_user: F) -> Result<(), String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<ImageUser, String>>,
+{
+    let user = if needs_image_user(pod, container) { image_user().await? } else { ImageUser::default() };
+    verify_run_as_non_root(pod, container, &user)
+}
+
+/// kubelet's `verifyRunAsNonRoot` (`pkg/kubelet/kuberuntime/security_context_others.go`), with its messages, for
+/// every container whatever its `runAsUser`: an explicit uid 0 breaks the policy as surely as a root image does.
+/// `image_user` is the image's user as kubelet's `getImageUser` gives it (an image that names none runs as root);
+/// it is only looked at without a `runAsUser`. `windowsOptions` play no part on Linux.
 pub fn verify_run_as_non_root(pod: &Pod, container: &Container, image_user: &ImageUser) -> Result<(), String> {
     if effective(pod, container, |p| p.run_as_non_root, |c| c.run_as_non_root) != Some(true) {
         return Ok(());
@@ -355,5 +370,147 @@ mod tests {
             Some(SecurityContext { run_as_non_root: Some(false), ..Default::default() }),
         );
         assert_eq!(check(&p, &user(Some(0), "")), Ok(()));
+    }
+
+    /// kubelet's `verifyRunAsNonRoot` table: pod and container contexts (the container's fields win one by one),
+    /// the image's user, and kubelet's exact message for each refusal.
+    #[test]
+    fn run_as_non_root_table_matches_kubelet() {
+        use k8s_openapi::api::core::v1::WindowsSecurityContextOptions;
+        let psc = |non_root: Option<bool>, uid: Option<i64>| {
+            Some(PodSecurityContext { run_as_non_root: non_root, run_as_user: uid, ..Default::default() })
+        };
+        let sc = |non_root: Option<bool>, uid: Option<i64>| {
+            Some(SecurityContext { run_as_non_root: non_root, run_as_user: uid, ..Default::default() })
+        };
+        let image = |uid: Option<i64>, name: &str| ImageUser { uid, username: name.into() };
+        let breaks = "container's runAsUser breaks non-root policy (pod: \"web_default(u1)\", container: app)";
+        let root_image =
+            "container has runAsNonRoot and image will run as root (pod: \"web_default(u1)\", container: app)";
+        let named = "container has runAsNonRoot and image has non-numeric user (www), cannot verify user is non-root \
+                     (pod: \"web_default(u1)\", container: app)";
+        type Case =
+            (&'static str, Option<PodSecurityContext>, Option<SecurityContext>, ImageUser, Option<&'static str>);
+        let cases: Vec<Case> = vec![
+            ("no security context", None, None, image(Some(0), ""), None),
+            ("runAsNonRoot false", psc(Some(false), Some(0)), None, image(Some(0), ""), None),
+            ("pod-level uid 0", psc(Some(true), Some(0)), None, image(Some(1000), ""), Some(breaks)),
+            ("container-level uid 0", None, sc(Some(true), Some(0)), image(Some(1000), ""), Some(breaks)),
+            (
+                "container uid 0 under the pod's policy",
+                psc(Some(true), None),
+                sc(None, Some(0)),
+                image(None, ""),
+                Some(breaks),
+            ),
+            (
+                "pod uid 0 under the container's policy",
+                psc(None, Some(0)),
+                sc(Some(true), None),
+                image(None, ""),
+                Some(breaks),
+            ),
+            (
+                "container uid overrides the pod's 0",
+                psc(Some(true), Some(0)),
+                sc(None, Some(1000)),
+                image(Some(0), ""),
+                None,
+            ),
+            (
+                "container uid 0 overrides the pod's",
+                psc(Some(true), Some(1000)),
+                sc(None, Some(0)),
+                image(None, ""),
+                Some(breaks),
+            ),
+            (
+                "container allows root over the pod",
+                psc(Some(true), Some(0)),
+                sc(Some(false), None),
+                image(Some(0), ""),
+                None,
+            ),
+            (
+                "container demands non-root over the pod",
+                psc(Some(false), None),
+                sc(Some(true), None),
+                image(Some(0), ""),
+                Some(root_image),
+            ),
+            ("non-zero uid, root image", psc(Some(true), Some(1)), None, image(Some(0), ""), None),
+            ("image user 0", psc(Some(true), None), None, image(Some(0), ""), Some(root_image)),
+            ("image without a user runs as root", psc(Some(true), None), None, image(None, ""), Some(root_image)),
+            ("image user non-numeric", psc(Some(true), None), None, image(None, "www"), Some(named)),
+            ("image uid wins over its name", psc(Some(true), None), None, image(Some(1000), "www"), None),
+            ("image user non-root", None, sc(Some(true), None), image(Some(65534), ""), None),
+        ];
+        for (name, pod_sc, container_sc, user, want) in cases {
+            let p = pod(pod_sc, container_sc);
+            let c = &p.spec.as_ref().unwrap().containers[0];
+            let got = verify_run_as_non_root(&p, c, &user);
+            assert_eq!(got, want.map_or(Ok(()), |m| Err(m.to_owned())), "{name}");
+            // The runtime is asked exactly when the image decides.
+            let image_decides = !matches!(want, Some(m) if m == breaks)
+                && effective(&p, c, |p| p.run_as_non_root, |c| c.run_as_non_root) == Some(true)
+                && effective(&p, c, |p| p.run_as_user, |c| c.run_as_user).is_none();
+            assert_eq!(needs_image_user(&p, c), image_decides, "{name}");
+        }
+
+        // Windows options are ignored on Linux, whatever they say about the user.
+        let windows = WindowsSecurityContextOptions {
+            run_as_user_name: Some("ContainerUser".into()),
+            host_process: Some(false),
+            ..Default::default()
+        };
+        let p = pod(
+            Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                windows_options: Some(windows.clone()),
+                ..Default::default()
+            }),
+            Some(SecurityContext { run_as_user: Some(0), windows_options: Some(windows), ..Default::default() }),
+        );
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert_eq!(verify_run_as_non_root(&p, c, &image(Some(1000), "")), Err(breaks.to_owned()));
+    }
+
+    /// Every start is checked, also with a `runAsUser` (then without asking the runtime): `runAsNonRoot` with uid 0
+    /// never reaches the runtime.
+    #[test]
+    fn every_container_start_is_checked_and_the_runtime_is_asked_only_without_run_as_user() {
+        let asked = std::cell::Cell::new(0);
+        let check = |p: &Pod, user: Result<ImageUser, String>| {
+            let c = &p.spec.as_ref().unwrap().containers[0];
+            let image_user = || {
+                asked.set(asked.get() + 1);
+                std::future::ready(user)
+            };
+            futures::executor::block_on(check_run_as_non_root(p, c, image_user))
+        };
+        let root = || Ok(ImageUser { uid: Some(0), username: String::new() });
+        let breaks = "container's runAsUser breaks non-root policy (pod: \"web_default(u1)\", container: app)";
+        let p = pod(
+            Some(PodSecurityContext { run_as_non_root: Some(true), run_as_user: Some(0), ..Default::default() }),
+            None,
+        );
+        assert_eq!(check(&p, root()), Err(breaks.into()));
+        let p = pod(
+            None,
+            Some(SecurityContext { run_as_non_root: Some(true), run_as_user: Some(0), ..Default::default() }),
+        );
+        assert_eq!(check(&p, root()), Err(breaks.into()));
+        let p = pod(
+            None,
+            Some(SecurityContext { run_as_non_root: Some(true), run_as_user: Some(7), ..Default::default() }),
+        );
+        assert_eq!(check(&p, root()), Ok(()));
+        assert_eq!(asked.get(), 0, "a runAsUser decides without the image");
+        let p = pod(None, Some(SecurityContext { run_as_non_root: Some(true), ..Default::default() }));
+        assert!(check(&p, root()).unwrap_err().contains("image will run as root"));
+        assert_eq!(check(&p, Err("no such image".into())), Err("no such image".into()));
+        assert_eq!(asked.get(), 2);
+        assert_eq!(check(&pod(None, None), root()), Ok(()));
+        assert_eq!(asked.get(), 2, "without runAsNonRoot the image is not looked at");
     }
 }

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
 
 use crate::pods::events::{EventRecorder, EventType};
 use crate::pods::spec;
-use crate::probes::handlers::{headers, resolve_port, static_command};
+use crate::probes::handlers::{headers, resolve_port};
 use crate::probes::http::{self, Url};
 use crate::runtime::Runtime;
 
@@ -65,7 +65,8 @@ pub async fn run(
 ) -> Result<(), String> {
     let HookTarget { pod, container, container_id, pod_ip } = target;
     if let Some(exec) = &handler.exec {
-        let command = static_command(exec.command.as_deref().unwrap_or_default(), container);
+        // kubelet runs a hook's command as written: no `$(VAR)` expansion (pkg/kubelet/lifecycle/handlers.go).
+        let command = exec.command.clone().unwrap_or_default();
         let failure = |error: String, output: &str| {
             format!(
                 "Exec lifecycle hook ({}) for Container {:?} in Pod {:?} failed - error: {error}, message: {output:?}",

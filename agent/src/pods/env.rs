@@ -60,48 +60,122 @@ pub struct ContainerEnv {
     pub invalid_names: Vec<String>,
 }
 
-/// Kubernetes' `$(VAR)` expansion (third_party/forked/golang/expansion): a defined `$(VAR)` is replaced, an
-/// undefined one is kept as written, `$$` is an escaped `$`.
-pub fn expand(input: &str, env: &[(String, String)]) -> String {
-    let lookup: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    expand_with(input, |name| lookup.get(name).map(|v| (*v).to_owned()))
+/// The most `$(VAR)` expansion may produce for one container, counted over all its env values together, over its
+/// command and args together, and for each subPathExpr or probe command. Expansion is one pass against values
+/// already defined (kubelet's `third_party/forked/golang/expansion`), so it does not recurse, but each reference
+/// copies a whole value: `B=$(A)$(A)`, `C=$(B)$(B)`, ... doubles per entry, and one entry of many references to a
+/// large value multiplies it. kubelet has no cap (a 10 KB spec can ask it for gigabytes); here it is 16 MiB, over
+/// ten times the API server's largest object (1.5 MiB, etcd's request limit) and eight times what the kernel lets
+/// one execve carry in argv and envp together under the default 8 MiB stack (a quarter of it): no container that
+/// could start at all is refused.
+pub const MAX_EXPANDED_BYTES: usize = 16 << 20;
+
+/// `$(VAR)` expansion would produce more than `MAX_EXPANDED_BYTES`: the container's `CreateContainerConfigError`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expanding $(VAR) references in {what} exceeds the limit of {MAX_EXPANDED_BYTES} bytes per container")]
+pub struct ExpansionTooLarge {
+    /// What was being expanded: `env NAME`, `command and args`, `subPathExpr`.
+    pub what: String,
 }
 
-fn expand_with(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
-    let mut out = String::with_capacity(input.len());
+/// What is left of `MAX_EXPANDED_BYTES` for one group of expansions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpansionBudget {
+    left: usize,
+}
+
+impl Default for ExpansionBudget {
+    fn default() -> Self {
+        ExpansionBudget { left: MAX_EXPANDED_BYTES }
+    }
+}
+
+impl ExpansionBudget {
+    /// A budget of `bytes` (tests use small ones).
+    pub fn new(bytes: usize) -> Self {
+        ExpansionBudget { left: bytes }
+    }
+
+    pub fn left(&self) -> usize {
+        self.left
+    }
+}
+
+/// Kubernetes' `$(VAR)` expansion (third_party/forked/golang/expansion) of each string of a list (a command, its
+/// args), all within one budget: a defined `$(VAR)` is replaced, an undefined one is kept as written, `$$` is an
+/// escaped `$`.
+pub fn expand_all<S: AsRef<str>>(
+    list: &[S],
+    env: &[(String, String)],
+    budget: &mut ExpansionBudget,
+    what: &str,
+) -> Result<Vec<String>, ExpansionTooLarge> {
+    // Later definitions win, as in kubelet's `envVarsToMap`.
+    let lookup: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let before = *budget;
+    let expanded: Result<Vec<String>, ExpansionTooLarge> = list
+        .iter()
+        .map(|s| {
+            expand_with(s.as_ref(), |name| lookup.get(name).copied(), budget)
+                .ok_or_else(|| ExpansionTooLarge { what: what.to_owned() })
+        })
+        .collect();
+    if expanded.is_err() {
+        *budget = before;
+    }
+    expanded
+}
+
+/// One pass over `input`, as Go's `expansion.Expand`: `None` once the output would outgrow the budget (which is then
+/// left as it was); the budget shrinks by the output's length otherwise.
+fn expand_with<'v>(
+    input: &str,
+    lookup: impl Fn(&str) -> Option<&'v str>,
+    budget: &mut ExpansionBudget,
+) -> Option<String> {
+    let mut out = String::with_capacity(input.len().min(budget.left));
+    let left = budget.left;
+    let push = |out: &mut String, piece: &str| -> Option<()> {
+        if out.len().checked_add(piece.len())? > left {
+            return None;
+        }
+        out.push_str(piece);
+        Some(())
+    };
     let mut rest = input;
     while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
+        push(&mut out, &rest[..pos])?;
         let after = &rest[pos + 1..];
         if let Some(stripped) = after.strip_prefix('$') {
-            out.push('$');
+            push(&mut out, "$")?;
             rest = stripped;
         } else if let Some(body) = after.strip_prefix('(') {
             match body.find(')') {
                 Some(end) => {
                     let name = &body[..end];
                     match lookup(name) {
-                        Some(v) => out.push_str(&v),
+                        Some(v) => push(&mut out, v)?,
                         None => {
-                            out.push_str("$(");
-                            out.push_str(name);
-                            out.push(')');
+                            push(&mut out, "$(")?;
+                            push(&mut out, name)?;
+                            push(&mut out, ")")?;
                         }
                     }
                     rest = &body[end + 1..];
                 }
                 None => {
-                    out.push_str("$(");
+                    push(&mut out, "$(")?;
                     rest = body;
                 }
             }
         } else {
-            out.push('$');
+            push(&mut out, "$")?;
             rest = after;
         }
     }
-    out.push_str(rest);
-    out
+    push(&mut out, rest)?;
+    budget.left -= out.len();
+    Some(out)
 }
 
 /// kubelet's `ExpandContainerVolumeMounts` for `subPathExpr`: every referenced variable must be defined and
@@ -109,13 +183,19 @@ fn expand_with(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
 pub fn expand_sub_path_expr(expr: &str, env: &[(String, String)]) -> Result<String, String> {
     let lookup: BTreeMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let missing = std::cell::RefCell::new(std::collections::BTreeSet::new());
-    let expanded = expand_with(expr, |name| match lookup.get(name) {
-        Some(v) if !v.is_empty() => Some((*v).to_owned()),
-        _ => {
-            missing.borrow_mut().insert(name.to_owned());
-            Some(String::new())
-        }
-    });
+    let mut budget = ExpansionBudget::default();
+    let expanded = expand_with(
+        expr,
+        |name| match lookup.get(name) {
+            Some(v) if !v.is_empty() => Some(*v),
+            _ => {
+                missing.borrow_mut().insert(name.to_owned());
+                Some("")
+            }
+        },
+        &mut budget,
+    )
+    .ok_or_else(|| ExpansionTooLarge { what: "subPathExpr".into() }.to_string())?;
     let missing = missing.into_inner();
     if missing.is_empty() {
         Ok(expanded)
@@ -408,12 +488,13 @@ pub fn container_envs(pod: &Pod, container: &Container, src: &EnvSources<'_>) ->
         }
     }
     let service: BTreeMap<&str, &str> = src.service_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut budget = ExpansionBudget::default();
     for var in container.env.iter().flatten() {
         let literal = var.value.as_deref().unwrap_or_default();
         let value = if !literal.is_empty() {
-            expand_with(literal, |name| {
-                env.values.get(name).cloned().or_else(|| service.get(name).map(|v| (*v).to_owned()))
-            })
+            let lookup = |name: &str| env.values.get(name).map(String::as_str).or_else(|| service.get(name).copied());
+            expand_with(literal, lookup, &mut budget)
+                .ok_or_else(|| ExpansionTooLarge { what: format!("env {}", var.name) }.to_string())?
         } else if let Some(from) = &var.value_from {
             if let Some(f) = &from.field_ref {
                 field_ref(pod, f, src)?
@@ -512,6 +593,11 @@ mod tests {
         Container { name: "app".into(), env: Some(vars), ..Default::default() }
     }
 
+    fn expand(input: &str, env: &[(String, String)]) -> String {
+        let mut budget = ExpansionBudget::default();
+        expand_all(&[input], env, &mut budget, "test").unwrap().remove(0)
+    }
+
     #[test]
     fn expansion_follows_kubernetes_rules() {
         let e = env(&[("A", "one"), ("B", "two")]);
@@ -523,6 +609,54 @@ mod tests {
         assert_eq!(expand("$(A", &e), "$(A");
         assert_eq!(expand("end$", &e), "end$");
         assert_eq!(expand("$()", &e), "$()");
+    }
+
+    /// A doubling chain: `A0=x`, `A<n>=$(A<n-1>)$(A<n-1>)`. A few hundred bytes of spec.
+    fn doubling_chain(levels: usize) -> Vec<EnvVar> {
+        let mut vars = vec![var("A0", "x")];
+        for i in 1..=levels {
+            vars.push(var(&format!("A{i}"), &format!("$(A{})$(A{})", i - 1, i - 1)));
+        }
+        vars
+    }
+
+    #[test]
+    fn an_exponential_env_chain_is_refused_once_past_the_cap() {
+        // 2^26 bytes at the last level, 128 MiB over the chain: refused where the running total passes 16 MiB.
+        let src = EnvSources::default();
+        let err = container_envs(&pod(), &container(doubling_chain(26)), &src).map(|e| e.envs.len()).unwrap_err();
+        assert_eq!(err, "expanding $(VAR) references in env A24 exceeds the limit of 16777216 bytes per container");
+        // Up to the cap it expands as kubelet does.
+        let got = container_envs(&pod(), &container(doubling_chain(23)), &src).unwrap().envs;
+        assert_eq!(got.last().map(|(k, v)| (k.as_str(), v.len())), Some(("A23", 1 << 23)));
+        // One entry referencing a large value many times is bounded the same way.
+        let big = "y".repeat(1 << 20);
+        let many = "$(BIG)".repeat(17);
+        let vars = vec![var("BIG", &big), var("MANY", &many)];
+        let err = container_envs(&pod(), &container(vars), &src).map(|e| e.envs.len()).unwrap_err();
+        assert!(err.contains("env MANY exceeds the limit"), "{err}");
+    }
+
+    #[test]
+    fn command_args_and_sub_paths_are_bounded_too() {
+        let e = env(&[("BIG", &"z".repeat(1 << 20))]);
+        let mut budget = ExpansionBudget::default();
+        let args: Vec<String> = (0..9).map(|_| "$(BIG)$(BIG)".to_owned()).collect();
+        let err = expand_all(&args, &e, &mut budget, "command and args").map(|v| v.len()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "expanding $(VAR) references in command and args exceeds the limit of 16777216 bytes per container"
+        );
+        assert_eq!(budget, ExpansionBudget::default(), "a refused expansion takes nothing from the budget");
+        let mut budget = ExpansionBudget::default();
+        let got = expand_all(&args[..7], &e, &mut budget, "command and args").unwrap();
+        assert_eq!(budget.left(), MAX_EXPANDED_BYTES - 14 * (1 << 20));
+        assert_eq!(got.iter().map(String::len).sum::<usize>(), 14 << 20);
+        let bomb = "$(BIG)".repeat(17);
+        assert_eq!(
+            expand_sub_path_expr(&bomb, &e),
+            Err("expanding $(VAR) references in subPathExpr exceeds the limit of 16777216 bytes per container".into())
+        );
     }
 
     #[test]
@@ -750,6 +884,121 @@ mod tests {
         }
         for bad in ["", "1A", "a b", ".", "..", "..a", "a=b"] {
             assert!(!is_env_var_name(bad), "{bad}");
+        }
+    }
+
+    /// Go's `expansion.Expand` with `MappingFuncFor`, transcribed byte for byte: the reference for the properties.
+    fn go_expand(input: &str, vars: &BTreeMap<String, String>) -> String {
+        let b = input.as_bytes();
+        let mapping = |name: &[u8]| {
+            let name = String::from_utf8_lossy(name).into_owned();
+            vars.get(&name).cloned().unwrap_or_else(|| format!("$({name})")).into_bytes()
+        };
+        let (mut buf, mut checkpoint, mut cursor) = (Vec::new(), 0, 0);
+        while cursor < b.len() {
+            if b[cursor] == b'$' && cursor + 1 < b.len() {
+                buf.extend_from_slice(&b[checkpoint..cursor]);
+                let rest = &b[cursor + 1..];
+                let (read, advance) = match rest[0] {
+                    b'$' => (vec![b'$'], 1),
+                    b'(' => match rest[1..].iter().position(|&c| c == b')') {
+                        Some(i) => (mapping(&rest[1..=i]), i + 2),
+                        None => (b"$(".to_vec(), 1),
+                    },
+                    other => (vec![b'$', other], 1),
+                };
+                buf.extend_from_slice(&read);
+                cursor += advance;
+                checkpoint = cursor + 1;
+            }
+            cursor += 1;
+        }
+        buf.extend_from_slice(&b[checkpoint.min(b.len())..]);
+        String::from_utf8(buf).unwrap()
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Strings rich in the expansion syntax, plus any character now and then.
+        fn syntax() -> impl Strategy<Value = String> {
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("$".to_owned()),
+                    Just("(".to_owned()),
+                    Just(")".to_owned()),
+                    Just("$(".to_owned()),
+                    "[A-C]{1,2}",
+                    any::<char>().prop_map(String::from),
+                ],
+                0..24,
+            )
+            .prop_map(|parts| parts.concat())
+        }
+
+        fn vars() -> impl Strategy<Value = BTreeMap<String, String>> {
+            proptest::collection::btree_map("[A-C]{1,2}", syntax(), 0..5)
+        }
+
+        proptest! {
+            #[test]
+            fn expansion_is_kubelets(input in syntax(), vars in vars()) {
+                let env: Vec<(String, String)> = vars.clone().into_iter().collect();
+                let mut budget = ExpansionBudget::default();
+                let got = expand_all(&[&input], &env, &mut budget, "p").unwrap().remove(0);
+                prop_assert_eq!(&got, &go_expand(&input, &vars));
+                prop_assert_eq!(budget.left(), MAX_EXPANDED_BYTES - got.len());
+            }
+
+            #[test]
+            fn escapes_and_unknown_references_stay_as_kubelet_leaves_them(name in "[A-Z_]{1,8}", text in "[^$()]{0,16}") {
+                prop_assert_eq!(expand(&format!("$({name})"), &[]), format!("$({name})"));
+                prop_assert_eq!(expand(&format!("$$({name})"), &env(&[(&name, "v")])), format!("$({name})"));
+                prop_assert_eq!(expand(&format!("$$$({name})"), &env(&[(&name, "v")])), "$v");
+                prop_assert_eq!(expand(&text, &env(&[(&name, "v")])), text.clone());
+            }
+
+            #[test]
+            fn expansion_never_panics_and_stays_within_its_budget(
+                input in any::<String>(),
+                values in proptest::collection::vec(syntax(), 0..4),
+                cap in 0usize..64,
+            ) {
+                let env: Vec<(String, String)> = values.into_iter().enumerate().map(|(i, v)| (format!("{i}"), v)).collect();
+                let mut budget = ExpansionBudget::new(cap);
+                match expand_all(&[&input, "$(0)$(1)$(2)$(3)"], &env, &mut budget, "p") {
+                    Ok(out) => {
+                        let len: usize = out.iter().map(String::len).sum();
+                        prop_assert!(len <= cap);
+                        prop_assert_eq!(budget.left(), cap - len);
+                    }
+                    Err(e) => {
+                        prop_assert_eq!(e.what, "p");
+                        prop_assert_eq!(budget.left(), cap, "a refused expansion keeps its budget");
+                    }
+                }
+            }
+
+            #[test]
+            fn an_env_chain_of_any_shape_stays_bounded(
+                refs in proptest::collection::vec(proptest::collection::vec(0usize..8, 0..40), 1..12),
+                seed in "[a-z]{0,64}",
+            ) {
+                // Entry i refers to earlier entries only, any number of times: the worst is exponential.
+                let mut vars = vec![var("V0", &seed)];
+                for (i, r) in refs.iter().enumerate() {
+                    let value: String = r.iter().map(|j| format!("$(V{})", j % (i + 1))).collect();
+                    vars.push(var(&format!("V{}", i + 1), &value));
+                }
+                match container_envs(&pod(), &container(vars), &EnvSources::default()) {
+                    Ok(built) => {
+                        let total: usize = built.envs.iter().map(|(_, v)| v.len()).sum();
+                        prop_assert!(total <= MAX_EXPANDED_BYTES);
+                    }
+                    Err(e) => prop_assert!(e.ends_with("exceeds the limit of 16777216 bytes per container"), "{}", e),
+                }
+            }
         }
     }
 }

@@ -92,6 +92,11 @@ fn pod_from_value(path: &Path, value: serde_json::Value, node_name: &str) -> Res
     let mut pod: Pod = serde_json::from_value(value).map_err(|e| format!("decode Pod: {e}"))?;
     spec::validate(&pod)?;
 
+    // A UID the manifest gives is kept, as kubelet keeps it (`applyDefaults`, pkg/kubelet/config/common.go), but
+    // only if it is safe as the name of the pod's directories: kubelet joins it into paths unchecked.
+    if let Some(uid) = pod.metadata.uid.as_deref().filter(|u| !u.is_empty()) {
+        validate_uid(uid)?;
+    }
     // kubelet hashes the decoded pod before defaulting, then the node and the file, so the same manifest on the
     // same node always yields the same UID: a restarted agent finds its pods' containers again by that UID.
     if pod.metadata.uid.as_deref().unwrap_or_default().is_empty() {
@@ -113,6 +118,23 @@ fn pod_from_value(path: &Path, value: serde_json::Value, node_name: &str) -> Res
         spec::apply_api_defaults(s);
     }
     Ok(pod)
+}
+
+/// The longest UID a manifest may give: well above a UUID (36 characters, what the API server assigns) or the 32 hex
+/// digits of a derived one, far below a file name's 255 bytes.
+pub const MAX_STATIC_POD_UID_LEN: usize = 128;
+
+/// A manifest's own `metadata.uid` names the pod's directories (`<root-dir>/pods/<uid>`, its log directory): letters,
+/// digits, `-`, `_` and `.` only, not `.` or `..`, so that it can never climb out of them or name another path.
+pub fn validate_uid(uid: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if uid.len() > MAX_STATIC_POD_UID_LEN || !uid.chars().all(allowed) || uid == "." || uid == ".." {
+        return Err(format!(
+            "metadata.uid {uid:?}: must be at most {MAX_STATIC_POD_UID_LEN} letters, digits, '-', '_' or '.', \
+             and not \".\" or \"..\" (it names the pod's directories)"
+        ));
+    }
+    Ok(())
 }
 
 /// Reads every manifest in the folder. Pods with a name already taken by an earlier file are rejected, as kubelet
@@ -301,5 +323,100 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors.iter().any(|e| e.path.ends_with("c.yaml")));
         assert!(errors.iter().any(|e| e.path.ends_with("d.yaml") && e.reason.contains("already defined")));
+    }
+
+    #[test]
+    fn a_given_uid_is_kept_only_when_it_is_safe_as_a_directory_name() {
+        let with_uid = |uid: &str| POD.replace("  name: web\n", &format!("  name: web\n  uid: {uid:?}\n"));
+        let parse = |uid: &str| pods_from_file(Path::new("/m/web.yaml"), &with_uid(uid), "n").remove(0);
+        let uuid = "0f5b9c8e-3a1d-4c2b-9e7f-1a2b3c4d5e6f";
+        let pod = parse(uuid).unwrap();
+        assert_eq!(spec::uid(&pod), uuid, "kept as kubelet keeps it");
+        assert_eq!(pod.metadata.annotations.as_ref().unwrap().get(CONFIG_HASH_ANNOTATION).unwrap(), uuid);
+        for bad in ["../../etc", "a/b", "/etc", "..", ".", "x\u{0}y", "sp ace", "ü", &"a".repeat(129)] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.reason.starts_with(&format!("metadata.uid {bad:?}: must be at most 128 letters")), "{err}");
+            assert!(err.to_string().starts_with("static pod manifest /m/web.yaml: metadata.uid"), "{err}");
+        }
+        assert!(parse(&"a".repeat(128)).is_ok());
+        assert!(parse("...").is_ok() && parse("web_1.v2").is_ok());
+        // An empty one is derived, as kubelet does.
+        assert_eq!(spec::uid(&parse("").unwrap()).len(), 32);
+    }
+
+    #[test]
+    fn non_utf8_and_alias_bombs_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bin.yaml"), [0xff, 0xfe, 0x00, 0x80]).unwrap();
+        let (pods, errors) = scan_dir(dir.path(), "n");
+        assert!(pods.is_empty());
+        assert!(errors[0].reason.starts_with("read: "), "{errors:?}");
+        // Nine levels of nine aliases: a billion strings if expanded.
+        let mut bomb = String::from("a: &a [x,x,x,x,x,x,x,x,x]\n");
+        for (prev, name) in
+            ["a", "b", "c", "d", "e", "f", "g", "h"].iter().zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
+            bomb.push_str(&format!(
+                "{name}: &{name} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+            ));
+        }
+        let err = pods_from_file(Path::new("/m/bomb.yaml"), &bomb, "n").remove(0).unwrap_err();
+        assert!(err.reason.starts_with("decode"), "{err}");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn check(results: Vec<Result<Pod, ManifestError>>) -> Result<(), TestCaseError> {
+            for r in results {
+                match r {
+                    Ok(pod) => {
+                        prop_assert!(validate_uid(spec::uid(&pod)).is_ok() && !spec::uid(&pod).is_empty());
+                    }
+                    Err(e) => prop_assert!(!e.reason.is_empty()),
+                }
+            }
+            Ok(())
+        }
+
+        /// Manifest-like YAML: the keys and values a pod has, in arbitrary shapes.
+        fn yamlish() -> impl Strategy<Value = String> {
+            let token = prop_oneof![
+                Just("apiVersion: v1\n".to_owned()),
+                Just("kind: Pod\n".to_owned()),
+                Just("metadata:\n  name: web\n".to_owned()),
+                Just("spec:\n  containers:\n  - name: app\n    image: busybox\n".to_owned()),
+                "  uid: [ -~]{0,12}\n",
+                "[ -~]{0,16}\n",
+                Just("---\n".to_owned()),
+                Just("&a [*a]\n".to_owned()),
+            ];
+            proptest::collection::vec(token, 0..10).prop_map(|t| t.concat())
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), json in any::<bool>()) {
+                let text = String::from_utf8_lossy(&bytes);
+                let path = if json { "/m/x.json" } else { "/m/x.yaml" };
+                check(pods_from_file(Path::new(path), &text, "n"))?;
+            }
+
+            #[test]
+            fn manifest_shaped_input_gives_pods_with_safe_uids_or_clear_errors(text in yamlish()) {
+                check(pods_from_file(Path::new("/m/x.yaml"), &text, "n"))?;
+            }
+
+            #[test]
+            fn any_given_uid_is_safe_or_refused(uid in any::<String>()) {
+                let text = POD.replace("  name: web\n", &format!("  name: web\n  uid: {}\n", serde_json::json!(uid)));
+                for pod in pods_from_file(Path::new("/m/x.yaml"), &text, "n").into_iter().flatten() {
+                    let got = spec::uid(&pod);
+                    prop_assert!(got == uid || uid.is_empty());
+                    prop_assert!(!got.contains('/') && got != ".." && got != ".");
+                }
+            }
+        }
     }
 }

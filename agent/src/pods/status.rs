@@ -320,7 +320,8 @@ pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
         condition(
             POD_INITIALIZED,
             true,
-            (phase == PHASE_SUCCEEDED && !init_specs.is_empty()).then_some(REASON_POD_COMPLETED),
+            // kubelet's GeneratePodInitializedCondition: PodCompleted for a Succeeded pod, init containers or not.
+            (phase == PHASE_SUCCEEDED).then_some(REASON_POD_COMPLETED),
             None,
         )
     } else {
@@ -673,6 +674,7 @@ mod tests {
         let p = pod("Never", &[], &["app"]);
         let s = status(&p, vec![record("app", "c1", 0, ContainerRunState::Exited, 0, 1)], &[], None);
         assert_eq!(cond(&s, "Ready").reason.as_deref(), Some("PodCompleted"));
+        assert_eq!(cond(&s, "Initialized").reason.as_deref(), Some("PodCompleted"));
         // Failed: not ready with reason PodFailed and no message, as kubelet's GenerateContainersReadyCondition.
         let s = status(&p, vec![record("app", "c1", 0, ContainerRunState::Exited, 7, 1)], &[], None);
         for kind in ["Ready", "ContainersReady"] {

@@ -38,7 +38,10 @@ impl ProbeOutput {
 /// error as output (kubelet's "probe errored").
 pub async fn run(runtime: &Runtime, probe: &Probe, target: Target<'_>, timeout: Duration) -> ProbeOutput {
     if let Some(exec) = &probe.exec {
-        let command = static_command(exec.command.as_deref().unwrap_or_default(), target.container);
+        let command = match static_command(exec.command.as_deref().unwrap_or_default(), target.container) {
+            Ok(command) => command,
+            Err(e) => return ProbeOutput::new(Outcome::Unknown, e),
+        };
         return run_exec(runtime, target.container_id, &command, timeout).await;
     }
     if let Some(get) = &probe.http_get {
@@ -71,11 +74,13 @@ pub async fn run(runtime: &Runtime, probe: &Probe, target: Target<'_>, timeout: 
     ProbeOutput::new(Outcome::Unknown, "missing probe handler")
 }
 
-/// kubelet expands `$(VAR)` in an exec probe's command with the container's literal env values only.
-pub fn static_command(command: &[String], container: &Container) -> Vec<String> {
+/// kubelet expands `$(VAR)` in an exec probe's command with the container's literal env values only (a variable
+/// set from a source counts as empty, `ExpandContainerCommandOnlyStatic`), within one expansion budget.
+pub fn static_command(command: &[String], container: &Container) -> Result<Vec<String>, String> {
     let envs: Vec<(String, String)> =
-        container.env.iter().flatten().filter_map(|e| e.value.clone().map(|v| (e.name.clone(), v))).collect();
-    command.iter().map(|c| env::expand(c, &envs)).collect()
+        container.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect();
+    let mut budget = env::ExpansionBudget::default();
+    env::expand_all(command, &envs, &mut budget, "the exec command").map_err(|e| e.to_string())
 }
 
 pub fn headers(list: Option<&[HTTPHeader]>) -> Vec<(String, String)> {
@@ -181,7 +186,7 @@ mod tests {
     #[test]
     fn exec_commands_expand_literal_env_only() {
         let cmd = vec!["cat".to_string(), "$(FILE)".into(), "$(OTHER)".into()];
-        assert_eq!(static_command(&cmd, &container()), vec!["cat", "/tmp/ok", "$(OTHER)"]);
+        assert_eq!(static_command(&cmd, &container()), Ok(vec!["cat".into(), "/tmp/ok".into(), "$(OTHER)".into()]));
     }
 
     #[tokio::test]
