@@ -340,8 +340,24 @@ leftovers() {
   done
   return 0
 }
+# portmap's shared chains (CNI-HOSTPORT-DNAT, -MASQ, -SETMARK) outlive its last pod, as the reference plugin leaves
+# them on every node; when this run made them and no pod's rule is left in them, they go with their jumps.
+remove_portmap_base_chains() {
+  grep -q ':CNI-HOSTPORT-DNAT$' "$SNAP/before/chains" && return 0
+  iptables -w -t nat -S CNI-HOSTPORT-DNAT >/dev/null 2>&1 || return 0
+  iptables -w -t nat -S CNI-HOSTPORT-DNAT | grep -q '^-A' && return 0
+  iptables -w -t nat -S | grep -E '^-A (PREROUTING|OUTPUT|POSTROUTING) .*-j CNI-HOSTPORT-(DNAT|MASQ)$' |
+    sed 's/^-A /-D /' | while read -r rule; do eval "iptables -w -t nat $rule" || true; done
+  local c
+  for c in CNI-HOSTPORT-DNAT CNI-HOSTPORT-MASQ CNI-HOSTPORT-SETMARK; do
+    iptables -w -t nat -F "$c" 2>/dev/null || true
+    iptables -w -t nat -X "$c" 2>/dev/null || true
+  done
+  say "removed portmap's shared chains this run made (no pod's rule left in them)"
+}
 HOST_CHECK="host left as found: skipped (not root)"
 if [ "$IS_ROOT" = 1 ]; then
+  remove_portmap_base_chains
   left=$(leftovers || true)
   for _ in 1 2 3; do
     [ -n "$left" ] || break

@@ -939,21 +939,23 @@ fn stop_containerd(rec: &Record, child: Option<Child>) -> Result<()> {
     Ok(())
 }
 
-/// Removes nat rules whose comment names `network` (portmap's `dnat name: "<network>"`,
-/// the bridge plugin's masquerade rules) and the per-container chains they jump to.
+/// Removes nat rules whose comment names `network` (the reference portmap's `dnat name: "<network>"`; our
+/// plugins' `name: <network> id: <container>`, portmap's and the bridge's masquerade alike) and the per-container
+/// chains they jump to.
 fn remove_iptables_rules(network: &str) {
     let Ok(out) = Command::new("iptables").args(["-w", "-t", "nat", "-S"]).env("PATH", path_with_sbin()).output()
     else {
         return;
     };
     let text = String::from_utf8_lossy(&out.stdout);
-    let needle = format!("\\\"{network}\\\"");
+    let quoted = format!("\\\"{network}\\\"");
+    let ours = format!("name: {network} id: ");
     let mut chains = BTreeSet::new();
     for line in text.lines() {
         let Some(rule) = line.strip_prefix("-A ") else {
             continue;
         };
-        if !rule.contains(&needle) {
+        if !rule.contains(&quoted) && !rule.contains(&ours) {
             continue;
         }
         if let Some(target) = rule.split(" -j ").nth(1).and_then(|t| t.split(' ').next()) {
