@@ -10,6 +10,7 @@
 //! * [`proxy`]: a TCP relay to the API server that can be cut, to stage outages.
 
 pub mod agent;
+pub mod api_node;
 pub mod apiserver;
 pub mod containerd;
 pub mod grpc_image;

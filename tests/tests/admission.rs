@@ -3,19 +3,18 @@
 //! Static pods on the host tier; API pods through an API server (the real one named by
 //! `RKUBELET_E2E_KUBECONFIG`, else the in-repo double).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Result};
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use rkubelet_tests::agent::{free_port, phase, tail, Agent};
-use rkubelet_tests::apiserver::Cluster;
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::DeleteParams;
+use rkubelet_tests::agent::{free_port, phase, Agent};
+use rkubelet_tests::api_node::{ApiNode, NAMESPACE};
 use rkubelet_tests::containerd::Containerd;
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
 use rkubelet_tests::skip_unless_root;
 use serde_json::{json, Value};
 
-const NAMESPACE: &str = "default";
 const START: Duration = Duration::from_secs(90);
 /// kubelet's status for a pod refused by the scheduler's NodePorts check (`predicate.go`).
 const REJECTED_REASON: &str = "NodePorts";
@@ -73,105 +72,20 @@ fn a_static_pod_asking_for_a_taken_host_port_is_refused_until_the_first_is_gone(
     Ok(())
 }
 
-/// An agent joined to the API on a private containerd, with an admin client. Fields drop in order: the agent stops
-/// before its containerd, both before the API server.
-struct Env {
-    agent: Agent,
-    _containerd: Containerd,
-    _cluster: Cluster,
-    admin: kube::Client,
-    rt: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new(name: &str) -> Result<Env> {
-        ensure_images()?;
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let cluster = Cluster::from_env()?;
-        let dir = tempfile::Builder::new().prefix("rkubelet-admit-").tempdir()?;
-        let containerd = Containerd::start(name)?;
-        let config =
-            format!("cniConfDir: {}\ncniBridgeName: {}\n", containerd.cni_conf_dir().display(), containerd.bridge());
-        let agent = Agent::new(&containerd, &config)?;
-        let kubeconfig = cluster.node_kubeconfig(dir.path(), agent.node_name())?;
-        let admin = rt.block_on(cluster.admin_client())?;
-        delete_node_and_its_pods(&rt, &admin, agent.node_name());
-        let agent = agent.with_args(["--kubeconfig".to_owned(), kubeconfig.display().to_string()]).started()?;
-        Ok(Env { agent, _containerd: containerd, _cluster: cluster, admin, rt, _dir: dir })
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.admin.clone(), NAMESPACE)
-    }
-
-    fn create(&self, pod: Value) -> Result<Pod> {
-        let pod: Pod = serde_json::from_value(pod)?;
-        Ok(self.rt.block_on(self.pods().create(&PostParams::default(), &pod))?)
-    }
-
-    fn wait_pod(&self, name: &str, timeout: Duration, check: impl Fn(&Pod) -> bool) -> Result<Pod> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let Some(pod) = self.rt.block_on(self.pods().get_opt(name))? else {
-                bail!("pod {name} is gone\nagent log:\n{}", tail(&self.agent.log(), 60));
-            };
-            if check(&pod) {
-                return Ok(pod);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "pod {name}: not within {timeout:?}: {:?}\nagent log:\n{}",
-                    pod.status,
-                    tail(&self.agent.log(), 40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
+/// An API pod on `node` asking for host port `port`.
+fn host_port_pod(node: &str, name: &str, port: u16) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": NAMESPACE },
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "tolerations": [{ "operator": "Exists" }],
+            "containers": [{ "name": "app", "image": BUSYBOX, "command": ["sleep", "600"],
+                             "ports": [{ "containerPort": 8080, "hostPort": port }] }],
         }
-    }
-
-    fn wait_gone(&self, name: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        while self.rt.block_on(self.pods().get_opt(name))?.is_some() {
-            if Instant::now() > deadline {
-                bail!("pod {name} still in the API after {timeout:?}\nagent log:\n{}", tail(&self.agent.log(), 40));
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        Ok(())
-    }
-
-    fn host_port_pod(&self, name: &str, port: u16) -> Value {
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": { "name": name, "namespace": NAMESPACE },
-            "spec": {
-                "nodeName": self.agent.node_name(),
-                "automountServiceAccountToken": false,
-                "terminationGracePeriodSeconds": 1,
-                "tolerations": [{ "operator": "Exists" }],
-                "containers": [{ "name": "app", "image": BUSYBOX, "command": ["sleep", "600"],
-                                 "ports": [{ "containerPort": 8080, "hostPort": port }] }],
-            }
-        })
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        delete_node_and_its_pods(&self.rt, &self.admin, self.agent.node_name());
-    }
-}
-
-fn delete_node_and_its_pods(rt: &tokio::runtime::Runtime, admin: &kube::Client, node: &str) {
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), NAMESPACE);
-    if let Ok(list) = rt.block_on(pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}")))) {
-        for p in list.items {
-            let name = p.metadata.name.unwrap_or_default();
-            let _ = rt.block_on(pods.delete(&name, &DeleteParams::default().grace_period(0)));
-        }
-    }
-    let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(node, &DeleteParams::default()));
+    })
 }
 
 fn unique(prefix: &str) -> String {
@@ -186,16 +100,16 @@ fn pod_phase(p: &Pod) -> &str {
 #[test]
 fn an_api_pod_asking_for_a_taken_host_port_is_refused_until_the_first_is_gone() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let mut env = Env::new("admit-api-port")?;
+    let mut env = ApiNode::start("admit-api-port")?;
     let port = free_port()?;
     let a = unique("hp-a");
-    env.create(env.host_port_pod(&a, port))?;
+    env.create(host_port_pod(env.agent.node_name(), &a, port))?;
     env.wait_pod(&a, START, |p| pod_phase(p) == "Running")?;
 
     // After a restart the port is still held by the pod that runs.
     env.agent.restart()?;
     let b = unique("hp-b");
-    env.create(env.host_port_pod(&b, port))?;
+    env.create(host_port_pod(env.agent.node_name(), &b, port))?;
     let refused = env.wait_pod(&b, Duration::from_secs(60), |p| pod_phase(p) == "Failed")?;
     let s = refused.status.unwrap_or_default();
     assert_eq!(s.reason.as_deref(), Some(REJECTED_REASON));
@@ -207,7 +121,7 @@ fn an_api_pod_asking_for_a_taken_host_port_is_refused_until_the_first_is_gone() 
     env.rt.block_on(env.pods().delete(&a, &DeleteParams::default()))?;
     env.wait_gone(&a, Duration::from_secs(60))?;
     let c = unique("hp-c");
-    env.create(env.host_port_pod(&c, port))?;
+    env.create(host_port_pod(env.agent.node_name(), &c, port))?;
     env.wait_pod(&c, START, |p| pod_phase(p) == "Running")?;
     Ok(())
 }

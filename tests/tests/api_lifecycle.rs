@@ -3,92 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use rkubelet_tests::agent::{tail, Agent};
-use rkubelet_tests::apiserver::Cluster;
-use rkubelet_tests::containerd::Containerd;
-use rkubelet_tests::images::{ensure_images, BUSYBOX};
+use anyhow::Result;
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use rkubelet_tests::api_node::{ApiNode, NAMESPACE};
+use rkubelet_tests::images::BUSYBOX;
 use rkubelet_tests::skip_unless_root;
 use serde_json::json;
-
-const NAMESPACE: &str = "default";
-
-/// An agent joined to the API on a private containerd, with an admin client. Fields drop in order: the agent stops
-/// before its containerd, both before the API server.
-struct Env {
-    agent: Agent,
-    _containerd: Containerd,
-    _cluster: Cluster,
-    admin: kube::Client,
-    rt: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new(name: &str) -> Result<Env> {
-        ensure_images()?;
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let cluster = Cluster::from_env()?;
-        let dir = tempfile::Builder::new().prefix("rkubelet-life-").tempdir()?;
-        let containerd = Containerd::start(name)?;
-        let config =
-            format!("cniConfDir: {}\ncniBridgeName: {}\n", containerd.cni_conf_dir().display(), containerd.bridge());
-        let agent = Agent::new(&containerd, &config)?;
-        let kubeconfig = cluster.node_kubeconfig(dir.path(), agent.node_name())?;
-        let admin = rt.block_on(cluster.admin_client())?;
-        delete_node_and_its_pods(&rt, &admin, agent.node_name());
-        let agent = agent.with_args(["--kubeconfig".to_owned(), kubeconfig.display().to_string()]).started()?;
-        Ok(Env { agent, _containerd: containerd, _cluster: cluster, admin, rt, _dir: dir })
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.admin.clone(), NAMESPACE)
-    }
-
-    fn create(&self, pod: serde_json::Value) -> Result<Pod> {
-        let pod: Pod = serde_json::from_value(pod)?;
-        Ok(self.rt.block_on(self.pods().create(&PostParams::default(), &pod))?)
-    }
-
-    fn wait_pod(&self, name: &str, timeout: Duration, check: impl Fn(&Pod) -> bool) -> Result<Pod> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let Some(pod) = self.rt.block_on(self.pods().get_opt(name))? else {
-                bail!("pod {name} is gone\nagent log:\n{}", tail(&self.agent.log(), 60));
-            };
-            if check(&pod) {
-                return Ok(pod);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "pod {name}: not within {timeout:?}: {:?}\nagent log:\n{}",
-                    pod.status,
-                    tail(&self.agent.log(), 40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        delete_node_and_its_pods(&self.rt, &self.admin, self.agent.node_name());
-    }
-}
-
-fn delete_node_and_its_pods(rt: &tokio::runtime::Runtime, admin: &kube::Client, node: &str) {
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), NAMESPACE);
-    if let Ok(list) = rt.block_on(pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}")))) {
-        for p in list.items {
-            let name = p.metadata.name.unwrap_or_default();
-            let _ = rt.block_on(pods.delete(&name, &DeleteParams::default().grace_period(0)));
-        }
-    }
-    let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(node, &DeleteParams::default()));
-}
 
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos());
@@ -106,7 +27,7 @@ fn is(p: &Pod, kind: &str, status: &str) -> bool {
 #[test]
 fn readiness_gates_hold_ready_until_another_client_sets_their_condition() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("life-gates")?;
+    let env = ApiNode::start("life-gates")?;
     let name = unique("gated");
     env.create(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -157,7 +78,7 @@ fn readiness_gates_hold_ready_until_another_client_sets_their_condition() -> Res
 #[test]
 fn a_pod_whose_readiness_probe_fails_while_it_terminates_is_reported_not_ready_before_it_is_gone() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("life-termready")?;
+    let env = ApiNode::start("life-termready")?;
     let name = unique("termready");
     // On SIGTERM the container stops being ready and takes 20 s to exit.
     let script = "_term() { rm -f /tmp/ready; sleep 20; exit 0; }; trap _term TERM; touch /tmp/ready; \

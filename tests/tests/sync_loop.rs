@@ -4,128 +4,30 @@
 //! are refused with a reason instead of ignored.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use futures::TryStreamExt;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
-use rkubelet_tests::agent::{http_get, runtime_objects, tail, Agent};
-use rkubelet_tests::apiserver::Cluster;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{WatchEvent, WatchParams};
+use rkubelet_tests::agent::{http_get, runtime_objects, Agent};
+use rkubelet_tests::api_node::{ApiNode, NAMESPACE};
 use rkubelet_tests::containerd::Containerd;
 use rkubelet_tests::images::{ensure_images, BUSYBOX, REGISTRY};
 use rkubelet_tests::skip_unless_root;
 use serde_json::json;
 
-const NAMESPACE: &str = "default";
 /// How long the sync loop is watched, as the issue that asked for this test measured it.
 const OBSERVATION: Duration = Duration::from_secs(30);
 /// How much later than its timeout a server may end a watch on a busy machine.
 const WATCH_END_SLACK: Duration = Duration::from_secs(15);
 
-/// An agent joined to the API on a private containerd, with an admin client.
-/// Fields drop in order: the agent stops before its containerd, both before the API server.
-struct Env {
-    agent: Agent,
-    containerd: Containerd,
-    _cluster: Cluster,
-    admin: kube::Client,
-    rt: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new(name: &str) -> Result<Env> {
-        ensure_images()?;
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let cluster = Cluster::from_env()?;
-        if !cluster.is_real() {
-            println!("API server: the in-repo double (RKUBELET_E2E_KUBECONFIG not set)");
-        }
-        let dir = tempfile::Builder::new().prefix("rkubelet-sync-").tempdir()?;
-        let containerd = Containerd::start(name)?;
-        let config =
-            format!("cniConfDir: {}\ncniBridgeName: {}\n", containerd.cni_conf_dir().display(), containerd.bridge());
-        let agent = Agent::new(&containerd, &config)?;
-        let kubeconfig = cluster.node_kubeconfig(dir.path(), agent.node_name())?;
-        let admin = rt.block_on(cluster.admin_client())?;
-        // Pods and a Node left by an earlier, interrupted run on a shared cluster would be synced and counted too.
-        delete_node_and_its_pods(&rt, &admin, agent.node_name());
-        let agent = agent.with_args(["--kubeconfig".to_owned(), kubeconfig.display().to_string()]).started()?;
-        Ok(Env { agent, containerd, _cluster: cluster, admin, rt, _dir: dir })
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.admin.clone(), NAMESPACE)
-    }
-
-    fn create(&self, pod: serde_json::Value) -> Result<Pod> {
-        let pod: Pod = serde_json::from_value(pod)?;
-        Ok(self.rt.block_on(self.pods().create(&PostParams::default(), &pod))?)
-    }
-
-    fn wait_pod(&self, name: &str, timeout: Duration, check: impl Fn(&Pod) -> bool) -> Result<Pod> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let pod = self.rt.block_on(self.pods().get(name))?;
-            if check(&pod) {
-                return Ok(pod);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "pod {name}: not within {timeout:?}: {:?}\nagent log:\n{}",
-                    pod.status,
-                    tail(&self.agent.log(), 40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn events(&self, uid: &str) -> Result<Vec<Event>> {
-        let list =
-            self.rt.block_on(Api::<Event>::namespaced(self.admin.clone(), NAMESPACE).list(&ListParams::default()))?;
-        Ok(list.items.into_iter().filter(|e| e.involved_object.uid.as_deref() == Some(uid)).collect())
-    }
-
-    /// The pod's events once one with `reason` has been posted (events are written asynchronously).
-    fn wait_event(&self, uid: &str, reason: &str) -> Result<Vec<Event>> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let events = self.events(uid)?;
-            if events.iter().any(|e| e.reason.as_deref() == Some(reason)) || Instant::now() > deadline {
-                return Ok(events);
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    /// One counter from the agent's `/metrics`.
-    fn metric(&self, line_prefix: &str) -> Result<f64> {
-        let (code, body) = http_get(self.agent.port(), "/metrics")?;
-        ensure!(code == 200, "/metrics answered {code}");
-        let line = body.lines().find(|l| l.starts_with(line_prefix)).with_context(|| format!("no {line_prefix}"))?;
-        Ok(line.rsplit(' ').next().unwrap_or_default().parse()?)
-    }
-}
-
-/// Cleans up after a test even when it fails: its pods and Node are removed from the API before the agent and its
-/// containerd stop.
-impl Drop for Env {
-    fn drop(&mut self) {
-        delete_node_and_its_pods(&self.rt, &self.admin, self.agent.node_name());
-    }
-}
-
-fn delete_node_and_its_pods(rt: &tokio::runtime::Runtime, admin: &kube::Client, node: &str) {
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), NAMESPACE);
-    if let Ok(list) = rt.block_on(pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}")))) {
-        for p in list.items {
-            let name = p.metadata.name.unwrap_or_default();
-            let _ = rt.block_on(pods.delete(&name, &DeleteParams::default().grace_period(0)));
-        }
-    }
-    let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(node, &DeleteParams::default()));
+/// One counter from the agent's `/metrics`.
+fn metric(env: &ApiNode, line_prefix: &str) -> Result<f64> {
+    let (code, body) = http_get(env.agent.port(), "/metrics")?;
+    ensure!(code == 200, "/metrics answered {code}");
+    let line = body.lines().find(|l| l.starts_with(line_prefix)).with_context(|| format!("no {line_prefix}"))?;
+    Ok(line.rsplit(' ').next().unwrap_or_default().parse()?)
 }
 
 fn unique(prefix: &str) -> String {
@@ -167,7 +69,7 @@ fn a_container_that_cannot_be_created_is_retried_with_back_off_and_its_status_wr
 ) -> Result<()> {
     skip_unless_root!(Ok(()));
     let image = image_without_command()?;
-    let env = Env::new("sync-backoff")?;
+    let env = ApiNode::start("sync-backoff")?;
     let name = unique("no-command");
     let created = env.create(json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -184,8 +86,8 @@ fn a_container_that_cannot_be_created_is_retried_with_back_off_and_its_status_wr
 
     // Every write to the pod's status shows up as a MODIFIED watch event.
     let rv = pod.metadata.resource_version.clone().unwrap_or_default();
-    let syncs_before = env.metric("kubelet_pod_worker_duration_seconds_count")?;
-    let creates_before = env.metric("kubelet_runtime_operations_total{operation_type=\"CreateContainer\"}")?;
+    let syncs_before = metric(&env, "kubelet_pod_worker_duration_seconds_count")?;
+    let creates_before = metric(&env, "kubelet_runtime_operations_total{operation_type=\"CreateContainer\"}")?;
     let params = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(OBSERVATION.as_secs() as u32);
     let pods = env.pods();
     let writes = env.rt.block_on(async {
@@ -201,8 +103,9 @@ fn a_container_that_cannot_be_created_is_retried_with_back_off_and_its_status_wr
             Err(_) => bail!("the watch did not end within {WATCH_END_SLACK:?} of its {OBSERVATION:?} timeout"),
         })
     });
-    let syncs = env.metric("kubelet_pod_worker_duration_seconds_count")? - syncs_before;
-    let creates = env.metric("kubelet_runtime_operations_total{operation_type=\"CreateContainer\"}")? - creates_before;
+    let syncs = metric(&env, "kubelet_pod_worker_duration_seconds_count")? - syncs_before;
+    let creates =
+        metric(&env, "kubelet_runtime_operations_total{operation_type=\"CreateContainer\"}")? - creates_before;
     let writes = writes?;
     println!("over {OBSERVATION:?}: {syncs} syncs, {creates} CreateContainer attempts, {writes} pods/status writes");
     // kubelet requeues a failed sync after 10 s with up to 50 % jitter: two or three attempts in 30 s.
@@ -228,7 +131,7 @@ fn a_container_that_cannot_be_created_is_retried_with_back_off_and_its_status_wr
 #[test]
 fn unsupported_pod_fields_are_refused_with_a_reason_and_the_service_account_volume_is_mounted() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("sync-unsupported")?;
+    let env = ApiNode::start("sync-unsupported")?;
     let node = env.agent.node_name().to_owned();
     let refused = unique("nfs");
     let created = env.create(json!({
