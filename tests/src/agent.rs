@@ -354,6 +354,43 @@ pub fn container_status<'a>(pod: &'a Value, name: &str) -> &'a Value {
     pod["status"]["containerStatuses"].as_array().and_then(|a| a.iter().find(|c| c["name"] == name)).unwrap_or(&NULL)
 }
 
+/// Everything the container's instances wrote to their CRI log files so far (a static or API pod as JSON).
+pub fn container_log(agent: &Agent, pod: &Value, container: &str) -> String {
+    let dir = agent
+        .pod_logs_dir()
+        .join(format!(
+            "default_{}_{}",
+            pod["metadata"]["name"].as_str().unwrap_or_default(),
+            pod["metadata"]["uid"].as_str().unwrap_or_default()
+        ))
+        .join(container);
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+    }
+    text
+}
+
+/// The container's log once it holds `needle`.
+pub fn wait_log(agent: &Agent, pod: &Value, container: &str, needle: &str, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = container_log(agent, pod, container);
+        if log.contains(needle) {
+            return Ok(log);
+        }
+        if Instant::now() >= deadline {
+            bail!("{container} log has no {needle:?} within {timeout:?}:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether the container is running now.
+pub fn running(pod: &Value, container: &str) -> bool {
+    container_status(pod, container)["state"]["running"].is_object()
+}
+
 pub fn condition<'a>(pod: &'a Value, kind: &str) -> &'a Value {
     static NULL: Value = Value::Null;
     pod["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == kind)).unwrap_or(&NULL)

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use rkubelet_tests::agent::{container_status, Agent};
+use rkubelet_tests::agent::{container_log, container_status, running, wait_log, Agent};
 use rkubelet_tests::containerd::Containerd;
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
 use rkubelet_tests::skip_unless_root;
@@ -55,39 +55,6 @@ spec:
     let warnings = log.lines().filter(|l| l.contains("Error: ") && l.contains("no/such/binary")).count();
     ensure!(warnings == made + before, "one warning per attempt: {warnings} warnings for {} attempts", made + before);
     Ok(())
-}
-
-/// Everything the container's instances wrote to their CRI log files so far.
-fn container_log(agent: &Agent, pod: &Value, container: &str) -> String {
-    let dir = agent
-        .pod_logs_dir()
-        .join(format!(
-            "default_{}_{}",
-            pod["metadata"]["name"].as_str().unwrap_or_default(),
-            pod["metadata"]["uid"].as_str().unwrap_or_default()
-        ))
-        .join(container);
-    let mut text = String::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-    }
-    text
-}
-
-fn wait_log(agent: &Agent, pod: &Value, container: &str, needle: &str, timeout: Duration) -> Result<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = container_log(agent, pod, container);
-        if log.contains(needle) {
-            return Ok(log);
-        }
-        ensure!(Instant::now() < deadline, "{container} log has no {needle:?} within {timeout:?}:\n{log}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn running(p: &Value, container: &str) -> bool {
-    container_status(p, container)["state"]["running"].is_object()
 }
 
 /// A pod serving HTTP on 8080 with busybox httpd, which logs each request's path on stderr.

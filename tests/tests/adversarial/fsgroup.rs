@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use rkubelet_tests::agent::{container_status, tail, Agent};
+use rkubelet_tests::agent::{container_log, container_status, tail, Agent};
 use rkubelet_tests::containerd::Containerd;
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
 use rkubelet_tests::{skip_unless, skip_unless_root};
@@ -40,15 +40,6 @@ fn host_state(host: &Path) -> Result<Vec<(PathBuf, u32, u32, u32)>> {
             Ok((p, m.uid(), m.gid(), m.mode() & 0o7777))
         })
         .collect()
-}
-
-fn container_log(agent: &Agent, pod: &serde_json::Value, container: &str) -> String {
-    let dir = agent.pod_logs_dir().join(format!(
-        "default_{}_{}",
-        pod["metadata"]["name"].as_str().unwrap_or_default(),
-        pod["metadata"]["uid"].as_str().unwrap_or_default()
-    ));
-    std::fs::read_to_string(dir.join(container).join("0.log")).unwrap_or_default()
 }
 
 /// Fails as soon as a host file differs from `want`; returns after `period`.

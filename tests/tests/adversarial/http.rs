@@ -6,11 +6,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use rkubelet_tests::agent::{condition, container_status, Agent};
+use rkubelet_tests::agent::{condition, container_log, container_status, running, wait_log, Agent};
 use rkubelet_tests::containerd::Containerd;
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
 use rkubelet_tests::skip_unless_root;
-use serde_json::Value;
 
 /// A chunked 200 whose one chunk is 2^64-1 bytes long; the connection ends a second later.
 pub const CHUNK_BOMB: &str = r"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n";
@@ -51,39 +50,6 @@ pub fn server_container(name: &str, response: &str, extra: &str) -> String {
       exec nc -ll -p 8080 -e /tmp/handler
 {extra}"#
     )
-}
-
-/// Everything the container's instances wrote to their CRI log files so far.
-pub fn container_log(agent: &Agent, pod: &Value, container: &str) -> String {
-    let dir = agent
-        .pod_logs_dir()
-        .join(format!(
-            "default_{}_{}",
-            pod["metadata"]["name"].as_str().unwrap_or_default(),
-            pod["metadata"]["uid"].as_str().unwrap_or_default()
-        ))
-        .join(container);
-    let mut text = String::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-    }
-    text
-}
-
-pub fn wait_log(agent: &Agent, pod: &Value, container: &str, needle: &str, timeout: Duration) -> Result<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = container_log(agent, pod, container);
-        if log.contains(needle) {
-            return Ok(log);
-        }
-        ensure!(Instant::now() < deadline, "{container} log has no {needle:?} within {timeout:?}:\n{log}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-pub fn running(p: &Value, container: &str) -> bool {
-    container_status(p, container)["state"]["running"].is_object()
 }
 
 /// Polls the agent's log until `needle` appears `count` times.

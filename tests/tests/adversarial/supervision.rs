@@ -6,12 +6,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
-use rkubelet_tests::agent::{condition, tail, Agent};
+use rkubelet_tests::agent::{condition, running, tail, Agent};
 use rkubelet_tests::containerd::Containerd;
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
 use rkubelet_tests::skip_unless_root;
-
-use super::http::running;
 
 /// An agent whose `site` panics once for the static pod made from manifest pod `pod`.
 fn agent_injecting(containerd: &Containerd, site: &str, pod: &str) -> Result<Agent> {
