@@ -874,6 +874,38 @@ fn a_token_request_that_fails_first_is_retried_after_the_volume_back_off_not_the
 }
 
 #[test]
+fn a_config_map_created_just_after_its_pod_reaches_it_at_the_next_volume_retry() -> Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    skip_unless_root!(Ok(()));
+    let env = Env::new("api-latecm")?;
+    let name = unique("latecm");
+    let mut p = pod(&name, env.node(), "Always", 1, FOREVER, None);
+    let spec = p.spec.as_mut().context("spec")?;
+    spec.volumes = Some(vec![serde_json::from_value(json!({ "name": "cfg", "configMap": { "name": name } }))?]);
+    spec.containers[0].volume_mounts =
+        Some(vec![serde_json::from_value(json!({ "name": "cfg", "mountPath": "/cfg" }))?]);
+    let t0 = Instant::now();
+    env.create_pod(&p)?;
+    // Set-up attempts at 0, 0.5 s and 1.5 s find no ConfigMap; the one at 3.5 s finds it.
+    std::thread::sleep(Duration::from_millis(2000));
+    let config_maps = Api::<ConfigMap>::namespaced(env.admin.clone(), NAMESPACE);
+    let cm: ConfigMap = serde_json::from_value(json!({ "metadata": { "name": name }, "data": { "k": "v" } }))?;
+    env.block_on(config_maps.create(&PostParams::default(), &cm))?;
+    let created = t0.elapsed();
+    env.wait_pod(&name, START, |p| phase(p) == "Running")?;
+    let running = t0.elapsed();
+    eprintln!("ConfigMap created {created:?} after the pod, the pod Running {running:?} after it");
+    let _ = env.block_on(config_maps.delete(&name, &DeleteParams::default()));
+    // The attempt at 3.5 s (the third failure's back-off is 2 s) finds it; the pod worker's 10 s back-off would not.
+    assert!(
+        running - created < Duration::from_secs(5),
+        "Running {:?} after its ConfigMap was created",
+        running - created
+    );
+    env.cleanup()
+}
+
+#[test]
 fn a_status_the_server_rejects_as_invalid_is_logged_and_not_retried_forever() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = Env::new("api-invalid")?;
