@@ -816,6 +816,96 @@ fn a_default_pod_with_the_injected_service_account_token_volume_runs() -> Result
 }
 
 #[test]
+fn a_token_request_that_fails_first_is_retried_after_the_volume_back_off_not_the_pod_back_off() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    let env = Env::new("api-volretry")?;
+    let Some(api) = env.cluster.double() else {
+        rkubelet_tests::containerd::print_skip(
+            "api::a_token_request_that_fails_first_is_retried_after_the_volume_back_off_not_the_pod_back_off",
+            &"needs the double's fault injection to make TokenRequests fail",
+        );
+        return env.cleanup();
+    };
+    let name = unique("volretry");
+    let user = format!("system:node:{}", env.node());
+    let token_path = format!("/namespaces/{NAMESPACE}/serviceaccounts/default/token");
+    // The first attempt and the retry are told the pod does not exist, as a TokenRequest racing the pod's
+    // creation can be: kubelet's volume manager tries again after 500 ms, then after 1 s more.
+    let not_found = format!("pods \"{name}\" not found");
+    api.inject_fault(Fault::new("POST", &token_path, 2, 404, "NotFound", &not_found).for_user(&user));
+    let mut p = pod(&name, env.node(), "Always", 1, FOREVER, None);
+    p.spec.as_mut().context("spec")?.automount_service_account_token = None;
+    let t0 = Instant::now();
+    let created = env.create_pod(&p)?;
+    let token_issued = || {
+        api.requests()
+            .iter()
+            .any(|r| r.user == user && r.method == "POST" && r.path_only().ends_with(&token_path) && r.status < 300)
+    };
+    while !token_issued() {
+        ensure!(t0.elapsed() < START, "no token issued within {START:?}:\n{}", tail(&env.agent.log(), 40));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let issued = t0.elapsed();
+    env.wait_pod(&name, START, |p| phase(p) == "Running")?;
+    let running = t0.elapsed();
+    eprintln!("token issued {issued:?} after the pod's creation, Running {running:?} after it");
+    assert_eq!(api.faults_left(), 0, "both failures were answered");
+    // 0 + 0.5 s + 1 s: the third attempt; the pod worker's 10 s back-off would put it past 20 s.
+    assert!(issued < Duration::from_secs(5), "the token was issued {issued:?} after the pod's creation");
+    assert!(
+        running - issued < Duration::from_secs(5),
+        "Running {:?} after the token was issued: the worker waited for something else",
+        running - issued
+    );
+    let uid = created.metadata.uid.clone().context("uid")?;
+    let failed_mount = |e: &Event| {
+        e.reason.as_deref() == Some("FailedMount")
+            && e.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("MountVolume.SetUp failed for volume \"kube-api-access-"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.events_for(&uid)?.iter().any(failed_mount) {
+        ensure!(Instant::now() < deadline, "no FailedMount event: {:?}", env.events_for(&uid)?);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    env.cleanup()
+}
+
+#[test]
+fn a_config_map_created_just_after_its_pod_reaches_it_at_the_next_volume_retry() -> Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    skip_unless_root!(Ok(()));
+    let env = Env::new("api-latecm")?;
+    let name = unique("latecm");
+    let mut p = pod(&name, env.node(), "Always", 1, FOREVER, None);
+    let spec = p.spec.as_mut().context("spec")?;
+    spec.volumes = Some(vec![serde_json::from_value(json!({ "name": "cfg", "configMap": { "name": name } }))?]);
+    spec.containers[0].volume_mounts =
+        Some(vec![serde_json::from_value(json!({ "name": "cfg", "mountPath": "/cfg" }))?]);
+    let t0 = Instant::now();
+    env.create_pod(&p)?;
+    // Set-up attempts at 0, 0.5 s and 1.5 s find no ConfigMap; the one at 3.5 s finds it.
+    std::thread::sleep(Duration::from_millis(2000));
+    let config_maps = Api::<ConfigMap>::namespaced(env.admin.clone(), NAMESPACE);
+    let cm: ConfigMap = serde_json::from_value(json!({ "metadata": { "name": name }, "data": { "k": "v" } }))?;
+    env.block_on(config_maps.create(&PostParams::default(), &cm))?;
+    let created = t0.elapsed();
+    env.wait_pod(&name, START, |p| phase(p) == "Running")?;
+    let running = t0.elapsed();
+    eprintln!("ConfigMap created {created:?} after the pod, the pod Running {running:?} after it");
+    let _ = env.block_on(config_maps.delete(&name, &DeleteParams::default()));
+    // The attempt at 3.5 s (the third failure's back-off is 2 s) finds it; the pod worker's 10 s back-off would not.
+    assert!(
+        running - created < Duration::from_secs(5),
+        "Running {:?} after its ConfigMap was created",
+        running - created
+    );
+    env.cleanup()
+}
+
+#[test]
 fn a_status_the_server_rejects_as_invalid_is_logged_and_not_retried_forever() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = Env::new("api-invalid")?;

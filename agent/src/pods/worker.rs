@@ -32,6 +32,9 @@ pub const WORKER_BACK_OFF_PERIOD: Duration = Duration::from_secs(10);
 /// kubelet's `workerBackOffPeriodJitterFactor` and `workerResyncIntervalJitterFactor`.
 const WORKER_BACK_OFF_JITTER_FACTOR: f64 = 0.5;
 const WORKER_RESYNC_JITTER_FACTOR: f64 = 0.5;
+/// kubelet's `podAttachAndMountTimeout` (`pkg/kubelet/volumemanager/volume_manager.go`): how long a sync waits for
+/// the pod's volumes before it fails and the pod worker's back-off applies.
+pub const POD_ATTACH_AND_MOUNT_TIMEOUT: Duration = Duration::from_secs(2 * 60 + 3);
 
 /// The event of a worker that panicked and was started again. kubelet has no such event: its goroutines end in
 /// `runtime.HandleCrash`, which re-panics, so a panic there ends the whole kubelet (and systemd starts it again).
@@ -188,6 +191,8 @@ pub struct PodWorker {
     termination_messages: HashMap<String, String>,
     /// The volumes of the finished pod are torn down.
     volumes_torn_down: bool,
+    /// Since when the syncs wait for volumes not set up yet (kubelet's `WaitForAttachAndMount`).
+    volumes_waiting_since: Option<Instant>,
 }
 
 impl PodWorker {
@@ -213,6 +218,7 @@ impl PodWorker {
             last_status: known,
             published: false,
             volumes_torn_down: false,
+            volumes_waiting_since: None,
             deadline_exceeded: false,
             termination_messages: HashMap::new(),
             ctx,
@@ -309,7 +315,9 @@ impl PodWorker {
                 .as_ref()
                 .and_then(|s| s.phase.as_deref())
                 .is_some_and(|p| p == "Succeeded" || p == "Failed");
-        let volumes_ready = terminal || kuberuntime.volumes.mount_pod(pod).await;
+        let volumes = if terminal { Default::default() } else { kuberuntime.volumes.mount_pod(pod).await };
+        let volumes_ready = volumes.ready();
+        let volumes_timed_out = wait_for_volumes(&mut self.volumes_waiting_since, &volumes, Instant::now());
         let (actions, result) = if self.deadline_exceeded {
             // A pod failed for its deadline is terminal: everything is stopped and nothing starts again.
             let changed = kuberuntime.kill_containers_and_sandboxes(pod, &observed).await;
@@ -379,11 +387,12 @@ impl PodWorker {
             self.volumes_torn_down = true;
         }
         // Sync again when the deadline passes.
-        let resync_after = match (actions.resync_after, deadline_left.filter(|d| !d.is_zero())) {
-            (Some(a), Some(d)) => Some(a.min(d)),
-            (a, d) => a.or(d),
-        };
-        Ok(SyncOutcome { resync_after, failed: result.failed() || !volumes_ready })
+        // Sync again when a volume's retry is due: its set-up is retried then, not after the worker's back-off.
+        let resync_after = [actions.resync_after, deadline_left.filter(|d| !d.is_zero()), volumes.retry_in]
+            .into_iter()
+            .flatten()
+            .min();
+        Ok(SyncOutcome { resync_after, failed: result.failed() || volumes_timed_out })
     }
 
     /// The status of a pod whose containers are being stopped, with the latest probe results; nothing is started.
@@ -449,6 +458,29 @@ impl PodWorker {
     }
 }
 
+/// kubelet's `WaitForAttachAndMount` across syncs: a pod whose volumes are not all set up waits for their retries
+/// (each sync is a retry) up to `podAttachAndMountTimeout`; only then does the sync fail, and the worker's back-off
+/// applies before the next wait begins. Returns whether the wait timed out now.
+fn wait_for_volumes(waiting_since: &mut Option<Instant>, volumes: &crate::volumes::PodVolumes, now: Instant) -> bool {
+    if volumes.ready() {
+        *waiting_since = None;
+        return false;
+    }
+    let since = *waiting_since.get_or_insert(now);
+    if now.saturating_duration_since(since) < POD_ATTACH_AND_MOUNT_TIMEOUT {
+        return false;
+    }
+    *waiting_since = None;
+    // kubelet 1.28's message; the poll's timeout is `context deadline exceeded`, which `wait.Interrupted` takes
+    // for an interruption, so kubelet posts no event for it, only logs the failed sync.
+    let error = format!(
+        "unmounted volumes=[{}], unattached volumes=[], failed to process volumes=[]: context deadline exceeded",
+        volumes.unmounted.join(" ")
+    );
+    tracing::error!(error, "Unable to attach or mount volumes for pod; skipping pod");
+    true
+}
+
 /// Exited instances get their termination messages (the file the container wrote, or its log's end).
 fn fill_termination_messages(
     ctx: &WorkerContext,
@@ -484,6 +516,21 @@ mod tests {
         let waits: Vec<u64> = (0..8).map(|_| b.after(short).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
         assert_eq!(b.after(PANIC_BACK_OFF_MAX), PANIC_BACK_OFF_INITIAL);
+    }
+
+    #[test]
+    fn a_sync_waits_for_volumes_until_kubelets_attach_and_mount_timeout() {
+        let t0 = Instant::now();
+        let pending = crate::volumes::PodVolumes { unmounted: vec!["cfg".into()], retry_in: None };
+        let mut since = None;
+        assert!(!wait_for_volumes(&mut since, &pending, t0), "the wait begins");
+        assert_eq!(since, Some(t0));
+        assert!(!wait_for_volumes(&mut since, &pending, t0 + Duration::from_secs(122)), "retries go on");
+        assert!(wait_for_volumes(&mut since, &pending, t0 + POD_ATTACH_AND_MOUNT_TIMEOUT), "2 min 3 s: the sync fails");
+        assert_eq!(since, None, "the next sync, after the worker's back-off, waits anew");
+        assert!(!wait_for_volumes(&mut since, &pending, t0 + Duration::from_secs(200)));
+        assert!(!wait_for_volumes(&mut since, &Default::default(), t0 + Duration::from_secs(201)));
+        assert_eq!(since, None, "all volumes set up");
     }
 
     #[test]

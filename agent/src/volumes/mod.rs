@@ -4,6 +4,7 @@
 //! runtime as mounts, and are torn down when the pod is gone — also for pods that went while the agent was down.
 
 pub mod atomic_writer;
+pub mod backoff;
 pub mod host_path;
 pub mod ownership;
 pub mod payload;
@@ -15,7 +16,7 @@ use std::ffi::CString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 
@@ -27,6 +28,7 @@ use crate::pods::spec;
 use crate::resources::pod::pod_resource_config;
 use crate::runtime::{Mount, MountPropagation};
 
+use backoff::VolumeBackOffs;
 use payload::Objects;
 use token::{CachedToken, TokenCache, TokenKey, DEFAULT_EXPIRATION_SECONDS};
 
@@ -40,6 +42,28 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 const EMPTY_DIR_PLUGIN: &str = "kubernetes.io~empty-dir";
 /// kubelet's `readyFileName` (`pkg/volume/util/util.go`).
 const READY_FILE_NAME: &str = "ready";
+
+/// The ConfigMaps and Secrets some volumes name, and the reader to fetch them with.
+struct ObjectNames<'a> {
+    api: &'a PodObjects,
+    config_maps: BTreeSet<String>,
+    secrets: BTreeSet<String>,
+}
+
+impl ObjectNames<'_> {
+    async fn fetch(self, ns: &str) -> Objects {
+        let mut objects = Objects::default();
+        for name in self.config_maps {
+            let found = self.api.config_map(ns, &name).await;
+            objects.config_maps.insert(name, found);
+        }
+        for name in self.secrets {
+            let found = self.api.secret(ns, &name).await;
+            objects.secrets.insert(name, found);
+        }
+        objects
+    }
+}
 
 /// A volume plugin's folder name under `volumes/`.
 fn plugin_dir(v: &Volume) -> Option<&'static str> {
@@ -71,12 +95,37 @@ pub struct VolumeManager {
     tokens: TokenCache,
     pub allocatable: NodeAllocatable,
     events: EventRecorder,
+    /// Failed set-ups wait kubelet's per-volume back-off before they are tried again.
+    back_offs: VolumeBackOffs,
+}
+
+/// What one pass of [`VolumeManager::mount_pod`] left.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodVolumes {
+    /// The volumes not set up (failed now, or still in their back-off), sorted.
+    pub unmounted: Vec<String>,
+    /// When the earliest of them may be tried again.
+    pub retry_in: Option<Duration>,
+}
+
+impl PodVolumes {
+    /// Every volume is set up: the containers may start.
+    pub fn ready(&self) -> bool {
+        self.unmounted.is_empty()
+    }
 }
 
 impl VolumeManager {
     pub fn new(root_dir: &Path, allocatable: NodeAllocatable, events: EventRecorder) -> Self {
         let objects = OnceLock::new();
-        Self { pods_dir: root_dir.join("pods"), objects, tokens: TokenCache::default(), allocatable, events }
+        Self {
+            pods_dir: root_dir.join("pods"),
+            objects,
+            tokens: TokenCache::default(),
+            allocatable,
+            events,
+            back_offs: VolumeBackOffs::default(),
+        }
     }
 
     /// Connects the manager to the API server.
@@ -99,32 +148,55 @@ impl VolumeManager {
         plugin_dir(v).map(|p| self.pod_dir(uid).join("volumes").join(p).join(&v.name))
     }
 
-    /// kubelet's `WaitForAttachAndMount` for one sync: sets up (or refreshes) every volume of the pod. Failures are
-    /// `FailedMount` warnings; the pod's containers wait until every volume is there.
-    pub async fn mount_pod(&self, pod: &Pod) -> bool {
+    /// One pass of kubelet's reconciler over the pod's volumes, for one sync: sets up (or refreshes) every volume
+    /// whose back-off allows it. A failure is a `FailedMount` warning, as each failed operation is in kubelet, and
+    /// starts or lengthens that volume's back-off; the pod's containers wait until every volume is there, and the
+    /// caller syncs again when the next retry is due.
+    pub async fn mount_pod(&self, pod: &Pod) -> PodVolumes {
+        let uid = spec::uid(pod);
         let volumes = spec::spec(pod).volumes.as_deref().unwrap_or_default();
-        if volumes.is_empty() {
-            return true;
-        }
-        let objects = self.fetch_objects(pod).await;
-        let mut ready = true;
+        let mut retry_in: Option<Duration> = None;
+        let mut earliest = |wait: Duration| retry_in = Some(retry_in.map_or(wait, |r| r.min(wait)));
+        let mut unmounted = Vec::new();
+        let now = Instant::now();
+        let mut due = Vec::new();
         for v in volumes {
-            if let Err(e) = self.set_up(pod, v, objects.as_ref()).await {
-                ready = false;
-                let message = format!("MountVolume.SetUp failed for volume {:?} : {e}", v.name);
-                self.events.record(pod, None, EventType::Warning, EVENT_FAILED_MOUNT, message);
+            match self.back_offs.safe_to_retry(uid, &v.name, now) {
+                Ok(()) => due.push(v),
+                Err(wait) => {
+                    earliest(wait);
+                    unmounted.push(v.name.clone());
+                }
             }
         }
-        ready
+        let objects = match self.object_names(&due) {
+            Some(names) if !due.is_empty() => Some(names.fetch(spec::namespace(pod)).await),
+            _ => None,
+        };
+        for v in due {
+            match self.set_up(pod, v, objects.as_ref()).await {
+                Ok(()) => self.back_offs.succeeded(uid, &v.name),
+                Err(e) => {
+                    let wait = self.back_offs.failed(uid, &v.name, Instant::now());
+                    earliest(wait + Duration::from_millis(1));
+                    unmounted.push(v.name.clone());
+                    let message = format!("MountVolume.SetUp failed for volume {:?} : {e}", v.name);
+                    // nestedpendingoperations' "No retries permitted until ..." line.
+                    tracing::warn!(volume = %v.name, duration_before_retry = ?wait, error = %message, "volume operation failed");
+                    self.events.record(pod, None, EventType::Warning, EVENT_FAILED_MOUNT, message);
+                }
+            }
+        }
+        unmounted.sort();
+        PodVolumes { unmounted, retry_in }
     }
 
-    /// The ConfigMaps and Secrets the pod's volumes name.
-    async fn fetch_objects(&self, pod: &Pod) -> Option<Objects> {
+    /// The ConfigMaps and Secrets the given volumes name, to be read from the API.
+    fn object_names<'a>(&'a self, volumes: &[&Volume]) -> Option<ObjectNames<'a>> {
         let api = self.objects.get()?;
-        let ns = spec::namespace(pod);
         let mut config_maps = BTreeSet::new();
         let mut secrets = BTreeSet::new();
-        for v in spec::spec(pod).volumes.iter().flatten() {
+        for v in volumes {
             if let Some(c) = &v.config_map {
                 config_maps.insert(c.name.clone());
             }
@@ -140,16 +212,7 @@ impl VolumeManager {
                 }
             }
         }
-        let mut objects = Objects::default();
-        for name in config_maps {
-            let found = api.config_map(ns, &name).await;
-            objects.config_maps.insert(name, found);
-        }
-        for name in secrets {
-            let found = api.secret(ns, &name).await;
-            objects.secrets.insert(name, found);
-        }
-        Some(objects)
+        Some(ObjectNames { api, config_maps, secrets })
     }
 
     /// kubelet's token manager `GetServiceAccountToken`.
@@ -364,6 +427,7 @@ impl VolumeManager {
     /// Tears down the volumes of a pod that has finished, keeping its folder until the pod is gone.
     pub fn unmount_volumes(&self, uid: &str) {
         self.tokens.forget_pod(uid);
+        self.back_offs.forget_pod(uid);
         clean_sub_paths(uid, &self.pod_dir(uid));
         let dir = self.pod_dir(uid).join("volumes");
         if !dir.exists() {
@@ -394,6 +458,7 @@ impl VolumeManager {
     /// Tears the pod's volumes down and removes its folder, once its containers are gone.
     pub fn unmount_pod(&self, uid: &str) {
         self.tokens.forget_pod(uid);
+        self.back_offs.forget_pod(uid);
         let dir = self.pod_dir(uid);
         if !dir.exists() {
             return;
@@ -770,6 +835,28 @@ mod tests {
         vm.unmount_pod("u1");
         assert!(mounts_under(dir.path()).is_empty());
         assert!(!dir.path().join("pods/u1").exists());
+    }
+
+    #[tokio::test]
+    async fn a_failed_set_up_waits_its_back_off_and_then_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = manager(dir.path());
+        let host = dir.path().join("appears-later");
+        let volumes = serde_json::json!([
+            { "name": "scratch", "emptyDir": {} },
+            { "name": "host", "hostPath": { "path": host, "type": "Directory" } },
+        ]);
+        let (pod, _) = pod_with(volumes, serde_json::json!([]), false);
+        let first = vm.mount_pod(&pod).await;
+        assert_eq!(first.unmounted, ["host"], "only the failed volume waits");
+        assert_eq!(first.retry_in, Some(Duration::from_millis(501)), "kubelet's initialDurationBeforeRetry");
+        std::fs::create_dir(&host).unwrap();
+        let again = vm.mount_pod(&pod).await;
+        assert_eq!(again.unmounted, ["host"], "not tried again within its back-off");
+        let wait = again.retry_in.unwrap();
+        assert!(wait <= Duration::from_millis(501), "{wait:?}");
+        tokio::time::sleep(wait).await;
+        assert_eq!(vm.mount_pod(&pod).await, PodVolumes::default(), "tried again once the back-off ended");
     }
 
     #[test]

@@ -483,7 +483,7 @@ mod tests {
         let scratch = volumes.join("kubernetes.io~empty-dir/scratch");
         let info = volumes.join("kubernetes.io~downward-api/info");
         let vm = new_manager();
-        assert!(vm.mount_pod(&pod).await);
+        assert!(vm.mount_pod(&pod).await.ready());
         assert_eq!(mode(&scratch), 0o2777);
         assert_eq!(mode(&info.join("..data/name")), 0o644);
         assert_eq!(std::fs::metadata(&scratch).unwrap().gid(), gid);
@@ -503,9 +503,9 @@ mod tests {
             }
             assert_eq!(mode(&info.join("..data/name")), 0o600, "{what}: an unchanged payload is not re-owned");
         };
-        assert!(vm.mount_pod(&pod).await);
+        assert!(vm.mount_pod(&pod).await.ready());
         kept("a later sync");
-        assert!(new_manager().mount_pod(&pod).await);
+        assert!(new_manager().mount_pod(&pod).await.ready());
         kept("an agent restart");
     }
 }

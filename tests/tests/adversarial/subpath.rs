@@ -146,7 +146,7 @@ fn a_directory_swapped_for_a_symlink_never_mounts_the_host_directory_in_300_atte
         }
     }))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    ensure!(rt.block_on(vm.mount_pod(&pod)), "emptyDir set up");
+    ensure!(rt.block_on(vm.mount_pod(&pod)).ready(), "emptyDir set up");
     let vol = root.path().join("pods/race-uid/volumes/kubernetes.io~empty-dir/scratch");
     std::fs::create_dir(vol.join("d"))?;
     std::os::unix::fs::symlink(host.path(), vol.join("other"))?;
