@@ -4,7 +4,7 @@
 //! jittered back-off; a deletion cancels a sync in progress.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -88,7 +88,8 @@ pub const INJECT_PANIC_ENV: &str = "RKUBELET_INJECT_PANIC";
 /// read it at all: the test harness runs the debug build, so no feature or build of its own is needed.
 #[cfg(debug_assertions)]
 pub fn inject_panic(site: &str, pod: &Pod) {
-    static FIRED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+    static FIRED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let Ok(wanted) = std::env::var(INJECT_PANIC_ENV) else { return };
     let here = format!("{site}:{}", spec::key(pod));
     if wanted.split(',').any(|w| w == here) && FIRED.lock().is_ok_and(|mut f| f.insert(here.clone())) {
