@@ -583,6 +583,20 @@ mod tests {
 
     const T: Option<Duration> = Some(Duration::from_secs(5));
 
+    /// Answers every connection's first read with `reply`, whatever was asked (raw bytes: bodies hyper would refuse).
+    async fn answering(reply: &'static [u8]) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(reply).await;
+            }
+        });
+        port
+    }
+
     /// Serves canned responses by path, recording all a connection sent before it was answered.
     async fn server(routes: Vec<(&'static str, String)>) -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -674,15 +688,7 @@ mod tests {
     #[tokio::test]
     async fn https_to_a_plain_http_server_reads_as_go_does() {
         // A plain HTTP server answers the ClientHello with a 400, as most do.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await;
-            }
-        });
+        let port = answering(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await;
         let u = Url { https: true, ..url("/", port) };
         let e = get(&u, &[], PROBE_USER_AGENT, T).await.unwrap_err();
         assert_eq!(e.message, HTTP_RESPONSE_TO_HTTPS);
@@ -726,16 +732,7 @@ mod tests {
         let r = get(&url("/", port), &[], PROBE_USER_AGENT, T).await.unwrap();
         assert_eq!((r.status, r.body.len(), r.body_error), (200, MAX_BODY, None));
         // A size beyond 64 bits.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ =
-                    s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\n").await;
-            }
-        });
+        let port = answering(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\n").await;
         let r = get(&url("/", port), &[], PROBE_USER_AGENT, T).await.unwrap();
         assert!(r.body_error.is_some_and(|e| e.contains("overflow")));
     }
