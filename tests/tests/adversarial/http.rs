@@ -86,22 +86,9 @@ fn a_chunk_bomb_pre_stop_hook_does_not_stop_the_deletion() -> Result<()> {
     agent.write_manifest("bomb.yaml", &server)?;
     let server = agent.wait_pod("bomb", Duration::from_secs(60), |p| running(p, "server"))?;
     let server_ip = server["status"]["podIP"].as_str().unwrap_or_default().to_owned();
-    let victim = format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: victim
-spec:
-  terminationGracePeriodSeconds: 5
-  containers:
-  - name: app
-    image: {BUSYBOX}
-    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
-    lifecycle:
-      preStop:
-        httpGet: {{host: "{server_ip}", port: 8080, path: /pre-stop-bomb}}
-"#
-    );
+    let victim = victim_manifest(&format!(
+        "    lifecycle:\n      preStop:\n        httpGet: {{host: \"{server_ip}\", port: 8080, path: /pre-stop-bomb}}\n"
+    ));
     agent.write_manifest("victim.yaml", &victim)?;
     agent.wait_pod("victim", Duration::from_secs(60), |p| running(p, "app"))?;
 
@@ -197,4 +184,22 @@ fn crlf_in_probe_headers_and_paths_smuggles_nothing() -> Result<()> {
     ensure!(container_status(&pod, "server")["ready"] == false, "{pod:#}");
     ensure!(container_status(&pod, "path")["ready"] == true, "the escaped path is one valid request: {pod:#}");
     Ok(())
+}
+
+/// A static pod `victim` (grace period 5 s) whose container stops at SIGTERM; `app_extra` is appended to its
+/// container (a hook, probes), indented as a container field.
+pub fn victim_manifest(app_extra: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: victim
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+{app_extra}"#
+    )
 }

@@ -28,19 +28,7 @@ fn a_pod_worker_panic_does_not_stop_the_deletion() -> Result<()> {
     ensure_images()?;
     let containerd = Containerd::start("adv-sup-pod")?;
     let mut agent = agent_injecting(&containerd, "pod-worker-terminate", "victim")?;
-    let yaml = format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: victim
-spec:
-  terminationGracePeriodSeconds: 5
-  containers:
-  - name: app
-    image: {BUSYBOX}
-    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
-"#
-    );
+    let yaml = super::http::victim_manifest("");
     agent.write_manifest("victim.yaml", &yaml)?;
     agent.wait_pod("victim", Duration::from_secs(60), |p| running(p, "app"))?;
     let began = Instant::now();
