@@ -2,15 +2,17 @@
 //! with kubelet's behaviour, names and defaults.
 
 pub mod api;
+pub mod cm;
 pub mod config;
+pub mod kubelet;
 pub mod kuberuntime;
-pub mod lifecycle;
+pub mod kubetypes;
 pub mod logs;
 pub mod node;
 pub mod pods;
 pub mod probes;
-pub mod resources;
 pub mod runtime;
 pub mod server;
 pub mod stats;
+pub mod status;
 pub mod volumes;

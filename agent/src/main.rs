@@ -14,26 +14,27 @@ use std::collections::{BTreeMap, HashMap};
 
 use rkubelet::api::events::run_event_poster;
 use rkubelet::api::objects::PodObjects;
-use rkubelet::api::pods::{run_api_source, API_SOURCE};
-use rkubelet::api::status::StatusManager;
+use rkubelet::cm::cgroups::{CgroupManager, CgroupName, CGROUP_MOUNT};
+use rkubelet::cm::pod::{kubepods_config, node_allocatable, CpuMemory, ResourceConfig};
 use rkubelet::config::{FlagOverrides, KubeletConfig, KubeletConfigurationFile};
+use rkubelet::kubelet::manager::PodManager;
+use rkubelet::kubelet::source::api::run_api_source;
+use rkubelet::kubelet::source::run_file_source;
+use rkubelet::kubelet::worker::{PodWorkerMetrics, WorkerContext};
 use rkubelet::kuberuntime::KubeRuntime;
+use rkubelet::kubetypes::annotations::{API_SOURCE, FILE_SOURCE};
+use rkubelet::kubetypes::env::NodeAllocatable;
+use rkubelet::kubetypes::events::EventRecorder;
+use rkubelet::kubetypes::nodeinfo::{NodeInfo, Resources};
+use rkubelet::kubetypes::qos::QosClass;
 use rkubelet::node;
 use rkubelet::node::registration::{run_node_lease, FactsFn, NodeRegistration};
 use rkubelet::node::status::{go_arch, NodeFacts, KUBELET_COMPAT_VERSION};
-use rkubelet::pods::admission::{NodeInfo, Resources};
-use rkubelet::pods::env::NodeAllocatable;
-use rkubelet::pods::events::EventRecorder;
-use rkubelet::pods::manager::PodManager;
-use rkubelet::pods::source::{run_file_source, FILE_SOURCE};
-use rkubelet::pods::store::PodStore;
 use rkubelet::pods::sysctl::SysctlAllowlist;
-use rkubelet::pods::worker::{PodWorkerMetrics, WorkerContext};
-use rkubelet::resources::cgroups::{CgroupManager, CgroupName, CGROUP_MOUNT};
-use rkubelet::resources::pod::{kubepods_config, node_allocatable, CpuMemory, ResourceConfig};
-use rkubelet::resources::QosClass;
 use rkubelet::runtime::{Pleg, Runtime};
 use rkubelet::server::{self, ServerState};
+use rkubelet::status::store::PodStore;
+use rkubelet::status::StatusManager;
 use rkubelet::volumes::VolumeManager;
 
 /// A kubelet-compatible node agent.
@@ -276,7 +277,7 @@ async fn setup_pod_hierarchy(
     let reservations = config.reservations(capacity.memory_bytes);
     let kubepods = kubepods_config(capacity, &reservations, config.enforce_pods_allocatable());
     manager.ensure(&CgroupName::kubepods(), &kubepods).await.context("create the kubepods cgroup")?;
-    let minimum = ResourceConfig { cpu_shares: Some(rkubelet::resources::convert::MIN_SHARES), ..Default::default() };
+    let minimum = ResourceConfig { cpu_shares: Some(rkubelet::cm::convert::MIN_SHARES), ..Default::default() };
     for qos in [QosClass::Burstable, QosClass::BestEffort] {
         manager
             .ensure(&CgroupName::qos(qos), &minimum)
@@ -411,7 +412,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             image_pull_lock: config.serialize_image_pulls.then(|| Mutex::new(())),
             cgroups,
             oom_kill_whole_container: !config.single_process_oom_kill
-                && rkubelet::resources::cgroups::check_cgroup_v2(std::path::Path::new(CGROUP_MOUNT)).is_ok(),
+                && rkubelet::cm::cgroups::check_cgroup_v2(std::path::Path::new(CGROUP_MOUNT)).is_ok(),
             events,
             volumes: volumes.clone(),
         },
@@ -583,7 +584,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             stats: rkubelet::stats::StatsProvider {
                 node_name: config.node_name.clone(),
                 runtime: runtime.clone(),
-                store: store.clone(),
+                pods: Arc::new(store.clone()),
                 root_dir: config.root_dir.clone(),
                 pod_logs_dir: config.pod_logs_dir.clone(),
                 node_cpu: Arc::default(),

@@ -31,7 +31,7 @@ pub fn rkubelet_bin() -> Result<PathBuf> {
 /// True when `/sys/fs/cgroup` is a cgroup v2 hierarchy with the cpu and memory controllers (the VM tier); false on
 /// hosts with the v1 or hybrid layout, where the agent must run with `cgroupsPerQOS: false`.
 pub fn cgroup_v2_available() -> bool {
-    rkubelet::resources::cgroups::check_cgroup_v2(Path::new("/sys/fs/cgroup")).is_ok()
+    rkubelet::cm::cgroups::check_cgroup_v2(Path::new("/sys/fs/cgroup")).is_ok()
 }
 
 /// A TCP port free on 127.0.0.1 at the time of asking.

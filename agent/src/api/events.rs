@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::mpsc;
 
-use crate::pods::events::PodEvent;
+use crate::kubetypes::events::PodEvent;
 
 /// client-go's broadcaster queue (`maxQueuedEvents`): events beyond it are dropped.
 pub const MAX_QUEUED_EVENTS: usize = 1000;
@@ -488,7 +488,7 @@ fn new_event_named(template: &Event, now: jiff::Timestamp) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pods::events::EventType;
+    use crate::kubetypes::events::EventType;
 
     fn pod_event(uid: &str, reason: &'static str, message: &str) -> PodEvent {
         PodEvent {

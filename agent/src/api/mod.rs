@@ -1,10 +1,10 @@
-//! The upstream API server: the client and its bootstrap, the pod source that watches pods bound to this node, the
-//! status manager that writes pod status, mirror pods and final deletions, and the event recorder.
+//! The upstream API server: the client and its bootstrap, the serving certificate, the objects pods refer to
+//! (configMaps, secrets, services), strategic-merge patches, and the event recorder. The layers above use the API
+//! through here.
 
 pub mod auth;
 pub mod client;
 pub mod events;
 pub mod objects;
-pub mod pods;
 pub mod serving;
-pub mod status;
+pub mod strategic;

@@ -13,7 +13,7 @@ use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 
-use crate::pods::env::Lookup;
+use crate::kubetypes::env::Lookup;
 
 /// The node's reader of the objects its pods use.
 #[derive(Clone)]

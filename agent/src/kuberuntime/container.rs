@@ -6,12 +6,13 @@ use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+use crate::cm::convert::container_cgroup_values;
 use crate::kuberuntime::{grace_period, security, KubeRuntime};
-use crate::pods::events::{self as ev, EventType};
+use crate::kubetypes::env;
+use crate::kubetypes::events::{self as ev, EventType};
+use crate::kubetypes::qos::pod_qos_class;
+use crate::kubetypes::spec;
 use crate::pods::plan::{self, BackoffState, ContainerStart, Waiting};
-use crate::pods::{env, spec};
-use crate::resources::convert::container_cgroup_values;
-use crate::resources::pod_qos_class;
 use crate::runtime::{ContainerSpec, Mount, ObservedPod, RuntimeError, SandboxSpec};
 
 impl KubeRuntime {
@@ -41,7 +42,7 @@ impl KubeRuntime {
         let mounts = self.volumes.container_mounts(pod, container, &envs).await;
         let mut mounts = mounts.map_err(|m| self.config_error(pod, container, start, m))?;
         let pod_dir = self.volumes.pod_dir(spec::uid(pod));
-        let message_file = crate::lifecycle::termination::mount(&pod_dir, container, start.restart_count);
+        let message_file = crate::kuberuntime::termination::mount(&pod_dir, container, start.restart_count);
         mounts.extend(message_file.map_err(|m| self.config_error(pod, container, start, m))?);
         let hosts = self.etc_hosts_mount(pod, container, pod_ips);
         mounts.extend(hosts.map_err(|m| self.config_error(pod, container, start, m))?);
@@ -78,7 +79,7 @@ impl KubeRuntime {
         );
         tracing::info!(container_id = %id, restart_count = start.restart_count, "container started");
         let pod_ip = pod_ips.first().map_or("", String::as_str);
-        crate::lifecycle::post_start(self, pod, container, start.init, &id, pod_ip).await
+        crate::kuberuntime::lifecycle::post_start(self, pod, container, start.init, &id, pod_ip).await
     }
 
     fn container_spec(

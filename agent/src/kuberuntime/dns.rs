@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::pods::spec;
+use crate::kubetypes::spec;
 use crate::runtime::DnsSettings;
 
 /// `validation.MaxDNSNameservers`.

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::kuberuntime::KubeRuntime;
-use crate::pods::env::{self, ContainerEnv, EnvSources};
-use crate::pods::events::EventType;
-use crate::pods::source::{CONFIG_SOURCE_ANNOTATION, FILE_SOURCE};
-use crate::pods::spec;
+use crate::kubetypes::annotations::{CONFIG_SOURCE_ANNOTATION, FILE_SOURCE};
+use crate::kubetypes::env::{self, ContainerEnv, EnvSources};
+use crate::kubetypes::events::EventType;
+use crate::kubetypes::spec;
 use crate::volumes::fetch_env_objects;
 
 impl KubeRuntime {

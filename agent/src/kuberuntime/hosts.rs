@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, HostAlias, Pod};
 
 use crate::kuberuntime::{dns, KubeRuntime};
-use crate::pods::spec;
+use crate::kubetypes::spec;
 use crate::runtime::{Mount, MountPropagation};
 
 /// Where containers see it.

@@ -5,9 +5,9 @@ use std::time::{Instant, SystemTime};
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::kuberuntime::KubeRuntime;
-use crate::pods::events::{self as ev, EventType};
+use crate::kubetypes::events::{self as ev, EventType};
+use crate::kubetypes::spec::{self, PullPolicy};
 use crate::pods::plan::{self, BackoffState, Waiting};
-use crate::pods::spec::{self, PullPolicy};
 use crate::runtime::SandboxSpec;
 
 impl KubeRuntime {

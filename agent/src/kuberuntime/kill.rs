@@ -7,9 +7,9 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use tracing::Instrument;
 
 use crate::kuberuntime::{pod_log_dir, KubeRuntime};
-use crate::pods::backoff::Backoff;
-use crate::pods::events::{self as ev, EventType};
-use crate::pods::spec;
+use crate::kubetypes::backoff::Backoff;
+use crate::kubetypes::events::{self as ev, EventType};
+use crate::kubetypes::spec;
 use crate::runtime::{ContainerRunState, ObservedPod, RuntimeError};
 
 /// Retry bounds for removing a terminated pod from the runtime.
@@ -97,7 +97,7 @@ impl KubeRuntime {
         let at = Some((container.name.as_str(), init));
         self.events.record(pod, at, EventType::Normal, ev::KILLING_CONTAINER, message);
         let grace = grace_override.unwrap_or_else(|| spec::termination_grace_period(pod));
-        let grace = crate::lifecycle::pre_stop(self, pod, container, init, id, pod_ip, grace).await;
+        let grace = crate::kuberuntime::lifecycle::pre_stop(self, pod, container, init, id, pod_ip, grace).await;
         let grace = grace.max(spec::MINIMUM_GRACE_PERIOD_SECONDS);
         tracing::info!(container = %container.name, container_id = %id, grace_seconds = grace, "stopping container");
         if let Err(e) = self.runtime.stop_container(id, grace).await {

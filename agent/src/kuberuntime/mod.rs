@@ -6,11 +6,14 @@
 mod container;
 pub mod dns;
 mod env;
+pub mod hooks;
 pub mod hosts;
 mod image;
 mod kill;
+pub mod lifecycle;
 mod sandbox;
 pub mod security;
+pub mod termination;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,12 +25,12 @@ use tracing::Instrument;
 
 pub use kill::grace_period;
 
-use crate::pods::events::{self as ev, EventRecorder, EventType};
+use crate::cm::cgroups::{CgroupManager, CgroupName};
+use crate::cm::pod::pod_resource_config;
+use crate::kubetypes::events::{self as ev, EventRecorder, EventType};
+use crate::kubetypes::qos::pod_qos_class;
+use crate::kubetypes::spec;
 use crate::pods::plan::{BackoffState, PodActions, Waiting};
-use crate::pods::spec;
-use crate::resources::cgroups::{CgroupManager, CgroupName};
-use crate::resources::pod::pod_resource_config;
-use crate::resources::pod_qos_class;
 use crate::runtime::{ObservedPod, Runtime};
 
 /// What the executor needs of the node, fixed at start.
@@ -203,7 +206,7 @@ impl KubeRuntime {
                 }
                 Err(waiting) => {
                     tracing::warn!(container = %start.name, reason = %waiting.reason, message = %waiting.message, "start container failed");
-                    crate::pods::backoff::record_start_failure(backoff, start, &waiting);
+                    crate::kubetypes::backoff::record_start_failure(backoff, start, &waiting);
                     result.containers.insert(start.name.clone(), Some(waiting));
                     // An init container that cannot start blocks the rest, as in kubelet.
                     if start.init {

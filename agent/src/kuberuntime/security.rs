@@ -5,7 +5,7 @@ use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Container, Pod, SELinuxOptions, SeccompProfile as ApiSeccompProfile};
 
-use crate::pods::spec;
+use crate::kubetypes::spec;
 use crate::runtime::{ContainerSecurity, ImageUser, SandboxSecurity, SeLinuxOptions, SeccompProfile};
 
 /// The /proc and /sys paths a container does not see unless its `procMount` is `Unmasked`: kubelet's

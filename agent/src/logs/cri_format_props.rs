@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 
-use crate::server::logs::{parse_cri_line, read_logs, tail_start, ContainerState, LogOptions, LogWriter, Stream};
+use crate::logs::cri::{parse_cri_line, read_logs, tail_start, ContainerState, LogOptions, LogWriter, Stream};
 
 /// A timestamp as containerd writes it (Go's `time.RFC3339Nano`: trailing zeros of the fraction dropped), in UTC
 /// or at an offset.

@@ -1,7 +1,9 @@
-//! Container log rotation, kubelet's `ContainerLogManager`: every 10 s each running container's CRI log is checked,
+//! Container logs: reading them in the CRI format (`cri`, for `/containerLogs`), and rotation, kubelet's `ContainerLogManager`: every 10 s each running container's CRI log is checked,
 //! and one that reached `containerLogMaxSize` is renamed to `<log>.<YYYYMMDD-hhmmss>` and reopened by the runtime
 //! (CRI `ReopenContainerLog`), keeping at most `containerLogMaxFiles` files per container. Rotated files but the
 //! most recent are gzip-compressed to `<log>.<stamp>.gz`; readers (`/containerLogs`) never read them, as in kubelet.
+
+pub mod cri;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -13,7 +13,7 @@ use kube::api::{Api, GetParams, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use tokio::sync::watch;
 
-use crate::pods::admission::{NodeInfo, Resources};
+use crate::kubetypes::nodeinfo::{NodeInfo, Resources};
 
 use crate::node::status::{
     initial_node, kubelet_version, node_status_has_changed, node_status_patch, set_node_status, NodeFacts,

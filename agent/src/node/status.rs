@@ -12,10 +12,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::version::Info;
 use serde_json::{Map, Value};
 
-use crate::api::status::strategic;
+use crate::api::strategic;
+use crate::cm::pod::CpuMemory;
+use crate::kubetypes::quantity::parse_milli;
 use crate::pods::status::to_time;
-use crate::resources::pod::CpuMemory;
-use crate::resources::quantity::parse_milli;
 
 /// Labels kubelet always sets on its Node (`kubernetes.io/hostname`, os, arch).
 pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";

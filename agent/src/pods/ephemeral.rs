@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{
     EphemeralContainer, Pod,
 };
 
+use crate::kubetypes::spec;
 use crate::pods::plan::{crash_backoff_key, ContainerStart, PodActions, Waiting, REASON_CONTAINER_CREATING};
-use crate::pods::spec;
 use crate::runtime::{ContainerRunState, ObservedPod};
 
 /// The container an ephemeral container runs as (the same fields, without the target).

@@ -1,17 +1,8 @@
-//! Pods: where they come from (`source`), the desired set and its workers (`manager`, `worker`), and the two pure
-//! decisions, what to do (`plan`) and what status to report (`status`).
+//! Pods, the pure decisions: what to do (`plan`, kubelet's `computePodActions`), what status to report (`status`,
+//! `generateAPIPodStatus`), the active deadline, ephemeral containers and sysctls. No I/O here.
 
-pub mod admission;
-pub mod backoff;
-pub mod env;
+pub mod deadline;
 pub mod ephemeral;
-pub mod events;
-pub mod manager;
 pub mod plan;
-pub mod source;
-pub mod spec;
 pub mod status;
-pub mod store;
 pub mod sysctl;
-pub mod unsupported;
-pub mod worker;

@@ -1,14 +1,15 @@
 //! What to do for a pod, decided purely from its spec, what the runtime holds and the time: kubelet's
 //! `computePodActions` plus the back-off checks its `SyncPod` makes before starting a container.
 
+use crate::kubetypes::duration::format_go_duration;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use crate::pods::backoff::Backoff;
-use crate::pods::spec::{self, RestartPolicy};
-use crate::probes::{ProbeKind, ProbeResult, ProbeResults};
+use crate::kubetypes::backoff::Backoff;
+use crate::kubetypes::probe::{ProbeKind, ProbeResult, ProbeResults};
+use crate::kubetypes::spec::{self, RestartPolicy};
 use crate::runtime::{ContainerRecord, ContainerRunState, ObservedPod};
 
 /// kubelet keeps this many dead instances of each container (`MaxPerPodContainer`); older ones are removed.
@@ -368,7 +369,7 @@ fn apply_backoff(pod: &Pod, backoff: &BackoffState, now: SystemTime, actions: &m
                         reason: REASON_CRASH_LOOP_BACK_OFF.into(),
                         message: format!(
                             "back-off {} restarting failed container={} pod={}",
-                            go_duration(period),
+                            format_go_duration(period),
                             start.name,
                             spec::format_pod(pod)
                         ),
@@ -423,16 +424,6 @@ fn collect_garbage(observed: &ObservedPod, actions: &mut PodActions) {
         if !s.ready && !kept_sandboxes.contains(s.id.as_str()) {
             actions.sandboxes_to_remove.push(s.id.clone());
         }
-    }
-}
-
-/// Go's `time.Duration.String()` for whole seconds ("10s", "5m0s"), as kubelet prints back-off periods.
-pub fn go_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs >= 60 {
-        format!("{}m{}s", secs / 60, secs % 60)
-    } else {
-        format!("{secs}s")
     }
 }
 
@@ -894,12 +885,5 @@ mod tests {
         let a = plan(&p, &o, &BackoffState::default(), t(30));
         assert_eq!(a.sandboxes_to_remove, vec!["sb1".to_string()]);
         assert!(a.containers_to_start.is_empty() && !a.kill_pod);
-    }
-
-    #[test]
-    fn go_duration_format() {
-        assert_eq!(go_duration(Duration::from_secs(10)), "10s");
-        assert_eq!(go_duration(Duration::from_secs(300)), "5m0s");
-        assert_eq!(go_duration(Duration::from_secs(160)), "2m40s");
     }
 }

@@ -7,10 +7,10 @@ use k8s_openapi::api::core::v1::{Container, HTTPHeader, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::net::TcpStream;
 
+use crate::kubetypes::duration::format_go_duration;
+use crate::kubetypes::env;
 use crate::probes::http::{self, Url};
 use crate::probes::state::Outcome;
-use crate::pods::env;
-use crate::pods::plan::go_duration;
 use crate::runtime::Runtime;
 
 /// What a probe runs against: the container instance and the pod IP its network handlers default to.
@@ -154,7 +154,7 @@ pub async fn run_tcp(host: &str, port: u16, timeout: Duration) -> ProbeOutput {
 
 /// Go's rendering of a timeout in the gRPC handler's messages.
 pub fn go_timeout(timeout: Duration) -> String {
-    go_duration(timeout)
+    format_go_duration(timeout)
 }
 
 #[cfg(test)]

@@ -14,14 +14,14 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::kubetypes::crash::{inject_panic, panic_message, PanicBackOff, WORKER_PANICKED};
+use crate::kubetypes::duration::format_go_duration;
+use crate::kubetypes::events::{EventRecorder, EventType};
+use crate::kubetypes::probe::{ProbeKind, ProbeResult, ProbeResults};
+use crate::kubetypes::spec;
 use crate::probes::handlers::{self, Target};
 use crate::probes::metrics::{ProbeTarget, PROBER_METRICS};
 use crate::probes::state::{Outcome, ProbeParams, ProbeState};
-use crate::probes::{ProbeKind, ProbeResult, ProbeResults};
-use crate::pods::events::{EventRecorder, EventType};
-use crate::pods::plan::go_duration;
-use crate::pods::spec;
-use crate::pods::worker::{inject_panic, panic_message, PanicBackOff, WORKER_PANICKED};
 use crate::runtime::{ContainerRunState, ObservedPod, Runtime};
 
 /// Event reasons of probes (pkg/kubelet/events).
@@ -229,7 +229,7 @@ impl ProbeJob {
             let message = format!(
                 "{} probe worker panicked ({panic}); restarting it in {}",
                 self.kind.title(),
-                go_duration(wait)
+                format_go_duration(wait)
             );
             let at = Some((self.container.name.as_str(), self.init));
             self.events.record(&self.pod, at, EventType::Warning, WORKER_PANICKED, message);

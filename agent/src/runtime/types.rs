@@ -3,8 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use crate::resources::ContainerCgroupValues;
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxRecord {
     pub id: String,
@@ -234,4 +232,15 @@ pub struct RuntimeReadiness {
     pub runtime_ready: bool,
     pub network_ready: bool,
     pub message: String,
+}
+
+/// The Linux resource values of one container, as CRI's `LinuxContainerResources` carries them (computed by
+/// `cm::convert`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerCgroupValues {
+    pub cpu_shares: u64,
+    pub cpu_quota_us: i64,
+    pub cpu_period_us: i64,
+    pub memory_limit_bytes: i64,
+    pub oom_score_adj: i64,
 }

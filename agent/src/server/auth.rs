@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
-use crate::server::cache::{BoundedCache, TokenBucket, TokenHasher};
 use crate::api::auth::{review_access, review_token, NodeAttributes, UserInfo};
 use crate::config::{AuthorizationMode, ServerAuth};
+use crate::server::cache::{BoundedCache, TokenBucket, TokenHasher};
 
 /// The user and group of requests without credentials when anonymous requests are allowed.
 pub const ANONYMOUS_USER: &str = "system:anonymous";

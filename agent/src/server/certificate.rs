@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::server::tls::{pem_pair, rotation_deadline, validity, ServingCerts};
 use crate::api::serving::{request_serving_certificate, SERVING_CERT_FILE};
+use crate::server::tls::{pem_pair, rotation_deadline, validity, ServingCerts};
 
 /// A failed request is tried again after this long.
 const RETRY: Duration = Duration::from_secs(30);

@@ -9,9 +9,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
 
-use crate::server::logs::{self, ContainerState, LogOptions};
-use crate::pods::store::PodStore;
+use crate::logs::cri::{self, ContainerState, LogOptions};
 use crate::runtime::{ContainerRunState, Runtime};
+use crate::status::store::PodStore;
 
 #[derive(Clone)]
 pub struct ContainerServerState {
@@ -151,7 +151,7 @@ pub async fn container_logs(
     Path((namespace, pod_name, container)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let opts = match logs::log_options(&query_pairs(query.as_deref()), jiff::Timestamp::now()) {
+    let opts = match cri::log_options(&query_pairs(query.as_deref()), jiff::Timestamp::now()) {
         Ok(o) => o,
         Err(e) => return text(StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST), e.message),
     };
@@ -186,7 +186,7 @@ async fn stream_logs(runtime: Runtime, id: String, opts: LogOptions) -> Response
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let state = Box::new(CriContainer { runtime, id });
     tokio::spawn(async move {
-        if let Err(e) = logs::read_logs(path.clone(), opts, state, tx.clone()).await {
+        if let Err(e) = cri::read_logs(path.clone(), opts, state, tx.clone()).await {
             tracing::warn!(path = %path.display(), error = %e, "reading container log failed");
             let _ = tx.send(Err(e)).await;
         }

@@ -7,7 +7,7 @@ pub mod cache;
 pub mod certificate;
 pub mod connection;
 pub mod containers;
-pub mod logs;
+
 #[cfg(test)]
 mod proptests;
 pub mod secure;
@@ -25,10 +25,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::pods::spec;
-use crate::pods::store::PodStore;
-use crate::pods::worker::PodWorkerMetrics;
+use crate::kubelet::worker::PodWorkerMetrics;
+use crate::kubetypes::spec;
 use crate::runtime::{PlegHealth, RuntimeMetrics};
+use crate::status::store::PodStore;
 
 #[derive(Clone)]
 pub struct ServerState {

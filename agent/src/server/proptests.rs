@@ -10,15 +10,15 @@ use axum::http::{Method, Request};
 use proptest::prelude::*;
 use tower::ServiceExt;
 
+use crate::config::{AuthorizationMode, ServerAuth};
+use crate::logs::cri::log_options;
+use crate::runtime::Runtime;
 use crate::server::auth::{bearer_token, subresource_for_path, verb_for_method, Authenticator};
 use crate::server::containers::{query_pairs, ContainerServerState};
-use crate::server::logs::log_options;
 use crate::server::stats::StatsState;
 use crate::server::streaming::{command, ports, split_url, stream_options};
 use crate::server::{kubelet_router, secure, ServerState};
-use crate::config::{AuthorizationMode, ServerAuth};
-use crate::pods::store::PodStore;
-use crate::runtime::Runtime;
+use crate::status::store::PodStore;
 
 /// Anything a URL component may carry once decoded: ASCII with the delimiters, controls, and any Unicode.
 fn text() -> impl Strategy<Value = String> {
@@ -121,7 +121,7 @@ fn server(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> axum::Router {
         stats: crate::stats::StatsProvider {
             node_name: "n".into(),
             runtime,
-            store: store.clone(),
+            pods: Arc::new(store.clone()),
             root_dir: dir.to_owned(),
             pod_logs_dir: dir.to_owned(),
             node_cpu: Arc::default(),

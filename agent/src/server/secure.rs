@@ -14,10 +14,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::api::auth::UserInfo;
 use crate::server::auth::{bearer_token, Authenticator, Credentials, Refusal};
 use crate::server::connection::Limits;
 use crate::server::tls::certificate_user;
-use crate::api::auth::UserInfo;
 
 /// The verified client certificate's user for one connection.
 #[derive(Debug, Clone, Default)]

@@ -1,15 +1,16 @@
 //! The kubelet server's stats and metrics endpoints: `/stats/summary`, `/metrics/resource`, `/metrics/probes`,
 //! `/runningpods/` and `/configz`.
 
+use crate::kubetypes::duration::format_go_duration;
 use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::server::containers::query_pairs;
-use crate::pods::store::PodStore;
 use crate::stats::summary::Summary;
 use crate::stats::StatsProvider;
+use crate::status::store::PodStore;
 
 #[derive(Clone)]
 pub struct StatsState {
@@ -124,19 +125,6 @@ mod tests {
     }
 }
 
-/// A duration as Go prints it (`1m0s`, `20s`, `5m0s`, `0s`).
-fn go_duration(d: std::time::Duration) -> String {
-    let total = d.as_secs();
-    let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
-    let frac = d.subsec_millis();
-    let secs = if frac > 0 { format!("{s}.{frac:03}").trim_end_matches('0').to_owned() } else { s.to_string() };
-    match (h, m) {
-        (0, 0) => format!("{secs}s"),
-        (0, m) => format!("{m}m{secs}s"),
-        (h, m) => format!("{h}h{m}m{secs}s"),
-    }
-}
-
 /// The configuration in effect, under kubelet's field names (the body of `/configz`).
 pub fn configz_json(c: &crate::config::KubeletConfig) -> serde_json::Value {
     let mode = match c.auth.authorization_mode {
@@ -146,8 +134,8 @@ pub fn configz_json(c: &crate::config::KubeletConfig) -> serde_json::Value {
     json!({
         "enableServer": c.enable_server,
         "staticPodPath": c.static_pod_path,
-        "syncFrequency": go_duration(c.sync_frequency),
-        "fileCheckFrequency": go_duration(c.file_check_frequency),
+        "syncFrequency": format_go_duration(c.sync_frequency),
+        "fileCheckFrequency": format_go_duration(c.file_check_frequency),
         "address": c.address.to_string(),
         "port": c.port,
         "readOnlyPort": c.read_only_port,
@@ -155,14 +143,14 @@ pub fn configz_json(c: &crate::config::KubeletConfig) -> serde_json::Value {
         "tlsPrivateKeyFile": c.tls_private_key_file,
         "authentication": {
             "x509": {"clientCAFile": c.auth.client_ca_file},
-            "webhook": {"enabled": c.auth.webhook_authentication, "cacheTTL": go_duration(c.auth.authentication_cache_ttl)},
+            "webhook": {"enabled": c.auth.webhook_authentication, "cacheTTL": format_go_duration(c.auth.authentication_cache_ttl)},
             "anonymous": {"enabled": c.auth.anonymous},
         },
         "authorization": {
             "mode": mode,
             "webhook": {
-                "cacheAuthorizedTTL": go_duration(c.auth.authorized_ttl),
-                "cacheUnauthorizedTTL": go_duration(c.auth.unauthorized_ttl),
+                "cacheAuthorizedTTL": format_go_duration(c.auth.authorized_ttl),
+                "cacheUnauthorizedTTL": format_go_duration(c.auth.unauthorized_ttl),
             },
         },
         "healthzPort": c.healthz_port,
@@ -191,10 +179,6 @@ mod configz_tests {
 
     #[test]
     fn durations_print_as_go_does() {
-        assert_eq!(go_duration(std::time::Duration::from_secs(60)), "1m0s");
-        assert_eq!(go_duration(std::time::Duration::from_secs(20)), "20s");
-        assert_eq!(go_duration(std::time::Duration::from_secs(3725)), "1h2m5s");
-        assert_eq!(go_duration(std::time::Duration::from_millis(1500)), "1.5s");
         let c = crate::config::KubeletConfig::resolve(None, &Default::default(), "n").unwrap();
         let v = configz_json(&c);
         assert_eq!(v["port"], 10250);

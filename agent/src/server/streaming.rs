@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 
-use crate::server::containers::{find_pod, query_pairs, runtime_id, ContainerServerState};
 use crate::runtime::streaming::StreamOptions;
+use crate::server::containers::{find_pod, query_pairs, runtime_id, ContainerServerState};
 
 /// The streams of an exec or attach request (kubelet's `remotecommand.NewOptions`): `input`, `output`, `error` and
 /// `tty` set to `1`; stderr is dropped with a TTY, and at least one stream is required.

@@ -6,17 +6,23 @@ pub mod summary;
 
 use std::path::{Path, PathBuf};
 
-use crate::pods::store::PodStore;
 use crate::runtime::Runtime;
+use k8s_openapi::api::core::v1::Pod;
 
 use summary::{ContainerInfo, FsCapacity, PodInfo, Summary};
+
+/// The pods the agent runs, each with its latest status: the summary lists their running containers. The status
+/// layer above gives them; stats only reads.
+pub trait PodLister: Send + Sync {
+    fn pods_with_status(&self) -> Vec<Pod>;
+}
 
 /// Gathers the summary on request, as kubelet's stats provider does.
 #[derive(Clone)]
 pub struct StatsProvider {
     pub node_name: String,
     pub runtime: Runtime,
-    pub store: PodStore,
+    pub pods: std::sync::Arc<dyn PodLister>,
     pub root_dir: PathBuf,
     pub pod_logs_dir: PathBuf,
     pub node_cpu: std::sync::Arc<node::CpuRate>,
@@ -29,13 +35,12 @@ fn dir_bytes(dir: &Path) -> Option<u64> {
 }
 
 /// The running containers of the pods the agent runs, as the summary lists them.
-fn pod_infos(store: &PodStore, pod_logs_dir: &Path) -> Vec<PodInfo> {
-    store
-        .list()
+fn pod_infos(pods: &dyn PodLister, pod_logs_dir: &Path) -> Vec<PodInfo> {
+    pods.pods_with_status()
         .into_iter()
-        .filter_map(|e| {
-            let status = e.status.clone().or_else(|| e.pod.status.clone())?;
-            let meta = &e.pod.metadata;
+        .filter_map(|pod| {
+            let status = pod.status?;
+            let meta = &pod.metadata;
             let (name, namespace, uid) = (meta.name.clone()?, meta.namespace.clone()?, meta.uid.clone()?);
             let log_dir = pod_logs_dir.join(format!("{namespace}_{name}_{uid}"));
             let containers: Vec<ContainerInfo> = status
@@ -95,7 +100,7 @@ impl StatsProvider {
         }
         // Runtimes without pod sandbox stats: the pod figures are summed from its containers.
         let sandboxes = sandboxes.unwrap_or_default();
-        let pods = pod_infos(&self.store, &self.pod_logs_dir);
+        let pods = pod_infos(self.pods.as_ref(), &self.pod_logs_dir);
         summary.pods = summary::pod_stats(&pods, &containers.unwrap_or_default(), &sandboxes, image_capacity, &now);
         (summary, failed)
     }

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant, SystemTime};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 
 use crate::api::objects::PodObjects;
-use crate::pods::backoff::random_unit;
-use crate::pods::env::{self, Lookup, NodeAllocatable};
-use crate::pods::events::{EventRecorder, EventType};
-use crate::pods::spec;
-use crate::resources::pod::pod_resource_config;
+use crate::cm::pod::pod_resource_config;
+use crate::kubetypes::backoff::random_unit;
+use crate::kubetypes::env::{self, Lookup, NodeAllocatable};
+use crate::kubetypes::events::{EventRecorder, EventType};
+use crate::kubetypes::spec;
 use crate::runtime::{Mount, MountPropagation};
 
 use backoff::VolumeBackOffs;
@@ -341,7 +341,7 @@ impl VolumeManager {
                 size = limit;
             }
         }
-        if let Some(limit) = size_limit.and_then(|s| crate::resources::quantity::parse_value(s).ok()) {
+        if let Some(limit) = size_limit.and_then(|s| crate::kubetypes::quantity::parse_value(s).ok()) {
             if limit > 0 && limit <= size {
                 size = limit;
             }

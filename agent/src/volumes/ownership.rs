@@ -458,8 +458,8 @@ mod tests {
     /// (its readiness file says so); a downwardAPI volume again only when a new payload is written.
     #[tokio::test]
     async fn ownership_is_applied_once_when_the_volume_is_set_up() {
-        use crate::pods::env::NodeAllocatable;
-        use crate::pods::events::EventRecorder;
+        use crate::kubetypes::env::NodeAllocatable;
+        use crate::kubetypes::events::EventRecorder;
         use crate::volumes::VolumeManager;
 
         let dir = tempfile::tempdir().unwrap();

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, ProjectedVolumeSource, Secret};
 
+use crate::kubetypes::env::{container_resource_value, pod_field_value, Lookup, NodeAllocatable};
+use crate::kubetypes::spec;
 use crate::volumes::atomic_writer::{FileProjection, Payload};
-use crate::pods::env::{container_resource_value, pod_field_value, Lookup, NodeAllocatable};
-use crate::pods::spec;
 
 /// The API's default `defaultMode` (0644).
 pub const DEFAULT_MODE: i32 = 0o644;

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::core::v1::Pod;
-use rkubelet::pods::env::NodeAllocatable;
-use rkubelet::pods::events::EventRecorder;
+use rkubelet::kubetypes::env::NodeAllocatable;
+use rkubelet::kubetypes::events::EventRecorder;
 use rkubelet::volumes::VolumeManager;
 use rkubelet_tests::agent::{container_status, tail, Agent};
 use rkubelet_tests::containerd::Containerd;

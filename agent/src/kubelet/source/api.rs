@@ -3,6 +3,8 @@
 //! expires (`410 Gone`), sent to the pod manager as the complete set (kubelet's `apiserver` config source). Mirror pods are not
 //! pods to run: they are reported separately to the status manager.
 
+use crate::kubetypes::annotations::API_SOURCE;
+use crate::status::MirrorPods;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -14,14 +16,10 @@ use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::pods::backoff::{jitter, random_unit};
-use crate::pods::source::{SourceUpdate, CONFIG_MIRROR_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
-use crate::pods::spec;
-
-pub const API_SOURCE: &str = "api";
-
-/// Mirror pods in the API, by `namespace/name`.
-pub type MirrorPods = BTreeMap<String, Arc<Pod>>;
+use crate::kubelet::source::SourceUpdate;
+use crate::kubetypes::annotations::{CONFIG_MIRROR_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
+use crate::kubetypes::backoff::{jitter, random_unit};
+use crate::kubetypes::spec;
 
 fn is_mirror(pod: &Pod) -> bool {
     pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CONFIG_MIRROR_ANNOTATION))

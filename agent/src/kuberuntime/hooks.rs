@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
 
-use crate::pods::events::{EventRecorder, EventType};
-use crate::pods::spec;
+use crate::kubetypes::events::{EventRecorder, EventType};
+use crate::kubetypes::spec;
 use crate::probes::handlers::{headers, resolve_port};
 use crate::probes::http::{self, Url};
 use crate::runtime::Runtime;

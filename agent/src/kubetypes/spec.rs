@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 
-use crate::resources::quantity::parse_milli;
+use crate::kubetypes::quantity::parse_milli;
 
 /// API defaults kubelet applies (through the scheme's defaulting) to pods it reads from files.
 pub const DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;

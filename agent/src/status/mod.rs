@@ -4,7 +4,7 @@
 //! time per pod, retried every `syncPeriod`. It also keeps mirror pods for static pods, and finishes graceful
 //! deletions by deleting the pod object with grace period 0 once its containers are gone.
 
-pub mod strategic;
+pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,11 +18,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::api::pods::MirrorPods;
-use crate::pods::source::{CONFIG_HASH_ANNOTATION, CONFIG_MIRROR_ANNOTATION, CONFIG_SOURCE_ANNOTATION, FILE_SOURCE};
-use crate::pods::spec;
+use crate::api::strategic;
+use crate::kubetypes::annotations::{
+    CONFIG_HASH_ANNOTATION, CONFIG_MIRROR_ANNOTATION, CONFIG_SOURCE_ANNOTATION, FILE_SOURCE,
+};
+use crate::kubetypes::spec;
 use crate::pods::status::{PHASE_FAILED, PHASE_SUCCEEDED};
-use crate::pods::store::{PodEntry, PodStore};
+use crate::status::store::{PodEntry, PodStore};
 
 /// kubelet's status manager re-checks every pod this often (`syncPeriod`), which also retries failed writes.
 pub const STATUS_SYNC_PERIOD: Duration = Duration::from_secs(10);
@@ -34,6 +36,9 @@ pub const MAX_WRITES_IN_FLIGHT: usize = 12;
 /// DisruptionTarget...) are kept as the API has them.
 const KUBELET_CONDITIONS: [&str; 5] =
     ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"];
+
+/// Mirror pods in the API, by `namespace/name`.
+pub type MirrorPods = BTreeMap<String, Arc<Pod>>;
 
 pub struct StatusManager {
     pub client: kube::Client,

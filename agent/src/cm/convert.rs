@@ -1,10 +1,11 @@
 //! Requests/limits to cgroup values, with kubelet's formulas (pkg/kubelet/cm/helpers_linux.go and
 //! pkg/kubelet/qos/policy.go).
 
+use crate::runtime::ContainerCgroupValues;
 use k8s_openapi::api::core::v1::Container;
 
-use crate::resources::qos::QosClass;
-use crate::resources::quantity::{parse_milli, parse_value, QuantityError};
+use crate::kubetypes::qos::QosClass;
+use crate::kubetypes::quantity::{parse_milli, parse_value, QuantityError};
 
 /// The CFS period kubelet uses for every quota (`QuotaPeriod`, 100 ms).
 pub const CPU_PERIOD_US: i64 = 100_000;
@@ -66,16 +67,6 @@ pub fn oom_score_adj(qos: QosClass, memory_request: i128, memory_capacity: i128)
             }
         }
     }
-}
-
-/// The Linux resource values of one container.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ContainerCgroupValues {
-    pub cpu_shares: u64,
-    pub cpu_quota_us: i64,
-    pub cpu_period_us: i64,
-    pub memory_limit_bytes: i64,
-    pub oom_score_adj: i64,
 }
 
 fn quantity<'a>(container: &'a Container, limits: bool, name: &str) -> Option<&'a str> {

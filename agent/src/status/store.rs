@@ -108,3 +108,17 @@ impl PodStore {
             .collect()
     }
 }
+
+/// The summary lists a pod by the status computed last, or the API's before the first sync.
+impl crate::stats::PodLister for PodStore {
+    fn pods_with_status(&self) -> Vec<Pod> {
+        self.list()
+            .into_iter()
+            .map(|e| {
+                let mut pod = (*e.pod).clone();
+                pod.status = e.status.or(pod.status);
+                pod
+            })
+            .collect()
+    }
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 
-use crate::pods::spec;
+use crate::kubetypes::spec;
 use crate::pods::status::PHASE_FAILED;
 
 pub const REASON_DEADLINE_EXCEEDED: &str = "DeadlineExceeded";

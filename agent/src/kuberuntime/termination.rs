@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use crate::pods::spec;
+use crate::kubetypes::spec;
 use crate::runtime::{ContainerRecord, ContainerRunState, Mount, ObservedPod};
 
 /// The API's default `terminationMessagePath`.
@@ -116,7 +116,7 @@ fn tail_log_content(data: &[u8], lines: usize, max_bytes: usize) -> Vec<u8> {
         if left == 0 {
             break;
         }
-        let Ok(parsed) = crate::server::logs::parse_cri_line(line) else { continue };
+        let Ok(parsed) = crate::logs::cri::parse_cri_line(line) else { continue };
         out.extend_from_slice(parsed.content);
         left -= 1;
     }

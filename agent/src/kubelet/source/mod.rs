@@ -2,6 +2,9 @@
 //! does: one pod per v1 Pod document, named `<name>-<nodeName>`, with a UID derived from its content, the node and the
 //! file; every scan yields the complete set, so a removed or broken file drops its pods.
 
+pub mod api;
+
+use crate::kubetypes::annotations::{CONFIG_HASH_ANNOTATION, CONFIG_SOURCE_ANNOTATION, FILE_SOURCE};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,13 +15,8 @@ use md5::{Digest, Md5};
 use notify::Watcher;
 use tokio::sync::mpsc;
 
-use crate::pods::spec;
+use crate::kubetypes::spec;
 
-pub const FILE_SOURCE: &str = "file";
-/// Annotations kubelet puts on pods from files (pkg/kubelet/types/pod_update.go).
-pub const CONFIG_HASH_ANNOTATION: &str = "kubernetes.io/config.hash";
-pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
-pub const CONFIG_MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// Editors write files in several steps; wait this long after the last change before rescanning.
 const SETTLE: Duration = Duration::from_millis(100);
 

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::mpsc;
 
-use crate::pods::spec;
+use crate::kubetypes::spec;
 
 pub const PULLING_IMAGE: &str = "Pulling";
 pub const PULLED_IMAGE: &str = "Pulled";

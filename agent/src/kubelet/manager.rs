@@ -7,16 +7,18 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::pods::admission::{self, NodeInfo, Rejection};
-use crate::pods::events::EventType;
-use crate::pods::source::SourceUpdate;
-use crate::pods::spec;
+use crate::cm::cgroups::CgroupName;
+use crate::cm::pod::{burstable_cpu_shares, ResourceConfig};
+use crate::kubelet::admission;
+use crate::kubelet::source::SourceUpdate;
+use crate::kubelet::unsupported::{self, REASON_UNSUPPORTED_POD_SPEC};
+use crate::kubelet::worker::{self, WorkerContext, WorkerInput};
+use crate::kubetypes::admission::Rejection;
+use crate::kubetypes::events::EventType;
+use crate::kubetypes::nodeinfo::NodeInfo;
+use crate::kubetypes::qos::QosClass;
+use crate::kubetypes::spec;
 use crate::pods::sysctl::SysctlAllowlist;
-use crate::pods::unsupported::{self, REASON_UNSUPPORTED_POD_SPEC};
-use crate::pods::worker::{self, WorkerContext, WorkerInput};
-use crate::resources::cgroups::CgroupName;
-use crate::resources::pod::{burstable_cpu_shares, ResourceConfig};
-use crate::resources::QosClass;
 use crate::runtime::PlegEvent;
 
 /// kubelet's `podsDifferSemantically`: what a pod worker acts on. Status, resourceVersion and managed fields

@@ -1,19 +1,14 @@
-//! The container lifecycle around start and stop, kubelet's `lifecycle` package and the parts of `kuberuntime`
-//! that surround StartContainer and StopContainer: postStart and preStop hooks (`hooks`), termination messages
-//! (`termination`) and the pod's active deadline (`deadline`).
-
-pub mod deadline;
-pub mod hooks;
-pub mod termination;
+//! The steps around StartContainer and StopContainer, as kubelet's `kuberuntime` runs them: the postStart hook
+//! after a start, the preStop hook before a stop (the handlers themselves are in `hooks`).
 
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+use crate::kuberuntime::hooks::{self, HookTarget};
 use crate::kuberuntime::KubeRuntime;
-use crate::pods::events::EventType;
+use crate::kubetypes::events::EventType;
 use crate::pods::plan::Waiting;
-use hooks::HookTarget;
 
 /// kubelet's step after StartContainer: the postStart hook runs to its end; if it fails the container is killed
 /// (`FailedPostStartHook`) and its start counts as failed with `PostStartHookError`.

@@ -10,13 +10,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{
     Container, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodCondition, PodStatus, Taint,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use crate::pods::source::{CONFIG_MIRROR_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
-use crate::pods::spec;
-use crate::resources::qos::{pod_qos_class, QosClass};
-use crate::resources::quantity::parse_milli;
+use crate::kubetypes::admission::Rejection;
+use crate::kubetypes::annotations::{API_SOURCE, CONFIG_MIRROR_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
+use crate::kubetypes::nodeinfo::{
+    is_extended_resource_name, value_of_milli, NodeInfo, Resources, RESOURCE_CPU, RESOURCE_EPHEMERAL_STORAGE,
+    RESOURCE_MEMORY, RESOURCE_PODS,
+};
+use crate::kubetypes::qos::{pod_qos_class, QosClass};
+use crate::kubetypes::quantity::parse_milli;
+use crate::kubetypes::spec;
 
 pub const OUT_OF_CPU: &str = "OutOfcpu";
 pub const OUT_OF_MEMORY: &str = "OutOfmemory";
@@ -40,100 +44,10 @@ pub const TERMINATION_BY_KUBELET: &str = "TerminationByKubelet";
 pub const PREEMPTED_CONDITION_MESSAGE: &str = "Pod was preempted by Kubelet to accommodate a critical pod.";
 /// The OS label kubelet compares with its own OS (`kubernetes.io/os`).
 const LABEL_OS: &str = "kubernetes.io/os";
-/// `kubetypes.ApiserverSource`: any other config source makes a pod static.
-const API_SOURCE: &str = "api";
 /// `scheduling.SystemCriticalPriority`: pods at or above it are critical.
 const SYSTEM_CRITICAL_PRIORITY: i32 = 2_000_000_000;
 /// `framework.DefaultBindAllHostIP`: a host port on it conflicts with the same port on every address.
 const DEFAULT_BIND_ALL_HOST_IP: &str = "0.0.0.0";
-const RESOURCE_CPU: &str = "cpu";
-const RESOURCE_MEMORY: &str = "memory";
-const RESOURCE_PODS: &str = "pods";
-const RESOURCE_EPHEMERAL_STORAGE: &str = "ephemeral-storage";
-
-/// Resource amounts as the scheduler's `framework.Resource` holds them: cpu in millicores, everything else in whole
-/// units (bytes), and the scalar resources (extended, hugepages, `kubernetes.io/`-prefixed, attachable volumes).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Resources {
-    pub milli_cpu: i128,
-    pub memory: i128,
-    pub ephemeral_storage: i128,
-    pub allowed_pods: i128,
-    pub scalar: BTreeMap<String, i128>,
-}
-
-impl Resources {
-    /// `framework.NewResource`: a resource list (the Node's `status.allocatable`) as amounts.
-    pub fn from_list(list: &BTreeMap<String, Quantity>) -> Self {
-        let milli: BTreeMap<String, i128> =
-            list.iter().filter_map(|(k, q)| parse_milli(&q.0).ok().map(|v| (k.clone(), v))).collect();
-        Self::from_milli(&milli, true)
-    }
-
-    fn from_milli(list: &BTreeMap<String, i128>, with_pods: bool) -> Self {
-        let mut r = Resources::default();
-        for (name, &milli) in list {
-            let value = value_of_milli(milli);
-            match name.as_str() {
-                RESOURCE_CPU => r.milli_cpu += milli,
-                RESOURCE_MEMORY => r.memory += value,
-                RESOURCE_EPHEMERAL_STORAGE => r.ephemeral_storage += value,
-                RESOURCE_PODS if with_pods => r.allowed_pods += value,
-                n if is_scalar_resource_name(n) => *r.scalar.entry(name.clone()).or_default() += value,
-                _ => {}
-            }
-        }
-        r
-    }
-
-    fn add(&mut self, other: &Resources) {
-        self.milli_cpu += other.milli_cpu;
-        self.memory += other.memory;
-        self.ephemeral_storage += other.ephemeral_storage;
-        for (k, v) in &other.scalar {
-            *self.scalar.entry(k.clone()).or_default() += v;
-        }
-    }
-}
-
-/// `resource.Quantity.Value()`: whole units, rounded up.
-fn value_of_milli(milli: i128) -> i128 {
-    if milli >= 0 {
-        (milli + 999) / 1000
-    } else {
-        milli / 1000
-    }
-}
-
-/// What admission knows of the node: what kubelet reads from its Node object.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct NodeInfo {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    /// The Node's `status.allocatable`; `allowed_pods` is `maxPods`.
-    pub allocatable: Resources,
-    /// The Node's `spec.taints`.
-    pub taints: Vec<Taint>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    pub reason: Cow<'static, str>,
-    pub message: String,
-}
-
-impl Rejection {
-    /// kubelet's `rejectPod` status: Failed, the reason, and the message prefixed as kubelet does.
-    pub fn status(&self, pod: &Pod) -> PodStatus {
-        PodStatus {
-            phase: Some("Failed".into()),
-            reason: Some(self.reason.to_string()),
-            message: Some(format!("Pod was rejected: {}", self.message)),
-            qos_class: Some(pod_qos_class(spec::spec(pod)).as_str().to_owned()),
-            ..Default::default()
-        }
-    }
-}
 
 /// The status kubelet gives a pod it preempted for a critical pod: Failed, `Preempting`, with the
 /// `DisruptionTarget` condition.
@@ -344,48 +258,6 @@ fn pod_requests(pod: &Pod, keep: impl Fn(&str) -> bool) -> BTreeMap<String, i128
         add_list(&mut reqs, &o);
     }
     reqs
-}
-
-/// `v1helper.IsExtendedResourceName`: outside `kubernetes.io/`, with a domain, and valid as a quota name.
-fn is_extended_resource_name(name: &str) -> bool {
-    !is_native_resource(name) && !name.starts_with("requests.") && is_qualified_name(&format!("requests.{name}"))
-}
-
-fn is_native_resource(name: &str) -> bool {
-    !name.contains('/') || name.contains("kubernetes.io/")
-}
-
-/// `schedutil.IsScalarResourceName`.
-fn is_scalar_resource_name(name: &str) -> bool {
-    is_extended_resource_name(name)
-        || name.starts_with("hugepages-")
-        || name.contains("kubernetes.io/")
-        || name.starts_with("attachable-volumes-")
-}
-
-/// apimachinery's `IsQualifiedName`: an optional DNS-subdomain prefix and a name of at most 63 characters.
-fn is_qualified_name(value: &str) -> bool {
-    let (prefix, name) = match value.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, value),
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 253
-            && p.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                    && l.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                    && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            })
-    });
-    name_ok && prefix_ok
 }
 
 /// `noderesources.Fits` on the pod kubelet admits: its app containers' requests of extended resources the node
@@ -729,6 +601,7 @@ fn pods_to_preempt<'a>(pod: &Pod, active: &[&'a Pod], reqs: Vec<Requirement>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use serde_json::{json, Value};
 
     fn from_json(v: Value) -> Pod {

@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ObjectFieldSelector, Pod, ResourceFieldSelector, Secret, Service,
 };
 
-use crate::pods::spec;
-use crate::resources::quantity::{parse_milli, parse_value};
+use crate::kubetypes::quantity::{parse_milli, parse_value};
+use crate::kubetypes::spec;
 
 /// kubelet's `masterServices`: their variables go into every pod, whatever its namespace or `enableServiceLinks`.
 const MASTER_SERVICES: &[&str] = &["kubernetes"];
