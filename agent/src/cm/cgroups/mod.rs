@@ -8,7 +8,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::cm::convert::shares_to_weight;
+mod cgroupfs;
+mod systemd;
+
+pub use cgroupfs::cgroup_v2_files;
+pub use systemd::systemd_cpu_quota_per_sec_usec;
+
 use crate::cm::pod::ResourceConfig;
 use crate::kubetypes::qos::QosClass;
 
@@ -17,7 +22,7 @@ pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// Controllers the pod hierarchy needs; the rest are enabled when available.
 const REQUIRED_CONTROLLERS: [&str; 2] = ["cpu", "memory"];
-const WANTED_CONTROLLERS: [&str; 5] = ["cpu", "memory", "pids", "cpuset", "io"];
+pub(super) const WANTED_CONTROLLERS: [&str; 5] = ["cpu", "memory", "pids", "cpuset", "io"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupDriver {
@@ -119,42 +124,13 @@ pub fn check_cgroup_v2(mount: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// cgroup v2 file values for a resource config: (file, value) pairs.
-pub fn cgroup_v2_files(cfg: &ResourceConfig) -> Vec<(&'static str, String)> {
-    let mut files = Vec::new();
-    if let Some(shares) = cfg.cpu_shares {
-        files.push(("cpu.weight", shares_to_weight(shares).to_string()));
-    }
-    if let Some(period) = cfg.cpu_period_us {
-        let quota = match cfg.cpu_quota_us {
-            Some(q) if q > 0 => q.to_string(),
-            _ => "max".into(),
-        };
-        files.push(("cpu.max", format!("{quota} {period}")));
-    }
-    if let Some(mem) = cfg.memory_limit_bytes {
-        files.push(("memory.max", if mem > 0 { mem.to_string() } else { "max".into() }));
-    }
-    files
-}
-
-/// systemd's quota is per second, in steps of 10 ms; runc's systemd driver rounds up the same way, so the values
-/// we set agree with what runc would set for the same limit.
-pub fn systemd_cpu_quota_per_sec_usec(quota_us: i64, period_us: i64) -> u64 {
-    if quota_us <= 0 || period_us <= 0 {
-        return u64::MAX;
-    }
-    let per_sec = (quota_us as u64 * 1_000_000) / period_us as u64;
-    per_sec.div_ceil(10_000) * 10_000
-}
-
 pub struct CgroupManager {
     driver: CgroupDriver,
     mount: PathBuf,
     systemd: Option<zbus::Connection>,
 }
 
-fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
+pub(super) fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
     move |source| CgroupError::Io { path: path.to_owned(), op, source }
 }
 
@@ -199,81 +175,9 @@ impl CgroupManager {
     /// Creates the cgroup (and its parents) if needed and applies the config.
     pub async fn ensure(&self, name: &CgroupName, cfg: &ResourceConfig) -> Result<(), CgroupError> {
         match self.driver {
-            CgroupDriver::Cgroupfs => self.ensure_cgroupfs(name, cfg),
-            CgroupDriver::Systemd => self.ensure_slice(name, cfg).await,
+            CgroupDriver::Cgroupfs => cgroupfs::ensure(&self.mount, name, cfg),
+            CgroupDriver::Systemd => systemd::ensure_slice(self.systemd.as_ref(), name, cfg).await,
         }
-    }
-
-    fn ensure_cgroupfs(&self, name: &CgroupName, cfg: &ResourceConfig) -> Result<(), CgroupError> {
-        let mut dir = self.mount.clone();
-        for part in &name.0 {
-            enable_controllers(&dir);
-            dir.push(part);
-            match std::fs::create_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err(&dir, "create")(e)),
-            }
-        }
-        enable_controllers(&dir);
-        for (file, value) in cgroup_v2_files(cfg) {
-            let path = dir.join(file);
-            std::fs::write(&path, &value).map_err(io_err(&path, "write"))?;
-        }
-        Ok(())
-    }
-
-    async fn ensure_slice(&self, name: &CgroupName, cfg: &ResourceConfig) -> Result<(), CgroupError> {
-        use zbus::zvariant::Value;
-        let unit = name.to_systemd_slice();
-        let mut props: Vec<(&str, Value<'_>)> = vec![
-            ("Description", Value::from(format!("rkubelet {}", name.to_cgroupfs()))),
-            ("DefaultDependencies", Value::from(false)),
-            ("CPUAccounting", Value::from(true)),
-            ("MemoryAccounting", Value::from(true)),
-            ("TasksAccounting", Value::from(true)),
-        ];
-        if let Some(shares) = cfg.cpu_shares {
-            props.push(("CPUWeight", Value::from(shares_to_weight(shares))));
-        }
-        if let (Some(period), quota) = (cfg.cpu_period_us, cfg.cpu_quota_us) {
-            props.push(("CPUQuotaPeriodUSec", Value::from(period as u64)));
-            props.push(("CPUQuotaPerSecUSec", Value::from(systemd_cpu_quota_per_sec_usec(quota.unwrap_or(0), period))));
-        }
-        if let Some(mem) = cfg.memory_limit_bytes {
-            props.push(("MemoryMax", Value::from(if mem > 0 { mem as u64 } else { u64::MAX })));
-        }
-        let manager = self.systemd_manager(&unit).await?;
-        let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
-        let started: Result<zbus::zvariant::OwnedObjectPath, zbus::Error> =
-            manager.call("StartTransientUnit", &(unit.as_str(), "replace", &props, &aux)).await;
-        match started {
-            Ok(_) => Ok(()),
-            Err(zbus::Error::MethodError(err, _, _)) if err.as_str() == "org.freedesktop.systemd1.UnitExists" => {
-                // Only resource-control properties can change on a live unit (systemd refuses the others, e.g.
-                // DefaultDependencies); runtime-only, as the slice disappears with the node's next boot anyway.
-                props.retain(|(k, _)| !matches!(*k, "Description" | "DefaultDependencies"));
-                let set: Result<(), zbus::Error> =
-                    manager.call("SetUnitProperties", &(unit.as_str(), true, &props)).await;
-                set.map_err(|e| CgroupError::Systemd { unit: unit.clone(), message: format!("set properties: {e}") })
-            }
-            Err(e) => Err(CgroupError::Systemd { unit, message: format!("start transient slice: {e}") }),
-        }
-    }
-
-    async fn systemd_manager(&self, unit: &str) -> Result<zbus::Proxy<'_>, CgroupError> {
-        let conn = self.systemd.as_ref().ok_or_else(|| CgroupError::Systemd {
-            unit: unit.to_owned(),
-            message: "no system bus connection".into(),
-        })?;
-        zbus::Proxy::new(
-            conn,
-            "org.freedesktop.systemd1",
-            "/org/freedesktop/systemd1",
-            "org.freedesktop.systemd1.Manager",
-        )
-        .await
-        .map_err(|e| CgroupError::Systemd { unit: unit.to_owned(), message: e.to_string() })
     }
 
     /// Kills whatever still runs in a pod cgroup and removes it. A cgroup already gone is success.
@@ -285,22 +189,8 @@ impl CgroupManager {
         // cgroup.kill (Linux 5.14) ends every process below, as kubelet's pod cgroup cleanup does with signals.
         let _ = std::fs::write(path.join("cgroup.kill"), "1");
         match self.driver {
-            CgroupDriver::Cgroupfs => remove_tree(&path),
-            CgroupDriver::Systemd => {
-                let unit = name.to_systemd_slice();
-                let manager = self.systemd_manager(&unit).await?;
-                let stopped: Result<zbus::zvariant::OwnedObjectPath, zbus::Error> =
-                    manager.call("StopUnit", &(unit.as_str(), "replace")).await;
-                match stopped {
-                    Ok(_) => Ok(()),
-                    Err(zbus::Error::MethodError(err, _, _))
-                        if err.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
-                    {
-                        Ok(())
-                    }
-                    Err(e) => Err(CgroupError::Systemd { unit, message: format!("stop slice: {e}") }),
-                }
-            }
+            CgroupDriver::Cgroupfs => cgroupfs::remove_tree(&path),
+            CgroupDriver::Systemd => systemd::stop_slice(self.systemd.as_ref(), name).await,
         }
     }
 
@@ -326,36 +216,6 @@ impl CgroupManager {
             }
         }
         found
-    }
-}
-
-fn enable_controllers(dir: &Path) {
-    let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-    let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
-    for c in WANTED_CONTROLLERS {
-        if available.split_whitespace().any(|a| a == c) && !enabled.split_whitespace().any(|e| e == c) {
-            if let Err(e) = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}")) {
-                tracing::debug!(dir = %dir.display(), controller = c, error = %e, "cannot enable controller");
-            }
-        }
-    }
-}
-
-/// Removes a cgroup directory and its children, deepest first (cgroupfs directories are removed with rmdir).
-fn remove_tree(path: &Path) -> Result<(), CgroupError> {
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_tree(&entry.path())?;
-            }
-        }
-    }
-    match std::fs::remove_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        // A plain folder in tests: remove its files too.
-        Err(_) if !path.join("cgroup.procs").exists() => std::fs::remove_dir_all(path).map_err(io_err(path, "remove")),
-        Err(e) => Err(io_err(path, "remove")(e)),
     }
 }
 
