@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod manager;
+pub mod run;
 pub mod source;
 pub mod unsupported;
 pub mod worker;

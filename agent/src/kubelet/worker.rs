@@ -4,10 +4,10 @@
 //! jittered back-off; a deletion cancels a sync in progress.
 
 use crate::kubetypes::crash::{inject_panic, panic_message, PanicBackOff, WORKER_PANICKED};
+use crate::server::PodWorkerMetrics;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -68,33 +68,6 @@ pub struct WorkerContext {
     pub store: PodStore,
     pub sync_frequency: Duration,
     pub metrics: Arc<PodWorkerMetrics>,
-}
-
-/// Counts of pod syncs, for `/metrics` (kubelet's `kubelet_pod_worker_duration_seconds`).
-#[derive(Debug, Default)]
-pub struct PodWorkerMetrics {
-    syncs: AtomicU64,
-    failed_syncs: AtomicU64,
-    sync_micros: AtomicU64,
-}
-
-impl PodWorkerMetrics {
-    fn record(&self, took: Duration, failed: bool) {
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        if failed {
-            self.failed_syncs.fetch_add(1, Ordering::Relaxed);
-        }
-        self.sync_micros.fetch_add(took.as_micros().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-
-    /// Syncs done, syncs that failed, and the time spent in them.
-    pub fn snapshot(&self) -> (u64, u64, Duration) {
-        (
-            self.syncs.load(Ordering::Relaxed),
-            self.failed_syncs.load(Ordering::Relaxed),
-            Duration::from_micros(self.sync_micros.load(Ordering::Relaxed)),
-        )
-    }
 }
 
 /// What the manager tells a worker: the newest spec, and whether the pod is to be terminated.

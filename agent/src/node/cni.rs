@@ -73,6 +73,26 @@ pub fn write_conflist(conf_dir: &Path, pod_cidrs: &[String], bridge: &str) -> Re
     Ok(true)
 }
 
+/// Writes the CNI config and tells the runtime whenever the API assigns this node a pod CIDR.
+pub async fn follow_pod_cidr(
+    mut cidr: tokio::sync::watch::Receiver<Option<String>>,
+    runtime: crate::runtime::Runtime,
+    config: crate::config::KubeletConfig,
+) {
+    while cidr.changed().await.is_ok() {
+        let Some(value) = cidr.borrow_and_update().clone() else { continue };
+        let cidrs: Vec<String> = value.split(',').map(|c| c.trim().to_owned()).collect();
+        match write_conflist(&config.cni_conf_dir, &cidrs, &config.cni_bridge_name) {
+            Ok(true) => tracing::info!(pod_cidr = %value, "wrote pod network CNI config for the node's pod CIDR"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot write CNI config"),
+        }
+        if let Err(e) = runtime.update_pod_cidr(&value).await {
+            tracing::warn!(error = %e, "UpdateRuntimeConfig failed");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

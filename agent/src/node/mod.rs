@@ -6,6 +6,13 @@ pub mod registration;
 pub mod status;
 
 use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::cm::pod::CpuMemory;
+use crate::config::KubeletConfig;
+use crate::node::registration::FactsFn;
+use crate::node::status::{go_arch, NodeFacts, KUBELET_COMPAT_VERSION};
+use crate::runtime::Runtime;
 
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
@@ -115,6 +122,67 @@ pub fn host_ips() -> Vec<String> {
     v4.dedup();
     v6.dedup();
     v4.into_iter().take(1).chain(v6.into_iter().take(1)).collect()
+}
+
+/// The facts the node status reports, with kubelet's readiness checks (runtime up, its network ready, PLEG
+/// relisting) taken at each update.
+#[allow(clippy::too_many_arguments)]
+pub fn node_facts_fn(
+    config: &KubeletConfig,
+    hostname: String,
+    runtime: Runtime,
+    runtime_version: String,
+    pleg: crate::runtime::PlegHealth,
+    (capacity, allocatable): (CpuMemory, CpuMemory),
+    host_ips: Vec<String>,
+    kubelet_port: u16,
+) -> FactsFn {
+    let info = host_info(&config.root_dir);
+    let base = NodeFacts {
+        name: config.node_name.clone(),
+        capacity,
+        allocatable,
+        ephemeral_storage_bytes: info.ephemeral_storage_bytes,
+        max_pods: config.max_pods,
+        addresses: host_ips,
+        hostname,
+        kernel_version: info.kernel_version,
+        os_image: info.os_image,
+        architecture: go_arch().into(),
+        machine_id: info.machine_id,
+        boot_id: info.boot_id,
+        container_runtime_version: format!("containerd://{runtime_version}"),
+        // Capped by the API server's version at registration.
+        kubelet_version: crate::node::status::kubelet_version(KUBELET_COMPAT_VERSION, None, env!("CARGO_PKG_VERSION")),
+        kubelet_port,
+        images: Vec::new(),
+        not_ready_reason: None,
+    };
+    Arc::new(move || {
+        let runtime = runtime.clone();
+        let pleg = pleg.clone();
+        let mut facts = base.clone();
+        Box::pin(async move {
+            // kubelet's readiness checks: runtime up, its network ready, PLEG relisting.
+            facts.images = match runtime.list_images().await {
+                Ok(images) => crate::node::status::node_images(&images, crate::node::status::NODE_STATUS_MAX_IMAGES),
+                Err(e) => {
+                    tracing::warn!(error = %e, "error getting image list");
+                    Vec::new()
+                }
+            };
+            facts.not_ready_reason = match runtime.status().await {
+                Err(e) => Some(format!("container runtime is down: {e}")),
+                Ok(s) if !s.runtime_ready => {
+                    Some(format!("container runtime status check may not have completed yet: {}", s.message))
+                }
+                Ok(s) if !s.network_ready => Some(format!("container runtime network not ready: {}", s.message)),
+                Ok(_) if !pleg.healthy() => Some("PLEG is not healthy".into()),
+                Ok(_) => None,
+            };
+            facts
+        })
+    })
 }
 
 #[cfg(test)]

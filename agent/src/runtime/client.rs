@@ -57,6 +57,9 @@ impl RuntimeError {
     }
 }
 
+/// Retry bounds while the container runtime is not reachable at start.
+const RUNTIME_CONNECT_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// Per-operation call counts and durations.
 #[derive(Debug, Default)]
 pub struct RuntimeMetrics {
@@ -385,6 +388,27 @@ impl Runtime {
 
     /// Everything the runtime holds for one pod: its sandboxes (the newest with its IPs) and the full status of every
     /// container.
+    /// Connects to the runtime at `endpoint`, retrying with a doubling wait while it is not reachable (at start-up the
+    /// runtime may come up after the agent); returns the client, the runtime's name and its version.
+    pub async fn connect_with_retry(endpoint: &str) -> (Runtime, String, String) {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            let attempt = async {
+                let rt = Runtime::connect(endpoint).await?;
+                let (name, version) = rt.version().await?;
+                Ok::<_, RuntimeError>((rt, name, version))
+            };
+            match attempt.await {
+                Ok(r) => return r,
+                Err(e) => {
+                    tracing::warn!(endpoint, error = %e, retry_in = ?wait, "container runtime not ready");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RUNTIME_CONNECT_RETRY_MAX);
+                }
+            }
+        }
+    }
+
     pub async fn observe_pod(&self, pod_uid: &str) -> Result<ObservedPod, RuntimeError> {
         let (sandboxes, containers) =
             tokio::join!(self.list_pod_sandboxes(Some(pod_uid)), self.list_containers(Some(pod_uid)));

@@ -25,10 +25,38 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::kubelet::worker::PodWorkerMetrics;
 use crate::kubetypes::spec;
 use crate::runtime::{PlegHealth, RuntimeMetrics};
 use crate::status::store::PodStore;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Counts of pod syncs, for `/metrics` (kubelet's `kubelet_pod_worker_duration_seconds`).
+#[derive(Debug, Default)]
+pub struct PodWorkerMetrics {
+    syncs: AtomicU64,
+    failed_syncs: AtomicU64,
+    sync_micros: AtomicU64,
+}
+
+impl PodWorkerMetrics {
+    pub fn record(&self, took: Duration, failed: bool) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.failed_syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sync_micros.fetch_add(took.as_micros().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Syncs done, syncs that failed, and the time spent in them.
+    pub fn snapshot(&self) -> (u64, u64, Duration) {
+        (
+            self.syncs.load(Ordering::Relaxed),
+            self.failed_syncs.load(Ordering::Relaxed),
+            Duration::from_micros(self.sync_micros.load(Ordering::Relaxed)),
+        )
+    }
+}
 
 #[derive(Clone)]
 pub struct ServerState {
