@@ -206,7 +206,7 @@ impl KubeRuntime {
                 }
                 Err(waiting) => {
                     tracing::warn!(container = %start.name, reason = %waiting.reason, message = %waiting.message, "start container failed");
-                    crate::kubetypes::backoff::record_start_failure(backoff, start, &waiting);
+                    crate::pods::plan::record_start_failure(backoff, start, &waiting);
                     result.containers.insert(start.name.clone(), Some(waiting));
                     // An init container that cannot start blocks the rest, as in kubelet.
                     if start.init {

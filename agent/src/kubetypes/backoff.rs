@@ -85,19 +85,6 @@ impl Backoff {
     }
 }
 
-/// Records a failed attempt to create or start a container in the start back-off; image pull failures have their
-/// own back-off and are not counted twice.
-pub fn record_start_failure(
-    backoff: &mut crate::pods::plan::BackoffState,
-    start: &crate::pods::plan::ContainerStart,
-    waiting: &crate::pods::plan::Waiting,
-) {
-    use crate::pods::plan::{REASON_ERR_IMAGE_PULL, REASON_IMAGE_PULL_BACK_OFF};
-    if waiting.reason != REASON_ERR_IMAGE_PULL && waiting.reason != REASON_IMAGE_PULL_BACK_OFF {
-        backoff.start.next(&start.backoff_key, SystemTime::now());
-    }
-}
-
 /// apimachinery's `wait.Jitter`: `d` plus up to `max_factor` times `d`, scaled by `unit` in [0, 1).
 pub fn jitter(d: Duration, max_factor: f64, unit: f64) -> Duration {
     d + d.mul_f64(max_factor * unit.clamp(0.0, 1.0))

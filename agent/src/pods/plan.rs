@@ -427,6 +427,14 @@ fn collect_garbage(observed: &ObservedPod, actions: &mut PodActions) {
     }
 }
 
+/// Records a failed attempt to create or start a container in the start back-off; image pull failures have their
+/// own back-off and are not counted twice.
+pub fn record_start_failure(backoff: &mut BackoffState, start: &ContainerStart, waiting: &Waiting) {
+    if waiting.reason != REASON_ERR_IMAGE_PULL && waiting.reason != REASON_IMAGE_PULL_BACK_OFF {
+        backoff.start.next(&start.backoff_key, SystemTime::now());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
