@@ -8,32 +8,35 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use rkubelet_tests::agent::{tail, Agent};
+use rkubelet_tests::api_node::{ApiNode, NAMESPACE};
 use rkubelet_tests::apiserver::Cluster;
 use rkubelet_tests::containerd::{print_skip, Containerd};
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
 use rkubelet_tests::skip_unless_root;
 use serde_json::json;
 
-const NAMESPACE: &str = "default";
 const START: Duration = Duration::from_secs(90);
 
 /// A node on the kit's cluster as kubeadm sets kubelets up: webhook authentication and authorisation, client
 /// certificates checked against the cluster CA, a non-loopback node IP (the API server refuses to proxy to
-/// loopback).
+/// loopback); and kubectl with the admin kubeconfig.
 struct Env {
-    agent: Agent,
-    _containerd: Containerd,
-    admin: kube::Client,
+    node: ApiNode,
     kubectl: PathBuf,
     node_ip: String,
     admin_kubeconfig: PathBuf,
     pki: PathBuf,
-    rt: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Env {
+    type Target = ApiNode;
+    fn deref(&self) -> &ApiNode {
+        &self.node
+    }
 }
 
 fn node_ip() -> Option<String> {
@@ -59,46 +62,15 @@ impl Env {
             );
             return Ok(None);
         };
-        ensure_images()?;
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let dir = tempfile::Builder::new().prefix("rkubelet-server-").tempdir()?;
-        let containerd = Containerd::start(name)?;
         let pki = home.join("pki");
         let config = format!(
-            "cniConfDir: {}\ncniBridgeName: {}\nauthentication: {{anonymous: {{enabled: false}}, webhook: {{enabled: true}}, \
+            "authentication: {{anonymous: {{enabled: false}}, webhook: {{enabled: true}}, \
              x509: {{clientCAFile: {}}}}}\nauthorization: {{mode: Webhook}}\n{extra}",
-            containerd.cni_conf_dir().display(),
-            containerd.bridge(),
             pki.join("ca.crt").display()
         );
-        let agent = Agent::new(&containerd, &config)?;
-        let node = agent.node_name().to_owned();
-        let node_kubeconfig = cluster.node_kubeconfig(dir.path(), &node)?;
-        let admin = rt.block_on(cluster.admin_client())?;
-        let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(&node, &DeleteParams::default()));
-        let agent = agent
-            .with_args([
-                "--kubeconfig".to_owned(),
-                node_kubeconfig.display().to_string(),
-                "--node-ip".into(),
-                ip.clone(),
-            ])
-            .started()?;
-        Ok(Some(Env {
-            agent,
-            _containerd: containerd,
-            admin,
-            kubectl: home.join("bin/kubectl"),
-            node_ip: ip,
-            admin_kubeconfig: cluster.admin_kubeconfig(dir.path())?,
-            pki,
-            rt,
-            _dir: dir,
-        }))
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.admin.clone(), NAMESPACE)
+        let node = ApiNode::builder(name).cluster(cluster).config(&config).args(["--node-ip", &ip]).start()?;
+        let admin_kubeconfig = node.admin_kubeconfig()?;
+        Ok(Some(Env { node, kubectl: home.join("bin/kubectl"), node_ip: ip, admin_kubeconfig, pki }))
     }
 
     fn kubectl(&self, args: &[&str]) -> Result<(bool, String, String)> {
@@ -143,23 +115,7 @@ impl Env {
     }
 
     fn wait_pod(&self, name: &str, what: &str, check: impl Fn(&Pod) -> bool) -> Result<Pod> {
-        let deadline = Instant::now() + START;
-        loop {
-            let last = self.rt.block_on(self.pods().get(name));
-            if let Ok(p) = &last {
-                if check(p) {
-                    return Ok(p.clone());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "pod {name}: {what} not within {START:?}: {:?}\nagent log:\n{}",
-                    last.map(|p| p.status),
-                    tail(&self.agent.log(), 30)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        self.node.wait_pod(name, START, check).with_context(|| format!("pod {name}: {what}"))
     }
 
     /// `curl` against the agent's kubelet server directly: (HTTP status, body).
@@ -175,20 +131,6 @@ impl Env {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
         Ok((code.trim().parse().context("HTTP status")?, body.to_owned()))
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let node = self.agent.node_name().to_owned();
-        let pods = self.pods();
-        if let Ok(list) = self.rt.block_on(pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}")))) {
-            for p in list.items {
-                let name = p.metadata.name.unwrap_or_default();
-                let _ = self.rt.block_on(pods.delete(&name, &DeleteParams::default().grace_period(0)));
-            }
-        }
-        let _ = self.rt.block_on(Api::<Node>::all(self.admin.clone()).delete(&node, &DeleteParams::default()));
     }
 }
 
