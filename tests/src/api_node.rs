@@ -331,20 +331,23 @@ impl ApiNode {
         r.map_err(|e| anyhow!("{e:#}\nagent log:\n{}", tail(&self.agent.log(), 40)))
     }
 
-    /// The pod once `check` holds; an error with the agent's log when it is gone or the time is up.
+    /// The pod once `check` holds; an error with the agent's log when it is gone (after it was seen) or the time is
+    /// up. A pod not there yet (a mirror pod the agent is still to create) is waited for.
     pub fn wait_pod(&self, name: &str, timeout: Duration, check: impl Fn(&Pod) -> bool) -> Result<Pod> {
         let deadline = Instant::now() + timeout;
+        let mut seen = false;
         loop {
-            let Some(pod) = self.rt.block_on(self.pods().get_opt(name))? else {
-                bail!("pod {name} is gone\nagent log:\n{}", tail(&self.agent.log(), 60));
-            };
-            if check(&pod) {
-                return Ok(pod);
+            let pod = self.rt.block_on(self.pods().get_opt(name))?;
+            match &pod {
+                Some(p) if check(p) => return Ok(p.clone()),
+                Some(_) => seen = true,
+                None if seen => bail!("pod {name} is gone\nagent log:\n{}", tail(&self.agent.log(), 60)),
+                None => {}
             }
             if Instant::now() > deadline {
                 bail!(
                     "pod {name}: not within {timeout:?}: {:?}\nagent log:\n{}",
-                    pod.status,
+                    pod.map(|p| p.status),
                     tail(&self.agent.log(), 40)
                 );
             }
