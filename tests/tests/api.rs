@@ -113,6 +113,7 @@ fn meminfo_total_bytes() -> Result<i128> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn node_registers_with_capacity_conditions_and_keeps_its_lease_fresh() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = env("api-node").config("maxPods: 17\nsystemReserved:\n  memory: 64Mi\nregisterWithTaints:\n- key: rkubelet.test/e2e\n  value: \"yes\"\n  effect: NoSchedule\n").args(["--node-labels", "rkubelet.test/role=e2e,tier=edge", "--node-ip", "127.0.0.1"]).start()?;
@@ -208,6 +209,7 @@ fn node_registers_with_capacity_conditions_and_keeps_its_lease_fresh() -> Result
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn bound_pod_runs_reports_status_and_events_and_api_deletion_stops_it_within_grace() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = env("api-pod").start()?;
@@ -286,6 +288,7 @@ fn bound_pod_runs_reports_status_and_events_and_api_deletion_stops_it_within_gra
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn crash_loop_events_are_aggregated_and_status_shows_back_off() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = env("api-crash").start()?;
@@ -318,6 +321,7 @@ fn crash_loop_events_are_aggregated_and_status_shows_back_off() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn api_outage_of_30_seconds_loses_no_status() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = env("api-outage").start()?;
@@ -374,6 +378,7 @@ fn api_outage_of_30_seconds_loses_no_status() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn agent_restart_keeps_containers_and_reregisters_cleanly() -> Result<()> {
     skip_unless_root!(Ok(()));
     let mut env = env("api-restart").start()?;
@@ -436,6 +441,7 @@ fn agent_restart_keeps_containers_and_reregisters_cleanly() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = env("api-admit").config("maxPods: 2\n").args(["--node-labels", "disk=ssd"]).start()?;
@@ -506,6 +512,7 @@ fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn tls_bootstrap_yields_a_working_client_certificate_that_is_reused() -> Result<()> {
     skip_unless_root!(Ok(()));
     let cluster = Cluster::from_env()?;
@@ -568,6 +575,7 @@ fn tls_bootstrap_yields_a_working_client_certificate_that_is_reused() -> Result<
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn static_pods_get_mirror_pods_and_pods_gone_from_the_api_are_killed() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = env("api-mirror").start()?;
@@ -636,6 +644,7 @@ fn count_in_log(agent: &Agent, needle: &str) -> usize {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_default_pod_with_the_injected_service_account_token_volume_runs() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = env("api-satoken").start()?;
@@ -665,6 +674,8 @@ fn a_default_pod_with_the_injected_service_account_token_volume_runs() -> Result
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(all(real_api, not(not_root)), ignore = "needs the API double's fault injection")]
 fn a_token_request_that_fails_first_is_retried_after_the_volume_back_off_not_the_pod_back_off() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = env("api-volretry").start()?;
@@ -723,6 +734,7 @@ fn a_token_request_that_fails_first_is_retried_after_the_volume_back_off_not_the
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_config_map_created_just_after_its_pod_reaches_it_at_the_next_volume_retry() -> Result<()> {
     use k8s_openapi::api::core::v1::ConfigMap;
     skip_unless_root!(Ok(()));
@@ -757,6 +769,7 @@ fn a_config_map_created_just_after_its_pod_reaches_it_at_the_next_volume_retry()
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_status_the_server_rejects_as_invalid_is_logged_and_not_retried_forever() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = env("api-invalid").start()?;
@@ -821,6 +834,7 @@ fn a_status_the_server_rejects_as_invalid_is_logged_and_not_retried_forever() ->
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn lease_and_node_status_writes_survive_conflicts() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = env("api-conflict").start()?;
@@ -929,6 +943,7 @@ fn pod_watch_versions(api: &rkubelet_tests::apiserver::ApiServer, node: &str, fr
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn an_expired_pod_watch_relists_and_loses_no_pod() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = env("api-expire").start()?;
@@ -979,6 +994,7 @@ fn an_expired_pod_watch_relists_and_loses_no_pod() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn bookmarks_keep_the_pod_watch_resumable_across_unrelated_changes() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = env("api-bookmark").start()?;
@@ -1020,6 +1036,7 @@ fn bookmarks_keep_the_pod_watch_resumable_across_unrelated_changes() -> Result<(
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn an_aggregated_event_deleted_in_the_api_is_created_anew_on_its_next_repeat() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = env("api-evexpiry").start()?;
@@ -1156,6 +1173,7 @@ fn manual_bootstrap(
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn tls_bootstrap_waits_for_a_csr_approved_only_later() -> Result<()> {
     use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
     skip_unless_root!(Ok(()));
@@ -1231,6 +1249,8 @@ fn tls_bootstrap_waits_for_a_csr_approved_only_later() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(all(real_api, not(not_root)), ignore = "needs the API double's fault injection")]
 fn events_the_server_rejects_are_not_sent_again() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = env("api-evreject").start()?;

@@ -25,6 +25,7 @@ fn is(p: &Pod, kind: &str, status: &str) -> bool {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn readiness_gates_hold_ready_until_another_client_sets_their_condition() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = ApiNode::start("life-gates")?;
@@ -75,6 +76,7 @@ fn readiness_gates_hold_ready_until_another_client_sets_their_condition() -> Res
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_pod_whose_readiness_probe_fails_while_it_terminates_is_reported_not_ready_before_it_is_gone() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = ApiNode::start("life-termready")?;

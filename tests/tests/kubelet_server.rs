@@ -217,6 +217,11 @@ fn running(p: &Pod) -> bool {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn kubectl_logs_reads_current_previous_tail_and_follow_through_the_api_server() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-logs")? else { return Ok(()) };
@@ -278,6 +283,11 @@ fn kubectl_logs_reads_current_previous_tail_and_follow_through_the_api_server() 
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn the_kubelet_server_answers_401_without_credentials_and_403_without_rights() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-auth")? else { return Ok(()) };
@@ -314,6 +324,11 @@ fn the_kubelet_server_answers_401_without_credentials_and_403_without_rights() -
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn kubectl_exec_carries_stdin_output_and_exit_codes_and_port_forward_reaches_the_pod() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-exec")? else { return Ok(()) };
@@ -404,6 +419,11 @@ fn kubectl_exec_carries_stdin_output_and_exit_codes_and_port_forward_reaches_the
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn stats_summary_and_resource_metrics_reach_the_api_server_through_the_node_proxy() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-stats")? else { return Ok(()) };
@@ -470,6 +490,11 @@ fn stats_summary_and_resource_metrics_reach_the_api_server_through_the_node_prox
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn probe_metrics_count_results_and_durations_through_the_node_proxy() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-probes")? else { return Ok(()) };
@@ -524,6 +549,7 @@ fn container_log_dir(agent: &Agent) -> Option<PathBuf> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn container_logs_are_rotated_at_the_size_limit_and_the_runtime_keeps_writing() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;
@@ -600,6 +626,11 @@ fn container_logs_are_rotated_at_the_size_limit_and_the_runtime_keeps_writing() 
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn kubectl_debug_adds_an_ephemeral_container_that_runs_and_is_reported() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-debug")? else { return Ok(()) };
@@ -638,6 +669,11 @@ fn kubectl_debug_adds_an_ephemeral_container_that_runs_and_is_reported() -> Resu
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn kubectl_debug_target_shares_the_target_containers_processes_and_events_name_the_ephemeral_container() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-debug-target")? else { return Ok(()) };
@@ -705,6 +741,11 @@ fn kubectl_debug_target_shares_the_target_containers_processes_and_events_name_t
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn kubectl_attach_reaches_the_running_containers_stdin_and_stdout() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-attach")? else { return Ok(()) };
@@ -761,6 +802,11 @@ fn kubectl_attach_reaches_the_running_containers_stdin_and_stdout() -> Result<()
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn with_server_tls_bootstrap_the_serving_certificate_comes_from_an_approved_csr() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::with_config("srv-tlsboot", "serverTLSBootstrap: true\n")? else { return Ok(()) };

@@ -150,6 +150,11 @@ fn pod_ready(p: &Pod) -> bool {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit_dir), not(not_root)),
+    ignore = "needs the control-plane kit (../shared/k8s or RKUBELET_K8S_KIT)"
+)]
 fn node_is_ready_and_untainted_soon_after_an_api_outage_with_its_containers_unchanged() -> Result<()> {
     skip_unless_root!(Ok(()));
     if !kit_dir().join("up.sh").exists() {
@@ -250,6 +255,7 @@ fn node_is_ready_and_untainted_soon_after_an_api_outage_with_its_containers_unch
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn node_addresses_are_replaced_not_merged_across_restarts_with_another_node_ip() -> Result<()> {
     skip_unless_root!(Ok(()));
     // Each run is a fresh agent process on the same containerd and node name, as a restart with a new config is.

@@ -65,6 +65,7 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn static_pod_volumes_and_env_are_seen_inside_the_container_and_torn_down_after_a_restart() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;
@@ -201,6 +202,7 @@ fn volume_dir(agent: &Agent, uid: &str, plugin: &str, name: &str) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn config_map_secret_and_token_volumes_and_env_come_from_the_api_and_updates_reach_the_files() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = ApiNode::start("vol-api")?;
@@ -345,6 +347,7 @@ while true; do echo "loop=$(cat /cfg/one)"; sleep 1; done
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn volumes_set_up_before_an_api_outage_keep_working_through_it() -> Result<()> {
     skip_unless_root!(Ok(()));
     // The agent reaches the API through a relay the test cuts.
@@ -390,6 +393,7 @@ fn volumes_set_up_before_an_api_outage_keep_working_through_it() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_finished_pods_volumes_are_torn_down_while_the_pod_stays() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;
