@@ -298,8 +298,22 @@ fi
 [ "$rc" = 0 ] || status=$rc
 [ -n "$SUMMARY" ] || SUMMARY="tests: no summary line (exit $rc)"
 
+# Tests this machine or run cannot run (no root, no cgroup v2, no kit, a real API server instead of the double) are
+# #[ignore]d by tests/build.rs's cfgs and counted as skipped above; libtest prints each one's reason when asked for
+# it by name.
+if command -v jq >/dev/null 2>&1 && cargo nextest --version >/dev/null 2>&1; then
+  IGNORED=$(cargo nextest list --workspace --run-ignored only --message-format json "$@" 2>/dev/null |
+    jq -r '."rust-suites"[] | [."binary-path", (.testcases | to_entries[] | select(.value."filter-match".status == "matches") | .key)] | select(length > 1) | @tsv' || true)
+  if [ -n "$IGNORED" ]; then
+    echo "== tests not run here (counted as skipped above), and why:"
+    while IFS=$'\t' read -r bin names; do
+      # shellcheck disable=SC2086 # the names are words
+      "$bin" --exact $names 2>/dev/null | sed -n "s|^test \(.*\) \.\.\. ignored, |  $(basename "${bin%-*}")::\1: |p"
+    done <<<"$IGNORED"
+  fi
+fi
 if [ -s "$RKUBELET_SKIP_LOG" ]; then
-  echo "== tests that skipped checks (counted as passed above), and why:"
+  echo "== checks skipped inside tests that ran (the tests count as passed above), and why:"
   sort -u "$RKUBELET_SKIP_LOG"
 fi
 

@@ -40,6 +40,7 @@ spec:
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_static_pod_asking_for_a_taken_host_port_is_refused_until_the_first_is_gone() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;
@@ -98,6 +99,7 @@ fn pod_phase(p: &Pod) -> &str {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn an_api_pod_asking_for_a_taken_host_port_is_refused_until_the_first_is_gone() -> Result<()> {
     skip_unless_root!(Ok(()));
     let mut env = ApiNode::start("admit-api-port")?;

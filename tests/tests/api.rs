@@ -3,147 +3,20 @@
 //! user would see it; the agent reaches the API through a relay the outage test can cut.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use rkubelet_tests::agent::{runtime_objects, tail, Agent};
+use rkubelet_tests::api_node::{ApiNode, ApiNodeBuilder, NAMESPACE};
 use rkubelet_tests::apiserver::{Cluster, Fault};
-use rkubelet_tests::containerd::Containerd;
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
-use rkubelet_tests::proxy::{kubeconfig_server_addr, CutProxy};
 use rkubelet_tests::skip_unless_root;
 use serde_json::json;
 
-const NAMESPACE: &str = "default";
 const START: Duration = Duration::from_secs(60);
-
-/// One test's world: the API, a private containerd, an agent joined through a cuttable relay, and an admin client.
-struct Env {
-    agent: Agent,
-    containerd: Containerd,
-    proxy: CutProxy,
-    cluster: Cluster,
-    admin: kube::Client,
-    rt: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
-    cleaned: bool,
-}
-
-impl Env {
-    fn new(name: &str) -> Result<Env> {
-        Self::with(name, "", &[])
-    }
-
-    /// `extra_config` lines go into the agent's `KubeletConfiguration`, `args` onto its command line.
-    fn with(name: &str, extra_config: &str, args: &[&str]) -> Result<Env> {
-        ensure_images()?;
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let cluster = Cluster::from_env()?;
-        let dir = tempfile::Builder::new().prefix("rkubelet-api-").tempdir()?;
-        let containerd = Containerd::start(name)?;
-        let agent = Agent::new(&containerd, &agent_config(&containerd, extra_config))?;
-        let node = agent.node_name().to_owned();
-        let node_kubeconfig = cluster.node_kubeconfig(dir.path(), &node)?;
-        let proxy = CutProxy::start(kubeconfig_server_addr(&node_kubeconfig)?)?;
-        let kubeconfig = proxy.kubeconfig(&node_kubeconfig, &dir.path().join("agent.kubeconfig"))?;
-        let admin = rt.block_on(cluster.admin_client())?;
-        // A node left over from an earlier run on a real cluster would carry stale state.
-        let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(&node, &DeleteParams::default()));
-        let mut all_args = vec!["--kubeconfig".to_owned(), kubeconfig.display().to_string()];
-        all_args.extend(args.iter().map(|a| a.to_string()));
-        let agent = agent.with_args(all_args).started()?;
-        Ok(Env { agent, containerd, proxy, cluster, admin, rt, _dir: dir, cleaned: false })
-    }
-
-    fn node(&self) -> &str {
-        self.agent.node_name()
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.admin.clone(), NAMESPACE)
-    }
-
-    fn block_on<F: Future>(&self, f: F) -> F::Output {
-        self.rt.block_on(f)
-    }
-
-    /// Polls `get` until `check` holds, with the agent's log in the error.
-    fn wait<T, Fut>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        get: impl Fn() -> Fut,
-        check: impl Fn(&T) -> bool,
-    ) -> Result<T>
-    where
-        Fut: Future<Output = Result<T, kube::Error>>,
-        T: std::fmt::Debug,
-    {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last = match self.block_on(get()) {
-                Ok(v) if check(&v) => return Ok(v),
-                Ok(v) => format!("{v:?}"),
-                Err(e) => format!("error: {e}"),
-            };
-            if Instant::now() > deadline {
-                // The end of a Debug-printed object is its status, the part a wait is usually about.
-                let skip = last.chars().count().saturating_sub(3000);
-                let last: String = last.chars().skip(skip).collect();
-                bail!("{what}: not within {timeout:?}; last seen: {last}\nagent log:\n{}", tail(&self.agent.log(), 40));
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn create_pod(&self, pod: &Pod) -> Result<Pod> {
-        Ok(self.block_on(self.pods().create(&PostParams::default(), pod))?)
-    }
-
-    fn wait_pod(&self, name: &str, timeout: Duration, check: impl Fn(&Pod) -> bool) -> Result<Pod> {
-        let pods = self.pods();
-        self.wait(&format!("pod {name}"), timeout, || pods.get(name), check)
-    }
-
-    fn events_for(&self, uid: &str) -> Result<Vec<Event>> {
-        Ok(self.block_on(pod_events(self.admin.clone(), uid.to_owned()))?)
-    }
-
-    /// Deletes this node's pods and its Node from the API; on a shared real cluster a failed test must not leave
-    /// them behind either, so [`Drop`] does it too.
-    fn delete_api_objects(&mut self) -> Result<()> {
-        if self.cleaned {
-            return Ok(());
-        }
-        self.cleaned = true;
-        let pods = self.pods();
-        let node = self.node().to_owned();
-        let mine = self.block_on(pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))))?;
-        for p in mine.items {
-            let name = p.metadata.name.unwrap_or_default();
-            let _ = self.block_on(pods.delete(&name, &DeleteParams::default().grace_period(0)));
-        }
-        let _ = self.block_on(Api::<Node>::all(self.admin.clone()).delete(&node, &DeleteParams::default()));
-        Ok(())
-    }
-
-    /// The agent stops before its containerd, and both before the API double (fields drop in declaration order).
-    fn cleanup(mut self) -> Result<()> {
-        self.delete_api_objects()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Err(e) = self.delete_api_objects() {
-            eprintln!("cleaning up the API objects of {}: {e:#}", self.node());
-        }
-    }
-}
 
 /// The events whose involved object is the pod with `uid`.
 async fn pod_events(admin: kube::Client, uid: String) -> Result<Vec<Event>, kube::Error> {
@@ -151,10 +24,9 @@ async fn pod_events(admin: kube::Client, uid: String) -> Result<Vec<Event>, kube
     Ok(list.items.into_iter().filter(|e| e.involved_object.uid.as_deref() == Some(uid.as_str())).collect())
 }
 
-/// The agent writes the pod network config into its containerd's CNI folder, so a pod CIDR from a real cluster
-/// reaches the pods of this test instance only.
-fn agent_config(containerd: &Containerd, extra: &str) -> String {
-    format!("cniConfDir: {}\ncniBridgeName: {}\n{extra}", containerd.cni_conf_dir().display(), containerd.bridge())
+/// This suite's node: the agent reaches the API through a relay the outage tests cut.
+fn env(name: &str) -> ApiNodeBuilder {
+    ApiNode::builder(name).relay()
 }
 
 /// A busybox pod bound to `node`; `script` runs under `sh -c` and exits on SIGTERM as a real workload would.
@@ -241,13 +113,10 @@ fn meminfo_total_bytes() -> Result<i128> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn node_registers_with_capacity_conditions_and_keeps_its_lease_fresh() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::with(
-        "api-node",
-        "maxPods: 17\nsystemReserved:\n  memory: 64Mi\nregisterWithTaints:\n- key: rkubelet.test/e2e\n  value: \"yes\"\n  effect: NoSchedule\n",
-        &["--node-labels", "rkubelet.test/role=e2e,tier=edge", "--node-ip", "127.0.0.1"],
-    )?;
+    let env = env("api-node").config("maxPods: 17\nsystemReserved:\n  memory: 64Mi\nregisterWithTaints:\n- key: rkubelet.test/e2e\n  value: \"yes\"\n  effect: NoSchedule\n").args(["--node-labels", "rkubelet.test/role=e2e,tier=edge", "--node-ip", "127.0.0.1"]).start()?;
     let nodes: Api<Node> = Api::all(env.admin.clone());
     let node = env.wait(
         "node Ready",
@@ -336,13 +205,14 @@ fn node_registers_with_capacity_conditions_and_keeps_its_lease_fresh() -> Result
     let ready = node_condition(&node, "Ready").context("Ready")?;
     assert_eq!(ready.reason.as_deref(), Some("KubeletNotReady"));
     assert!(ready.message.as_deref().unwrap_or_default().contains("container runtime is down"), "{ready:?}");
-    env.cleanup()
+    Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn bound_pod_runs_reports_status_and_events_and_api_deletion_stops_it_within_grace() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("api-pod")?;
+    let env = env("api-pod").start()?;
     let name = unique("web");
     let created = env.create_pod(&pod(&name, env.node(), "Always", 5, FOREVER, Some(("50m", "32Mi"))))?;
     let uid = created.metadata.uid.clone().context("uid")?;
@@ -358,7 +228,7 @@ fn bound_pod_runs_reports_status_and_events_and_api_deletion_stops_it_within_gra
     assert!(status.host_ips.as_ref().is_some_and(|ips| !ips.is_empty()));
     let pod_ip = status.pod_ip.clone().context("podIP")?;
     let prefix = env.containerd.subnet().rsplit_once('.').map(|(p, _)| p.to_owned()).unwrap_or_default();
-    if !env.cluster.is_real() {
+    if !env.cluster().is_real() {
         assert!(pod_ip.starts_with(&prefix), "pod IP {pod_ip} outside {}", env.containerd.subnet());
     }
     assert_eq!(status.pod_ips.as_ref().and_then(|v| v.first()).map(|i| i.ip.clone()), Some(pod_ip));
@@ -412,15 +282,16 @@ fn bound_pod_runs_reports_status_and_events_and_api_deletion_stops_it_within_gra
     eprintln!("container stopped after {stopped_after:?}, pod object gone after {gone_after:?}");
     let objs = runtime_objects(&endpoint)?;
     assert!(objs.containers.iter().all(|c| c.id != cid), "the container was not removed");
-    let evs = env.events_for(&uid)?;
+    let evs = env.events(&uid)?;
     assert!(evs.iter().any(|e| e.reason.as_deref() == Some("Killing")), "no Killing event: {evs:?}");
-    env.cleanup()
+    Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn crash_loop_events_are_aggregated_and_status_shows_back_off() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("api-crash")?;
+    let env = env("api-crash").start()?;
     let name = unique("crash");
     let created = env.create_pod(&pod(&name, env.node(), "Always", 1, "echo bye; exit 3", None))?;
     let uid = created.metadata.uid.clone().context("uid")?;
@@ -437,7 +308,7 @@ fn crash_loop_events_are_aggregated_and_status_shows_back_off() -> Result<()> {
     assert_eq!(condition(&p, "Ready"), Some("False"));
     assert_eq!(condition(&p, "ContainersReady"), Some("False"));
 
-    let events = env.events_for(&uid)?;
+    let events = env.events(&uid)?;
     let started: Vec<&Event> = events.iter().filter(|e| e.reason.as_deref() == Some("Started")).collect();
     // Three starts, one event object: repeats are aggregated into its count.
     assert_eq!(started.len(), 1, "Started events: {started:?}");
@@ -446,13 +317,14 @@ fn crash_loop_events_are_aggregated_and_status_shows_back_off() -> Result<()> {
     assert!(!back_off.is_empty(), "no BackOff event: {events:?}");
     assert!(back_off.iter().all(|e| e.type_.as_deref() == Some("Warning")));
     assert_eq!(back_off.len(), 1, "BackOff events: {back_off:?}");
-    env.cleanup()
+    Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn api_outage_of_30_seconds_loses_no_status() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("api-outage")?;
+    let env = env("api-outage").start()?;
     let steady = unique("steady");
     let finisher = unique("finisher");
     env.create_pod(&pod(&steady, env.node(), "Always", 2, FOREVER, None))?;
@@ -461,8 +333,9 @@ fn api_outage_of_30_seconds_loses_no_status() -> Result<()> {
     let steady_before = env.wait_pod(&steady, START, running_and_ready)?;
     env.wait_pod(&finisher, START, running_and_ready)?;
 
-    env.proxy.cut();
+    env.relay()?.cut();
     let cut_at = Instant::now();
+    // The outage's length is what the test is about.
     std::thread::sleep(Duration::from_secs(30));
     // Meanwhile the agent kept running its pods and knows the finisher is done.
     let local = env.agent.pod_named(&finisher)?.context("finisher in /pods")?;
@@ -473,7 +346,7 @@ fn api_outage_of_30_seconds_loses_no_status() -> Result<()> {
         steady_local["status"]["containerStatuses"][0]["containerID"].as_str(),
         Some(container_id(&steady_before).as_str())
     );
-    env.proxy.restore();
+    env.relay()?.restore();
     eprintln!("API cut for {:?}", cut_at.elapsed());
 
     let p = env.wait_pod(&finisher, Duration::from_secs(60), |p| phase(p) == "Failed")?;
@@ -501,20 +374,21 @@ fn api_outage_of_30_seconds_loses_no_status() -> Result<()> {
     env.wait_pod(&late, START, running_and_ready)?;
     let mut env = env;
     assert!(env.agent.is_running(), "the agent exited during the outage:\n{}", tail(&env.agent.log(), 40));
-    env.cleanup()
+    Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn agent_restart_keeps_containers_and_reregisters_cleanly() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let mut env = Env::new("api-restart")?;
+    let mut env = env("api-restart").start()?;
     let name = unique("keep");
     let created = env.create_pod(&pod(&name, env.node(), "Always", 2, FOREVER, None))?;
     let uid = created.metadata.uid.clone().context("uid")?;
     let before = env.wait_pod(&name, START, running_and_ready)?;
     let nodes: Api<Node> = Api::all(env.admin.clone());
     let node_before = env.block_on(nodes.get(env.node()))?;
-    let started_before = env.events_for(&uid)?.iter().filter(|e| e.reason.as_deref() == Some("Started")).count();
+    let started_before = env.events(&uid)?.iter().filter(|e| e.reason.as_deref() == Some("Started")).count();
     // Heartbeats have a resolution of one second: a restart within the second of the last one could not show a
     // newer one until the next report is due.
     std::thread::sleep(Duration::from_millis(1100));
@@ -534,11 +408,13 @@ fn agent_restart_keeps_containers_and_reregisters_cleanly() -> Result<()> {
         },
     )?;
     assert_eq!(node_after.metadata.uid, node_before.metadata.uid, "the Node was recreated");
+    // Five seconds in which the restarted agent must leave the container alone: a restart it should not make has no
+    // event to wait for.
     std::thread::sleep(Duration::from_secs(5));
     let after = env.wait_pod(&name, Duration::from_secs(20), running_and_ready)?;
     assert_eq!(container_id(&after), container_id(&before), "the container was restarted");
     assert_eq!(app_status(&after).map(|c| c.restart_count), Some(0));
-    let started_after = env.events_for(&uid)?.iter().filter(|e| e.reason.as_deref() == Some("Started")).count();
+    let started_after = env.events(&uid)?.iter().filter(|e| e.reason.as_deref() == Some("Started")).count();
     assert_eq!(started_after, started_before, "a Started event after the agent restart");
     let log = env.agent.log();
     assert!(!log.contains("panicked"), "{}", tail(&log, 40));
@@ -561,13 +437,14 @@ fn agent_restart_keeps_containers_and_reregisters_cleanly() -> Result<()> {
     )?;
     let after = env.wait_pod(&name, Duration::from_secs(20), running_and_ready)?;
     assert_eq!(container_id(&after), container_id(&before), "the container was restarted");
-    env.cleanup()
+    Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::with("api-admit", "maxPods: 2\n", &["--node-labels", "disk=ssd"])?;
+    let env = env("api-admit").config("maxPods: 2\n").args(["--node-labels", "disk=ssd"]).start()?;
     let cpus = std::thread::available_parallelism()?.get();
     let a = unique("fits");
     env.create_pod(&pod(&a, env.node(), "Always", 1, FOREVER, Some(("100m", "16Mi"))))?;
@@ -616,7 +493,7 @@ fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() -> Result<()> {
         Some("Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: 2, capacity: 2")
     );
     let uid = p.metadata.uid.clone().context("uid")?;
-    let evs = env.events_for(&uid)?;
+    let evs = env.events(&uid)?;
     assert!(evs.iter().any(|e| e.reason.as_deref() == Some("OutOfpods") && e.type_.as_deref() == Some("Warning")));
     // A rejected pod never reached the runtime, and deleting it removes the object.
     let mut rejected_uids = vec![uid.clone()];
@@ -631,10 +508,11 @@ fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() -> Result<()> {
     env.block_on(env.pods().delete(&c, &DeleteParams::default()))?;
     let pods = env.pods();
     env.wait("rejected pod deleted", Duration::from_secs(20), || pods.get_opt(&c), |p: &Option<Pod>| p.is_none())?;
-    env.cleanup()
+    Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn tls_bootstrap_yields_a_working_client_certificate_that_is_reused() -> Result<()> {
     skip_unless_root!(Ok(()));
     let cluster = Cluster::from_env()?;
@@ -646,37 +524,17 @@ fn tls_bootstrap_yields_a_working_client_certificate_that_is_reused() -> Result<
         );
         return Ok(());
     };
-    ensure_images()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let admin = rt.block_on(cluster.admin_client())?;
-    let containerd = Containerd::start("api-boot")?;
-    let agent = Agent::new(&containerd, &agent_config(&containerd, ""))?;
-    let node = agent.node_name().to_owned();
-    let kubeconfig = agent.dir().join("kubelet.kubeconfig");
-    let pki = agent.dir().join("pki");
-    let mut agent = agent
-        .with_args([
-            "--bootstrap-kubeconfig".to_owned(),
-            bootstrap.display().to_string(),
-            "--kubeconfig".to_owned(),
-            kubeconfig.display().to_string(),
-            "--cert-dir".to_owned(),
-            pki.display().to_string(),
-        ])
-        .started()?;
+    let mut env = ApiNode::builder("api-boot").cluster(cluster).bootstrap(bootstrap).start()?;
+    let (admin, node) = (env.admin.clone(), env.node().to_owned());
+    let (kubeconfig, pki) = (env.kubeconfig().to_owned(), env.cert_dir());
 
     // The CSR: kubelet's signer and subject, approved and issued.
     let csrs: Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest> = Api::all(admin.clone());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let node_registered = loop {
-        if let Ok(Some(n)) = rt.block_on(Api::<Node>::all(admin.clone()).get_opt(&node)) {
-            break n;
-        }
-        ensure!(Instant::now() < deadline, "node not registered after bootstrap:\n{}", tail(&agent.log(), 40));
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let node_registered =
+        env.wait("node registered after bootstrap", Duration::from_secs(30), || nodes.get(&node), |_| true)?;
     assert_eq!(node_registered.metadata.name.as_deref(), Some(node.as_str()));
-    let all = rt.block_on(csrs.list(&ListParams::default()))?;
+    let all = env.block_on(csrs.list(&ListParams::default()))?;
     let mine: Vec<_> = all
         .items
         .iter()
@@ -696,7 +554,7 @@ fn tls_bootstrap_yields_a_working_client_certificate_that_is_reused() -> Result<
     assert!(subject.contains("O=system:nodes"), "{subject}");
     let kc = std::fs::read_to_string(&kubeconfig)?;
     assert!(kc.contains(&pki.display().to_string()), "kubeconfig does not use the issued certificate:\n{kc}");
-    if let Some(api) = cluster.double() {
+    if let Some(api) = env.cluster().double() {
         let user = format!("system:node:{node}");
         let as_node = api
             .requests()
@@ -707,21 +565,20 @@ fn tls_bootstrap_yields_a_working_client_certificate_that_is_reused() -> Result<
     }
 
     // A restart reuses the certificate: no new CSR.
-    agent.restart()?;
+    env.agent.restart()?;
+    // Nothing to wait for: a wrong CSR would come soon after the start, so the test gives it 3 s to appear.
     std::thread::sleep(Duration::from_secs(3));
-    let after = rt.block_on(csrs.list(&ListParams::default()))?;
+    let after = env.block_on(csrs.list(&ListParams::default()))?;
     assert_eq!(node_csrs(&after.items, &node), csrs_before, "a new CSR after restart");
     assert_eq!(std::fs::read_to_string(&cert_path)?, cert_pem, "the certificate was replaced");
-    let _ = rt.block_on(Api::<Node>::all(admin).delete(&node, &DeleteParams::default()));
-    drop(agent);
-    drop(containerd);
     Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn static_pods_get_mirror_pods_and_pods_gone_from_the_api_are_killed() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("api-mirror")?;
+    let env = env("api-mirror").start()?;
     let static_name = unique("static");
     env.agent.write_manifest(
         "static.yaml",
@@ -778,7 +635,7 @@ fn static_pods_get_mirror_pods_and_pods_gone_from_the_api_are_killed() -> Result
         || pods.get_opt(&mirror_name),
         |p: &Option<Pod>| p.is_none(),
     )?;
-    env.cleanup()
+    Ok(())
 }
 
 /// Lines of the agent's own log (its WARN/ERROR/INFO records, not the client library's debug output) with `needle`.
@@ -787,9 +644,10 @@ fn count_in_log(agent: &Agent, needle: &str) -> usize {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_default_pod_with_the_injected_service_account_token_volume_runs() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("api-satoken")?;
+    let env = env("api-satoken").start()?;
     let name = unique("satoken");
     let mut p = pod(&name, env.node(), "Always", 1, FOREVER, None);
     p.spec.as_mut().context("spec")?.automount_service_account_token = None;
@@ -812,19 +670,21 @@ fn a_default_pod_with_the_injected_service_account_token_volume_runs() -> Result
     assert_eq!(mount.mount_path, "/var/run/secrets/kubernetes.io/serviceaccount");
     // Every pod of a real cluster carries this volume: the agent must run it, not reject it.
     env.wait_pod(&name, START, running_and_ready)?;
-    env.cleanup()
+    Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(all(real_api, not(not_root)), ignore = "needs the API double's fault injection")]
 fn a_token_request_that_fails_first_is_retried_after_the_volume_back_off_not_the_pod_back_off() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("api-volretry")?;
-    let Some(api) = env.cluster.double() else {
+    let env = env("api-volretry").start()?;
+    let Some(api) = env.cluster().double() else {
         rkubelet_tests::containerd::print_skip(
             "api::a_token_request_that_fails_first_is_retried_after_the_volume_back_off_not_the_pod_back_off",
             &"needs the double's fault injection to make TokenRequests fail",
         );
-        return env.cleanup();
+        return Ok(());
     };
     let name = unique("volretry");
     let user = format!("system:node:{}", env.node());
@@ -866,18 +726,19 @@ fn a_token_request_that_fails_first_is_retried_after_the_volume_back_off_not_the
                 .is_some_and(|m| m.starts_with("MountVolume.SetUp failed for volume \"kube-api-access-"))
     };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !env.events_for(&uid)?.iter().any(failed_mount) {
-        ensure!(Instant::now() < deadline, "no FailedMount event: {:?}", env.events_for(&uid)?);
+    while !env.events(&uid)?.iter().any(failed_mount) {
+        ensure!(Instant::now() < deadline, "no FailedMount event: {:?}", env.events(&uid)?);
         std::thread::sleep(Duration::from_millis(250));
     }
-    env.cleanup()
+    Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_config_map_created_just_after_its_pod_reaches_it_at_the_next_volume_retry() -> Result<()> {
     use k8s_openapi::api::core::v1::ConfigMap;
     skip_unless_root!(Ok(()));
-    let env = Env::new("api-latecm")?;
+    let env = env("api-latecm").start()?;
     let name = unique("latecm");
     let mut p = pod(&name, env.node(), "Always", 1, FOREVER, None);
     let spec = p.spec.as_mut().context("spec")?;
@@ -885,9 +746,10 @@ fn a_config_map_created_just_after_its_pod_reaches_it_at_the_next_volume_retry()
     spec.containers[0].volume_mounts =
         Some(vec![serde_json::from_value(json!({ "name": "cfg", "mountPath": "/cfg" }))?]);
     let t0 = Instant::now();
-    env.create_pod(&p)?;
-    // Set-up attempts at 0, 0.5 s and 1.5 s find no ConfigMap; the one at 3.5 s finds it.
-    std::thread::sleep(Duration::from_millis(2000));
+    let uid = env.create_pod(&p)?.metadata.uid.context("uid")?;
+    // The ConfigMap comes once a set-up attempt has failed for want of it; the next attempt finds it.
+    let missing = format!("MountVolume.SetUp failed for volume \"cfg\" : configmap \"{name}\" not found");
+    env.wait_event_message(&uid, &missing)?;
     let config_maps = Api::<ConfigMap>::namespaced(env.admin.clone(), NAMESPACE);
     let cm: ConfigMap = serde_json::from_value(json!({ "metadata": { "name": name }, "data": { "k": "v" } }))?;
     env.block_on(config_maps.create(&PostParams::default(), &cm))?;
@@ -896,19 +758,21 @@ fn a_config_map_created_just_after_its_pod_reaches_it_at_the_next_volume_retry()
     let running = t0.elapsed();
     eprintln!("ConfigMap created {created:?} after the pod, the pod Running {running:?} after it");
     let _ = env.block_on(config_maps.delete(&name, &DeleteParams::default()));
-    // The attempt at 3.5 s (the third failure's back-off is 2 s) finds it; the pod worker's 10 s back-off would not.
+    // The next attempt (the volume back-off is 0.5 s, doubling, at most 2 s by the third failure) finds it; the pod
+    // worker's 10 s back-off would not.
     assert!(
         running - created < Duration::from_secs(5),
         "Running {:?} after its ConfigMap was created",
         running - created
     );
-    env.cleanup()
+    Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_status_the_server_rejects_as_invalid_is_logged_and_not_retried_forever() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("api-invalid")?;
+    let env = env("api-invalid").start()?;
     let name = unique("invalid");
     let mut p = pod(&name, env.node(), "Never", 1, FOREVER, None);
     // A second container whose exit makes the agent write the pod's status again, after the test has changed it.
@@ -952,26 +816,28 @@ fn a_status_the_server_rejects_as_invalid_is_logged_and_not_retried_forever() ->
         std::thread::sleep(Duration::from_millis(500));
     }
     let first = count_in_log(&env.agent, REJECTED);
-    // The same status would be refused again: resending it on every sync is load without effect.
+    // The same status would be refused again: resending it on every sync is load without effect. The 30 s are the
+    // point: a resend that must not happen has no event to wait for.
     std::thread::sleep(Duration::from_secs(30));
     let later = count_in_log(&env.agent, REJECTED);
     assert!(later - first <= 1, "the rejected status was sent again {} times in 30 s:\n{}", later - first, {
         let log = env.agent.log();
         log.lines().filter(|l| l.contains(REJECTED) && !l.contains(" DEBUG ")).collect::<Vec<_>>().join("\n")
     });
-    if let Some(api) = env.cluster.double() {
+    if let Some(api) = env.cluster().double() {
         let path = format!("/api/v1/namespaces/{NAMESPACE}/pods/{name}/status");
         let rejected = api.requests().iter().filter(|r| r.path_only() == path && r.status == 422).count();
         assert!(rejected <= 2, "{rejected} status writes answered 422");
     }
     assert!(env.agent.log().lines().all(|l| !l.contains("panicked")));
-    env.cleanup()
+    Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn lease_and_node_status_writes_survive_conflicts() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("api-conflict")?;
+    let env = env("api-conflict").start()?;
     let nodes: Api<Node> = Api::all(env.admin.clone());
     env.wait(
         "node Ready",
@@ -983,7 +849,7 @@ fn lease_and_node_status_writes_survive_conflicts() -> Result<()> {
     let lease = env.wait("node lease", Duration::from_secs(20), || leases.get(env.node()), |_| true)?;
     let first = lease_renew_time(&lease).context("renewTime")?;
     let node_name = env.node().to_owned();
-    if let Some(api) = env.cluster.double() {
+    if let Some(api) = env.cluster().double() {
         let conflict = format!(
             "Operation cannot be fulfilled on leases.coordination.k8s.io \"{node_name}\": the object has been \
              modified; please apply your changes to the latest version and try again"
@@ -1035,7 +901,7 @@ fn lease_and_node_status_writes_survive_conflicts() -> Result<()> {
     let node = env.block_on(nodes.get(env.node()))?;
     assert_eq!(node_condition(&node, "Ready").map(|c| c.status.as_str()), Some("True"));
     assert!(node.metadata.labels.as_ref().is_some_and(|l| l.contains_key("rkubelet.test/touched")));
-    if let Some(api) = env.cluster.double() {
+    if let Some(api) = env.cluster().double() {
         assert_eq!(api.faults_left(), 0, "the agent did not renew the lease through the conflicts");
         let path = format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node_name}");
         let agent_user = format!("system:node:{node_name}");
@@ -1049,11 +915,11 @@ fn lease_and_node_status_writes_survive_conflicts() -> Result<()> {
         assert!(conflicts >= 3, "{puts:?}");
         assert_eq!(puts.last(), Some(&200), "{puts:?}");
     }
-    env.cleanup()
+    Ok(())
 }
 
 /// Pods bound to a node that does not exist: watch traffic on `pods` that the agent's field selector filters out.
-fn churn_pods(env: &Env, count: usize) -> Result<()> {
+fn churn_pods(env: &ApiNode, count: usize) -> Result<()> {
     let elsewhere = unique("elsewhere");
     for i in 0..count {
         let name = format!("{elsewhere}-{i}");
@@ -1077,10 +943,11 @@ fn pod_watch_versions(api: &rkubelet_tests::apiserver::ApiServer, node: &str, fr
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn an_expired_pod_watch_relists_and_loses_no_pod() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("api-expire")?;
-    if let Some(api) = env.cluster.double() {
+    let env = env("api-expire").start()?;
+    if let Some(api) = env.cluster().double() {
         api.set_history_limit(10);
     }
     let gone = unique("gone");
@@ -1091,13 +958,15 @@ fn an_expired_pod_watch_relists_and_loses_no_pod() -> Result<()> {
     // While the agent cannot reach the API: one of its pods is force-deleted, another is bound to it, and more
     // changes happen than the server keeps for watch resumption, so resuming from the last seen resourceVersion
     // answers 410 Gone.
-    env.proxy.cut();
+    env.relay()?.cut();
     env.block_on(env.pods().delete(&gone, &DeleteParams::default().grace_period(0)))?;
     let new = unique("new");
     env.create_pod(&pod(&new, env.node(), "Always", 1, FOREVER, None))?;
     churn_pods(&env, 8)?;
+    // The outage goes on for a few seconds more, its length the point: the agent's watch attempts fail meanwhile,
+    // so that it comes back with a resume point that has expired.
     std::thread::sleep(Duration::from_secs(3));
-    env.proxy.restore();
+    env.relay()?.restore();
 
     env.wait_pod(&new, START, running_and_ready)?;
     let endpoint = env.containerd.endpoint();
@@ -1111,7 +980,7 @@ fn an_expired_pod_watch_relists_and_loses_no_pod() -> Result<()> {
         std::thread::sleep(Duration::from_millis(250));
     }
     let relisted = count_in_log(&env.agent, "410 Gone");
-    if env.cluster.double().is_some() {
+    if env.cluster().double().is_some() {
         assert!(relisted >= 1, "no 410 relist logged:\n{}", tail(&env.agent.log(), 40));
     } else if relisted == 0 {
         // The real watch cache keeps far more than this test changes: the resumed watch did not expire, and only
@@ -1121,14 +990,15 @@ fn an_expired_pod_watch_relists_and_loses_no_pod() -> Result<()> {
             &"the real API server's watch cache did not expire the resume point; the 410 relist runs on the double",
         );
     }
-    env.cleanup()
+    Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn bookmarks_keep_the_pod_watch_resumable_across_unrelated_changes() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("api-bookmark")?;
-    if let Some(api) = env.cluster.double() {
+    let env = env("api-bookmark").start()?;
+    if let Some(api) = env.cluster().double() {
         api.set_history_limit(20);
     }
     let first = unique("first");
@@ -1137,17 +1007,20 @@ fn bookmarks_keep_the_pod_watch_resumable_across_unrelated_changes() -> Result<(
     // Many more changes than the server keeps, none of them about this node's pods: without bookmarks the
     // agent's resume point would stay at its own last pod event and expire.
     churn_pods(&env, 15)?;
-    let after_churn = env.cluster.double().map(|api| api.resource_version());
-    // Bookmarks come every second on the double (about once a minute on a real server).
+    let after_churn = env.cluster().double().map(|api| api.resource_version());
+    // Bookmarks come every second on the double (about once a minute on a real server): three seconds hold
+    // several. Which one reached the agent only shows in the resourceVersion it resumes from, after the cut below,
+    // so there is no earlier sign to wait for.
     std::thread::sleep(Duration::from_secs(3));
-    let mark = env.cluster.double().map(|api| api.requests().len()).unwrap_or_default();
-    env.proxy.cut();
+    let mark = env.cluster().double().map(|api| api.requests().len()).unwrap_or_default();
+    env.relay()?.cut();
+    // A one-second outage: what is checked is where the watch resumes afterwards.
     std::thread::sleep(Duration::from_secs(1));
-    env.proxy.restore();
+    env.relay()?.restore();
     let second = unique("second");
     env.create_pod(&pod(&second, env.node(), "Always", 1, FOREVER, None))?;
     env.wait_pod(&second, START, running_and_ready)?;
-    if let (Some(api), Some(after_churn)) = (env.cluster.double(), after_churn) {
+    if let (Some(api), Some(after_churn)) = (env.cluster().double(), after_churn) {
         let resumed = pod_watch_versions(api, env.node(), mark);
         assert!(
             resumed.first().is_some_and(|rv| *rv >= after_churn),
@@ -1159,13 +1032,14 @@ fn bookmarks_keep_the_pod_watch_resumable_across_unrelated_changes() -> Result<(
         assert!(watches.iter().all(|r| r.path.contains("allowWatchBookmarks=true")), "{watches:?}");
         assert_eq!(count_in_log(&env.agent, "410 Gone"), 0, "{}", tail(&env.agent.log(), 40));
     }
-    env.cleanup()
+    Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn an_aggregated_event_deleted_in_the_api_is_created_anew_on_its_next_repeat() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("api-evexpiry")?;
+    let env = env("api-evexpiry").start()?;
     let name = unique("crashev");
     let created = env.create_pod(&pod(&name, env.node(), "Always", 1, "exit 3", None))?;
     let uid = created.metadata.uid.clone().context("uid")?;
@@ -1207,7 +1081,7 @@ fn an_aggregated_event_deleted_in_the_api_is_created_anew_on_its_next_repeat() -
         |evs: &Vec<Event>| started(evs).is_some_and(|e| e.count.unwrap_or(1) > count),
     )?;
     assert_eq!(started(&later).and_then(|e| e.metadata.uid), again.metadata.uid);
-    if let Some(api) = env.cluster.double() {
+    if let Some(api) = env.cluster().double() {
         let missing = format!("/api/v1/namespaces/{NAMESPACE}/events/{first_name}");
         let patches: Vec<u16> = api
             .requests()
@@ -1218,7 +1092,7 @@ fn an_aggregated_event_deleted_in_the_api_is_created_anew_on_its_next_repeat() -
         // One 404 per repeat at most; client-go's name is reused for the new object, so later patches succeed.
         assert_eq!(patches.iter().filter(|s| **s == 404).count(), 1, "{patches:?}");
     }
-    env.cleanup()
+    Ok(())
 }
 
 /// A bootstrap kubeconfig whose requests the cluster does not auto-approve: on the double, auto-approval is off;
@@ -1299,6 +1173,7 @@ fn manual_bootstrap(
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn tls_bootstrap_waits_for_a_csr_approved_only_later() -> Result<()> {
     use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
     skip_unless_root!(Ok(()));
@@ -1308,21 +1183,9 @@ fn tls_bootstrap_waits_for_a_csr_approved_only_later() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let admin = rt.block_on(cluster.admin_client())?;
     let boot = manual_bootstrap(&cluster, &admin, &rt, dir.path())?;
-    let containerd = Containerd::start("api-bootlate")?;
-    let agent = Agent::new(&containerd, &agent_config(&containerd, ""))?;
-    let node = agent.node_name().to_owned();
-    let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(&node, &DeleteParams::default()));
-    let kubeconfig = agent.dir().join("kubelet.kubeconfig");
-    let pki = agent.dir().join("pki");
-    let mut agent = agent.with_args([
-        "--bootstrap-kubeconfig".to_owned(),
-        boot.kubeconfig.display().to_string(),
-        "--kubeconfig".to_owned(),
-        kubeconfig.display().to_string(),
-        "--cert-dir".to_owned(),
-        pki.display().to_string(),
-    ]);
-    agent.spawn_process()?;
+    let mut env =
+        ApiNode::builder("api-bootlate").cluster(cluster).bootstrap(boot.kubeconfig.clone()).no_wait().start()?;
+    let (node, pki) = (env.node().to_owned(), env.cert_dir());
 
     let csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());
     let mine = |c: &CertificateSigningRequest| c.spec.username.as_deref() == Some(boot.requester.as_str());
@@ -1331,23 +1194,24 @@ fn tls_bootstrap_waits_for_a_csr_approved_only_later() -> Result<()> {
         if let Some(c) = rt.block_on(csrs.list(&ListParams::default()))?.items.into_iter().find(|c| mine(c)) {
             break c;
         }
-        ensure!(Instant::now() < deadline, "no CSR from {}:\n{}", boot.requester, tail(&agent.log(), 40));
+        ensure!(Instant::now() < deadline, "no CSR from {}:\n{}", boot.requester, tail(&env.agent.log(), 40));
         std::thread::sleep(Duration::from_millis(250));
     };
     let csr_name = csr.metadata.name.clone().context("CSR name")?;
     assert_eq!(csr.spec.signer_name, "kubernetes.io/kube-apiserver-client-kubelet");
-    let mark = cluster.double().map(|api| api.requests().len()).unwrap_or_default();
+    let mark = env.cluster().double().map(|api| api.requests().len()).unwrap_or_default();
 
-    // Nobody approves it for a while: the agent waits, without a Node and without asking again and again.
+    // Nobody approves it for a while: the agent waits, without a Node and without asking again and again. The
+    // while is the point: what must not happen (giving up, asking again) has no event to wait for.
     std::thread::sleep(Duration::from_secs(8));
-    assert!(agent.is_running(), "the agent gave up waiting:\n{}", tail(&agent.log(), 40));
+    assert!(env.agent.is_running(), "the agent gave up waiting:\n{}", tail(&env.agent.log(), 40));
     let pending = rt.block_on(csrs.get(&csr_name))?;
     let approved = |c: &CertificateSigningRequest| {
         c.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Approved"))
     };
     assert!(!approved(&pending), "the CSR was approved by someone else: {pending:?}");
     assert!(rt.block_on(Api::<Node>::all(admin.clone()).get_opt(&node))?.is_none());
-    if let Some(api) = cluster.double() {
+    if let Some(api) = env.cluster().double() {
         let asked = api
             .requests()
             .iter()
@@ -1366,15 +1230,14 @@ fn tls_bootstrap_waits_for_a_csr_approved_only_later() -> Result<()> {
     let approved_at = Instant::now();
     let deadline = approved_at + Duration::from_secs(30);
     while rt.block_on(Api::<Node>::all(admin.clone()).get_opt(&node))?.is_none() {
-        ensure!(Instant::now() < deadline, "node not registered after approval:\n{}", tail(&agent.log(), 40));
+        ensure!(Instant::now() < deadline, "node not registered after approval:\n{}", tail(&env.agent.log(), 40));
         std::thread::sleep(Duration::from_millis(250));
     }
     eprintln!("node registered {:?} after the approval", approved_at.elapsed());
-    agent.wait_healthy()?;
+    env.agent.wait_healthy()?;
     let cert = std::fs::read_to_string(pki.join("kubelet-client-current.pem"))?;
     assert!(cert.contains("BEGIN CERTIFICATE"));
 
-    let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(&node, &DeleteParams::default()));
     let _ = rt.block_on(csrs.delete(&csr_name, &DeleteParams::default()));
     if let Some((sa, crb)) = &boot.cleanup {
         use k8s_openapi::api::core::v1::ServiceAccount;
@@ -1382,21 +1245,21 @@ fn tls_bootstrap_waits_for_a_csr_approved_only_later() -> Result<()> {
         let _ = rt.block_on(Api::<ClusterRoleBinding>::all(admin.clone()).delete(crb, &DeleteParams::default()));
         let _ = rt.block_on(Api::<ServiceAccount>::namespaced(admin, NAMESPACE).delete(sa, &DeleteParams::default()));
     }
-    drop(agent);
-    drop(containerd);
     Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(all(real_api, not(not_root)), ignore = "needs the API double's fault injection")]
 fn events_the_server_rejects_are_not_sent_again() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let env = Env::new("api-evreject")?;
-    let Some(api) = env.cluster.double() else {
+    let env = env("api-evreject").start()?;
+    let Some(api) = env.cluster().double() else {
         rkubelet_tests::containerd::print_skip(
             "api::events_the_server_rejects_are_not_sent_again",
             &"needs the double's fault injection (a real server accepts the agent's events)",
         );
-        return env.cleanup();
+        return Ok(());
     };
     let user = format!("system:node:{}", env.node());
     let events_path = format!("/namespaces/{NAMESPACE}/events");
@@ -1427,7 +1290,7 @@ fn events_the_server_rejects_are_not_sent_again() -> Result<()> {
     assert_eq!(distinct.len(), posts.len(), "a rejected event was sent again: {posts:?}");
     assert!(count_in_log(&env.agent, "server rejected event") >= 2, "{}", tail(&env.agent.log(), 30));
     assert!(created.metadata.uid.is_some());
-    env.cleanup()
+    Ok(())
 }
 
 /// How many CSRs ask for `node`'s client certificate; other tests create CSRs of their own at the same time.

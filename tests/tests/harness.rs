@@ -110,6 +110,7 @@ fn processes_mentioning(needles: &[&Path]) -> Vec<(u32, String)> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn two_instances_registry_and_pull() -> Result<()> {
     skip_unless_root!(Ok(()));
     let imgs = ensure_images()?;
@@ -180,6 +181,7 @@ fn two_instances_registry_and_pull() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn running_containers_are_cleaned_up_on_drop() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;
@@ -225,6 +227,7 @@ fn running_containers_are_cleaned_up_on_drop() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn cni_config_sets_up_the_instance_bridge() -> Result<()> {
     skip_unless_root!(Ok(()));
     let c = Containerd::start("harness-cni")?;

@@ -8,32 +8,35 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use rkubelet_tests::agent::{tail, Agent};
+use rkubelet_tests::api_node::{ApiNode, NAMESPACE};
 use rkubelet_tests::apiserver::Cluster;
 use rkubelet_tests::containerd::{print_skip, Containerd};
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
 use rkubelet_tests::skip_unless_root;
 use serde_json::json;
 
-const NAMESPACE: &str = "default";
 const START: Duration = Duration::from_secs(90);
 
 /// A node on the kit's cluster as kubeadm sets kubelets up: webhook authentication and authorisation, client
 /// certificates checked against the cluster CA, a non-loopback node IP (the API server refuses to proxy to
-/// loopback).
+/// loopback); and kubectl with the admin kubeconfig.
 struct Env {
-    agent: Agent,
-    _containerd: Containerd,
-    admin: kube::Client,
+    node: ApiNode,
     kubectl: PathBuf,
     node_ip: String,
     admin_kubeconfig: PathBuf,
     pki: PathBuf,
-    rt: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Env {
+    type Target = ApiNode;
+    fn deref(&self) -> &ApiNode {
+        &self.node
+    }
 }
 
 fn node_ip() -> Option<String> {
@@ -59,46 +62,15 @@ impl Env {
             );
             return Ok(None);
         };
-        ensure_images()?;
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let dir = tempfile::Builder::new().prefix("rkubelet-server-").tempdir()?;
-        let containerd = Containerd::start(name)?;
         let pki = home.join("pki");
         let config = format!(
-            "cniConfDir: {}\ncniBridgeName: {}\nauthentication: {{anonymous: {{enabled: false}}, webhook: {{enabled: true}}, \
+            "authentication: {{anonymous: {{enabled: false}}, webhook: {{enabled: true}}, \
              x509: {{clientCAFile: {}}}}}\nauthorization: {{mode: Webhook}}\n{extra}",
-            containerd.cni_conf_dir().display(),
-            containerd.bridge(),
             pki.join("ca.crt").display()
         );
-        let agent = Agent::new(&containerd, &config)?;
-        let node = agent.node_name().to_owned();
-        let node_kubeconfig = cluster.node_kubeconfig(dir.path(), &node)?;
-        let admin = rt.block_on(cluster.admin_client())?;
-        let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(&node, &DeleteParams::default()));
-        let agent = agent
-            .with_args([
-                "--kubeconfig".to_owned(),
-                node_kubeconfig.display().to_string(),
-                "--node-ip".into(),
-                ip.clone(),
-            ])
-            .started()?;
-        Ok(Some(Env {
-            agent,
-            _containerd: containerd,
-            admin,
-            kubectl: home.join("bin/kubectl"),
-            node_ip: ip,
-            admin_kubeconfig: cluster.admin_kubeconfig(dir.path())?,
-            pki,
-            rt,
-            _dir: dir,
-        }))
-    }
-
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.admin.clone(), NAMESPACE)
+        let node = ApiNode::builder(name).cluster(cluster).config(&config).args(["--node-ip", &ip]).start()?;
+        let admin_kubeconfig = node.admin_kubeconfig()?;
+        Ok(Some(Env { node, kubectl: home.join("bin/kubectl"), node_ip: ip, admin_kubeconfig, pki }))
     }
 
     fn kubectl(&self, args: &[&str]) -> Result<(bool, String, String)> {
@@ -143,23 +115,7 @@ impl Env {
     }
 
     fn wait_pod(&self, name: &str, what: &str, check: impl Fn(&Pod) -> bool) -> Result<Pod> {
-        let deadline = Instant::now() + START;
-        loop {
-            let last = self.rt.block_on(self.pods().get(name));
-            if let Ok(p) = &last {
-                if check(p) {
-                    return Ok(p.clone());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "pod {name}: {what} not within {START:?}: {:?}\nagent log:\n{}",
-                    last.map(|p| p.status),
-                    tail(&self.agent.log(), 30)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        self.node.wait_pod(name, START, check).with_context(|| format!("pod {name}: {what}"))
     }
 
     /// `curl` against the agent's kubelet server directly: (HTTP status, body).
@@ -175,20 +131,6 @@ impl Env {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
         Ok((code.trim().parse().context("HTTP status")?, body.to_owned()))
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let node = self.agent.node_name().to_owned();
-        let pods = self.pods();
-        if let Ok(list) = self.rt.block_on(pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}")))) {
-            for p in list.items {
-                let name = p.metadata.name.unwrap_or_default();
-                let _ = self.rt.block_on(pods.delete(&name, &DeleteParams::default().grace_period(0)));
-            }
-        }
-        let _ = self.rt.block_on(Api::<Node>::all(self.admin.clone()).delete(&node, &DeleteParams::default()));
     }
 }
 
@@ -275,6 +217,11 @@ fn running(p: &Pod) -> bool {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn kubectl_logs_reads_current_previous_tail_and_follow_through_the_api_server() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-logs")? else { return Ok(()) };
@@ -336,6 +283,11 @@ fn kubectl_logs_reads_current_previous_tail_and_follow_through_the_api_server() 
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn the_kubelet_server_answers_401_without_credentials_and_403_without_rights() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-auth")? else { return Ok(()) };
@@ -372,6 +324,11 @@ fn the_kubelet_server_answers_401_without_credentials_and_403_without_rights() -
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn kubectl_exec_carries_stdin_output_and_exit_codes_and_port_forward_reaches_the_pod() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-exec")? else { return Ok(()) };
@@ -462,6 +419,11 @@ fn kubectl_exec_carries_stdin_output_and_exit_codes_and_port_forward_reaches_the
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn stats_summary_and_resource_metrics_reach_the_api_server_through_the_node_proxy() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-stats")? else { return Ok(()) };
@@ -528,6 +490,11 @@ fn stats_summary_and_resource_metrics_reach_the_api_server_through_the_node_prox
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn probe_metrics_count_results_and_durations_through_the_node_proxy() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-probes")? else { return Ok(()) };
@@ -582,6 +549,7 @@ fn container_log_dir(agent: &Agent) -> Option<PathBuf> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn container_logs_are_rotated_at_the_size_limit_and_the_runtime_keeps_writing() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;
@@ -658,6 +626,11 @@ fn container_logs_are_rotated_at_the_size_limit_and_the_runtime_keeps_writing() 
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn kubectl_debug_adds_an_ephemeral_container_that_runs_and_is_reported() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-debug")? else { return Ok(()) };
@@ -696,6 +669,11 @@ fn kubectl_debug_adds_an_ephemeral_container_that_runs_and_is_reported() -> Resu
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn kubectl_debug_target_shares_the_target_containers_processes_and_events_name_the_ephemeral_container() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-debug-target")? else { return Ok(()) };
@@ -763,6 +741,11 @@ fn kubectl_debug_target_shares_the_target_containers_processes_and_events_name_t
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn kubectl_attach_reaches_the_running_containers_stdin_and_stdout() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::new("srv-attach")? else { return Ok(()) };
@@ -819,6 +802,11 @@ fn kubectl_attach_reaches_the_running_containers_stdin_and_stdout() -> Result<()
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane: the API double does not proxy to nodes (tests/run.sh starts it)"
+)]
 fn with_server_tls_bootstrap_the_serving_certificate_comes_from_an_approved_csr() -> Result<()> {
     skip_unless_root!(Ok(()));
     let Some(env) = Env::with_config("srv-tlsboot", "serverTLSBootstrap: true\n")? else { return Ok(()) };

@@ -22,6 +22,7 @@ fn waiting_reason(p: &Value) -> String {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn failed_starts_wait_out_a_doubling_back_off_with_one_warning_per_attempt() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("life-backoff")?;
@@ -75,6 +76,7 @@ spec:
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn post_start_and_pre_stop_hooks_run_with_exec_http_to_another_host_and_sleep() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("life-hooks")?;
@@ -127,6 +129,7 @@ spec:
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_failed_post_start_hook_kills_the_container_and_pre_stop_time_comes_out_of_the_grace_period() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("life-hookfail")?;
@@ -192,6 +195,7 @@ spec:
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_pod_past_its_active_deadline_fails_with_deadline_exceeded_and_is_stopped() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (containerd, agent) = setup("life-deadline")?;
@@ -239,6 +243,7 @@ fn init_status<'a>(p: &'a Value, name: &str) -> &'a Value {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn sidecars_start_before_the_next_init_container_restart_on_exit_and_stop_after_the_app() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("life-sidecar")?;
@@ -304,6 +309,7 @@ spec:
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn termination_messages_come_from_the_file_as_any_user_or_from_the_log_on_error() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("life-termmsg")?;

@@ -22,6 +22,7 @@ fn http_get_pod(ip: &str, port: u16) -> Result<String> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn pod_gets_an_ip_from_our_plugins_on_the_agents_cni_config_and_the_host_reaches_it() -> Result<()> {
     skip_unless_root!(Ok(()));
     let ours = built_cni_plugins_dir();

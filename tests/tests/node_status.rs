@@ -5,17 +5,18 @@
 //! The outage test stops a real kube-apiserver: it runs a private control plane from the kit (`../shared/k8s`, or
 //! `RKUBELET_K8S_KIT`) on its own ports and state folder, so that nobody else's cluster is disturbed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
-use rkubelet_tests::agent::{tail, Agent};
+use rkubelet_tests::agent::tail;
+use rkubelet_tests::api_node::ApiNode;
 use rkubelet_tests::apiserver::Cluster;
-use rkubelet_tests::containerd::Containerd;
-use rkubelet_tests::images::{ensure_images, BUSYBOX};
+use rkubelet_tests::images::BUSYBOX;
+use rkubelet_tests::kit::kit_dir;
 use rkubelet_tests::skip_unless_root;
 use serde_json::json;
 
@@ -37,13 +38,6 @@ const POD_READY_AGAIN: Duration = Duration::from_secs(40);
 /// The controller-manager's `--node-monitor-period` default.
 const NODE_MONITOR_PERIOD: Duration = Duration::from_secs(5);
 const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
-
-fn kit_dir() -> PathBuf {
-    match std::env::var_os("RKUBELET_K8S_KIT") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s"),
-    }
-}
 
 /// Runs a kit script with the private control plane's environment; returns the last line it printed.
 fn kit(script: &str, args: &[&str]) -> Result<String> {
@@ -124,16 +118,6 @@ impl Drop for PrivateControlPlane {
     }
 }
 
-async fn client_from(kubeconfig: &Path) -> Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
-    Ok(kube::Client::try_from(config)?)
-}
-
-fn agent_config(containerd: &Containerd) -> String {
-    format!("cniConfDir: {}\ncniBridgeName: {}\n", containerd.cni_conf_dir().display(), containerd.bridge())
-}
-
 fn ready(n: &Node) -> Option<&NodeCondition> {
     n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")
 }
@@ -165,53 +149,32 @@ fn pod_ready(p: &Pod) -> bool {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Polls `get` until `check` holds.
-fn wait_for<T: std::fmt::Debug>(
-    agent: &Agent,
-    what: &str,
-    timeout: Duration,
-    get: impl Fn() -> Result<T>,
-    check: impl Fn(&T) -> bool,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match get() {
-            Ok(v) if check(&v) => return Ok(v),
-            Ok(v) => format!("{v:?}"),
-            Err(e) => format!("error: {e:#}"),
-        };
-        if Instant::now() > deadline {
-            let skip = last.chars().count().saturating_sub(3000);
-            let last: String = last.chars().skip(skip).collect();
-            bail!("{what}: not within {timeout:?}; last seen: {last}\nagent log:\n{}", tail(&agent.log(), 40));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit_dir), not(not_root)),
+    ignore = "needs the control-plane kit (../shared/k8s or RKUBELET_K8S_KIT)"
+)]
 fn node_is_ready_and_untainted_soon_after_an_api_outage_with_its_containers_unchanged() -> Result<()> {
     skip_unless_root!(Ok(()));
     if !kit_dir().join("up.sh").exists() {
         println!("SKIPPED: node_status outage test: no control-plane kit at {}", kit_dir().display());
         return Ok(());
     }
-    ensure_images()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let plane = PrivateControlPlane::up()?;
-    let admin = rt.block_on(client_from(&plane.admin_kubeconfig))?;
-    let containerd = Containerd::start("node-outage")?;
-    let agent = Agent::new(&containerd, &agent_config(&containerd))?;
-    let node = agent.node_name().to_owned();
-    let nodes: Api<Node> = Api::all(admin.clone());
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
-    let _ = rt.block_on(nodes.delete(&node, &DeleteParams::default()));
+    let cluster = Cluster::Real { kubeconfig: plane.admin_kubeconfig.clone(), kit: None };
     // A node identity, so the Node authorizer and NodeRestriction apply as on a production cluster.
-    let node_kubeconfig = kit("node-kubeconfig.sh", &[&node])?;
-    let mut agent = agent.with_args(["--kubeconfig", &node_kubeconfig, "--node-ip", "192.0.2.2"]).started()?;
+    let env = ApiNode::builder("node-outage")
+        .cluster(cluster)
+        .node_kubeconfig(|node| kit("node-kubeconfig.sh", &[node]).map(PathBuf::from))
+        .args(["--node-ip", "192.0.2.2"])
+        .start()?;
+    let (rt, agent, node) = (&env.rt, &env.agent, env.node().to_owned());
+    let nodes: Api<Node> = Api::all(env.admin.clone());
+    let pods = env.pods();
 
     let get_node = || Ok(rt.block_on(nodes.get(&node))?);
-    wait_for(&agent, "node Ready", START, get_node, |n| ready_status(n) == "True")?;
+    env.wait_for("node Ready", START, get_node, |n| ready_status(n) == "True")?;
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -228,16 +191,16 @@ fn node_is_ready_and_untainted_soon_after_an_api_outage_with_its_containers_unch
         }
     }))?;
     let _ = rt.block_on(pods.delete("outage", &DeleteParams::default().grace_period(0)));
-    wait_for(&agent, "old pod gone", START, || Ok(rt.block_on(pods.get_opt("outage"))?), Option::is_none)?;
+    env.wait_for("old pod gone", START, || Ok(rt.block_on(pods.get_opt("outage"))?), Option::is_none)?;
     rt.block_on(pods.create(&PostParams::default(), &pod))?;
     let get_pod = || Ok(rt.block_on(pods.get("outage"))?);
-    let running = wait_for(&agent, "pod Running and Ready", START, get_pod, pod_ready)?;
+    let running = env.wait_for("pod Running and Ready", START, get_pod, pod_ready)?;
     let before = container_id(&running).context("container ID before the outage")?;
     // The node controller must know the node before the outage to miss its heartbeats: the controller-manager's
     // node controllers have synced once the range allocator gave the node its pod CIDR; one more node-monitor
     // period (5 s) and the lifecycle controller has recorded its health.
     let has_cidr = |n: &Node| n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some();
-    wait_for(&agent, "node pod CIDR assigned", START, get_node, has_cidr)?;
+    env.wait_for("node pod CIDR assigned", START, get_node, has_cidr)?;
     std::thread::sleep(NODE_MONITOR_PERIOD);
 
     let outage_start = SystemTime::now();
@@ -279,7 +242,7 @@ fn node_is_ready_and_untainted_soon_after_an_api_outage_with_its_containers_unch
     assert_eq!(container_id(&after).as_deref(), Some(before.as_str()), "the container was not restarted");
     // The node controller marked the pod not Ready along with the node; the status manager sets it back once the pod
     // watch, reconnecting with its back-off (at most 30 s between attempts), shows it the change.
-    let ready_again = wait_for(&agent, "pod Ready again", POD_READY_AGAIN, get_pod, pod_ready).inspect_err(|_| {
+    let ready_again = env.wait_for("pod Ready again", POD_READY_AGAIN, get_pod, pod_ready).inspect_err(|_| {
         let path = std::env::temp_dir().join("rkubelet-node-outage-agent.log");
         if std::fs::write(&path, agent.log()).is_ok() {
             eprintln!("full agent log: {}", path.display());
@@ -288,29 +251,13 @@ fn node_is_ready_and_untainted_soon_after_an_api_outage_with_its_containers_unch
     println!("pod Ready again {:.1} s after the API server was back", back.elapsed().as_secs_f64());
     assert_eq!(container_id(&ready_again).as_deref(), Some(before.as_str()), "the container was not restarted");
 
-    let _ = rt.block_on(pods.delete("outage", &DeleteParams::default().grace_period(0)));
-    agent.stop()?;
-    let _ = rt.block_on(nodes.delete(&node, &DeleteParams::default()));
-    drop(agent);
-    drop(containerd);
-    drop(plane);
     Ok(())
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn node_addresses_are_replaced_not_merged_across_restarts_with_another_node_ip() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let cluster = Cluster::from_env()?;
-    println!("node addresses against {}", if cluster.is_real() { "a real API server" } else { "the API double" });
-    let dir = tempfile::Builder::new().prefix("rkubelet-node-status-").tempdir()?;
-    let admin = rt.block_on(cluster.admin_client())?;
-    let containerd = Containerd::start("node-addr")?;
-    let nodes: Api<Node> = Api::all(admin);
-    let node = format!("node-{}", containerd.name());
-    let _ = rt.block_on(nodes.delete(&node, &DeleteParams::default()));
-    let kubeconfig = cluster.node_kubeconfig(dir.path(), &node)?.display().to_string();
-
     // Each run is a fresh agent process on the same containerd and node name, as a restart with a new config is.
     let detected = rkubelet::node::host_ips();
     let runs: [(&[&str], Vec<String>); 4] = [
@@ -320,23 +267,21 @@ fn node_addresses_are_replaced_not_merged_across_restarts_with_another_node_ip()
         (&["--node-ip", "fd00::2"], vec!["fd00::2".into()]),
         (&[], detected.clone()),
     ];
-    for (args, internal) in runs {
-        let mut all = vec!["--kubeconfig", kubeconfig.as_str()];
-        all.extend_from_slice(args);
-        let mut agent = Agent::new(&containerd, &agent_config(&containerd))?.with_args(all).started()?;
+    let mut env = ApiNode::builder("node-addr").args(runs[0].0.iter().copied()).start()?;
+    println!("node addresses against {}", if env.cluster().is_real() { "a real API server" } else { "the API double" });
+    let nodes: Api<Node> = Api::all(env.admin.clone());
+    for (i, (args, internal)) in runs.iter().enumerate() {
+        if i > 0 {
+            env.restart_with(args)?;
+        }
         let mut want: Vec<(String, String)> = internal.iter().map(|ip| ("InternalIP".into(), ip.clone())).collect();
-        want.push(("Hostname".into(), node.clone()));
-        wait_for(
-            &agent,
+        want.push(("Hostname".into(), env.node().to_owned()));
+        env.wait_for(
             &format!("addresses {want:?} with {args:?}"),
             START,
-            || Ok(rt.block_on(nodes.get(&node))?),
+            || Ok(env.block_on(nodes.get(env.node()))?),
             |n| addresses(n) == want && ready_status(n) == "True",
         )?;
-        agent.stop()?;
     }
-    let _ = rt.block_on(nodes.delete(&node, &DeleteParams::default()));
-    drop(containerd);
-    drop(cluster);
     Ok(())
 }

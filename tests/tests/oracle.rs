@@ -363,6 +363,11 @@ fn unique(prefix: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(not(kit), not(not_root)),
+    ignore = "needs the kit's control plane and its Go kubelet (tests/run.sh starts them)"
+)]
 fn pod_statuses_and_events_match_the_go_kubelet() -> Result<()> {
     skip_unless_root!(Ok(()));
     let cluster = Cluster::from_env()?;

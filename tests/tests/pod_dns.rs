@@ -49,6 +49,7 @@ fn resolv_lines(output: &str) -> Vec<&str> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn cluster_first_none_and_default_policies_shape_resolv_conf_as_kubelet_does() -> Result<()> {
     skip_unless_root!(Ok(()));
     let dir = tempfile::tempdir()?;
@@ -89,6 +90,7 @@ fn cluster_first_none_and_default_policies_shape_resolv_conf_as_kubelet_does() -
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn hostname_subdomain_and_fqdn_reach_the_container() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (containerd, agent) = setup("dns-names", "clusterDomain: cluster.test\n")?;
@@ -119,6 +121,7 @@ fn hostname_subdomain_and_fqdn_reach_the_container() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn etc_hosts_is_kubelet_managed_with_the_pod_ip_fqdn_and_host_aliases() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("dns-hosts", "clusterDomain: cluster.test\n")?;

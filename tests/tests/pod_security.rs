@@ -50,6 +50,7 @@ fn line_of<'a>(output: &'a str, prefix: &str) -> &'a str {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn users_groups_capabilities_and_a_read_only_root_reach_the_container() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("sec-ctx", "")?;
@@ -97,6 +98,7 @@ fn users_groups_capabilities_and_a_read_only_root_reach_the_container() -> Resul
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn run_as_non_root_against_a_root_image_is_a_config_error_with_kubelets_message() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("sec-nonroot", "")?;
@@ -121,6 +123,7 @@ fn run_as_non_root_against_a_root_image_is_a_config_error_with_kubelets_message(
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn safe_and_allowed_sysctls_are_set_and_others_are_forbidden_at_admission() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("sec-sysctl", "allowedUnsafeSysctls:\n- kernel.msg*\n")?;
@@ -144,6 +147,7 @@ fn safe_and_allowed_sysctls_are_set_and_others_are_forbidden_at_admission() -> R
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn host_network_pid_and_ipc_pods_start_and_have_the_nodes_ip() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("sec-hostns", "")?;
@@ -175,6 +179,7 @@ fn host_network_pid_and_ipc_pods_start_and_have_the_nodes_ip() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_host_network_pods_http_hook_without_host_goes_to_the_nodes_ip() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("sec-hostnet-hook", "")?;

@@ -46,6 +46,7 @@ fn ready(p: &Value) -> bool {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn exec_startup_readiness_and_liveness_probes_gate_started_ready_and_restart() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("probe-exec")?;
@@ -104,6 +105,7 @@ fn exec_startup_readiness_and_liveness_probes_gate_started_ready_and_restart() -
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn http_and_tcp_probes_pass_against_httpd_and_nc_and_a_404_liveness_restarts() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("probe-http")?;
@@ -138,6 +140,7 @@ fn http_and_tcp_probes_pass_against_httpd_and_nc_and_a_404_liveness_restarts() -
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn grpc_probes_check_the_health_service_and_its_named_services() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("probe-grpc")?;

@@ -62,6 +62,7 @@ fn terminated(p: &Value) -> &Value {
 const START: Duration = Duration::from_secs(60);
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn busybox_pod_runs_logs_its_output_and_is_removed_without_a_trace() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (containerd, agent) = setup("std-basic")?;
@@ -125,6 +126,7 @@ fn busybox_pod_runs_logs_its_output_and_is_removed_without_a_trace() -> Result<(
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn crashing_container_is_restarted_with_growing_back_off() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (containerd, agent) = setup("std-crash")?;
@@ -172,6 +174,7 @@ fn crashing_container_is_restarted_with_growing_back_off() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn restart_policies_on_failure_and_never_behave_as_kubelet() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("std-policy")?;
@@ -208,6 +211,7 @@ fn restart_policies_on_failure_and_never_behave_as_kubelet() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn agent_restart_leaves_running_containers_untouched() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (containerd, mut agent) = setup("std-restart")?;
@@ -237,6 +241,7 @@ fn agent_restart_leaves_running_containers_untouched() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn unknown_image_reports_err_image_pull_then_back_off_and_other_pods_run() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, mut agent) = setup("std-image")?;
@@ -263,6 +268,7 @@ fn unknown_image_reports_err_image_pull_then_back_off_and_other_pods_run() -> Re
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn malformed_manifest_is_reported_and_others_run_and_edits_replace_the_pod() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (containerd, agent) = setup("std-files")?;
@@ -313,6 +319,7 @@ fn malformed_manifest_is_reported_and_others_run_and_edits_replace_the_pod() -> 
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn read_only_server_answers_healthz_and_pod_list() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("std-server")?;
@@ -328,6 +335,7 @@ fn read_only_server_answers_healthz_and_pod_list() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn webhook_authorization_set_without_an_api_server_refuses_to_start() -> Result<()> {
     skip_unless_root!(Ok(()));
     let containerd = Containerd::start("std-authz")?;
@@ -341,6 +349,11 @@ fn webhook_authorization_set_without_an_api_server_refuses_to_start() -> Result<
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+#[cfg_attr(
+    all(cgroup_v2, not(not_root)),
+    ignore = "this host has cgroup v2 controllers; the refusal is checked on hosts without them"
+)]
 fn without_cgroup_v2_the_agent_refuses_pod_level_enforcement_unless_told_to_run_without_it() -> Result<()> {
     skip_unless_root!(Ok(()));
     rkubelet_tests::skip_unless!(
@@ -361,6 +374,11 @@ fn without_cgroup_v2_the_agent_refuses_pod_level_enforcement_unless_told_to_run_
 }
 
 #[test]
+#[cfg_attr(
+    not(cgroup_v2),
+    ignore = "no cgroup v2 controllers on this host: pod cgroup values (cpu.weight, cpu.max, memory.max) are checked by tests/vm"
+)]
+#[cfg_attr(all(cgroup_v2, not_root), ignore = "needs root (containerd, mounts, network namespaces)")]
 fn pod_cgroup_values_are_checked_in_the_vm_tier() -> Result<()> {
     // The host tier cannot see pod cgroups on a v1/hybrid host; say so rather than pass silently.
     rkubelet_tests::skip_unless!(

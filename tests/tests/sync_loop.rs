@@ -65,6 +65,7 @@ fn image_without_command() -> Result<String> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_container_that_cannot_be_created_is_retried_with_back_off_and_its_status_writes_do_not_wake_the_worker(
 ) -> Result<()> {
     skip_unless_root!(Ok(()));
@@ -129,6 +130,7 @@ fn a_container_that_cannot_be_created_is_retried_with_back_off_and_its_status_wr
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn unsupported_pod_fields_are_refused_with_a_reason_and_the_service_account_volume_is_mounted() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = ApiNode::start("sync-unsupported")?;
@@ -203,6 +205,7 @@ fn unsupported_pod_fields_are_refused_with_a_reason_and_the_service_account_volu
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_static_pod_with_an_unsupported_field_is_refused_and_reported() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;
@@ -223,6 +226,7 @@ fn a_static_pod_with_an_unsupported_field_is_refused_and_reported() -> Result<()
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_pod_for_another_os_is_rejected_as_kubelet_does() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;

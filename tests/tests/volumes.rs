@@ -9,17 +9,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use rkubelet_tests::agent::{tail, Agent};
-use rkubelet_tests::apiserver::Cluster;
+use rkubelet_tests::api_node::{ApiNode, NAMESPACE};
 use rkubelet_tests::containerd::Containerd;
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
-use rkubelet_tests::proxy::{kubeconfig_server_addr, CutProxy};
 use rkubelet_tests::skip_unless_root;
 use serde_json::{json, Value};
-
-const NAMESPACE: &str = "default";
 
 /// The lines a container wrote to stdout, from its CRI log file (`<time> <stream> <tag> <line>`).
 fn container_output(logs_dir: &Path, namespace: &str, pod: &str, uid: &str, container: &str) -> String {
@@ -68,6 +65,7 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn static_pod_volumes_and_env_are_seen_inside_the_container_and_torn_down_after_a_restart() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;
@@ -194,131 +192,6 @@ exec sleep 3600
     Ok(())
 }
 
-/// An agent joined to the API server (the harness's sync period of 10 s lets object changes show quickly).
-struct Env {
-    agent: Agent,
-    _containerd: Containerd,
-    proxy: CutProxy,
-    _cluster: Cluster,
-    admin: kube::Client,
-    rt: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
-    cleanup: Vec<(String, String)>,
-}
-
-impl Env {
-    /// The agent reaches the API through a relay the test can cut.
-    fn new(name: &str) -> Result<Env> {
-        ensure_images()?;
-        let cluster = Cluster::from_env()?;
-        if !cluster.is_real() {
-            println!("API server: the in-repo double (RKUBELET_E2E_KUBECONFIG not set)");
-        }
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let dir = tempfile::Builder::new().prefix("rkubelet-vol-").tempdir()?;
-        let containerd = Containerd::start(name)?;
-        let config =
-            format!("cniConfDir: {}\ncniBridgeName: {}\n", containerd.cni_conf_dir().display(), containerd.bridge());
-        let agent = Agent::new(&containerd, &config)?;
-        let node_kubeconfig = cluster.node_kubeconfig(dir.path(), agent.node_name())?;
-        let proxy = CutProxy::start(kubeconfig_server_addr(&node_kubeconfig)?)?;
-        let kubeconfig = proxy.kubeconfig(&node_kubeconfig, &dir.path().join("agent.kubeconfig"))?;
-        let admin = rt.block_on(cluster.admin_client())?;
-        let _ = rt.block_on(Api::<Node>::all(admin.clone()).delete(agent.node_name(), &DeleteParams::default()));
-        let agent = agent.with_args(["--kubeconfig".to_owned(), kubeconfig.display().to_string()]).started()?;
-        Ok(Env { agent, _containerd: containerd, proxy, _cluster: cluster, admin, rt, _dir: dir, cleanup: Vec::new() })
-    }
-
-    fn create<K>(&mut self, obj: Value) -> Result<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + serde::de::DeserializeOwned
-            + serde::Serialize
-            + Clone
-            + std::fmt::Debug,
-    {
-        let obj: K = serde_json::from_value(obj)?;
-        let api: Api<K> = Api::namespaced(self.admin.clone(), NAMESPACE);
-        let created = self.rt.block_on(api.create(&PostParams::default(), &obj))?;
-        self.cleanup.push((K::plural(&()).into_owned(), created.meta().name.clone().unwrap_or_default()));
-        Ok(created)
-    }
-
-    fn wait_pod(&self, name: &str, timeout: Duration, check: impl Fn(&Pod) -> bool) -> Result<Pod> {
-        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), NAMESPACE);
-        let deadline = Instant::now() + timeout;
-        loop {
-            let pod = self.rt.block_on(pods.get(name))?;
-            if check(&pod) {
-                return Ok(pod);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "pod {name}: not within {timeout:?}: {:?}\nagent log:\n{}",
-                    pod.status,
-                    tail(&self.agent.log(), 40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    fn wait_event(&self, uid: &str, message: &str) -> Result<Event> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let list = self
-                .rt
-                .block_on(Api::<Event>::namespaced(self.admin.clone(), NAMESPACE).list(&ListParams::default()))?;
-            let mine: Vec<Event> =
-                list.items.into_iter().filter(|e| e.involved_object.uid.as_deref() == Some(uid)).collect();
-            if let Some(e) = mine.iter().find(|e| e.message.as_deref() == Some(message)) {
-                return Ok(e.clone());
-            }
-            if Instant::now() > deadline {
-                let seen: Vec<_> = mine.iter().map(|e| (e.reason.clone(), e.message.clone())).collect();
-                bail!("no event {message:?}; the pod's events: {seen:?}\nagent log:\n{}", tail(&self.agent.log(), 40));
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), NAMESPACE);
-        let dp = DeleteParams::default().grace_period(0);
-        if let Ok(list) = self
-            .rt
-            .block_on(pods.list(&ListParams::default().fields(&format!("spec.nodeName={}", self.agent.node_name()))))
-        {
-            for p in list.items {
-                let _ = self.rt.block_on(pods.delete(&p.metadata.name.unwrap_or_default(), &dp));
-            }
-        }
-        for (kind, name) in &self.cleanup {
-            let r = match kind.as_str() {
-                "configmaps" => self
-                    .rt
-                    .block_on(Api::<ConfigMap>::namespaced(self.admin.clone(), NAMESPACE).delete(name, &dp))
-                    .map(drop),
-                "secrets" => self
-                    .rt
-                    .block_on(Api::<Secret>::namespaced(self.admin.clone(), NAMESPACE).delete(name, &dp))
-                    .map(drop),
-                "services" => self
-                    .rt
-                    .block_on(Api::<Service>::namespaced(self.admin.clone(), NAMESPACE).delete(name, &dp))
-                    .map(drop),
-                _ => Ok(()),
-            };
-            let _ = r;
-        }
-        let _ = self
-            .rt
-            .block_on(Api::<Node>::all(self.admin.clone()).delete(self.agent.node_name(), &DeleteParams::default()));
-    }
-}
-
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos());
     format!("{prefix}-{:x}", nanos.unwrap_or_default() & 0xffffff)
@@ -329,9 +202,10 @@ fn volume_dir(agent: &Agent, uid: &str, plugin: &str, name: &str) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn config_map_secret_and_token_volumes_and_env_come_from_the_api_and_updates_reach_the_files() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let mut env = Env::new("vol-api")?;
+    let env = ApiNode::start("vol-api")?;
     let node = env.agent.node_name().to_owned();
     let cm_name = unique("cfg");
     let secret_name = unique("creds");
@@ -339,9 +213,15 @@ fn config_map_secret_and_token_volumes_and_env_come_from_the_api_and_updates_rea
     let svc_name = unique("volsvc");
     let svc_var = svc_name.replace('-', "_").to_uppercase();
 
+    // The Service comes first: the agent's Service informer, whose arrival nothing outside the agent can observe, has
+    // it long before the pod that reads its link variables is built (the waiting pod below runs in between).
+    let _: Service = env
+        .create_object(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": svc_name },
+        "spec": { "ports": [{ "name": "http", "port": 8080 }] } }))?;
+
     // A configMap that does not exist yet: FailedMount with kubelet's message, the pod waits, and runs once it exists.
     let waiting = unique("waits");
-    let pod: Pod = env.create(json!({
+    let pod: Pod = env.create_object(json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": { "name": waiting },
         "spec": { "nodeName": node, "tolerations": [{ "operator": "Exists" }],
             "containers": [{ "name": "app", "image": BUSYBOX, "command": ["sh", "-c", "cat /late/k; echo; exec sleep 3600"],
@@ -350,11 +230,11 @@ fn config_map_secret_and_token_volumes_and_env_come_from_the_api_and_updates_rea
     }))?;
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let message = format!("MountVolume.SetUp failed for volume \"late\" : configmap {late_name:?} not found");
-    let event = env.wait_event(&uid, &message)?;
+    let event = env.wait_event_message(&uid, &message)?;
     ensure!(event.reason.as_deref() == Some("FailedMount") && event.type_.as_deref() == Some("Warning"), "{event:?}");
     let pending = env.wait_pod(&waiting, Duration::from_secs(5), |_| true)?;
     ensure!(pending.status.and_then(|s| s.phase).as_deref() == Some("Pending"), "the pod waits for its volume");
-    let _: ConfigMap = env.create(json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": late_name }, "data": { "k": "late-value" } }))?;
+    let _: ConfigMap = env.create_object(json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": late_name }, "data": { "k": "late-value" } }))?;
     env.wait_pod(&waiting, Duration::from_secs(60), |p| {
         p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
     })?;
@@ -368,14 +248,12 @@ fn config_map_secret_and_token_volumes_and_env_come_from_the_api_and_updates_rea
     )?;
     ensure!(out.contains("late-value"), "{out}");
 
-    let _: ConfigMap = env.create(json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": cm_name },
+    let _: ConfigMap = env
+        .create_object(json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": cm_name },
         "data": { "one": "value-1", "color": "blue", "1bad": "x" } }))?;
-    let _: Secret = env.create(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": secret_name },
+    let _: Secret = env
+        .create_object(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": secret_name },
         "stringData": { "password": "hunter2" } }))?;
-    let _: Service = env.create(json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": svc_name },
-        "spec": { "ports": [{ "name": "http", "port": 8080 }] } }))?;
-    // The Service informer sees the new service before the pod is built.
-    std::thread::sleep(Duration::from_secs(2));
 
     let script = r#"
 echo "cfg=$(cat /cfg/one)"
@@ -392,7 +270,7 @@ echo DONE
 while true; do echo "loop=$(cat /cfg/one)"; sleep 1; done
 "#;
     let name = unique("vols");
-    let pod: Pod = env.create(json!({
+    let pod: Pod = env.create_object(json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name },
         "spec": {
             "nodeName": node, "tolerations": [{ "operator": "Exists" }],
@@ -438,7 +316,7 @@ while true; do echo "loop=$(cat /cfg/one)"; sleep 1; done
     ensure!(value(&out, "sa-ca") == "-----BEGIN CERTIFICATE-----", "{out}");
     ensure!(value(&out, "env") == "blue|hunter2|unset|$(|443", "{out}");
     ensure!(value(&out, "svc-port") == "8080", "service link variables: {out}");
-    let event = env.wait_event(&uid, &format!(
+    let event = env.wait_event_message(&uid, &format!(
         "Keys [1bad] from the EnvFrom configMap {NAMESPACE}/{cm_name} were skipped since they are considered invalid environment variable names."
     ))?;
     ensure!(event.reason.as_deref() == Some("InvalidEnvironmentVariableNames"), "{event:?}");
@@ -469,16 +347,19 @@ while true; do echo "loop=$(cat /cfg/one)"; sleep 1; done
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn volumes_set_up_before_an_api_outage_keep_working_through_it() -> Result<()> {
     skip_unless_root!(Ok(()));
-    let mut env = Env::new("vol-outage")?;
+    // The agent reaches the API through a relay the test cuts.
+    let env = ApiNode::builder("vol-outage").relay().start()?;
     let node = env.agent.node_name().to_owned();
     let cm_name = unique("outage-cfg");
-    let _: ConfigMap = env.create(json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": cm_name },
+    let _: ConfigMap = env
+        .create_object(json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": cm_name },
         "data": { "k": "v" } }))?;
     // Crashes every two seconds: its restarts go on only if its volumes are still ready during the outage.
     let name = unique("crasher");
-    let _: Pod = env.create(json!({
+    let _: Pod = env.create_object(json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name },
         "spec": { "nodeName": node, "tolerations": [{ "operator": "Exists" }],
             "containers": [{ "name": "app", "image": BUSYBOX, "command": ["sh", "-c", "cat /cfg/k; sleep 2; exit 1"],
@@ -487,7 +368,7 @@ fn volumes_set_up_before_an_api_outage_keep_working_through_it() -> Result<()> {
     }))?;
     let restarts = |p: &Value| p["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0);
     // The agent's own view (its read-only /pods), which the outage does not cut off; null until it has the pod.
-    let local = |env: &Env| -> Result<Value> { Ok(env.agent.pod_named(&name)?.unwrap_or_default()) };
+    let local = |env: &ApiNode| -> Result<Value> { Ok(env.agent.pod_named(&name)?.unwrap_or_default()) };
     let deadline = Instant::now() + Duration::from_secs(60);
     while restarts(&local(&env)?) < 1 {
         ensure!(Instant::now() < deadline, "no restart:\n{}", tail(&env.agent.log(), 30));
@@ -497,14 +378,14 @@ fn volumes_set_up_before_an_api_outage_keep_working_through_it() -> Result<()> {
     // Only the outage counts: a TokenRequest for a pod created a moment ago can answer NotFound, and is then retried
     // after the volume back-off (kubelet's behaviour), each attempt a FailedMount before the cut.
     let failed_before = env.agent.log().matches("MountVolume.SetUp failed").count();
-    env.proxy.cut();
+    env.relay()?.cut();
     let deadline = Instant::now() + Duration::from_secs(45);
     let mut now = before;
     while now <= before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
         now = restarts(&local(&env)?);
     }
-    env.proxy.restore();
+    env.relay()?.restore();
     ensure!(now > before, "no restart during the outage ({before} before):\n{}", tail(&env.agent.log(), 40));
     let failed_mounts = env.agent.log().matches("MountVolume.SetUp failed").count().saturating_sub(failed_before);
     ensure!(failed_mounts == 0, "{failed_mounts} FailedMount during the outage:\n{}", tail(&env.agent.log(), 40));
@@ -512,6 +393,7 @@ fn volumes_set_up_before_an_api_outage_keep_working_through_it() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_finished_pods_volumes_are_torn_down_while_the_pod_stays() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;
@@ -537,6 +419,7 @@ fn a_finished_pods_volumes_are_torn_down_while_the_pod_stays() -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     ensure!(mounts_under(&pod_dir).is_empty(), "mounts left: {:?}", mounts_under(&pod_dir));
+    // Three more seconds in which nothing may happen: a set-up again after the teardown has no event to wait for.
     std::thread::sleep(Duration::from_secs(3));
     ensure!(!pod_dir.join("volumes").exists(), "set up again after the pod finished");
     let pod = agent.pod_named(pod["metadata"]["name"].as_str().unwrap_or_default())?;

@@ -63,6 +63,7 @@ fn watch(host: &Path, want: &[(PathBuf, u32, u32, u32)], period: Duration, agent
 /// pause. The host files (root:root 0600 in a 0700 folder) must keep owner, group and mode through pod syncs, the
 /// restarts of the pod's crash-looping container and an agent restart.
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn fs_group_symlink_swap_never_changes_a_host_file() -> Result<()> {
     skip_unless_root!(Ok(()));
     skip_unless!(gcc_available(), "needs gcc to build the pod's swapper", Ok(()));

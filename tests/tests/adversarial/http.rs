@@ -76,6 +76,7 @@ pub fn wait_agent_log(agent: &Agent, needle: &str, count: usize, timeout: Durati
 /// `FailedPreStopHook` event. Before: the agent's own chunked parser overflowed on the size and the pod worker
 /// died with the panic; the pod stayed Terminating with its container running.
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_chunk_bomb_pre_stop_hook_does_not_stop_the_deletion() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, mut agent) = setup("adv-http-hook")?;
@@ -115,6 +116,7 @@ fn a_chunk_bomb_pre_stop_hook_does_not_stop_the_deletion() -> Result<()> {
 /// ready and is not restarted (an errored probe's result is thrown away), and the agent stays up. Before: the
 /// first probe's parse panicked its worker; no probe ran again.
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn chunk_bomb_probes_keep_probing() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, mut agent) = setup("adv-http-probe")?;
@@ -147,6 +149,7 @@ fn chunk_bomb_probes_keep_probing() -> Result<()> {
 /// In neither case does the server ever receive the smuggled header or a second request. Before: both were
 /// written raw, and the server received `X-Smuggled` lines.
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn crlf_in_probe_headers_and_paths_smuggles_nothing() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (_containerd, agent) = setup("adv-http-crlf")?;

@@ -36,6 +36,7 @@ fn containers_of(containerd: &Containerd, uid: &str) -> Result<usize> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn run_as_non_root_with_uid_0_never_starts_the_container() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;
@@ -115,6 +116,7 @@ fn running(pod: &Value) -> bool {
 const BOMB_LEVELS: usize = 30;
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_var_expansion_bomb_is_a_config_error_and_the_agent_serves_its_other_pods() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;

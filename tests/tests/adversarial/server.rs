@@ -210,6 +210,7 @@ async fn slow_client(
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn slow_header_connections_are_closed_by_the_server_while_others_are_served() -> Result<()> {
     skip_unless_root!(Ok(()));
     let node = node("adv-slowhdr")?;
@@ -283,6 +284,7 @@ fn slow_header_connections_are_closed_by_the_server_while_others_are_served() ->
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn ten_thousand_bogus_tokens_keep_token_reviews_capped_and_memory_bounded() -> Result<()> {
     skip_unless_root!(Ok(()));
     let node = node("adv-tokens")?;
@@ -355,6 +357,7 @@ fn ten_thousand_bogus_tokens_keep_token_reviews_capped_and_memory_bounded() -> R
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn concurrent_requests_with_one_token_make_one_token_review() -> Result<()> {
     skip_unless_root!(Ok(()));
     let node = node("adv-onetoken")?;

@@ -57,6 +57,7 @@ fn host_target() -> Result<tempfile::TempDir> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_symlink_planted_out_of_the_volume_creates_nothing_on_the_host() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;
@@ -131,6 +132,7 @@ fn runtime_unbind(target: &Path) -> Result<()> {
 /// afterwards as the runtime mounts it. A pod-level run (below) is bounded by crash back-off to a few dozen starts
 /// a minute; here every attempt takes milliseconds.
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_directory_swapped_for_a_symlink_never_mounts_the_host_directory_in_300_attempts() -> Result<()> {
     skip_unless_root!(Ok(()));
     const ATTEMPTS: usize = 300;
@@ -206,6 +208,7 @@ fn a_directory_swapped_for_a_symlink_never_mounts_the_host_directory_in_300_atte
 /// far shorter than a container start, while ten crash-looping containers mount `subPath: d` and report whether
 /// they see the host's marker.
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_sidecar_swapping_a_subpath_for_a_symlink_never_shows_a_host_file() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;
@@ -308,6 +311,7 @@ fn wait_sub_path_mounts(agent: &Agent, name: &str) -> Result<PathBuf> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn subpath_bind_mounts_go_with_the_pod_also_when_it_went_while_the_agent_was_down() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;

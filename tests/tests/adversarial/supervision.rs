@@ -23,6 +23,7 @@ fn agent_injecting(containerd: &Containerd, site: &str, pod: &str) -> Result<Age
 /// new worker takes over after a second and the pod is gone within its 5 s grace period. Before: the worker's
 /// task ended with the panic and the pod stayed, its container running, until the agent restarted.
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_pod_worker_panic_does_not_stop_the_deletion() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;
@@ -50,6 +51,7 @@ fn a_pod_worker_panic_does_not_stop_the_deletion() -> Result<()> {
 /// The readiness probe's worker panics before its first run; a new worker takes over and the container becomes
 /// ready. Before: the worker's task ended with the panic, no probe ran again, the container never became ready.
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn a_probe_worker_panic_is_followed_by_a_new_worker() -> Result<()> {
     skip_unless_root!(Ok(()));
     ensure_images()?;
