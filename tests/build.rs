@@ -53,7 +53,7 @@ fn effective_uid() -> Option<u32> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// As `rkubelet::resources::cgroups::check_cgroup_v2`: the unified hierarchy with cpu and memory enabled.
+/// As `rkubelet::cm::cgroups::check_cgroup_v2`: the unified hierarchy with cpu and memory enabled.
 fn cgroup_v2() -> bool {
     std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
         .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu") && c.split_whitespace().any(|x| x == "memory"))
