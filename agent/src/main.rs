@@ -489,6 +489,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
                 store: store.clone(),
                 mirrors: mirrors_rx,
                 terminated: terminated_rx,
+                counts: Default::default(),
             }
             .run(),
         );
