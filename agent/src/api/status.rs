@@ -1,8 +1,10 @@
 //! The status manager: writes each pod's computed status to the API as kubelet's status manager does
 //! (pkg/kubelet/status/status_manager.go): a strategic-merge patch from the status the server holds to the new one,
 //! with the pod UID as a precondition, only for pods whose status differs, several pods at a time and one write at a
-//! time per pod, retried every `syncPeriod`. It also keeps mirror pods for static pods, and finishes graceful
-//! deletions by deleting the pod object with grace period 0 once its containers are gone.
+//! time per pod, failed ones retried every `syncPeriod`. The store tells it which pods changed (kubelet's per-pod
+//! status channel); it looks at those alone, and the API's echo of its own write is not a change. It also keeps
+//! mirror pods for static pods, and finishes graceful deletions by deleting the pod object with grace period 0 once
+//! its containers are gone.
 
 pub mod readiness;
 pub mod strategic;
@@ -46,7 +48,8 @@ pub struct StatusManager {
     pub counts: Arc<StatusManagerCounts>,
 }
 
-fn is_static(pod: &Pod) -> bool {
+/// A pod from the manifest folder, whose status goes to its mirror pod.
+pub fn is_static(pod: &Pod) -> bool {
     pod.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_SOURCE_ANNOTATION)).is_some_and(|s| s == FILE_SOURCE)
 }
 

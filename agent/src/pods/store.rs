@@ -8,8 +8,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use tokio::sync::Notify;
 
-use super::source::{CONFIG_SOURCE_ANNOTATION, FILE_SOURCE};
-use crate::api::status::readiness;
+use crate::api::status::{is_static, readiness};
 use crate::probes::ProbeResults;
 
 /// How long a pod took from first sight to all containers running, and the part of it spent inside CRI calls.
@@ -46,10 +45,6 @@ struct Dirty {
 pub struct PodStore {
     inner: Arc<RwLock<BTreeMap<String, PodEntry>>>,
     dirty: Arc<Dirty>,
-}
-
-fn is_static(pod: &Pod) -> bool {
-    pod.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_SOURCE_ANNOTATION)).is_some_and(|s| s == FILE_SOURCE)
 }
 
 impl PodStore {
