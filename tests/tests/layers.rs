@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     ("the top: pod manager, workers, sources, admission, start-up", &["kubelet"]),
     ("node-wide services", &["server", "node"]),
-    ("status manager, configuration", &["status", "config"]),
-    ("the executor of planned actions", &["kuberuntime"]),
+    ("the executor of planned actions, configuration", &["kuberuntime", "config"]),
     ("volume manager, probe workers", &["volumes", "probes"]),
+    ("status manager and the pod store (probe results land here)", &["status"]),
     ("pod cache, pure decisions, container manager, stats, container logs", &["pleg", "pods", "cm", "stats", "logs"]),
     ("the API server's client", &["api"]),
     ("the CRI client", &["runtime"]),

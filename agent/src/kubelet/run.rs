@@ -247,6 +247,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
                 store: store.clone(),
                 mirrors: mirrors_rx,
                 terminated: terminated_rx,
+                counts: Default::default(),
             }
             .run(),
         );

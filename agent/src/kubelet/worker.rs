@@ -119,7 +119,12 @@ impl PodWorker {
             .and_then(|s| s.start_time.as_ref())
             .map(|t| SystemTime::from(t.0))
             .unwrap_or_else(SystemTime::now);
-        let prober = Prober::new(ctx.kuberuntime.runtime.clone(), ctx.kuberuntime.events.clone(), wake.clone());
+        let prober = Prober::new(
+            ctx.kuberuntime.runtime.clone(),
+            ctx.kuberuntime.events.clone(),
+            wake.clone(),
+            ctx.store.clone(),
+        );
         Self {
             input,
             wake,

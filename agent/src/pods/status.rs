@@ -215,7 +215,7 @@ fn phase(pod: &Pod, init: &[ContainerStatus], containers: &[ContainerStatus]) ->
     PHASE_PENDING
 }
 
-fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>) -> PodCondition {
+pub fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>) -> PodCondition {
     PodCondition {
         type_: kind.into(),
         status: if ok { "True" } else { "False" }.into(),
@@ -226,13 +226,13 @@ fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<String>
 }
 
 /// Go's `fmt.Sprint` of a string slice, as kubelet embeds container lists in condition messages: `[a b]`.
-fn go_list(names: &[String]) -> String {
+pub fn go_list(names: &[String]) -> String {
     format!("[{}]", names.join(" "))
 }
 
 /// kubelet's readiness-gate messages for each `spec.readinessGates` condition that is not True in the pod's status
 /// as the API holds it (others set those conditions; the agent only reads them).
-fn unready_readiness_gates(pod: &Pod) -> Vec<String> {
+pub fn unready_readiness_gates(pod: &Pod) -> Vec<String> {
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
     spec::spec(pod)
         .readiness_gates

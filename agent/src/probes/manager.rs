@@ -1,6 +1,8 @@
 //! The probe workers of one pod, kubelet's prober manager: one task per running container instance and probe,
 //! started when the instance is first seen running and stopped when it is no longer. Workers publish results into
-//! the pod's [`ProbeResults`] and wake the pod worker when one changes.
+//! the pod's [`ProbeResults`]. As kubelet's `SetContainerReadiness`/`SetContainerStartup`, a readiness result and a
+//! startup result go straight into the pod's status in the store (the status manager writes them, no pod sync); a
+//! failed liveness probe and a startup result also wake the pod worker, whose planner kills or starts what follows.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -23,6 +25,7 @@ use crate::probes::handlers::{self, Target};
 use crate::probes::metrics::{ProbeTarget, PROBER_METRICS};
 use crate::probes::state::{Outcome, ProbeParams, ProbeState};
 use crate::runtime::{ContainerRunState, ObservedPod, Runtime};
+use crate::status::store::PodStore;
 
 /// Event reasons of probes (pkg/kubelet/events).
 pub const CONTAINER_UNHEALTHY: &str = "Unhealthy";
@@ -45,6 +48,7 @@ pub struct Prober {
     events: EventRecorder,
     results: Arc<Mutex<ProbeResults>>,
     wake: Arc<Notify>,
+    store: PodStore,
     workers: HashMap<(String, ProbeKind), Worker>,
     /// Per container instance: whether its startup probe has passed (true at once without one).
     started: HashMap<String, Arc<watch::Sender<bool>>>,
@@ -82,12 +86,13 @@ pub fn probed_containers(pod: &Pod) -> impl Iterator<Item = (&Container, bool)> 
 }
 
 impl Prober {
-    pub fn new(runtime: Runtime, events: EventRecorder, wake: Arc<Notify>) -> Self {
+    pub fn new(runtime: Runtime, events: EventRecorder, wake: Arc<Notify>, store: PodStore) -> Self {
         Self {
             runtime,
             events,
             results: Arc::default(),
             wake,
+            store,
             workers: HashMap::new(),
             started: HashMap::new(),
             terminating: Arc::default(),
@@ -102,6 +107,9 @@ impl Prober {
 
     /// Starts workers for container instances newly running and stops those of instances no longer running.
     pub fn sync(&mut self, pod: &Arc<Pod>, observed: &ObservedPod, host_ips: &[String]) {
+        if self.pod.is_none() {
+            self.store.set_probe_results(spec::uid(pod), self.results.clone());
+        }
         self.pod = Some(pod.clone());
         let pod_ip = observed
             .latest_sandbox()
@@ -139,6 +147,7 @@ impl Prober {
                     events: self.events.clone(),
                     results: self.results.clone(),
                     wake: self.wake.clone(),
+                    store: self.store.clone(),
                     pod: pod.clone(),
                     container: container.clone(),
                     init,
@@ -194,6 +203,7 @@ struct ProbeJob {
     events: EventRecorder,
     results: Arc<Mutex<ProbeResults>>,
     wake: Arc<Notify>,
+    store: PodStore,
     pod: Arc<Pod>,
     container: Container,
     init: bool,
@@ -272,7 +282,19 @@ impl ProbeJob {
                 if self.kind == ProbeKind::Startup && result == ProbeResult::Success {
                     self.started.send_replace(true);
                 }
-                self.wake.notify_one();
+                if self.kind != ProbeKind::Liveness {
+                    self.store.apply_probe_results(spec::uid(&self.pod), &self.results);
+                }
+                // kubelet's sync loop syncs the pod on a failed liveness probe and on any startup result: the
+                // planner kills on a failure, and a sidecar's passed startup probe lets the next init container start.
+                let wake = match self.kind {
+                    ProbeKind::Readiness => false,
+                    ProbeKind::Liveness => result == ProbeResult::Failure,
+                    ProbeKind::Startup => true,
+                };
+                if wake {
+                    self.wake.notify_one();
+                }
             }
         }
     }

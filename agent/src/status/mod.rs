@@ -1,12 +1,16 @@
 //! The status manager: writes each pod's computed status to the API as kubelet's status manager does
 //! (pkg/kubelet/status/status_manager.go): a strategic-merge patch from the status the server holds to the new one,
 //! with the pod UID as a precondition, only for pods whose status differs, several pods at a time and one write at a
-//! time per pod, retried every `syncPeriod`. It also keeps mirror pods for static pods, and finishes graceful
-//! deletions by deleting the pod object with grace period 0 once its containers are gone.
+//! time per pod, failed ones retried every `syncPeriod`. The store tells it which pods changed (kubelet's per-pod
+//! status channel); it looks at those alone, and the API's echo of its own write is not a change. It also keeps
+//! mirror pods for static pods, and finishes graceful deletions by deleting the pod object with grace period 0 once
+//! its containers are gone.
 
+pub mod readiness;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +28,7 @@ use crate::kubetypes::annotations::{
 };
 use crate::kubetypes::spec;
 use crate::pods::status::{PHASE_FAILED, PHASE_SUCCEEDED};
-use crate::status::store::{PodEntry, PodStore};
+use crate::status::store::PodStore;
 
 /// kubelet's status manager re-checks every pod this often (`syncPeriod`), which also retries failed writes.
 pub const STATUS_SYNC_PERIOD: Duration = Duration::from_secs(10);
@@ -46,9 +50,11 @@ pub struct StatusManager {
     pub store: PodStore,
     pub mirrors: watch::Receiver<MirrorPods>,
     pub terminated: mpsc::UnboundedReceiver<Arc<Pod>>,
+    pub counts: Arc<StatusManagerCounts>,
 }
 
-fn is_static(pod: &Pod) -> bool {
+/// A pod from the manifest folder, whose status goes to its mirror pod.
+pub fn is_static(pod: &Pod) -> bool {
     pod.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_SOURCE_ANNOTATION)).is_some_and(|s| s == FILE_SOURCE)
 }
 
@@ -121,20 +127,31 @@ pub fn pod_status_patch(uid: &str, old: &Value, new: &Value) -> Option<Value> {
     Some(Value::Object(patch))
 }
 
-/// Static pods whose mirror pod changed need their status compared again.
-fn mark_mirrors_changed(records: &mut BTreeMap<String, PodRecord>, old: &MirrorPods, new: &MirrorPods) {
-    for record in records.values_mut() {
-        let Some(entry) = record.entry.as_ref().filter(|e| is_static(&e.pod)) else { continue };
-        let key = spec::key(&entry.pod);
-        let same = match (old.get(&key), new.get(&key)) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
+/// Static pods whose mirror pod changed need their status compared again, unless the change is the answer to
+/// our own write coming back through the watch.
+fn mark_mirrors_changed(state: &mut State, old: &MirrorPods, new: &MirrorPods) {
+    for (uid, pod) in &state.statics {
+        let key = spec::key(pod);
+        let (same, rv) = match (old.get(&key), new.get(&key)) {
+            (Some(a), Some(b)) => (Arc::ptr_eq(a, b), b.metadata.resource_version.as_deref()),
+            (None, None) => (true, None),
+            (_, b) => (false, b.and_then(|b| b.metadata.resource_version.as_deref())),
         };
-        if !same {
-            record.dirty = true;
+        let written =
+            state.records.get(uid).and_then(|r| r.written.as_ref()).and_then(|w| w.resource_version.as_deref());
+        if !same && (rv.is_none() || rv != written) {
+            state.dirty.insert(uid.clone());
         }
     }
+}
+
+/// How often the status manager woke for changes, how many pods it looked at and how many writes it made: the
+/// cost of its notifications (logged at debug level when it stops being idle).
+#[derive(Debug, Default)]
+pub struct StatusManagerCounts {
+    pub wakes: AtomicU64,
+    pub looked: AtomicU64,
+    pub writes: AtomicU64,
 }
 
 fn digest(v: &Value) -> u64 {
@@ -167,14 +184,52 @@ struct Written {
 /// The status manager's view of one pod.
 #[derive(Debug, Default)]
 struct PodRecord {
-    /// The store entry last looked at, to tell cheaply what changed.
-    entry: Option<PodEntry>,
-    dirty: bool,
+    /// `namespace/name`, for logs.
+    key: String,
     /// A write failed: retried at the next sync period instead of at once.
     failed: bool,
     written: Option<Written>,
     /// The object of this UID is gone or was replaced (404, or the UID precondition failed).
     gone: Option<String>,
+    /// The store's status version and the API copy's resourceVersion last looked at, for the periodic check.
+    seen_version: u64,
+    seen_rv: Option<String>,
+}
+
+/// What the status manager keeps between wake-ups.
+#[derive(Debug, Default)]
+struct State {
+    records: HashMap<String, PodRecord>,
+    /// Pods to look at: notified by the store, due for a retry, or with a changed mirror pod.
+    dirty: BTreeSet<String>,
+    /// Static pods by UID, whose mirror pods the manager keeps.
+    statics: BTreeMap<String, Arc<Pod>>,
+}
+
+impl State {
+    /// kubelet's periodic `syncBatch(all)`, without rescanning statuses: a pod needs another look only if its
+    /// status or its API copy changed since the last look (other than by the answer to our own write), or its
+    /// last write failed. Nothing is cloned.
+    fn reconcile(&mut self, store: &PodStore) {
+        for (uid, r) in self.records.iter_mut() {
+            if std::mem::take(&mut r.failed) {
+                self.dirty.insert(uid.clone());
+            }
+        }
+        let (records, dirty) = (&self.records, &mut self.dirty);
+        store.for_each_version(|uid, rv, version| {
+            let stale = match records.get(uid) {
+                None => true,
+                Some(r) => {
+                    let written = r.written.as_ref().and_then(|w| w.resource_version.as_deref());
+                    r.seen_version != version || (rv != r.seen_rv.as_deref() && (rv.is_none() || rv != written))
+                }
+            };
+            if stale {
+                dirty.insert(uid.to_owned());
+            }
+        });
+    }
 }
 
 /// The status and resourceVersion a write was answered with.
@@ -196,8 +251,7 @@ enum Outcome {
 
 impl StatusManager {
     pub async fn run(mut self) {
-        let mut changes = self.store.subscribe();
-        let mut records: BTreeMap<String, PodRecord> = BTreeMap::new();
+        let mut state = State::default();
         let mut pending_deletes: BTreeMap<String, Arc<Pod>> = BTreeMap::new();
         // UIDs with a write or a deletion in flight.
         let mut in_flight: BTreeSet<String> = BTreeSet::new();
@@ -209,14 +263,17 @@ impl StatusManager {
         loop {
             let mut resync_mirrors = false;
             tokio::select! {
-                r = changes.changed() => {
-                    if r.is_err() { return }
-                    resync_mirrors = self.scan(&mut records);
+                () = self.store.changed() => {
+                    let uids = self.store.take_dirty();
+                    let wakes = self.counts.wakes.fetch_add(1, Ordering::Relaxed) + 1;
+                    let looked = self.counts.looked.load(Ordering::Relaxed);
+                    tracing::debug!(pods = uids.len(), wakes, looked, "status manager notified");
+                    state.dirty.extend(uids);
                 }
                 r = self.mirrors.changed() => {
                     if r.is_err() { return }
                     let mirrors = self.mirrors.borrow_and_update().clone();
-                    mark_mirrors_changed(&mut records, &mirrors_seen, &mirrors);
+                    mark_mirrors_changed(&mut state, &mirrors_seen, &mirrors);
                     mirrors_seen = mirrors;
                     resync_mirrors = true;
                 }
@@ -226,156 +283,152 @@ impl StatusManager {
                     }
                 }
                 _ = tick.tick() => {
-                    // kubelet's periodic `syncBatch`: every pod is compared with the API again and failed writes retried.
-                    self.scan(&mut records);
-                    for r in records.values_mut() {
-                        r.dirty = true;
-                        r.failed = false;
-                    }
+                    state.reconcile(&self.store);
                     deletes_failed.clear();
                     resync_mirrors = true;
                 }
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Ok((uid, outcome)) = joined {
                         in_flight.remove(&uid);
-                        if !self.finished(&uid, outcome, &mut records, &mut pending_deletes) {
+                        if !self.finished(&uid, outcome, &mut state, &mut pending_deletes) {
                             deletes_failed.insert(uid);
                         }
                     }
                 }
             }
-            self.start_writes(&mut records, &mut in_flight, &mut tasks);
+            resync_mirrors |= self.start_writes(&mut state, &mut in_flight, &mut tasks);
             self.start_deletions(&pending_deletes, &deletes_failed, &mut in_flight, &mut tasks);
             if resync_mirrors {
-                self.sync_mirror_pods().await;
+                self.sync_mirror_pods(&state.statics).await;
             }
         }
     }
 
-    /// Marks the pods whose entry in the store changed; forgets pods gone from it. True when the set of static pods
+    /// Looks at the dirty pods (and only them) and starts the writes they need. True when the set of static pods
     /// changed, so their mirror pods need a look.
-    fn scan(&self, records: &mut BTreeMap<String, PodRecord>) -> bool {
-        let entries = self.store.list();
-        let live: BTreeSet<String> = entries.iter().map(|e| spec::uid(&e.pod).to_owned()).collect();
+    fn start_writes(
+        &self,
+        state: &mut State,
+        in_flight: &mut BTreeSet<String>,
+        tasks: &mut JoinSet<(String, Outcome)>,
+    ) -> bool {
         let mut statics_changed = false;
-        records.retain(|uid, r| {
-            let keep = live.contains(uid);
-            statics_changed |= !keep && r.entry.as_ref().is_some_and(|e| is_static(&e.pod));
-            keep
-        });
-        for entry in entries {
-            let uid = spec::uid(&entry.pod).to_owned();
-            let record = records.entry(uid).or_default();
-            // The API source hands over new copies of every pod on each watch event: a pod is the same when its
-            // resourceVersion is.
-            let same = record.entry.as_ref().is_some_and(|old| {
-                let same_pod = Arc::ptr_eq(&old.pod, &entry.pod)
-                    || (old.pod.metadata.resource_version.is_some()
-                        && old.pod.metadata.resource_version == entry.pod.metadata.resource_version
-                        && old.pod.metadata.uid == entry.pod.metadata.uid);
-                same_pod && old.status == entry.status
-            });
-            if !same {
-                statics_changed |= record.entry.is_none() && is_static(&entry.pod);
-                record.dirty = true;
-                record.entry = Some(entry);
+        let mirrors = self.mirrors.borrow().clone();
+        let dirty: Vec<String> = state.dirty.iter().filter(|uid| !in_flight.contains(*uid)).cloned().collect();
+        for uid in dirty {
+            if tasks.len() >= MAX_WRITES_IN_FLIGHT {
+                break;
+            }
+            if state.records.get(&uid).is_some_and(|r| r.failed) {
+                continue;
+            }
+            state.dirty.remove(&uid);
+            self.counts.looked.fetch_add(1, Ordering::Relaxed);
+            let Some((pod, ours, version)) = self.store.get(&uid) else {
+                state.records.remove(&uid);
+                statics_changed |= state.statics.remove(&uid).is_some();
+                continue;
+            };
+            if is_static(&pod) {
+                statics_changed |= state.statics.insert(uid.clone(), pod.clone()).is_none();
+            }
+            let record = state.records.entry(uid.clone()).or_default();
+            if record.key.is_empty() {
+                record.key = spec::key(&pod);
+            }
+            record.seen_version = version;
+            record.seen_rv = pod.metadata.resource_version.clone();
+            let Some(ours) = ours else { continue };
+            // A static pod's status goes to its mirror pod.
+            let target: Arc<Pod> = if is_static(&pod) {
+                match mirrors.get(&spec::key(&pod)) {
+                    Some(m) => m.clone(),
+                    None => continue,
+                }
+            } else {
+                pod
+            };
+            if let Some((patch, target_uid, sent, base_rv)) = Self::patch_for(record, &target, &ours) {
+                in_flight.insert(uid.clone());
+                self.counts.writes.fetch_add(1, Ordering::Relaxed);
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), spec::namespace(&target));
+                let name = spec::name(&target).to_owned();
+                let span = tracing::debug_span!("pod", pod = %spec::key(&target), uid = %uid);
+                tasks.spawn(
+                    async move {
+                        tracing::debug!(%patch, "patching pod status");
+                        let result = api
+                            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+                            .await
+                            .map(|pod| Box::new((pod.status, pod.metadata.resource_version)));
+                        (uid, Outcome::Status { target_uid, sent, base_rv, result })
+                    }
+                    .instrument(span),
+                );
             }
         }
         statics_changed
     }
 
-    fn start_writes(
-        &self,
-        records: &mut BTreeMap<String, PodRecord>,
-        in_flight: &mut BTreeSet<String>,
-        tasks: &mut JoinSet<(String, Outcome)>,
-    ) {
-        let mirrors = self.mirrors.borrow().clone();
-        for (uid, record) in records.iter_mut() {
-            if tasks.len() >= MAX_WRITES_IN_FLIGHT {
-                return;
-            }
-            if !record.dirty || record.failed || in_flight.contains(uid) {
-                continue;
-            }
-            record.dirty = false;
-            let Some(entry) = record.entry.as_ref() else { continue };
-            let Some(ours) = entry.status.as_ref() else { continue };
-            // A static pod's status goes to its mirror pod.
-            let target: Arc<Pod> = if is_static(&entry.pod) {
-                match mirrors.get(&spec::key(&entry.pod)) {
-                    Some(m) => m.clone(),
-                    None => continue,
-                }
-            } else {
-                entry.pod.clone()
-            };
-            let target_uid = spec::uid(&target).to_owned();
-            if record.gone.as_deref() == Some(target_uid.as_str()) {
-                continue;
-            }
-            // The server's status: the copy from the watch, or the answer to our last write while the watch has
-            // not caught up with it.
-            let watched_rv = target.metadata.resource_version.as_deref();
-            let written = record.written.as_mut().filter(|w| w.target_uid == target_uid);
-            let lagging = written.as_ref().is_some_and(|w| newer(w.resource_version.as_deref(), watched_rv));
-            let base_status: Option<PodStatus> = match written {
-                Some(w) if lagging => w.response.clone(),
-                Some(w) => {
-                    w.response = None;
-                    target.status.clone()
-                }
-                None => target.status.clone(),
-            };
-            let written = record.written.as_ref().filter(|w| w.target_uid == target_uid);
-            // Never move a pod back from a terminal phase.
-            if terminal(base_status.as_ref().and_then(|s| s.phase.as_deref())) && !terminal(ours.phase.as_deref()) {
-                continue;
-            }
-            let new = status_json(Some(&merge_status(ours, base_status.as_ref())));
-            let base = status_json(base_status.as_ref());
-            let sent = digest(&new);
-            // Asked for already and the server has not changed since: what differs is what it normalizes away.
-            let unchanged_since_write =
-                written.is_some_and(|w| w.sent == sent && (lagging || w.resource_version.as_deref() == watched_rv));
-            if unchanged_since_write {
-                continue;
-            }
-            let Some(patch) = pod_status_patch(&target_uid, &base, &new) else { continue };
-            in_flight.insert(uid.clone());
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), spec::namespace(&target));
-            let name = spec::name(&target).to_owned();
-            let span = tracing::debug_span!("pod", pod = %spec::key(&target), uid = %uid);
-            let uid = uid.clone();
-            let base_rv = watched_rv.map(str::to_owned);
-            tasks.spawn(
-                async move {
-                    tracing::debug!(%patch, "patching pod status");
-                    let result = api
-                        .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
-                        .await
-                        .map(|pod| Box::new((pod.status, pod.metadata.resource_version)));
-                    (uid, Outcome::Status { target_uid, sent, base_rv, result })
-                }
-                .instrument(span),
-            );
+    /// kubelet's `needsUpdate` and `mergePodStatus`: the patch from the server's status to ours (with the digest of
+    /// what is asked for and the resourceVersion it is computed from), or `None` when nothing is to be written.
+    fn patch_for(
+        record: &mut PodRecord,
+        target: &Pod,
+        ours: &PodStatus,
+    ) -> Option<(Value, String, u64, Option<String>)> {
+        let target_uid = spec::uid(target).to_owned();
+        if record.gone.as_deref() == Some(target_uid.as_str()) {
+            return None;
         }
+        // The server's status: the copy from the watch, or the answer to our last write while the watch has
+        // not caught up with it.
+        let watched_rv = target.metadata.resource_version.as_deref();
+        let written = record.written.as_mut().filter(|w| w.target_uid == target_uid);
+        let lagging = written.as_ref().is_some_and(|w| newer(w.resource_version.as_deref(), watched_rv));
+        let base_status: Option<PodStatus> = match written {
+            Some(w) if lagging => w.response.clone(),
+            Some(w) => {
+                w.response = None;
+                target.status.clone()
+            }
+            None => target.status.clone(),
+        };
+        let written = record.written.as_ref().filter(|w| w.target_uid == target_uid);
+        // Never move a pod back from a terminal phase.
+        if terminal(base_status.as_ref().and_then(|s| s.phase.as_deref())) && !terminal(ours.phase.as_deref()) {
+            return None;
+        }
+        let new = status_json(Some(&merge_status(ours, base_status.as_ref())));
+        let base = status_json(base_status.as_ref());
+        let sent = digest(&new);
+        // Asked for already and the server has not changed since: what differs is what it normalizes away.
+        let unchanged_since_write =
+            written.is_some_and(|w| w.sent == sent && (lagging || w.resource_version.as_deref() == watched_rv));
+        if unchanged_since_write {
+            return None;
+        }
+        let patch = pod_status_patch(&target_uid, &base, &new)?;
+        Some((patch, target_uid, sent, watched_rv.map(str::to_owned)))
     }
 
     fn finished(
         &self,
         uid: &str,
         outcome: Outcome,
-        records: &mut BTreeMap<String, PodRecord>,
+        state: &mut State,
         pending_deletes: &mut BTreeMap<String, Arc<Pod>>,
     ) -> bool {
         match outcome {
             Outcome::Status { target_uid, sent, base_rv, result } => {
-                let Some(record) = records.get_mut(uid) else { return true };
-                let key = record.entry.as_ref().map(|e| spec::key(&e.pod)).unwrap_or_default();
+                let Some(record) = state.records.get_mut(uid) else { return true };
+                let key = record.key.as_str();
                 match result {
                     Ok(answer) => {
                         let (response, resource_version) = *answer;
+                        if target_uid == uid {
+                            self.store.set_written(uid, resource_version.clone());
+                        }
                         record.written = Some(Written { target_uid, sent, response, resource_version });
                     }
                     // Gone, or the name now belongs to another pod (the UID precondition failed): nothing to write.
@@ -392,7 +445,6 @@ impl StatusManager {
                     Err(e) => {
                         tracing::warn!(pod = %key, error = %e, "failed to update pod status; will retry");
                         record.failed = true;
-                        record.dirty = true;
                     }
                 }
                 true
@@ -447,10 +499,9 @@ impl StatusManager {
 
     /// Each static pod has a mirror pod in the API carrying `kubernetes.io/config.mirror` = its config hash; a
     /// missing or outdated mirror pod is (re)created, and mirror pods of gone static pods are deleted.
-    async fn sync_mirror_pods(&self) {
+    async fn sync_mirror_pods(&self, statics: &BTreeMap<String, Arc<Pod>>) {
         let mirrors = self.mirrors.borrow().clone();
-        let statics: BTreeMap<String, Arc<Pod>> =
-            self.store.list().into_iter().filter(|e| is_static(&e.pod)).map(|e| (spec::key(&e.pod), e.pod)).collect();
+        let statics: BTreeMap<String, &Arc<Pod>> = statics.values().map(|p| (spec::key(p), p)).collect();
         for (key, pod) in &statics {
             let hash = spec::uid(pod);
             let existing = mirrors.get(key);
@@ -601,6 +652,181 @@ mod tests {
         let merged = merge_status(&flipped, Some(&api));
         let ready = merged.conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(serde_json::to_value(ready.last_transition_time).unwrap(), json!("2026-06-01T12:00:00Z"));
+    }
+
+    /// A fake API server answering status patches with the pod as patched (the status sent, a new
+    /// resourceVersion), counting them, and keeping the last answer.
+    struct FakeApi {
+        patches: Arc<AtomicU64>,
+        last: Arc<std::sync::Mutex<Option<Pod>>>,
+    }
+
+    fn strip_directives(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.retain(|k, _| !k.starts_with('$'));
+                m.values_mut().for_each(strip_directives);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip_directives),
+            _ => {}
+        }
+    }
+
+    fn fake_api() -> (kube::Client, FakeApi) {
+        use http_body_util::BodyExt;
+        let fake = FakeApi { patches: Arc::default(), last: Arc::default() };
+        let (patches, last) = (fake.patches.clone(), fake.last.clone());
+        let service = tower::service_fn(move |req: axum::http::Request<kube::client::Body>| {
+            let (patches, last) = (patches.clone(), last.clone());
+            async move {
+                let path = req.uri().path().to_owned();
+                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let mut patch: Value = serde_json::from_slice(&body).unwrap_or_default();
+                strip_directives(&mut patch);
+                let n = patches.fetch_add(1, Ordering::SeqCst) + 1;
+                let name = path.trim_end_matches("/status").rsplit('/').next().unwrap_or_default().to_owned();
+                let answer = json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "namespace": "default", "uid": patch["metadata"]["uid"],
+                                 "resourceVersion": (1000 + n).to_string()},
+                    "status": patch["status"],
+                });
+                if let Ok(mut l) = last.lock() {
+                    *l = serde_json::from_value(answer.clone()).ok();
+                }
+                let response = axum::http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(answer.to_string().into_bytes()))
+                    .expect("a response");
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        (kube::Client::new(service, "default"), fake)
+    }
+
+    fn api_pod(i: usize, rv: &str, status: Option<PodStatus>) -> Arc<Pod> {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some(format!("p{i}"));
+        pod.metadata.namespace = Some("default".into());
+        pod.metadata.uid = Some(format!("u{i}"));
+        pod.metadata.resource_version = Some(rv.to_owned());
+        pod.status = status;
+        Arc::new(pod)
+    }
+
+    async fn eventually(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// Lets the manager run whatever is ready, then a little more.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    #[tokio::test]
+    async fn only_notified_pods_are_looked_at_and_our_own_echo_wakes_nothing_while_a_foreign_change_is_answered() {
+        let (client, fake) = fake_api();
+        let store = PodStore::default();
+        let counts = Arc::new(StatusManagerCounts::default());
+        let (_mirrors_tx, mirrors) = watch::channel(MirrorPods::new());
+        let (_terminated_tx, terminated) = mpsc::unbounded_channel();
+        for i in 0..30 {
+            store.upsert_pod(&format!("u{i}"), api_pod(i, "1", None));
+        }
+        let manager = StatusManager {
+            client,
+            node_name: "n".into(),
+            store: store.clone(),
+            mirrors,
+            terminated,
+            counts: counts.clone(),
+        };
+        let task = tokio::spawn(manager.run());
+        for i in 0..30 {
+            store.set_status(&format!("u{i}"), status(running("False", "2026-01-01T00:00:00Z")));
+        }
+        eventually("30 first writes", || fake.patches.load(Ordering::SeqCst) == 30).await;
+        settle().await;
+        let writes = fake.patches.load(Ordering::SeqCst);
+        assert_eq!(writes, 30, "one write per pod");
+
+        // One pod's status changes: it alone is looked at and written.
+        let looked = counts.looked.load(Ordering::SeqCst);
+        store.set_status("u3", status(running("True", "2026-01-01T00:00:09Z")));
+        eventually("the write of u3", || fake.patches.load(Ordering::SeqCst) == 31).await;
+        settle().await;
+        assert_eq!(counts.looked.load(Ordering::SeqCst) - looked, 1, "only u3 was looked at");
+        let answer = fake.last.lock().expect("lock").clone().expect("an answer");
+        assert_eq!(answer.metadata.name.as_deref(), Some("p3"));
+
+        // The watch echoes our write (the resourceVersion it was answered with): no wake-up, no write.
+        let wakes = counts.wakes.load(Ordering::SeqCst);
+        store.upsert_pod(
+            "u3",
+            api_pod(3, answer.metadata.resource_version.as_deref().unwrap_or(""), answer.status.clone()),
+        );
+        settle().await;
+        assert_eq!(counts.wakes.load(Ordering::SeqCst), wakes, "our own write coming back is not news");
+        assert_eq!(fake.patches.load(Ordering::SeqCst), 31);
+
+        // The node controller marks the pod not ready: answered at once with our status.
+        let mut foreign = answer.status.clone().expect("a status");
+        for c in foreign.conditions.iter_mut().flatten().filter(|c| c.type_ == "Ready") {
+            c.status = "False".into();
+            c.reason = Some("NodeNotReady".into());
+        }
+        store.upsert_pod("u3", api_pod(3, "5000", Some(foreign)));
+        eventually("the answer to a foreign change", || fake.patches.load(Ordering::SeqCst) == 32).await;
+        let answer = fake.last.lock().expect("lock").clone().expect("an answer");
+        let ready = answer.status.and_then(|s| s.conditions).into_iter().flatten().find(|c| c.type_ == "Ready");
+        assert_eq!(ready.map(|c| c.status), Some("True".to_owned()), "our Ready=True restored");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_probe_result_lands_in_the_stored_status_and_marks_only_its_pod() {
+        let store = PodStore::default();
+        let mut pod = (*api_pod(1, "1", None)).clone();
+        pod.spec = Some(
+            serde_json::from_value(json!({"containers": [{"name": "app", "image": "i",
+            "readinessProbe": {"exec": {"command": ["true"]}}}]}))
+            .expect("a spec"),
+        );
+        store.upsert_pod("u1", Arc::new(pod));
+        store.upsert_pod("u2", api_pod(2, "1", None));
+        let mut s = running("False", "2026-01-01T00:00:00Z");
+        s["containerStatuses"][0]["containerID"] = json!("containerd://c1");
+        s["containerStatuses"][0]["started"] = json!(true);
+        s["containerStatuses"][0]["state"] = json!({"running": {}});
+        s["conditions"].as_array_mut().expect("conditions").push(json!({"type": "ContainersReady", "status": "False"}));
+        let results = Arc::new(std::sync::Mutex::new(crate::kubetypes::probe::ProbeResults::default()));
+        store.set_probe_results("u1", results.clone());
+        // Before the first status, a result is ignored.
+        store.apply_probe_results("u1", &results);
+        assert!(store.take_dirty().is_empty());
+        store.set_status("u1", status(s.clone()));
+        store.set_status("u2", status(s.clone()));
+        assert_eq!(store.take_dirty().len(), 2);
+        if let Ok(mut r) = results.lock() {
+            r.set("c1", crate::kubetypes::probe::ProbeKind::Readiness, crate::kubetypes::probe::ProbeResult::Success);
+        }
+        store.apply_probe_results("u1", &results);
+        assert_eq!(store.take_dirty(), BTreeSet::from(["u1".to_owned()]));
+        let ready = |uid| {
+            let (_, s, _) = store.get(uid).expect("stored");
+            s.and_then(|s| s.conditions).into_iter().flatten().find(|c| c.type_ == "Ready").map(|c| c.status)
+        };
+        assert_eq!(ready("u1").as_deref(), Some("True"));
+        // A status computed from results older than the probe's does not undo it.
+        store.set_status("u1", status(s));
+        assert_eq!(ready("u1").as_deref(), Some("True"));
+        assert!(store.take_dirty().is_empty(), "nothing changed");
     }
 
     #[test]

@@ -7,7 +7,6 @@ use crate::kubetypes::annotations::API_SOURCE;
 use crate::status::MirrorPods;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -69,17 +68,17 @@ pub async fn run_api_source(
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}")).any_semantic();
     let mut stream = watcher::watcher(pods, config).boxed();
     let mut backoff = ReflectorBackoff::new();
-    let mut current: BTreeMap<String, Pod> = BTreeMap::new();
-    let mut initial: Option<BTreeMap<String, Pod>> = None;
+    let mut current = PodSet::default();
+    let mut initial: Option<PodSet> = None;
     while let Some(event) = stream.next().await {
         let changed = match event {
             Ok(Event::Init) => {
-                initial = Some(BTreeMap::new());
+                initial = Some(PodSet::default());
                 false
             }
             Ok(Event::InitApply(pod)) => {
                 if let Some(buffer) = initial.as_mut() {
-                    buffer.insert(spec::uid(&pod).to_owned(), pod);
+                    buffer.apply(pod, Some(&current));
                 }
                 false
             }
@@ -88,7 +87,7 @@ pub async fn run_api_source(
                 true
             }
             Ok(Event::Apply(pod)) => {
-                current.insert(spec::uid(&pod).to_owned(), pod);
+                current.apply(pod, None);
                 true
             }
             Ok(Event::Delete(pod)) => {
@@ -116,30 +115,103 @@ pub async fn run_api_source(
         if !changed {
             continue;
         }
-        let mut to_run = Vec::new();
-        let mut mirror_pods = MirrorPods::new();
-        for pod in current.values() {
-            if is_mirror(pod) {
-                mirror_pods.insert(spec::key(pod), Arc::new(pod.clone()));
-                continue;
+        // The mirror pods' receivers (the status manager) wake only when one of them changed.
+        let mirror_pods = current.mirror_pods();
+        mirrors.send_if_modified(|old| {
+            let same = old.len() == mirror_pods.len()
+                && old.iter().zip(&mirror_pods).all(|((k, a), (l, b))| k == l && Arc::ptr_eq(a, b));
+            if !same {
+                *old = mirror_pods;
             }
-            let mut pod = pod.clone();
+            !same
+        });
+        if updates.send(SourceUpdate { source: API_SOURCE, pods: current.to_run() }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The pods of the node as the watch has them, one `Arc` per UID: an event replaces one pod and the others keep
+/// their `Arc`, so the pod manager tells what changed by pointer and the set is never copied pod by pod.
+#[derive(Debug, Default)]
+struct PodSet {
+    pods: BTreeMap<String, Arc<Pod>>,
+}
+
+impl PodSet {
+    /// Adds the pod, annotated with its source as pods to run are (a mirror pod as it is). A copy the same as the
+    /// one in `previous` (an unchanged pod seen again by a relist) keeps that `Arc`.
+    fn apply(&mut self, mut pod: Pod, previous: Option<&PodSet>) {
+        if !is_mirror(&pod) {
             pod.metadata
                 .annotations
                 .get_or_insert_with(BTreeMap::new)
                 .insert(CONFIG_SOURCE_ANNOTATION.into(), API_SOURCE.into());
-            to_run.push(Arc::new(pod));
         }
-        mirrors.send_replace(mirror_pods);
-        if updates.send(SourceUpdate { source: API_SOURCE, pods: to_run }).await.is_err() {
-            return;
-        }
+        let uid = spec::uid(&pod).to_owned();
+        let kept = previous.and_then(|p| p.pods.get(&uid)).filter(|old| ***old == pod).cloned();
+        self.pods.insert(uid, kept.unwrap_or_else(|| Arc::new(pod)));
+    }
+
+    fn remove(&mut self, uid: &str) {
+        self.pods.remove(uid);
+    }
+
+    fn mirror_pods(&self) -> MirrorPods {
+        self.pods.values().filter(|p| is_mirror(p)).map(|p| (spec::key(p), p.clone())).collect()
+    }
+
+    /// The pods to run: all but mirror pods.
+    fn to_run(&self) -> Vec<Arc<Pod>> {
+        self.pods.values().filter(|p| !is_mirror(p)).cloned().collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(uid: &str, rv: &str, mirror: bool) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some(uid.to_owned());
+        pod.metadata.namespace = Some("default".into());
+        pod.metadata.uid = Some(uid.to_owned());
+        pod.metadata.resource_version = Some(rv.to_owned());
+        if mirror {
+            pod.metadata.annotations = Some([(CONFIG_MIRROR_ANNOTATION.to_owned(), "h".to_owned())].into());
+        }
+        pod
+    }
+
+    #[test]
+    fn an_event_replaces_one_pod_and_the_others_keep_their_arc() {
+        let mut set = PodSet::default();
+        for i in 0..30 {
+            set.apply(pod(&format!("u{i}"), "1", false), None);
+        }
+        set.apply(pod("m", "1", true), None);
+        let before = set.to_run();
+        assert_eq!(before.len(), 30, "mirror pods are not pods to run");
+        let annotated =
+            |p: &Pod| p.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_SOURCE_ANNOTATION)).cloned();
+        assert_eq!(annotated(&before[0]), Some(API_SOURCE.to_owned()));
+        let mirrors = set.mirror_pods();
+        assert_eq!(annotated(&mirrors["default/m"]), None, "a mirror pod is kept as the API has it");
+
+        set.apply(pod("u7", "2", false), None);
+        let after = set.to_run();
+        let replaced: Vec<usize> = (0..30).filter(|&i| !Arc::ptr_eq(&before[i], &after[i])).collect();
+        let u7 = before.iter().position(|p| spec::uid(p) == "u7").expect("u7 listed");
+        assert_eq!(replaced, vec![u7]);
+        assert!(Arc::ptr_eq(&mirrors["default/m"], &set.mirror_pods()["default/m"]));
+
+        // A relist hands every pod over again: unchanged ones keep their Arc.
+        let mut relisted = PodSet::default();
+        for i in 0..30 {
+            relisted.apply(pod(&format!("u{i}"), if i == 7 { "2" } else { "1" }, false), Some(&set));
+        }
+        assert!(relisted.to_run().iter().zip(&after).all(|(a, b)| Arc::ptr_eq(a, b)));
+    }
 
     #[test]
     fn reflector_backoff_doubles_to_thirty_seconds_and_starts_over_after_two_quiet_minutes() {
