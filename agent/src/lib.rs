@@ -7,6 +7,7 @@ pub mod kuberuntime;
 pub mod lifecycle;
 pub mod logs;
 pub mod node;
+pub mod pleg;
 pub mod pods;
 pub mod probes;
 pub mod resources;

@@ -21,6 +21,7 @@ use rkubelet::kuberuntime::KubeRuntime;
 use rkubelet::node;
 use rkubelet::node::registration::{run_node_lease, FactsFn, NodeRegistration};
 use rkubelet::node::status::{go_arch, NodeFacts, KUBELET_COMPAT_VERSION};
+use rkubelet::pleg::{Pleg, PodCache};
 use rkubelet::pods::admission::{NodeInfo, Resources};
 use rkubelet::pods::env::NodeAllocatable;
 use rkubelet::pods::events::EventRecorder;
@@ -32,7 +33,7 @@ use rkubelet::pods::worker::{PodWorkerMetrics, WorkerContext};
 use rkubelet::resources::cgroups::{CgroupManager, CgroupName, CGROUP_MOUNT};
 use rkubelet::resources::pod::{kubepods_config, node_allocatable, CpuMemory, ResourceConfig};
 use rkubelet::resources::QosClass;
-use rkubelet::runtime::{Pleg, Runtime};
+use rkubelet::runtime::Runtime;
 use rkubelet::server::{self, ServerState};
 use rkubelet::volumes::VolumeManager;
 
@@ -210,7 +211,7 @@ fn node_facts_fn(
     hostname: String,
     runtime: Runtime,
     runtime_version: String,
-    pleg: rkubelet::runtime::PlegHealth,
+    pleg: rkubelet::pleg::PlegHealth,
     (capacity, allocatable): (CpuMemory, CpuMemory),
     host_ips: Vec<String>,
     kubelet_port: u16,
@@ -396,6 +397,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         },
         events.clone(),
     ));
+    let pod_cache = PodCache::new();
+    let pleg = Pleg::new(runtime.clone(), pod_cache.clone());
     let ctx = Arc::new(WorkerContext {
         kuberuntime: KubeRuntime {
             runtime: runtime.clone(),
@@ -419,12 +422,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         store: store.clone(),
         sync_frequency: config.sync_frequency,
         metrics: pod_worker_metrics.clone(),
+        cache: pod_cache,
+        refresher: pleg.refresher(),
     });
 
     // Every long-running part of the agent: if one ends, the agent exits non-zero so that systemd restarts it
     // whole, instead of reporting healthy with a part missing.
     let mut tasks = Supervisor::default();
-    let pleg = Pleg::new(runtime.clone());
     let pleg_health = pleg.health();
     let (pleg_tx, pleg_rx) = mpsc::unbounded_channel();
     tasks.spawn("PLEG", pleg.run(pleg_tx));

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 
 use super::{grace_period, security, KubeRuntime};
 use crate::pods::events::{self as ev, EventType};
-use crate::pods::plan::{self, BackoffState, ContainerStart, Waiting};
+use crate::pods::plan::{self, ContainerStart, Waiting};
 use crate::pods::{env, spec};
 use crate::resources::convert::container_cgroup_values;
 use crate::resources::pod_qos_class;
@@ -25,9 +25,8 @@ impl KubeRuntime {
         sandbox: &SandboxSpec,
         pod_ips: &[String],
         observed: &ObservedPod,
-        backoff: &mut BackoffState,
     ) -> Result<(), Waiting> {
-        let image_ref = self.ensure_image(pod, container, start.init, sandbox, backoff).await?;
+        let image_ref = self.ensure_image(pod, container, start.init, sandbox).await?;
         // kubelet resolves the target after the pull, as the container is created.
         let pid_target_id = crate::pods::ephemeral::target_id(pod, &container.name, observed)
             .map_err(|m| self.config_error(pod, container, start, m))?;

@@ -23,7 +23,7 @@ use tracing::Instrument;
 pub use kill::grace_period;
 
 use crate::pods::events::{self as ev, EventRecorder, EventType};
-use crate::pods::plan::{BackoffState, PodActions, Waiting};
+use crate::pods::plan::{PodActions, Waiting};
 use crate::pods::spec;
 use crate::resources::cgroups::{CgroupManager, CgroupName};
 use crate::resources::pod::pod_resource_config;
@@ -67,6 +67,8 @@ pub struct PodSyncResult {
     pub containers: BTreeMap<String, Option<Waiting>>,
     /// The sandbox could not be created or its cgroup set up.
     pub sandbox_error: Option<String>,
+    /// Per container whose image could not be pulled, that image.
+    pub pulls_failed: BTreeMap<String, String>,
 }
 
 impl PodSyncResult {
@@ -93,15 +95,9 @@ fn find_container(pod: &Pod, name: &str) -> Option<Container> {
 }
 
 impl KubeRuntime {
-    /// kubelet's `SyncPod`: carries out the actions `plan` computed. Back-off steps of image pulls and of restarted
-    /// containers are recorded in `backoff`.
-    pub async fn sync_pod(
-        &self,
-        pod: &Pod,
-        observed: &ObservedPod,
-        actions: &PodActions,
-        backoff: &mut BackoffState,
-    ) -> PodSyncResult {
+    /// kubelet's `SyncPod`: carries out the actions `plan` computed and reports what happened to each container;
+    /// the worker moves its back-offs on from that report.
+    pub async fn sync_pod(&self, pod: &Pod, observed: &ObservedPod, actions: &PodActions) -> PodSyncResult {
         let rt = &self.runtime;
         let mut result = PodSyncResult::default();
         if actions.kill_pod {
@@ -187,23 +183,19 @@ impl KubeRuntime {
             let Some(container) = find_container(pod, &start.name) else { continue };
             let span = tracing::info_span!("container", container = %start.name);
             let outcome = self
-                .start_container(pod, &container, start, &sandbox_id, &sandbox, &pod_ips, observed, backoff)
+                .start_container(pod, &container, start, &sandbox_id, &sandbox, &pod_ips, observed)
                 .instrument(span)
                 .await;
             result.changed = true;
-            // kubelet's doBackOff moves the crash back-off on for every restart it lets through, whether the start
-            // then works or not (a start that fails in the runtime leaves an exited instance to back off from).
-            if let Some(finished) = start.previous_finished_at {
-                backoff.crash.next(&start.backoff_key, finished);
-            }
             match outcome {
                 Ok(()) => {
-                    backoff.start.forget(&start.backoff_key);
                     result.containers.insert(start.name.clone(), None);
                 }
                 Err(waiting) => {
                     tracing::warn!(container = %start.name, reason = %waiting.reason, message = %waiting.message, "start container failed");
-                    crate::pods::backoff::record_start_failure(backoff, start, &waiting);
+                    if waiting.reason == crate::pods::plan::REASON_ERR_IMAGE_PULL {
+                        result.pulls_failed.insert(start.name.clone(), spec::image_of(&container).to_owned());
+                    }
                     result.containers.insert(start.name.clone(), Some(waiting));
                     // An init container that cannot start blocks the rest, as in kubelet.
                     if start.init {

@@ -85,16 +85,34 @@ impl Backoff {
     }
 }
 
-/// Records a failed attempt to create or start a container in the start back-off; image pull failures have their
-/// own back-off and are not counted twice.
-pub fn record_start_failure(
+/// Moves the pod's back-offs on from what one `sync_pod` did (the executor only reports): kubelet's `doBackOff`
+/// steps the crash back-off for every restart it let through, whether the start then worked or not (a start that
+/// fails in the runtime leaves an exited instance to back off from); a failed pull steps the image's back-off; any
+/// other failure to create or start a container steps the start back-off, and a start that worked clears it.
+pub fn record_sync_result(
     backoff: &mut super::plan::BackoffState,
-    start: &super::plan::ContainerStart,
-    waiting: &super::plan::Waiting,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    actions: &super::plan::PodActions,
+    result: &crate::kuberuntime::PodSyncResult,
+    now: SystemTime,
 ) {
-    use super::plan::{REASON_ERR_IMAGE_PULL, REASON_IMAGE_PULL_BACK_OFF};
-    if waiting.reason != REASON_ERR_IMAGE_PULL && waiting.reason != REASON_IMAGE_PULL_BACK_OFF {
-        backoff.start.next(&start.backoff_key, SystemTime::now());
+    use super::plan::{image_backoff_key, REASON_ERR_IMAGE_PULL, REASON_IMAGE_PULL_BACK_OFF};
+    for start in &actions.containers_to_start {
+        // Starts after an init container that failed were not tried.
+        let Some(outcome) = result.containers.get(&start.name) else { continue };
+        if let Some(finished) = start.previous_finished_at {
+            backoff.crash.next(&start.backoff_key, finished);
+        }
+        match outcome {
+            None => backoff.start.forget(&start.backoff_key),
+            Some(waiting) if waiting.reason == REASON_ERR_IMAGE_PULL => {
+                if let Some(image) = result.pulls_failed.get(&start.name) {
+                    backoff.image_pull.next(&image_backoff_key(pod, image), now);
+                }
+            }
+            Some(waiting) if waiting.reason == REASON_IMAGE_PULL_BACK_OFF => {}
+            Some(_) => backoff.start.next(&start.backoff_key, now),
+        }
     }
 }
 
@@ -116,6 +134,53 @@ mod tests {
 
     fn t(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + secs)
+    }
+
+    #[test]
+    fn a_sync_result_moves_the_back_offs_on() {
+        use super::super::plan::{BackoffState, ContainerStart, PodActions, Waiting};
+        use crate::kuberuntime::PodSyncResult;
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "d", "uid": "u"},
+            "spec": {"containers": [{"name": "a", "image": "img-a"}, {"name": "b", "image": "img-b"},
+                                    {"name": "c", "image": "img-c"}, {"name": "d", "image": "img-d"}]}
+        }))
+        .unwrap();
+        let start = |name: &str, finished: Option<SystemTime>| ContainerStart {
+            name: name.into(),
+            init: false,
+            restart_count: 1,
+            previous_finished_at: finished,
+            backoff_key: format!("key-{name}"),
+        };
+        let actions = PodActions {
+            containers_to_start: vec![
+                start("a", Some(t(5))),
+                start("b", None),
+                start("c", None),
+                start("d", Some(t(5))),
+            ],
+            ..Default::default()
+        };
+        let waiting = |reason: &str| Some(Waiting { reason: reason.into(), message: String::new() });
+        let mut result = PodSyncResult::default();
+        result.containers.insert("a".into(), None);
+        result.containers.insert("b".into(), waiting(super::super::plan::REASON_ERR_IMAGE_PULL));
+        result.pulls_failed.insert("b".into(), "img-b".into());
+        result.containers.insert("c".into(), waiting(super::super::plan::REASON_CREATE_CONTAINER_ERROR));
+        let mut b = BackoffState::default();
+        b.start.next("key-a", t(0));
+        record_sync_result(&mut b, &pod, &actions, &result, t(10));
+        assert_eq!(
+            b.crash.get("key-a"),
+            Some(Duration::from_secs(10)),
+            "a restart let through steps the crash back-off"
+        );
+        assert_eq!(b.start.get("key-a"), None, "a start that worked clears the start back-off");
+        assert_eq!(b.image_pull.get("u_img-b"), Some(Duration::from_secs(10)), "a failed pull steps the image's");
+        assert_eq!(b.start.get("key-b"), None, "a pull failure is not counted twice");
+        assert_eq!(b.start.get("key-c"), Some(Duration::from_secs(10)), "a create error steps the start back-off");
+        assert_eq!(b.crash.get("key-d"), None, "a start not tried moves nothing");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 use super::backoff::Backoff;
+use super::events::{self as ev, EventType};
 use super::spec::{self, RestartPolicy};
 use crate::probes::{ProbeKind, ProbeResult, ProbeResults};
 use crate::runtime::{ContainerRecord, ContainerRunState, ObservedPod};
@@ -195,12 +196,67 @@ pub struct PlanInput<'a> {
     pub probes: &'a ProbeResults,
     /// The pod's volumes are set up; containers are not started before (kubelet's `WaitForAttachAndMount`).
     pub volumes_ready: bool,
+    /// The pod was active longer than its `activeDeadlineSeconds` (kubelet's `activeDeadlineHandler`).
+    pub deadline_exceeded: bool,
     pub now: SystemTime,
 }
 
-/// kubelet's `computePodActions` for one pod.
+/// kubelet's `computePodActions` for one pod, with the ephemeral containers to start and the kill of a pod past its
+/// active deadline (kubelet's `SyncPod` kills a pod its `ShouldEvict` handlers fail before computing anything).
 pub fn compute_pod_actions(input: &PlanInput<'_>) -> PodActions {
-    let PlanInput { pod, observed, backoff, probes, volumes_ready, now } = *input;
+    if input.deadline_exceeded {
+        // Failed for its deadline, the pod is terminal: everything is stopped and nothing starts again.
+        return PodActions { kill_pod: true, ..Default::default() };
+    }
+    let mut actions = compute_container_actions(input);
+    super::ephemeral::add_ephemeral_starts(input.pod, input.observed, &mut actions);
+    actions
+}
+
+/// An event the planner decided to record on the pod, or on one of its containers (`(name, is_init)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEvent {
+    pub container: Option<(String, bool)>,
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The events of containers held back by a back-off, as kubelet's `SyncPod` records them: `BackOff` for a crash loop,
+/// and for an image pull back-off the `BackOff` of the puller and `Failed` with the waiting reason.
+pub fn back_off_events(pod: &Pod, actions: &PodActions) -> Vec<PlannedEvent> {
+    let mut events = Vec::new();
+    for (name, waiting) in &actions.waiting {
+        let init = spec::init_containers(pod).iter().any(|c| &c.name == name);
+        let container = Some((name.clone(), init));
+        if waiting.reason == REASON_CRASH_LOOP_BACK_OFF {
+            let message = format!("Back-off restarting failed container {name} in pod {}", spec::format_pod(pod));
+            events.push(PlannedEvent {
+                container,
+                type_: EventType::Warning,
+                reason: ev::BACK_OFF_START_CONTAINER,
+                message,
+            });
+        } else if waiting.reason == REASON_IMAGE_PULL_BACK_OFF {
+            events.push(PlannedEvent {
+                container: container.clone(),
+                type_: EventType::Normal,
+                reason: ev::BACK_OFF_PULL_IMAGE,
+                message: waiting.message.clone(),
+            });
+            events.push(PlannedEvent {
+                container,
+                type_: EventType::Warning,
+                reason: ev::FAILED_TO_PULL_IMAGE,
+                message: format!("Error: {}", waiting.reason),
+            });
+        }
+    }
+    events
+}
+
+fn compute_container_actions(input: &PlanInput<'_>) -> PodActions {
+    let PlanInput { pod, observed, backoff, probes, volumes_ready, now, .. } = *input;
     let mut actions = PodActions::default();
     if !volumes_ready {
         // Nothing is started before the volumes are there; dead instances may still be collected.
@@ -449,7 +505,15 @@ mod tests {
 
     fn plan(pod: &Pod, observed: &ObservedPod, backoff: &BackoffState, now: SystemTime) -> PodActions {
         let probes = ProbeResults::default();
-        compute_pod_actions(&PlanInput { pod, observed, backoff, probes: &probes, volumes_ready: true, now })
+        compute_pod_actions(&PlanInput {
+            pod,
+            observed,
+            backoff,
+            probes: &probes,
+            volumes_ready: true,
+            deadline_exceeded: false,
+            now,
+        })
     }
 
     fn container(name: &str) -> Container {
@@ -524,6 +588,95 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_past_its_active_deadline_is_killed_whole_and_starts_nothing() {
+        let p = pod("Always", &[], &["app", "crashed"]);
+        let o = observed(
+            vec![sandbox("sb1", 0, true, 0)],
+            vec![
+                record(&p, "app", "c1", 0, ContainerRunState::Running, 0, 1),
+                record(&p, "crashed", "c3", 1, ContainerRunState::Exited, 1, 3),
+                record(&p, "crashed", "c2", 0, ContainerRunState::Exited, 1, 2),
+            ],
+        );
+        let b = BackoffState::default();
+        let probes = ProbeResults::default();
+        let input = PlanInput {
+            pod: &p,
+            observed: &o,
+            backoff: &b,
+            probes: &probes,
+            volumes_ready: true,
+            deadline_exceeded: false,
+            now: t(100),
+        };
+        assert!(!compute_pod_actions(&input).containers_to_start.is_empty(), "before the deadline: a restart");
+        let a = compute_pod_actions(&PlanInput { deadline_exceeded: true, ..input });
+        assert_eq!(a, PodActions { kill_pod: true, ..Default::default() });
+    }
+
+    #[test]
+    fn ephemeral_containers_are_started_first_by_the_plan() {
+        let mut p = pod("Always", &[], &["app"]);
+        p.spec.as_mut().unwrap().ephemeral_containers = Some(vec![k8s_openapi::api::core::v1::EphemeralContainer {
+            name: "debugger".into(),
+            image: Some("busybox".into()),
+            ..Default::default()
+        }]);
+        let o = observed(
+            vec![sandbox("sb1", 0, true, 0)],
+            vec![record(&p, "app", "c1", 0, ContainerRunState::Exited, 1, 1)],
+        );
+        let a = plan(&p, &o, &BackoffState::default(), t(100));
+        assert_eq!(names(&a), ["debugger", "app"]);
+        assert_eq!(a.sandbox_id.as_deref(), Some("sb1"));
+        // Not into a sandbox being created.
+        let a = plan(&p, &observed(vec![], vec![]), &BackoffState::default(), t(100));
+        assert_eq!(names(&a), ["app"]);
+    }
+
+    #[test]
+    fn back_offs_are_announced_as_kubelet_does() {
+        let p = pod("Always", &["setup"], &["app"]);
+        let mut actions = PodActions::default();
+        actions.waiting.insert(
+            "app".into(),
+            Waiting { reason: REASON_CRASH_LOOP_BACK_OFF.into(), message: "back-off 10s restarting failed".into() },
+        );
+        actions.waiting.insert(
+            "setup".into(),
+            Waiting { reason: REASON_IMAGE_PULL_BACK_OFF.into(), message: "Back-off pulling image \"x\"".into() },
+        );
+        actions.waiting.insert(
+            "other".into(),
+            Waiting { reason: REASON_CREATE_CONTAINER_CONFIG_ERROR.into(), message: "no".into() },
+        );
+        let events = back_off_events(&p, &actions);
+        assert_eq!(
+            events,
+            [
+                PlannedEvent {
+                    container: Some(("app".into(), false)),
+                    type_: EventType::Warning,
+                    reason: "BackOff",
+                    message: "Back-off restarting failed container app in pod web-node_default(uid-1)".into(),
+                },
+                PlannedEvent {
+                    container: Some(("setup".into(), true)),
+                    type_: EventType::Normal,
+                    reason: "BackOff",
+                    message: "Back-off pulling image \"x\"".into(),
+                },
+                PlannedEvent {
+                    container: Some(("setup".into(), true)),
+                    type_: EventType::Warning,
+                    reason: "Failed",
+                    message: "Error: ImagePullBackOff".into(),
+                },
+            ]
+        );
+    }
+
+    #[test]
     fn fresh_pod_creates_sandbox_and_starts_all_containers() {
         let p = pod("Always", &[], &["app", "side"]);
         let a = plan(&p, &ObservedPod::default(), &BackoffState::default(), t(0));
@@ -560,6 +713,7 @@ mod tests {
                 backoff: &b,
                 probes,
                 volumes_ready: true,
+                deadline_exceeded: false,
                 now: t(10),
             })
         };
@@ -597,7 +751,15 @@ mod tests {
         );
         let b = BackoffState::default();
         let kills = |probes: &ProbeResults| {
-            let input = PlanInput { pod: &p, observed: &o, backoff: &b, probes, volumes_ready: true, now: t(10) };
+            let input = PlanInput {
+                pod: &p,
+                observed: &o,
+                backoff: &b,
+                probes,
+                volumes_ready: true,
+                deadline_exceeded: false,
+                now: t(10),
+            };
             compute_pod_actions(&input).containers_to_kill
         };
         let mut probes = ProbeResults::default();
@@ -615,7 +777,15 @@ mod tests {
         let b = BackoffState::default();
         let probes = ProbeResults::default();
         let o = ObservedPod::default();
-        let input = PlanInput { pod: &p, observed: &o, backoff: &b, probes: &probes, volumes_ready: false, now: t(0) };
+        let input = PlanInput {
+            pod: &p,
+            observed: &o,
+            backoff: &b,
+            probes: &probes,
+            volumes_ready: false,
+            deadline_exceeded: false,
+            now: t(0),
+        };
         let a = compute_pod_actions(&input);
         assert_eq!(a.create_sandbox, None);
         assert!(a.containers_to_start.is_empty());
@@ -832,6 +1002,7 @@ mod tests {
                 backoff: &b,
                 probes,
                 volumes_ready: true,
+                deadline_exceeded: false,
                 now: t(20),
             })
         };

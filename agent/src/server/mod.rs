@@ -25,10 +25,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::pleg::PlegHealth;
 use crate::pods::spec;
 use crate::pods::store::PodStore;
 use crate::pods::worker::PodWorkerMetrics;
-use crate::runtime::{PlegHealth, RuntimeMetrics};
+use crate::runtime::RuntimeMetrics;
 
 #[derive(Clone)]
 pub struct ServerState {
