@@ -90,13 +90,13 @@ impl Backoff {
 /// fails in the runtime leaves an exited instance to back off from); a failed pull steps the image's back-off; any
 /// other failure to create or start a container steps the start back-off, and a start that worked clears it.
 pub fn record_sync_result(
-    backoff: &mut super::plan::BackoffState,
+    backoff: &mut crate::pods::plan::BackoffState,
     pod: &k8s_openapi::api::core::v1::Pod,
-    actions: &super::plan::PodActions,
+    actions: &crate::pods::plan::PodActions,
     result: &crate::kuberuntime::PodSyncResult,
     now: SystemTime,
 ) {
-    use super::plan::{image_backoff_key, REASON_ERR_IMAGE_PULL, REASON_IMAGE_PULL_BACK_OFF};
+    use crate::pods::plan::{image_backoff_key, REASON_ERR_IMAGE_PULL, REASON_IMAGE_PULL_BACK_OFF};
     for start in &actions.containers_to_start {
         // Starts after an init container that failed were not tried.
         let Some(outcome) = result.containers.get(&start.name) else { continue };
@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn a_sync_result_moves_the_back_offs_on() {
-        use super::super::plan::{BackoffState, ContainerStart, PodActions, Waiting};
+        use crate::pods::super::plan::{BackoffState, ContainerStart, PodActions, Waiting};
         use crate::kuberuntime::PodSyncResult;
         let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "d", "uid": "u"},
@@ -165,9 +165,9 @@ mod tests {
         let waiting = |reason: &str| Some(Waiting { reason: reason.into(), message: String::new() });
         let mut result = PodSyncResult::default();
         result.containers.insert("a".into(), None);
-        result.containers.insert("b".into(), waiting(super::super::plan::REASON_ERR_IMAGE_PULL));
+        result.containers.insert("b".into(), waiting(crate::pods::super::plan::REASON_ERR_IMAGE_PULL));
         result.pulls_failed.insert("b".into(), "img-b".into());
-        result.containers.insert("c".into(), waiting(super::super::plan::REASON_CREATE_CONTAINER_ERROR));
+        result.containers.insert("c".into(), waiting(crate::pods::super::plan::REASON_CREATE_CONTAINER_ERROR));
         let mut b = BackoffState::default();
         b.start.next("key-a", t(0));
         record_sync_result(&mut b, &pod, &actions, &result, t(10));

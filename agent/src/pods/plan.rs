@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use super::backoff::Backoff;
-use super::events::{self as ev, EventType};
-use super::spec::{self, RestartPolicy};
+use crate::pods::backoff::Backoff;
+use crate::pods::events::{self as ev, EventType};
+use crate::pods::spec::{self, RestartPolicy};
 use crate::probes::{ProbeKind, ProbeResult, ProbeResults};
 use crate::runtime::{ContainerRecord, ContainerRunState, ObservedPod};
 
@@ -209,7 +209,7 @@ pub fn compute_pod_actions(input: &PlanInput<'_>) -> PodActions {
         return PodActions { kill_pod: true, ..Default::default() };
     }
     let mut actions = compute_container_actions(input);
-    super::ephemeral::add_ephemeral_starts(input.pod, input.observed, &mut actions);
+    crate::pods::ephemeral::add_ephemeral_starts(input.pod, input.observed, &mut actions);
     actions
 }
 

@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::plan::{is_sidecar, should_restart, Waiting, REASON_CONTAINER_CREATING, REASON_POD_INITIALIZING};
-use super::spec::{self, RestartPolicy};
+use crate::pods::plan::{is_sidecar, should_restart, Waiting, REASON_CONTAINER_CREATING, REASON_POD_INITIALIZING};
+use crate::pods::spec::{self, RestartPolicy};
 use crate::probes::{ProbeKind, ProbeResult, ProbeResults};
 use crate::resources::pod_qos_class;
 use crate::runtime::{ContainerRecord, ContainerRunState, ObservedPod};
@@ -283,7 +283,7 @@ pub fn pod_ips(pod: &Pod, sandbox_ips: Vec<String>, host_ips: &[String]) -> Vec<
 pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
     let mut status = container_and_pod_status(input);
     status.ephemeral_container_statuses =
-        super::ephemeral::ephemeral_container_statuses(input.pod, input.observed, input.waiting, input.runtime_name);
+        crate::pods::ephemeral::ephemeral_container_statuses(input.pod, input.observed, input.waiting, input.runtime_name);
     if input.deadline_exceeded {
         crate::lifecycle::deadline::fail(&mut status);
     }

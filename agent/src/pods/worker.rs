@@ -16,12 +16,12 @@ use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
-use super::backoff::{jitter, random_unit};
-use super::events::EventType;
-use super::plan::{self, BackoffState, PlanInput, Waiting};
-use super::spec;
-use super::status::{compute_pod_status, StatusInput};
-use super::store::{PodStartRecord, PodStore};
+use crate::pods::backoff::{jitter, random_unit};
+use crate::pods::events::EventType;
+use crate::pods::plan::{self, BackoffState, PlanInput, Waiting};
+use crate::pods::spec;
+use crate::pods::status::{compute_pod_status, StatusInput};
+use crate::pods::store::{PodStartRecord, PodStore};
 use crate::kuberuntime::KubeRuntime;
 use crate::lifecycle::{deadline, termination};
 use crate::pleg::{PodCache, PodCacheEntry, PodRefresher};
@@ -406,7 +406,7 @@ impl Syncer {
             kuberuntime.events.record(pod, at, event.type_, event.reason, event.message);
         }
         let result = kuberuntime.sync_pod(pod, &observed, &actions).await;
-        super::backoff::record_sync_result(&mut self.backoff, pod, &actions, &result, SystemTime::now());
+        crate::pods::backoff::record_sync_result(&mut self.backoff, pod, &actions, &result, SystemTime::now());
         for (name, outcome) in &result.containers {
             match outcome {
                 None => self.sync_errors.remove(name),
