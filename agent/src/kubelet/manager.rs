@@ -1,5 +1,5 @@
-//! The pod manager: merges the sources into the desired set of pods by UID, keeps one worker per pod, routes
-//! runtime events to workers, and cleans up what the runtime holds for pods no source wants.
+//! The pod manager: merges the sources into the desired set of pods by UID, keeps one worker per pod (each waits on
+//! the pod cache for what the runtime holds), and cleans up what the runtime holds for pods no source wants.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -18,8 +18,8 @@ use crate::kubetypes::events::EventType;
 use crate::kubetypes::nodeinfo::NodeInfo;
 use crate::kubetypes::qos::QosClass;
 use crate::kubetypes::spec;
+use crate::pleg::PlegEvent;
 use crate::pods::sysctl::SysctlAllowlist;
-use crate::runtime::PlegEvent;
 
 /// kubelet's `podsDifferSemantically`: what a pod worker acts on. Status, resourceVersion and managed fields
 /// changes are not among it.
@@ -37,7 +37,6 @@ const CGROUP_CLEANUP_EVERY_RELISTS: u32 = 2;
 
 struct WorkerHandle {
     input: watch::Sender<WorkerInput>,
-    wake: Arc<Notify>,
     /// The pod as it was when termination began (with the deletion's grace period, if any).
     terminating: Option<Arc<Pod>>,
 }
@@ -364,25 +363,20 @@ impl PodManager {
         tracing::info!(pod = %spec::key(&pod), uid, "pod added");
         self.ctx.store.upsert_pod(uid, pod.clone());
         let (tx, rx) = watch::channel(WorkerInput { pod, terminate: false });
+        // Probe results the planner acts on (liveness, startup) wake the worker.
         let wake = Arc::new(Notify::new());
         let ctx = self.ctx.clone();
-        let worker_wake = wake.clone();
         let done = self.done_tx.clone();
         let uid_owned = uid.to_owned();
         tokio::spawn(async move {
-            worker::run_supervised(ctx, rx, worker_wake).await;
+            worker::run_supervised(ctx, rx, wake).await;
             let _ = done.send(Done::Worker(uid_owned));
         });
-        self.workers.insert(uid.to_owned(), WorkerHandle { input: tx, wake, terminating: None });
+        self.workers.insert(uid.to_owned(), WorkerHandle { input: tx, terminating: None });
     }
 
     fn on_pleg(&mut self, event: PlegEvent) {
         match event {
-            PlegEvent::PodChanged(uid) => {
-                if let Some(h) = self.workers.get(&uid) {
-                    h.wake.notify_one();
-                }
-            }
             PlegEvent::Relisted(uids) => {
                 if !self.sources_pending.is_empty() {
                     return;

@@ -27,8 +27,9 @@ use crate::kubetypes::nodeinfo::{NodeInfo, Resources};
 use crate::node;
 use crate::node::registration::{run_node_lease, NodeRegistration};
 use crate::node::status::go_arch;
+use crate::pleg::{Pleg, PodCache};
 use crate::pods::sysctl::SysctlAllowlist;
-use crate::runtime::{Pleg, Runtime};
+use crate::runtime::Runtime;
 use crate::server::{self, PodWorkerMetrics, ServerState};
 use crate::status::store::PodStore;
 use crate::status::StatusManager;
@@ -158,6 +159,8 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
         },
         events.clone(),
     ));
+    let pod_cache = PodCache::new();
+    let pleg = Pleg::new(runtime.clone(), pod_cache.clone());
     let ctx = Arc::new(WorkerContext {
         kuberuntime: KubeRuntime {
             runtime: runtime.clone(),
@@ -181,12 +184,13 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
         store: store.clone(),
         sync_frequency: config.sync_frequency,
         metrics: pod_worker_metrics.clone(),
+        cache: pod_cache,
+        refresher: pleg.refresher(),
     });
 
     // Every long-running part of the agent: if one ends, the agent exits non-zero so that systemd restarts it
     // whole, instead of reporting healthy with a part missing.
     let mut tasks = Supervisor::default();
-    let pleg = Pleg::new(runtime.clone());
     let pleg_health = pleg.health();
     let (pleg_tx, pleg_rx) = mpsc::unbounded_channel();
     tasks.spawn("PLEG", pleg.run(pleg_tx));

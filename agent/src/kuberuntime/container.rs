@@ -8,11 +8,10 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::cm::convert::container_cgroup_values;
 use crate::kuberuntime::{grace_period, security, KubeRuntime};
-use crate::kubetypes::env;
 use crate::kubetypes::events::{self as ev, EventType};
 use crate::kubetypes::qos::pod_qos_class;
-use crate::kubetypes::spec;
-use crate::pods::plan::{self, BackoffState, ContainerStart, Waiting};
+use crate::kubetypes::{env, spec};
+use crate::pods::plan::{self, ContainerStart, Waiting};
 use crate::runtime::{ContainerSpec, Mount, ObservedPod, RuntimeError, SandboxSpec};
 
 impl KubeRuntime {
@@ -26,9 +25,8 @@ impl KubeRuntime {
         sandbox: &SandboxSpec,
         pod_ips: &[String],
         observed: &ObservedPod,
-        backoff: &mut BackoffState,
     ) -> Result<(), Waiting> {
-        let image_ref = self.ensure_image(pod, container, start.init, sandbox, backoff).await?;
+        let image_ref = self.ensure_image(pod, container, start.init, sandbox).await?;
         // kubelet resolves the target after the pull, as the container is created.
         let pid_target_id = crate::pods::ephemeral::target_id(pod, &container.name, observed)
             .map_err(|m| self.config_error(pod, container, start, m))?;

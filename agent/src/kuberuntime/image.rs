@@ -1,13 +1,13 @@
 //! kubelet's image puller: the pull policy, serialized pulls, and the image pull back-off on failure.
 
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::kuberuntime::KubeRuntime;
 use crate::kubetypes::events::{self as ev, EventType};
 use crate::kubetypes::spec::{self, PullPolicy};
-use crate::pods::plan::{self, BackoffState, Waiting};
+use crate::pods::plan::{self, Waiting};
 use crate::runtime::SandboxSpec;
 
 impl KubeRuntime {
@@ -18,7 +18,6 @@ impl KubeRuntime {
         container: &Container,
         init: bool,
         sandbox: &SandboxSpec,
-        backoff: &mut BackoffState,
     ) -> Result<String, Waiting> {
         let image = spec::image_of(container);
         let rt = &self.runtime;
@@ -59,7 +58,6 @@ impl KubeRuntime {
                 Ok(image_ref)
             }
             Err(e) => {
-                backoff.image_pull.next(&plan::image_backoff_key(pod, image), SystemTime::now());
                 let message = format!("Failed to pull image {image:?}: {}", e.message());
                 self.events.record(pod, at, EventType::Warning, ev::FAILED_TO_PULL_IMAGE, message);
                 let message = format!("Error: {}", plan::REASON_ERR_IMAGE_PULL);

@@ -15,7 +15,6 @@ mod sandbox;
 pub mod security;
 pub mod termination;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -30,7 +29,7 @@ use crate::cm::pod::pod_resource_config;
 use crate::kubetypes::events::{self as ev, EventRecorder, EventType};
 use crate::kubetypes::qos::pod_qos_class;
 use crate::kubetypes::spec;
-use crate::pods::plan::{BackoffState, PodActions, Waiting};
+use crate::pods::plan::{PodActions, PodSyncResult};
 use crate::runtime::{ObservedPod, Runtime};
 
 /// What the executor needs of the node, fixed at start.
@@ -61,24 +60,6 @@ pub struct KubeRuntime {
     pub volumes: Arc<crate::volumes::VolumeManager>,
 }
 
-/// The outcome of one `sync_pod`, kubelet's `PodSyncResult`.
-#[derive(Debug, Default)]
-pub struct PodSyncResult {
-    /// Something in the runtime changed, so the pod must be observed again for its status.
-    pub changed: bool,
-    /// Per container started or tried: `None` when it started, the waiting reason when it did not.
-    pub containers: BTreeMap<String, Option<Waiting>>,
-    /// The sandbox could not be created or its cgroup set up.
-    pub sandbox_error: Option<String>,
-}
-
-impl PodSyncResult {
-    /// Whether any step failed, which makes the pod worker requeue the pod with its back-off.
-    pub fn failed(&self) -> bool {
-        self.sandbox_error.is_some() || self.containers.values().any(Option::is_some)
-    }
-}
-
 /// The pod's cgroup, under its QoS class's parent.
 pub fn pod_cgroup_name(pod: &Pod) -> CgroupName {
     CgroupName::pod(pod_qos_class(spec::spec(pod)), spec::uid(pod))
@@ -96,15 +77,9 @@ fn find_container(pod: &Pod, name: &str) -> Option<Container> {
 }
 
 impl KubeRuntime {
-    /// kubelet's `SyncPod`: carries out the actions `plan` computed. Back-off steps of image pulls and of restarted
-    /// containers are recorded in `backoff`.
-    pub async fn sync_pod(
-        &self,
-        pod: &Pod,
-        observed: &ObservedPod,
-        actions: &PodActions,
-        backoff: &mut BackoffState,
-    ) -> PodSyncResult {
+    /// kubelet's `SyncPod`: carries out the actions `plan` computed and reports what happened to each container;
+    /// the worker moves its back-offs on from that report.
+    pub async fn sync_pod(&self, pod: &Pod, observed: &ObservedPod, actions: &PodActions) -> PodSyncResult {
         let rt = &self.runtime;
         let mut result = PodSyncResult::default();
         if actions.kill_pod {
@@ -190,23 +165,19 @@ impl KubeRuntime {
             let Some(container) = find_container(pod, &start.name) else { continue };
             let span = tracing::info_span!("container", container = %start.name);
             let outcome = self
-                .start_container(pod, &container, start, &sandbox_id, &sandbox, &pod_ips, observed, backoff)
+                .start_container(pod, &container, start, &sandbox_id, &sandbox, &pod_ips, observed)
                 .instrument(span)
                 .await;
             result.changed = true;
-            // kubelet's doBackOff moves the crash back-off on for every restart it lets through, whether the start
-            // then works or not (a start that fails in the runtime leaves an exited instance to back off from).
-            if let Some(finished) = start.previous_finished_at {
-                backoff.crash.next(&start.backoff_key, finished);
-            }
             match outcome {
                 Ok(()) => {
-                    backoff.start.forget(&start.backoff_key);
                     result.containers.insert(start.name.clone(), None);
                 }
                 Err(waiting) => {
                     tracing::warn!(container = %start.name, reason = %waiting.reason, message = %waiting.message, "start container failed");
-                    crate::pods::plan::record_start_failure(backoff, start, &waiting);
+                    if waiting.reason == crate::pods::plan::REASON_ERR_IMAGE_PULL {
+                        result.pulls_failed.insert(start.name.clone(), spec::image_of(&container).to_owned());
+                    }
                     result.containers.insert(start.name.clone(), Some(waiting));
                     // An init container that cannot start blocks the rest, as in kubelet.
                     if start.init {

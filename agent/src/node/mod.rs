@@ -132,7 +132,7 @@ pub fn node_facts_fn(
     hostname: String,
     runtime: Runtime,
     runtime_version: String,
-    pleg: crate::runtime::PlegHealth,
+    pleg: crate::pleg::PlegHealth,
     (capacity, allocatable): (CpuMemory, CpuMemory),
     host_ips: Vec<String>,
     kubelet_port: u16,

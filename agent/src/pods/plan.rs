@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::kubetypes::backoff::Backoff;
+use crate::kubetypes::events::{self as ev, EventType};
 use crate::kubetypes::probe::{ProbeKind, ProbeResult, ProbeResults};
 use crate::kubetypes::spec::{self, RestartPolicy};
 use crate::runtime::{ContainerRecord, ContainerRunState, ObservedPod};
@@ -196,12 +197,67 @@ pub struct PlanInput<'a> {
     pub probes: &'a ProbeResults,
     /// The pod's volumes are set up; containers are not started before (kubelet's `WaitForAttachAndMount`).
     pub volumes_ready: bool,
+    /// The pod was active longer than its `activeDeadlineSeconds` (kubelet's `activeDeadlineHandler`).
+    pub deadline_exceeded: bool,
     pub now: SystemTime,
 }
 
-/// kubelet's `computePodActions` for one pod.
+/// kubelet's `computePodActions` for one pod, with the ephemeral containers to start and the kill of a pod past its
+/// active deadline (kubelet's `SyncPod` kills a pod its `ShouldEvict` handlers fail before computing anything).
 pub fn compute_pod_actions(input: &PlanInput<'_>) -> PodActions {
-    let PlanInput { pod, observed, backoff, probes, volumes_ready, now } = *input;
+    if input.deadline_exceeded {
+        // Failed for its deadline, the pod is terminal: everything is stopped and nothing starts again.
+        return PodActions { kill_pod: true, ..Default::default() };
+    }
+    let mut actions = compute_container_actions(input);
+    crate::pods::ephemeral::add_ephemeral_starts(input.pod, input.observed, &mut actions);
+    actions
+}
+
+/// An event the planner decided to record on the pod, or on one of its containers (`(name, is_init)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEvent {
+    pub container: Option<(String, bool)>,
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The events of containers held back by a back-off, as kubelet's `SyncPod` records them: `BackOff` for a crash loop,
+/// and for an image pull back-off the `BackOff` of the puller and `Failed` with the waiting reason.
+pub fn back_off_events(pod: &Pod, actions: &PodActions) -> Vec<PlannedEvent> {
+    let mut events = Vec::new();
+    for (name, waiting) in &actions.waiting {
+        let init = spec::init_containers(pod).iter().any(|c| &c.name == name);
+        let container = Some((name.clone(), init));
+        if waiting.reason == REASON_CRASH_LOOP_BACK_OFF {
+            let message = format!("Back-off restarting failed container {name} in pod {}", spec::format_pod(pod));
+            events.push(PlannedEvent {
+                container,
+                type_: EventType::Warning,
+                reason: ev::BACK_OFF_START_CONTAINER,
+                message,
+            });
+        } else if waiting.reason == REASON_IMAGE_PULL_BACK_OFF {
+            events.push(PlannedEvent {
+                container: container.clone(),
+                type_: EventType::Normal,
+                reason: ev::BACK_OFF_PULL_IMAGE,
+                message: waiting.message.clone(),
+            });
+            events.push(PlannedEvent {
+                container,
+                type_: EventType::Warning,
+                reason: ev::FAILED_TO_PULL_IMAGE,
+                message: format!("Error: {}", waiting.reason),
+            });
+        }
+    }
+    events
+}
+
+fn compute_container_actions(input: &PlanInput<'_>) -> PodActions {
+    let PlanInput { pod, observed, backoff, probes, volumes_ready, now, .. } = *input;
     let mut actions = PodActions::default();
     if !volumes_ready {
         // Nothing is started before the volumes are there; dead instances may still be collected.
@@ -427,17 +483,64 @@ fn collect_garbage(observed: &ObservedPod, actions: &mut PodActions) {
     }
 }
 
-/// Records a failed attempt to create or start a container in the start back-off; image pull failures have their
-/// own back-off and are not counted twice.
-pub fn record_start_failure(backoff: &mut BackoffState, start: &ContainerStart, waiting: &Waiting) {
-    if waiting.reason != REASON_ERR_IMAGE_PULL && waiting.reason != REASON_IMAGE_PULL_BACK_OFF {
-        backoff.start.next(&start.backoff_key, SystemTime::now());
+/// What the executor reports of one `sync_pod`, kubelet's `PodSyncResult`: the planner's back-off and status take
+/// it from there.
+#[derive(Debug, Default)]
+pub struct PodSyncResult {
+    /// Something in the runtime changed, so the pod must be observed again for its status.
+    pub changed: bool,
+    /// Per container started or tried: `None` when it started, the waiting reason when it did not.
+    pub containers: BTreeMap<String, Option<Waiting>>,
+    /// The sandbox could not be created or its cgroup set up.
+    pub sandbox_error: Option<String>,
+    /// Per container whose image could not be pulled, that image.
+    pub pulls_failed: BTreeMap<String, String>,
+}
+
+impl PodSyncResult {
+    /// Whether any step failed, which makes the pod worker requeue the pod with its back-off.
+    pub fn failed(&self) -> bool {
+        self.sandbox_error.is_some() || self.containers.values().any(Option::is_some)
+    }
+}
+
+/// Moves the pod's back-offs on from what one `sync_pod` did (the executor only reports): kubelet's `doBackOff`
+/// steps the crash back-off for every restart it let through, whether the start then worked or not (a start that
+/// fails in the runtime leaves an exited instance to back off from); a failed pull steps the image's back-off; any
+/// other failure to create or start a container steps the start back-off, and a start that worked clears it.
+pub fn record_sync_result(
+    backoff: &mut BackoffState,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    actions: &PodActions,
+    result: &crate::pods::plan::PodSyncResult,
+    now: SystemTime,
+) {
+    for start in &actions.containers_to_start {
+        // Starts after an init container that failed were not tried.
+        let Some(outcome) = result.containers.get(&start.name) else { continue };
+        if let Some(finished) = start.previous_finished_at {
+            backoff.crash.next(&start.backoff_key, finished);
+        }
+        match outcome {
+            None => backoff.start.forget(&start.backoff_key),
+            Some(waiting) if waiting.reason == REASON_ERR_IMAGE_PULL => {
+                if let Some(image) = result.pulls_failed.get(&start.name) {
+                    backoff.image_pull.next(&image_backoff_key(pod, image), now);
+                }
+            }
+            Some(waiting) if waiting.reason == REASON_IMAGE_PULL_BACK_OFF => {}
+            Some(_) => backoff.start.next(&start.backoff_key, now),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + secs)
+    }
     use crate::runtime::SandboxRecord;
     use k8s_openapi::api::core::v1::PodSpec;
     use std::time::UNIX_EPOCH;
@@ -448,7 +551,15 @@ mod tests {
 
     fn plan(pod: &Pod, observed: &ObservedPod, backoff: &BackoffState, now: SystemTime) -> PodActions {
         let probes = ProbeResults::default();
-        compute_pod_actions(&PlanInput { pod, observed, backoff, probes: &probes, volumes_ready: true, now })
+        compute_pod_actions(&PlanInput {
+            pod,
+            observed,
+            backoff,
+            probes: &probes,
+            volumes_ready: true,
+            deadline_exceeded: false,
+            now,
+        })
     }
 
     fn container(name: &str) -> Container {
@@ -523,6 +634,95 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_past_its_active_deadline_is_killed_whole_and_starts_nothing() {
+        let p = pod("Always", &[], &["app", "crashed"]);
+        let o = observed(
+            vec![sandbox("sb1", 0, true, 0)],
+            vec![
+                record(&p, "app", "c1", 0, ContainerRunState::Running, 0, 1),
+                record(&p, "crashed", "c3", 1, ContainerRunState::Exited, 1, 3),
+                record(&p, "crashed", "c2", 0, ContainerRunState::Exited, 1, 2),
+            ],
+        );
+        let b = BackoffState::default();
+        let probes = ProbeResults::default();
+        let input = PlanInput {
+            pod: &p,
+            observed: &o,
+            backoff: &b,
+            probes: &probes,
+            volumes_ready: true,
+            deadline_exceeded: false,
+            now: t(100),
+        };
+        assert!(!compute_pod_actions(&input).containers_to_start.is_empty(), "before the deadline: a restart");
+        let a = compute_pod_actions(&PlanInput { deadline_exceeded: true, ..input });
+        assert_eq!(a, PodActions { kill_pod: true, ..Default::default() });
+    }
+
+    #[test]
+    fn ephemeral_containers_are_started_first_by_the_plan() {
+        let mut p = pod("Always", &[], &["app"]);
+        p.spec.as_mut().unwrap().ephemeral_containers = Some(vec![k8s_openapi::api::core::v1::EphemeralContainer {
+            name: "debugger".into(),
+            image: Some("busybox".into()),
+            ..Default::default()
+        }]);
+        let o = observed(
+            vec![sandbox("sb1", 0, true, 0)],
+            vec![record(&p, "app", "c1", 0, ContainerRunState::Exited, 1, 1)],
+        );
+        let a = plan(&p, &o, &BackoffState::default(), t(100));
+        assert_eq!(names(&a), ["debugger", "app"]);
+        assert_eq!(a.sandbox_id.as_deref(), Some("sb1"));
+        // Not into a sandbox being created.
+        let a = plan(&p, &observed(vec![], vec![]), &BackoffState::default(), t(100));
+        assert_eq!(names(&a), ["app"]);
+    }
+
+    #[test]
+    fn back_offs_are_announced_as_kubelet_does() {
+        let p = pod("Always", &["setup"], &["app"]);
+        let mut actions = PodActions::default();
+        actions.waiting.insert(
+            "app".into(),
+            Waiting { reason: REASON_CRASH_LOOP_BACK_OFF.into(), message: "back-off 10s restarting failed".into() },
+        );
+        actions.waiting.insert(
+            "setup".into(),
+            Waiting { reason: REASON_IMAGE_PULL_BACK_OFF.into(), message: "Back-off pulling image \"x\"".into() },
+        );
+        actions.waiting.insert(
+            "other".into(),
+            Waiting { reason: REASON_CREATE_CONTAINER_CONFIG_ERROR.into(), message: "no".into() },
+        );
+        let events = back_off_events(&p, &actions);
+        assert_eq!(
+            events,
+            [
+                PlannedEvent {
+                    container: Some(("app".into(), false)),
+                    type_: EventType::Warning,
+                    reason: "BackOff",
+                    message: "Back-off restarting failed container app in pod web-node_default(uid-1)".into(),
+                },
+                PlannedEvent {
+                    container: Some(("setup".into(), true)),
+                    type_: EventType::Normal,
+                    reason: "BackOff",
+                    message: "Back-off pulling image \"x\"".into(),
+                },
+                PlannedEvent {
+                    container: Some(("setup".into(), true)),
+                    type_: EventType::Warning,
+                    reason: "Failed",
+                    message: "Error: ImagePullBackOff".into(),
+                },
+            ]
+        );
+    }
+
+    #[test]
     fn fresh_pod_creates_sandbox_and_starts_all_containers() {
         let p = pod("Always", &[], &["app", "side"]);
         let a = plan(&p, &ObservedPod::default(), &BackoffState::default(), t(0));
@@ -559,6 +759,7 @@ mod tests {
                 backoff: &b,
                 probes,
                 volumes_ready: true,
+                deadline_exceeded: false,
                 now: t(10),
             })
         };
@@ -596,7 +797,15 @@ mod tests {
         );
         let b = BackoffState::default();
         let kills = |probes: &ProbeResults| {
-            let input = PlanInput { pod: &p, observed: &o, backoff: &b, probes, volumes_ready: true, now: t(10) };
+            let input = PlanInput {
+                pod: &p,
+                observed: &o,
+                backoff: &b,
+                probes,
+                volumes_ready: true,
+                deadline_exceeded: false,
+                now: t(10),
+            };
             compute_pod_actions(&input).containers_to_kill
         };
         let mut probes = ProbeResults::default();
@@ -614,7 +823,15 @@ mod tests {
         let b = BackoffState::default();
         let probes = ProbeResults::default();
         let o = ObservedPod::default();
-        let input = PlanInput { pod: &p, observed: &o, backoff: &b, probes: &probes, volumes_ready: false, now: t(0) };
+        let input = PlanInput {
+            pod: &p,
+            observed: &o,
+            backoff: &b,
+            probes: &probes,
+            volumes_ready: false,
+            deadline_exceeded: false,
+            now: t(0),
+        };
         let a = compute_pod_actions(&input);
         assert_eq!(a.create_sandbox, None);
         assert!(a.containers_to_start.is_empty());
@@ -831,6 +1048,7 @@ mod tests {
                 backoff: &b,
                 probes,
                 volumes_ready: true,
+                deadline_exceeded: false,
                 now: t(20),
             })
         };
@@ -893,5 +1111,50 @@ mod tests {
         let a = plan(&p, &o, &BackoffState::default(), t(30));
         assert_eq!(a.sandboxes_to_remove, vec!["sb1".to_string()]);
         assert!(a.containers_to_start.is_empty() && !a.kill_pod);
+    }
+
+    #[test]
+    fn a_sync_result_moves_the_back_offs_on() {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "d", "uid": "u"},
+            "spec": {"containers": [{"name": "a", "image": "img-a"}, {"name": "b", "image": "img-b"},
+                                    {"name": "c", "image": "img-c"}, {"name": "d", "image": "img-d"}]}
+        }))
+        .unwrap();
+        let start = |name: &str, finished: Option<SystemTime>| ContainerStart {
+            name: name.into(),
+            init: false,
+            restart_count: 1,
+            previous_finished_at: finished,
+            backoff_key: format!("key-{name}"),
+        };
+        let actions = PodActions {
+            containers_to_start: vec![
+                start("a", Some(at(5))),
+                start("b", None),
+                start("c", None),
+                start("d", Some(at(5))),
+            ],
+            ..Default::default()
+        };
+        let waiting = |reason: &str| Some(Waiting { reason: reason.into(), message: String::new() });
+        let mut result = PodSyncResult::default();
+        result.containers.insert("a".into(), None);
+        result.containers.insert("b".into(), waiting(REASON_ERR_IMAGE_PULL));
+        result.pulls_failed.insert("b".into(), "img-b".into());
+        result.containers.insert("c".into(), waiting(REASON_CREATE_CONTAINER_ERROR));
+        let mut b = BackoffState::default();
+        b.start.next("key-a", at(0));
+        record_sync_result(&mut b, &pod, &actions, &result, at(10));
+        assert_eq!(
+            b.crash.get("key-a"),
+            Some(Duration::from_secs(10)),
+            "a restart let through steps the crash back-off"
+        );
+        assert_eq!(b.start.get("key-a"), None, "a start that worked clears the start back-off");
+        assert_eq!(b.image_pull.get("u_img-b"), Some(Duration::from_secs(10)), "a failed pull steps the image's");
+        assert_eq!(b.start.get("key-b"), None, "a pull failure is not counted twice");
+        assert_eq!(b.start.get("key-c"), Some(Duration::from_secs(10)), "a create error steps the start back-off");
+        assert_eq!(b.crash.get("key-d"), None, "a start not tried moves nothing");
     }
 }

@@ -46,6 +46,8 @@ pub struct StatusInput<'a> {
     pub runtime_name: &'a str,
     /// The latest readiness and startup results of the pod's containers.
     pub probes: &'a ProbeResults,
+    /// The pod was active longer than its `activeDeadlineSeconds`: it is Failed, whatever its containers do.
+    pub deadline_exceeded: bool,
     pub now: SystemTime,
 }
 
@@ -276,7 +278,23 @@ pub fn pod_ips(pod: &Pod, sandbox_ips: Vec<String>, host_ips: &[String]) -> Vec<
     }
 }
 
+/// kubelet's `generateAPIPodStatus`: the containers' statuses, the ephemeral containers' too, and the phase, which
+/// the active deadline overrides (kubelet's `activeDeadlineHandler` evicts the pod as Failed).
 pub fn compute_pod_status(input: &StatusInput<'_>) -> PodStatus {
+    let mut status = container_and_pod_status(input);
+    status.ephemeral_container_statuses = crate::pods::ephemeral::ephemeral_container_statuses(
+        input.pod,
+        input.observed,
+        input.waiting,
+        input.runtime_name,
+    );
+    if input.deadline_exceeded {
+        crate::pods::deadline::fail(&mut status);
+    }
+    status
+}
+
+fn container_and_pod_status(input: &StatusInput<'_>) -> PodStatus {
     let pod = input.pod;
     let init_specs = spec::init_containers(pod);
     let mut init_statuses: Vec<ContainerStatus> =
@@ -487,6 +505,7 @@ mod tests {
             host_ips: &host_ips,
             runtime_name: "containerd",
             probes: &ProbeResults::default(),
+            deadline_exceeded: false,
             now: t(100),
         })
     }
@@ -537,6 +556,7 @@ mod tests {
                 host_ips: &host_ips,
                 runtime_name: "containerd",
                 probes,
+                deadline_exceeded: false,
                 now: t(100),
             })
         };
@@ -603,6 +623,43 @@ mod tests {
             "the gates' conditions are not ours to write"
         );
         assert!(!readiness_gate_conditions_changed(&p, &p.clone()));
+    }
+
+    #[test]
+    fn the_status_carries_the_ephemeral_containers_and_the_deadline_failure() {
+        let mut p = pod("Always", &[], &["app"]);
+        p.spec.as_mut().unwrap().ephemeral_containers = Some(vec![k8s_openapi::api::core::v1::EphemeralContainer {
+            name: "debugger".into(),
+            ..Default::default()
+        }]);
+        let running = vec![record("app", "abc", 0, ContainerRunState::Running, 0, 1)];
+        let s = status(&p, running.clone(), &[], None);
+        let eph = s.ephemeral_container_statuses.as_ref().expect("ephemeral statuses come with the pod's status");
+        assert_eq!(eph[0].name, "debugger");
+        assert_eq!(
+            eph[0].state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(),
+            Some("ContainerCreating")
+        );
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+
+        let mut observed = ObservedPod { sandboxes: vec![sandbox(true)], containers: running };
+        observed.sort();
+        let host_ips = vec!["192.0.2.10".to_string()];
+        let failed = compute_pod_status(&StatusInput {
+            pod: &p,
+            observed: &observed,
+            waiting: &BTreeMap::new(),
+            previous: None,
+            start_time: t(0),
+            host_ips: &host_ips,
+            runtime_name: "containerd",
+            probes: &ProbeResults::default(),
+            deadline_exceeded: true,
+            now: t(100),
+        });
+        assert_eq!(failed.phase.as_deref(), Some("Failed"), "past the deadline whatever its containers do");
+        assert_eq!(failed.reason.as_deref(), Some("DeadlineExceeded"));
+        assert_eq!(failed.message.as_deref(), Some("Pod was active on the node longer than the specified deadline"));
     }
 
     #[test]
@@ -803,6 +860,7 @@ mod tests {
             host_ips: &host_ips,
             runtime_name: "containerd",
             probes: &probes,
+            deadline_exceeded: false,
             now: t(100),
         };
         let stopped = compute_pod_status(&input(Some(&running)));

@@ -2,11 +2,9 @@
 
 pub mod client;
 pub mod labels;
-pub mod pleg;
 pub mod stats;
 pub mod streaming;
 pub mod types;
 
 pub use client::{CriClock, Runtime, RuntimeError, RuntimeMetrics, CRI_TIME};
-pub use pleg::{Pleg, PlegEvent, PlegHealth};
 pub use types::*;

@@ -26,7 +26,8 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::kubetypes::spec;
-use crate::runtime::{PlegHealth, RuntimeMetrics};
+use crate::pleg::PlegHealth;
+use crate::runtime::RuntimeMetrics;
 use crate::status::store::PodStore;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
