@@ -36,6 +36,8 @@ use rkubelet::runtime::{Pleg, Runtime};
 use rkubelet::server::{self, ServerState};
 use rkubelet::volumes::VolumeManager;
 
+mod profiling;
+
 /// A kubelet-compatible node agent.
 #[derive(Debug, Parser)]
 #[command(name = "rkubelet", version)]
@@ -660,6 +662,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Heap profile with `--features dhat-heap` (written at exit or on SIGUSR2); nothing otherwise.
+    let _heap_profile = profiling::start();
     let flags = Flags::parse();
     match run(flags).await {
         Ok(()) => ExitCode::SUCCESS,
