@@ -36,6 +36,7 @@ use rkubelet::runtime::{Pleg, Runtime};
 use rkubelet::server::{self, ServerState};
 use rkubelet::volumes::VolumeManager;
 
+mod allocator;
 mod profiling;
 
 /// A kubelet-compatible node agent.
