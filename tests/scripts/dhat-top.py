@@ -17,7 +17,7 @@ from collections import defaultdict
 
 SKIP = re.compile(
     r"^(alloc::|core::|std::|<alloc::|<core::|<std::|dhat::|<dhat::|__rust|hashbrown::|<hashbrown::|"
-    r"<T as alloc::|<\[T\]|<str as|<&|<\(|<T as|<I as|<F as|bytes::bytes_mut::|<bytes::)"
+    r"<T as alloc::|<\[T\]|<str as|<&|<\(|<T as|<I as|<F as|bytes::bytes_mut::|<bytes::|alloc \(|realloc \()"
 )
 
 
