@@ -665,6 +665,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
 async fn main() -> ExitCode {
     // Heap profile with `--features dhat-heap` (written at exit or on SIGUSR2); nothing otherwise.
     let _heap_profile = profiling::start();
+    tokio::spawn(allocator::trim_periodically());
     let flags = Flags::parse();
     match run(flags).await {
         Ok(()) => ExitCode::SUCCESS,
