@@ -8,7 +8,7 @@ use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateS
 use k8s_openapi::ByteString;
 use kube::api::{Api, PostParams};
 
-use super::client::{wait_for_certificate, write_private, ClientError};
+use crate::api::client::{wait_for_certificate, write_private, ClientError};
 
 /// The signer kubelet asks for its serving certificate.
 pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::pods::MirrorPods;
+use crate::api::pods::MirrorPods;
 use crate::pods::source::{CONFIG_HASH_ANNOTATION, CONFIG_MIRROR_ANNOTATION, CONFIG_SOURCE_ANNOTATION, FILE_SOURCE};
 use crate::pods::spec;
 use crate::pods::status::{PHASE_FAILED, PHASE_SUCCEEDED};

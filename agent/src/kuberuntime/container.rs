@@ -6,7 +6,7 @@ use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use super::{grace_period, security, KubeRuntime};
+use crate::kuberuntime::{grace_period, security, KubeRuntime};
 use crate::pods::events::{self as ev, EventType};
 use crate::pods::plan::{self, BackoffState, ContainerStart, Waiting};
 use crate::pods::{env, spec};

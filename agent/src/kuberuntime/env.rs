@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use super::KubeRuntime;
+use crate::kuberuntime::KubeRuntime;
 use crate::pods::env::{self, ContainerEnv, EnvSources};
 use crate::pods::events::EventType;
 use crate::pods::source::{CONFIG_SOURCE_ANNOTATION, FILE_SOURCE};

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, HostAlias, Pod};
 
-use super::{dns, KubeRuntime};
+use crate::kuberuntime::{dns, KubeRuntime};
 use crate::pods::spec;
 use crate::runtime::{Mount, MountPropagation};
 

@@ -4,7 +4,7 @@ use std::time::{Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use super::KubeRuntime;
+use crate::kuberuntime::KubeRuntime;
 use crate::pods::events::{self as ev, EventType};
 use crate::pods::plan::{self, BackoffState, Waiting};
 use crate::pods::spec::{self, PullPolicy};

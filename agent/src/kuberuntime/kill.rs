@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use tracing::Instrument;
 
-use super::{pod_log_dir, KubeRuntime};
+use crate::kuberuntime::{pod_log_dir, KubeRuntime};
 use crate::pods::backoff::Backoff;
 use crate::pods::events::{self as ev, EventType};
 use crate::pods::spec;
@@ -67,7 +67,7 @@ impl KubeRuntime {
         message: String,
         grace_override: Option<i64>,
     ) {
-        match super::find_container(pod, name) {
+        match crate::kuberuntime::find_container(pod, name) {
             Some(container) => {
                 let init = spec::init_containers(pod).iter().any(|c| c.name == name);
                 self.kill_container(pod, &container, init, id, pod_ip, message, grace_override).await;

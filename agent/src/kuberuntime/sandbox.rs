@@ -3,8 +3,8 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
-use super::dns::{self, DnsWarning, NodeDns};
-use super::{pod_cgroup_name, pod_log_dir, security, KubeRuntime};
+use crate::kuberuntime::dns::{self, DnsWarning, NodeDns};
+use crate::kuberuntime::{pod_cgroup_name, pod_log_dir, security, KubeRuntime};
 use crate::pods::{spec, sysctl};
 use crate::runtime::{DnsSettings, ObservedPod, PortMappingSpec, SandboxSpec};
 

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::pods::admission::{NodeInfo, Resources};
 
-use super::status::{
+use crate::node::status::{
     initial_node, kubelet_version, node_status_has_changed, node_status_patch, set_node_status, NodeFacts,
     KUBELET_COMPAT_VERSION, LABEL_ARCH, LABEL_HOSTNAME, LABEL_OS,
 };

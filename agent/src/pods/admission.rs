@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::source::{CONFIG_MIRROR_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
-use super::spec;
+use crate::pods::source::{CONFIG_MIRROR_ANNOTATION, CONFIG_SOURCE_ANNOTATION};
+use crate::pods::spec;
 use crate::resources::qos::{pod_qos_class, QosClass};
 use crate::resources::quantity::parse_milli;
 

@@ -88,11 +88,11 @@ impl Backoff {
 /// Records a failed attempt to create or start a container in the start back-off; image pull failures have their
 /// own back-off and are not counted twice.
 pub fn record_start_failure(
-    backoff: &mut super::plan::BackoffState,
-    start: &super::plan::ContainerStart,
-    waiting: &super::plan::Waiting,
+    backoff: &mut crate::pods::plan::BackoffState,
+    start: &crate::pods::plan::ContainerStart,
+    waiting: &crate::pods::plan::Waiting,
 ) {
-    use super::plan::{REASON_ERR_IMAGE_PULL, REASON_IMAGE_PULL_BACK_OFF};
+    use crate::pods::plan::{REASON_ERR_IMAGE_PULL, REASON_IMAGE_PULL_BACK_OFF};
     if waiting.reason != REASON_ERR_IMAGE_PULL && waiting.reason != REASON_IMAGE_PULL_BACK_OFF {
         backoff.start.next(&start.backoff_key, SystemTime::now());
     }

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ObjectFieldSelector, Pod, ResourceFieldSelector, Secret, Service,
 };
 
-use super::spec;
+use crate::pods::spec;
 use crate::resources::quantity::{parse_milli, parse_value};
 
 /// kubelet's `masterServices`: their variables go into every pod, whatever its namespace or `enableServiceLinks`.

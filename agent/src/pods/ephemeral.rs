@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{
     EphemeralContainer, Pod,
 };
 
-use super::plan::{crash_backoff_key, ContainerStart, PodActions, Waiting, REASON_CONTAINER_CREATING};
-use super::spec;
+use crate::pods::plan::{crash_backoff_key, ContainerStart, PodActions, Waiting, REASON_CONTAINER_CREATING};
+use crate::pods::spec;
 use crate::runtime::{ContainerRunState, ObservedPod};
 
 /// The container an ephemeral container runs as (the same fields, without the target).
@@ -86,7 +86,7 @@ pub fn add_ephemeral_starts(pod: &Pod, observed: &ObservedPod, actions: &mut Pod
 }
 
 fn time(t: Option<SystemTime>) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
-    t.and_then(super::status::to_time)
+    t.and_then(crate::pods::status::to_time)
 }
 
 /// `ephemeralContainerStatuses`: running, terminated (kept, not restarted) or waiting with the start's reason.

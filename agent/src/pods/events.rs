@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::mpsc;
 
-use super::spec;
+use crate::pods::spec;
 
 pub const PULLING_IMAGE: &str = "Pulling";
 pub const PULLED_IMAGE: &str = "Pulled";

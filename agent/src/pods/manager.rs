@@ -7,13 +7,13 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::admission::{self, NodeInfo, Rejection};
-use super::events::EventType;
-use super::source::SourceUpdate;
-use super::spec;
-use super::sysctl::SysctlAllowlist;
-use super::unsupported::{self, REASON_UNSUPPORTED_POD_SPEC};
-use super::worker::{self, WorkerContext, WorkerInput};
+use crate::pods::admission::{self, NodeInfo, Rejection};
+use crate::pods::events::EventType;
+use crate::pods::source::SourceUpdate;
+use crate::pods::spec;
+use crate::pods::sysctl::SysctlAllowlist;
+use crate::pods::unsupported::{self, REASON_UNSUPPORTED_POD_SPEC};
+use crate::pods::worker::{self, WorkerContext, WorkerInput};
 use crate::resources::cgroups::CgroupName;
 use crate::resources::pod::{burstable_cpu_shares, ResourceConfig};
 use crate::resources::QosClass;
@@ -199,7 +199,7 @@ impl PodManager {
                     // wakes the worker (a status write coming back through the watch does not).
                     self.ctx.store.upsert_pod(uid, pod.clone());
                     if pods_differ_semantically(&current, pod)
-                        || super::status::readiness_gate_conditions_changed(&current, pod)
+                        || crate::pods::status::readiness_gate_conditions_changed(&current, pod)
                     {
                         let _ = h.input.send(WorkerInput { pod: pod.clone(), terminate: false });
                     }

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use super::backoff::Backoff;
-use super::spec::{self, RestartPolicy};
+use crate::pods::backoff::Backoff;
+use crate::pods::spec::{self, RestartPolicy};
 use crate::probes::{ProbeKind, ProbeResult, ProbeResults};
 use crate::runtime::{ContainerRecord, ContainerRunState, ObservedPod};
 

@@ -12,7 +12,7 @@ use md5::{Digest, Md5};
 use notify::Watcher;
 use tokio::sync::mpsc;
 
-use super::spec;
+use crate::pods::spec;
 
 pub const FILE_SOURCE: &str = "file";
 /// Annotations kubelet puts on pods from files (pkg/kubelet/types/pod_update.go).

@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::plan::{is_sidecar, should_restart, Waiting, REASON_CONTAINER_CREATING, REASON_POD_INITIALIZING};
-use super::spec::{self, RestartPolicy};
+use crate::pods::plan::{is_sidecar, should_restart, Waiting, REASON_CONTAINER_CREATING, REASON_POD_INITIALIZING};
+use crate::pods::spec::{self, RestartPolicy};
 use crate::probes::{ProbeKind, ProbeResult, ProbeResults};
 use crate::resources::pod_qos_class;
 use crate::runtime::{ContainerRecord, ContainerRunState, ObservedPod};

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 
-use super::admission::Rejection;
-use super::spec;
+use crate::pods::admission::Rejection;
+use crate::pods::spec;
 
 /// The admission reason of a pod with a sysctl the node does not allow (kubelet's `ForbiddenReason`).
 pub const SYSCTL_FORBIDDEN: &str = "SysctlForbidden";

@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod, Volume, VolumeProjection};
 
-use super::spec;
+use crate::pods::spec;
 
 /// The admission reason of a pod rejected for an unsupported field.
 pub const REASON_UNSUPPORTED_POD_SPEC: &str = "UnsupportedPodSpec";

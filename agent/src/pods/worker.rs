@@ -15,12 +15,12 @@ use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
-use super::backoff::{jitter, random_unit};
-use super::events::{self as ev, EventType};
-use super::plan::{self, BackoffState, PlanInput, PodActions, Waiting};
-use super::spec;
-use super::status::{compute_pod_status, StatusInput};
-use super::store::{PodStartRecord, PodStore};
+use crate::pods::backoff::{jitter, random_unit};
+use crate::pods::events::{self as ev, EventType};
+use crate::pods::plan::{self, BackoffState, PlanInput, PodActions, Waiting};
+use crate::pods::spec;
+use crate::pods::status::{compute_pod_status, StatusInput};
+use crate::pods::store::{PodStartRecord, PodStore};
 use crate::kuberuntime::{KubeRuntime, PodSyncResult};
 use crate::lifecycle::{deadline, termination};
 use crate::probes::Prober;
@@ -332,7 +332,7 @@ impl PodWorker {
                 volumes_ready,
                 now,
             });
-            super::ephemeral::add_ephemeral_starts(pod, &observed, &mut actions);
+            crate::pods::ephemeral::add_ephemeral_starts(pod, &observed, &mut actions);
             tracing::debug!(?actions, "computed pod actions");
             self.record_back_off_events(pod, &actions);
             let result = kuberuntime.sync_pod(pod, &observed, &actions, &mut self.backoff).await;
@@ -364,7 +364,7 @@ impl PodWorker {
             now: SystemTime::now(),
         });
         status.ephemeral_container_statuses =
-            super::ephemeral::ephemeral_container_statuses(pod, &observed, &waiting, &self.ctx.runtime_name);
+            crate::pods::ephemeral::ephemeral_container_statuses(pod, &observed, &waiting, &self.ctx.runtime_name);
         if self.deadline_exceeded {
             deadline::fail(&mut status);
         }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tonic::codegen::http::uri::PathAndQuery;
 
-use super::handlers::{go_timeout, ProbeOutput};
-use super::state::Outcome;
+use crate::probes::handlers::{go_timeout, ProbeOutput};
+use crate::probes::state::Outcome;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct HealthCheckRequest {

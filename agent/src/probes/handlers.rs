@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::{Container, HTTPHeader, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::net::TcpStream;
 
-use super::http::{self, Url};
-use super::state::Outcome;
+use crate::probes::http::{self, Url};
+use crate::probes::state::Outcome;
 use crate::pods::env;
 use crate::pods::plan::go_duration;
 use crate::runtime::Runtime;
@@ -69,7 +69,7 @@ pub async fn run(runtime: &Runtime, probe: &Probe, target: Target<'_>, timeout: 
         let Ok(port) = u16::try_from(grpc.port) else {
             return ProbeOutput::new(Outcome::Unknown, format!("invalid port number: {}", grpc.port));
         };
-        return super::grpc::check(target.pod_ip, port, grpc.service.as_deref().unwrap_or(""), timeout).await;
+        return crate::probes::grpc::check(target.pod_ip, port, grpc.service.as_deref().unwrap_or(""), timeout).await;
     }
     ProbeOutput::new(Outcome::Unknown, "missing probe handler")
 }
@@ -128,7 +128,7 @@ pub async fn run_exec(runtime: &Runtime, container_id: &str, command: &[String],
 /// else fails; a request that cannot be made (a refused header among them) fails with Go's error, a body that
 /// cannot be read makes the probe error.
 pub async fn run_http(url: &Url, headers: &[(String, String)], timeout: Duration) -> ProbeOutput {
-    match http::get(url, headers, super::USER_AGENT, Some(timeout)).await {
+    match http::get(url, headers, crate::probes::USER_AGENT, Some(timeout)).await {
         Err(e) => ProbeOutput::new(Outcome::Failure, e.to_string()),
         Ok(http::Response { body_error: Some(e), .. }) => ProbeOutput::new(Outcome::Unknown, e),
         Ok(r) if (200..300).contains(&r.status) => {

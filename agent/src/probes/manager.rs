@@ -14,10 +14,10 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::handlers::{self, Target};
-use super::metrics::{ProbeTarget, PROBER_METRICS};
-use super::state::{Outcome, ProbeParams, ProbeState};
-use super::{ProbeKind, ProbeResult, ProbeResults};
+use crate::probes::handlers::{self, Target};
+use crate::probes::metrics::{ProbeTarget, PROBER_METRICS};
+use crate::probes::state::{Outcome, ProbeParams, ProbeState};
+use crate::probes::{ProbeKind, ProbeResult, ProbeResults};
 use crate::pods::events::{EventRecorder, EventType};
 use crate::pods::plan::go_duration;
 use crate::pods::spec;

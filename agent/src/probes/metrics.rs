@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use super::state::Outcome;
-use super::ProbeKind;
+use crate::probes::state::Outcome;
+use crate::probes::ProbeKind;
 
 /// Prometheus' default buckets, which kubelet's duration histogram uses.
 const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Probe;
 
-use super::{ProbeKind, ProbeResult};
+use crate::probes::{ProbeKind, ProbeResult};
 
 /// kubelet's (API) defaults for a probe's fields.
 pub const DEFAULT_PERIOD_SECONDS: i32 = 10;

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::convert::shares_to_weight;
-use super::pod::ResourceConfig;
-use super::qos::QosClass;
+use crate::resources::convert::shares_to_weight;
+use crate::resources::pod::ResourceConfig;
+use crate::resources::qos::QosClass;
 
 pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 /// `CGROUP2_SUPER_MAGIC` from linux/magic.h.

@@ -3,8 +3,8 @@
 
 use k8s_openapi::api::core::v1::Container;
 
-use super::qos::QosClass;
-use super::quantity::{parse_milli, parse_value, QuantityError};
+use crate::resources::qos::QosClass;
+use crate::resources::quantity::{parse_milli, parse_value, QuantityError};
 
 /// The CFS period kubelet uses for every quota (`QuotaPeriod`, 100 ms).
 pub const CPU_PERIOD_US: i64 = 100_000;

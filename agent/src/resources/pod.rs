@@ -3,9 +3,9 @@
 
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 
-use super::convert::{milli_cpu_to_quota, milli_cpu_to_shares, CPU_PERIOD_US, MIN_SHARES};
-use super::qos::{pod_qos_class, QosClass};
-use super::quantity::{parse_milli, parse_value};
+use crate::resources::convert::{milli_cpu_to_quota, milli_cpu_to_shares, CPU_PERIOD_US, MIN_SHARES};
+use crate::resources::qos::{pod_qos_class, QosClass};
+use crate::resources::quantity::{parse_milli, parse_value};
 
 /// The cgroup parameters kubelet sets on one cgroup; `None` leaves the kernel's default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use cri_proto::runtime::v1 as cri;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::labels;
-use super::types::*;
+use crate::runtime::labels;
+use crate::runtime::types::*;
 
 /// kubelet's `runtimeRequestTimeout` default.
 pub const RUNTIME_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
-use super::client::Runtime;
-use super::types::ContainerRunState;
+use crate::runtime::client::Runtime;
+use crate::runtime::types::ContainerRunState;
 
 /// kubelet's `genericPlegRelistPeriod`.
 pub const RELIST_PERIOD: Duration = Duration::from_secs(1);
@@ -83,7 +83,7 @@ impl Pleg {
         }
     }
 
-    async fn relist(&mut self) -> Result<Vec<String>, super::RuntimeError> {
+    async fn relist(&mut self) -> Result<Vec<String>, crate::runtime::RuntimeError> {
         let (sandboxes, containers) =
             tokio::join!(self.runtime.list_pod_sandboxes(None), self.runtime.list_containers(None));
         let mut current: BTreeMap<String, PodFingerprint> = BTreeMap::new();

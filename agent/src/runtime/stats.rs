@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use cri_proto::runtime::v1 as cri;
 
-use super::client::{Runtime, RuntimeError, RUNTIME_REQUEST_TIMEOUT};
-use super::labels;
+use crate::runtime::client::{Runtime, RuntimeError, RUNTIME_REQUEST_TIMEOUT};
+use crate::runtime::labels;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CpuSample {

@@ -3,8 +3,8 @@
 
 use cri_proto::runtime::v1 as cri;
 
-use super::client::{Runtime, RuntimeError, RUNTIME_REQUEST_TIMEOUT};
-use super::ContainerRunState;
+use crate::runtime::client::{Runtime, RuntimeError, RUNTIME_REQUEST_TIMEOUT};
+use crate::runtime::ContainerRunState;
 
 /// The streams an exec or attach session carries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

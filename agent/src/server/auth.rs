@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
-use super::cache::{BoundedCache, TokenBucket, TokenHasher};
+use crate::server::cache::{BoundedCache, TokenBucket, TokenHasher};
 use crate::api::auth::{review_access, review_token, NodeAttributes, UserInfo};
 use crate::config::{AuthorizationMode, ServerAuth};
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::tls::{pem_pair, rotation_deadline, validity, ServingCerts};
+use crate::server::tls::{pem_pair, rotation_deadline, validity, ServingCerts};
 use crate::api::serving::{request_serving_certificate, SERVING_CERT_FILE};
 
 /// A failed request is tried again after this long.

@@ -9,7 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
 
-use super::logs::{self, ContainerState, LogOptions};
+use crate::server::logs::{self, ContainerState, LogOptions};
 use crate::pods::store::PodStore;
 use crate::runtime::{ContainerRunState, Runtime};
 

@@ -10,12 +10,12 @@ use axum::http::{Method, Request};
 use proptest::prelude::*;
 use tower::ServiceExt;
 
-use super::auth::{bearer_token, subresource_for_path, verb_for_method, Authenticator};
-use super::containers::{query_pairs, ContainerServerState};
-use super::logs::log_options;
-use super::stats::StatsState;
-use super::streaming::{command, ports, split_url, stream_options};
-use super::{kubelet_router, secure, ServerState};
+use crate::server::auth::{bearer_token, subresource_for_path, verb_for_method, Authenticator};
+use crate::server::containers::{query_pairs, ContainerServerState};
+use crate::server::logs::log_options;
+use crate::server::stats::StatsState;
+use crate::server::streaming::{command, ports, split_url, stream_options};
+use crate::server::{kubelet_router, secure, ServerState};
 use crate::config::{AuthorizationMode, ServerAuth};
 use crate::pods::store::PodStore;
 use crate::runtime::Runtime;

@@ -14,9 +14,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use super::auth::{bearer_token, Authenticator, Credentials, Refusal};
-use super::connection::Limits;
-use super::tls::certificate_user;
+use crate::server::auth::{bearer_token, Authenticator, Credentials, Refusal};
+use crate::server::connection::Limits;
+use crate::server::tls::certificate_user;
 use crate::api::auth::UserInfo;
 
 /// The verified client certificate's user for one connection.
@@ -128,7 +128,7 @@ pub async fn serve_tls_with(
             let user = tls.peer_certificates().and_then(|c| c.first()).and_then(certificate_user);
             let h2 = tls.alpn_protocol() == Some(b"h2");
             let app = app.layer(Extension(PeerCertificate(user)));
-            super::connection::serve(stream, h2, app, limits, remote).await;
+            crate::server::connection::serve(stream, h2, app, limits, remote).await;
         });
     }
 }

@@ -6,7 +6,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::containers::query_pairs;
+use crate::server::containers::query_pairs;
 use crate::pods::store::PodStore;
 use crate::stats::summary::Summary;
 use crate::stats::StatsProvider;

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 
-use super::containers::{find_pod, query_pairs, runtime_id, ContainerServerState};
+use crate::server::containers::{find_pod, query_pairs, runtime_id, ContainerServerState};
 use crate::runtime::streaming::StreamOptions;
 
 /// The streams of an exec or attach request (kubelet's `remotecommand.NewOptions`): `input`, `output`, `error` and

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use super::summary::{
+use crate::stats::summary::{
     fs_stats, CpuStats, FsCapacity, InterfaceStats, MemoryStats, NetworkStats, NodeStats, RlimitStats,
 };
 

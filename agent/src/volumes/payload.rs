@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, ProjectedVolumeSource, Secret};
 
-use super::atomic_writer::{FileProjection, Payload};
+use crate::volumes::atomic_writer::{FileProjection, Payload};
 use crate::pods::env::{container_resource_value, pod_field_value, Lookup, NodeAllocatable};
 use crate::pods::spec;
 

@@ -340,7 +340,7 @@ fn is_mount_point(path: &Path) -> bool {
 
 fn mount_points() -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
-    info.lines().filter_map(|l| l.split(' ').nth(4)).map(|p| PathBuf::from(super::unescape_mountinfo(p))).collect()
+    info.lines().filter_map(|l| l.split(' ').nth(4)).map(|p| PathBuf::from(crate::volumes::unescape_mountinfo(p))).collect()
 }
 
 /// Unmounts `path`, detaching it lazily only when it is busy.
