@@ -13,6 +13,9 @@ use rkubelet::kubelet::run::StartOptions;
 use rkubelet::node;
 use rkubelet::server;
 
+mod allocator;
+mod profiling;
+
 /// A kubelet-compatible node agent.
 #[derive(Debug, Parser)]
 #[command(name = "rkubelet", version)]
@@ -158,6 +161,9 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Heap profile with `--features dhat-heap` (written at exit or on SIGUSR2); nothing otherwise.
+    let _heap_profile = profiling::start();
+    tokio::spawn(allocator::trim_periodically());
     let flags = Flags::parse();
     match run(flags).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,9 @@
 #     16 processes and a 20 min timeout unless set; a --focus or --skip of yours replaces the slice's.
 # env: RKUBELET_BIN (default target/debug/rkubelet), RKUBELET_CNI_BIN_DIR (default target/debug),
 #      RKUBELET_K8S_KIT (default ../shared/k8s), RKUBELET_NODE_IP (default: the first global IPv4 address),
-#      K8S_E2E_PROCS (default 40: the waiting specs cost little CPU; 16 for the slice).
+#      K8S_E2E_PROCS (default 40: the waiting specs cost little CPU; 16 for the slice),
+#      RKUBELET_CONFORMANCE_RUNS (default 1): runs of the specs against the same agent process, each followed by the
+#      agent's RSS (whether memory is given back from run to run).
 # Results: the kit's folder under $K8S_HOME/e2e/<timestamp>/ (results.txt), its last line printed last.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -120,7 +122,14 @@ for _ in $(seq 120); do
   sleep 0.5
 done
 log "node $NODE Ready ($NODE_IP); running the specs with $K8S_E2E_PROCS processes"
+rss() { awk '/^VmRSS:/ {printf "%.1f MB", $2 / 1024}' "/proc/$AGENT_PID/status"; }
+log "agent RSS before the specs: $(rss)"
 rc=0
-K8S_E2E_CONTAINERD=unix://$SOCK bash "$KIT/conformance.sh" "$NODE" "${SLICE_ARGS[@]}" "$@" || rc=$?
-cp "$STATE/rkubelet.log" "$(ls -d "$K8S_HOME"/e2e/2*/ | tail -1)/rkubelet.log" 2>/dev/null || true
+for run in $(seq "${RKUBELET_CONFORMANCE_RUNS:-1}"); do
+  K8S_E2E_CONTAINERD=unix://$SOCK bash "$KIT/conformance.sh" "$NODE" "${SLICE_ARGS[@]}" "$@" || rc=$?
+  cp "$STATE/rkubelet.log" "$(ls -d "$K8S_HOME"/e2e/2*/ | tail -1)/rkubelet.log" 2>/dev/null || true
+  # What the agent keeps after the specs' pods are gone; the same process runs the next round.
+  sleep 20
+  log "agent RSS after run $run: $(rss)"
+done
 exit "$rc"

@@ -102,11 +102,18 @@ fn edges() -> BTreeMap<String, BTreeSet<String>> {
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     let tests = test_only_files(&src, &files);
+    // The binary's own modules (declared in main.rs: allocator settings, profiling) sit with main.rs, above the
+    // library's layers.
+    let main = std::fs::read_to_string(src.join("main.rs")).unwrap_or_default();
+    let binary_modules: BTreeSet<String> = main
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("mod ").and_then(|m| m.strip_suffix(';')).map(str::to_owned))
+        .collect();
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in files.iter().filter(|f| !tests.contains(*f)) {
         let module = module_path(&src, f);
         let Some(top) = module.first().cloned() else { continue }; // lib.rs and main.rs sit above every layer
-        if top == "main" {
+        if top == "main" || binary_modules.contains(&top) {
             continue;
         }
         let code = non_test_code(&std::fs::read_to_string(f).unwrap_or_default());
@@ -153,7 +160,7 @@ fn picture(edges: &BTreeMap<String, BTreeSet<String>>) -> String {
         "# The agent's layers\n\nGenerated from the code by `tests/tests/layers.rs` (which fails when this file is stale or an \
          arrow runs back up): `RKUBELET_WRITE_LAYERS=1 cargo test -p rkubelet-tests --test layers`.\n\n\
          Each folder of `agent/src` by layer, top to bottom, with the folders it uses. A folder uses only its own layer \
-         and the layers below; `main.rs` (flags and start-up) sits above them all.\n\n```\n",
+         and the layers below; `main.rs` (flags and start-up) and its own modules sit above them all.\n\n```\n",
     );
     for (i, (what, modules)) in LAYERS.iter().enumerate() {
         out.push_str(&format!("── {} ── {what}\n", i + 1));

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::mpsc;
 
-use crate::kubetypes::events::PodEvent;
+use crate::kubetypes::events::{EventMessage, PodEvent};
 
 /// client-go's broadcaster queue (`maxQueuedEvents`): events beyond it are dropped.
 pub const MAX_QUEUED_EVENTS: usize = 1000;
@@ -39,11 +39,13 @@ pub const SPAM_QPS: f64 = 1.0 / 300.0;
 /// The kubelet's event source component.
 const COMPONENT: &str = "kubelet";
 
-/// A least-recently-used map of at most `capacity` entries (groupcache's `lru.Cache` as client-go uses it).
+/// A least-recently-used map of at most `capacity` entries (groupcache's `lru.Cache` as client-go uses it). Each
+/// entry also names the UID of the object its key is about, so that a pod's entries go with the pod: client-go's
+/// caches keep them until 4096 newer ones push them out, which holds the memory of long-gone pods.
 struct Lru<V> {
     capacity: usize,
     tick: u64,
-    entries: HashMap<String, (u64, V)>,
+    entries: HashMap<String, (u64, String, V)>,
 }
 
 impl<V> Lru<V> {
@@ -54,21 +56,29 @@ impl<V> Lru<V> {
     fn get_mut(&mut self, key: &str) -> Option<&mut V> {
         self.tick += 1;
         let tick = self.tick;
-        self.entries.get_mut(key).map(|(t, v)| {
+        self.entries.get_mut(key).map(|(t, _, v)| {
             *t = tick;
             v
         })
     }
 
-    fn insert(&mut self, key: String, value: V) {
+    fn insert(&mut self, key: String, uid: &str, value: V) {
         self.tick += 1;
         if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
             // Full: forget the entry used longest ago. A linear scan, but only when the cache is full.
-            if let Some(oldest) = self.entries.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = self.entries.iter().min_by_key(|(_, (t, _, _))| *t).map(|(k, _)| k.clone()) {
                 self.entries.remove(&oldest);
             }
         }
-        self.entries.insert(key, (self.tick, value));
+        self.entries.insert(key, (self.tick, uid.to_owned(), value));
+    }
+
+    /// Forgets every entry about the object `uid`, and gives the room back once the map is mostly empty.
+    fn forget_object(&mut self, uid: &str) {
+        self.entries.retain(|_, (_, owner, _)| owner != uid);
+        if self.entries.capacity() > 4 * self.entries.len().max(16) {
+            self.entries.shrink_to_fit();
+        }
     }
 
     #[cfg(test)]
@@ -103,6 +113,10 @@ impl TokenBucket {
             false
         }
     }
+}
+
+fn object_uid(e: &Event) -> &str {
+    e.involved_object.uid.as_deref().unwrap_or_default()
 }
 
 fn source(e: &Event) -> (&str, &str) {
@@ -189,7 +203,7 @@ impl SpamFilter {
         }
         let mut bucket = TokenBucket::new(self.burst, self.qps, now);
         let accepted = bucket.try_accept(now);
-        self.buckets.insert(key, bucket);
+        self.buckets.insert(key, object_uid(e), bucket);
         !accepted
     }
 }
@@ -247,6 +261,7 @@ impl EventCorrelator {
     pub fn update_state(&mut self, written: &Event) {
         self.logs.insert(
             event_key(written),
+            object_uid(written),
             EventLog {
                 count: written.count.unwrap_or(1),
                 first_timestamp: written.first_timestamp.clone(),
@@ -263,7 +278,8 @@ impl EventCorrelator {
             .get_mut(&agg_key)
             .is_none_or(|r| now.saturating_duration_since(r.last) > AGGREGATE_INTERVAL);
         if stale {
-            self.aggregates.insert(agg_key.clone(), AggregateRecord { messages: HashSet::new(), last: now });
+            let record = AggregateRecord { messages: HashSet::new(), last: now };
+            self.aggregates.insert(agg_key.clone(), object_uid(&event), record);
         }
         let Some(record) = self.aggregates.get_mut(&agg_key) else { return (event, full_key) };
         record.messages.insert(message);
@@ -296,6 +312,7 @@ impl EventCorrelator {
         }
         self.logs.insert(
             key,
+            object_uid(&event),
             EventLog {
                 count: event.count.unwrap_or(1),
                 first_timestamp: event.first_timestamp.clone(),
@@ -303,6 +320,19 @@ impl EventCorrelator {
             },
         );
         Correlated { event, patch }
+    }
+
+    /// Forgets all that the caches keep about the object `uid` (a pod gone from the node).
+    pub fn forget_object(&mut self, uid: &str) {
+        self.spam.buckets.forget_object(uid);
+        self.aggregates.forget_object(uid);
+        self.logs.forget_object(uid);
+    }
+
+    /// Entries in the three caches.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.spam.buckets.len() + self.aggregates.len() + self.logs.len()
     }
 }
 
@@ -344,8 +374,12 @@ fn random_unit() -> f64 {
 /// Takes events off the recorders' channel into a queue of at most [`MAX_QUEUED_EVENTS`], then correlates and
 /// writes them one at a time. The recorders never wait: when the writer falls behind (an API outage), new events
 /// are dropped with a log line.
-pub async fn run_event_poster(client: kube::Client, node_name: String, mut events: mpsc::UnboundedReceiver<PodEvent>) {
-    let (queue, mut queued) = mpsc::channel::<PodEvent>(MAX_QUEUED_EVENTS);
+pub async fn run_event_poster(
+    client: kube::Client,
+    node_name: String,
+    mut events: mpsc::UnboundedReceiver<EventMessage>,
+) {
+    let (queue, mut queued) = mpsc::channel::<EventMessage>(MAX_QUEUED_EVENTS);
     let intake = async move {
         let mut dropped: u64 = 0;
         while let Some(ev) = events.recv().await {
@@ -356,7 +390,14 @@ pub async fn run_event_poster(client: kube::Client, node_name: String, mut event
     };
     let writer = async move {
         let mut correlator = EventCorrelator::default();
-        while let Some(ev) = queued.recv().await {
+        while let Some(message) = queued.recv().await {
+            let ev = match message {
+                EventMessage::Event(ev) => ev,
+                EventMessage::PodGone(uid) => {
+                    correlator.forget_object(&uid);
+                    continue;
+                }
+            };
             let now = jiff::Timestamp::now();
             let Some(correlated) = correlator.correlate(new_event(&ev, &node_name, now), Instant::now(), now) else {
                 tracing::debug!(pod = %format!("{}/{}", ev.namespace, ev.name), reason = %ev.reason, "event dropped by the spam filter");
@@ -370,7 +411,7 @@ pub async fn run_event_poster(client: kube::Client, node_name: String, mut event
 
 /// Queues one event without waiting (client-go's `DropIfChannelFull`): a full queue drops it, logged at the first
 /// drop and at each power of two after. False once the writer is gone.
-fn offer(queue: &mpsc::Sender<PodEvent>, ev: PodEvent, dropped: &mut u64) -> bool {
+fn offer(queue: &mpsc::Sender<EventMessage>, ev: EventMessage, dropped: &mut u64) -> bool {
     match queue.try_send(ev) {
         Ok(()) => {
             if *dropped > 0 {
@@ -379,15 +420,14 @@ fn offer(queue: &mpsc::Sender<PodEvent>, ev: PodEvent, dropped: &mut u64) -> boo
             }
             true
         }
-        Err(mpsc::error::TrySendError::Full(ev)) => {
+        Err(mpsc::error::TrySendError::Full(message)) => {
             *dropped += 1;
             if dropped.is_power_of_two() {
-                tracing::warn!(
-                    pod = %format!("{}/{}", ev.namespace, ev.name),
-                    reason = %ev.reason,
-                    dropped = *dropped,
-                    "event queue full ({MAX_QUEUED_EVENTS}); dropping event"
-                );
+                let (pod, reason) = match &message {
+                    EventMessage::Event(ev) => (format!("{}/{}", ev.namespace, ev.name), ev.reason.to_string()),
+                    EventMessage::PodGone(uid) => (uid.clone(), "(pod gone)".to_owned()),
+                };
+                tracing::warn!(%pod, %reason, dropped = *dropped, "event queue full ({MAX_QUEUED_EVENTS}); dropping event");
             }
             true
         }
@@ -638,15 +678,48 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(MAX_QUEUED_EVENTS);
         let mut dropped = 0;
         for i in 0..MAX_QUEUED_EVENTS + 5 {
-            assert!(offer(&tx, pod_event(&i.to_string(), "Started", "m"), &mut dropped));
+            assert!(offer(&tx, EventMessage::Event(pod_event(&i.to_string(), "Started", "m")), &mut dropped));
         }
         assert_eq!(dropped, 5);
         // The oldest events are kept, in order.
-        assert_eq!(rx.try_recv().map(|e| e.uid).as_deref(), Ok("0"));
-        assert!(offer(&tx, pod_event("late", "Started", "m"), &mut dropped));
+        assert_eq!(rx.try_recv(), Ok(EventMessage::Event(pod_event("0", "Started", "m"))));
+        assert!(offer(&tx, EventMessage::Event(pod_event("late", "Started", "m")), &mut dropped));
         assert_eq!(dropped, 0, "room again resets the count");
         drop(rx);
-        assert!(!offer(&tx, pod_event("x", "Started", "m"), &mut dropped), "a closed queue ends the intake");
+        let late = EventMessage::Event(pod_event("x", "Started", "m"));
+        assert!(!offer(&tx, late, &mut dropped), "a closed queue ends the intake");
+    }
+
+    #[test]
+    fn the_caches_keep_nothing_of_a_pod_once_it_is_gone() {
+        let mut c = EventCorrelator::default();
+        let (t0, now) = (Instant::now(), jiff::Timestamp::now());
+        for uid in ["gone", "stays"] {
+            for (reason, message) in [("Pulled", "image present"), ("Created", "created"), ("Started", "started")] {
+                let correlated = c.correlate(event(uid, reason, message), t0, now).expect("not filtered");
+                c.update_state(&correlated.event);
+            }
+        }
+        let both = c.len();
+        c.forget_object("gone");
+        assert_eq!(c.len(), both / 2, "the other pod's entries stay");
+        c.forget_object("stays");
+        assert_eq!(c.len(), 0, "nothing is left once both pods are gone");
+        // A repeat after the pod was forgotten starts afresh instead of patching.
+        let again = c.correlate(event("stays", "Started", "started"), t0, now).expect("not filtered");
+        assert_eq!((again.event.count, again.patch), (Some(1), None));
+    }
+
+    #[test]
+    fn the_maps_give_their_room_back_when_emptied() {
+        let mut lru = Lru::new(LRU_CACHE_ENTRIES);
+        for i in 0..LRU_CACHE_ENTRIES {
+            lru.insert(i.to_string(), "gone", ());
+        }
+        let full = lru.entries.capacity();
+        lru.forget_object("gone");
+        assert_eq!(lru.len(), 0);
+        assert!(lru.entries.capacity() < full / 4, "capacity {} of {full} kept", lru.entries.capacity());
     }
 
     #[test]

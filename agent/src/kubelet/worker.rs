@@ -17,8 +17,7 @@ use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
-use crate::kuberuntime::termination;
-use crate::kuberuntime::KubeRuntime;
+use crate::kuberuntime::{termination, KubeRuntime};
 use crate::kubetypes::backoff::{jitter, random_unit};
 use crate::kubetypes::events::EventType;
 use crate::kubetypes::spec;

@@ -65,14 +65,30 @@ pub fn container_field_path(pod: &Pod, name: &str, init: bool) -> String {
     format!("spec.{list}{{{name}}}")
 }
 
+/// What the recorders send to the event poster, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventMessage {
+    Event(PodEvent),
+    /// The pod (by UID) is gone from the node: nothing more will be said about it, so the poster forgets what it
+    /// keeps per pod.
+    PodGone(String),
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct EventRecorder {
-    tx: Option<mpsc::UnboundedSender<PodEvent>>,
+    tx: Option<mpsc::UnboundedSender<EventMessage>>,
 }
 
 impl EventRecorder {
-    pub fn new(tx: mpsc::UnboundedSender<PodEvent>) -> Self {
+    pub fn new(tx: mpsc::UnboundedSender<EventMessage>) -> Self {
         Self { tx: Some(tx) }
+    }
+
+    /// Tells the poster that the pod is gone (after its last event).
+    pub fn pod_gone(&self, uid: &str) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(EventMessage::PodGone(uid.to_owned()));
+        }
     }
 
     pub fn record(
@@ -90,7 +106,7 @@ impl EventRecorder {
             EventType::Warning => tracing::warn!(reason = %reason, "{message}"),
         }
         if let Some(tx) = &self.tx {
-            let _ = tx.send(PodEvent {
+            let _ = tx.send(EventMessage::Event(PodEvent {
                 namespace: spec::namespace(pod).to_owned(),
                 name: spec::name(pod).to_owned(),
                 uid: spec::uid(pod).to_owned(),
@@ -98,7 +114,7 @@ impl EventRecorder {
                 kind,
                 reason,
                 message,
-            });
+            }));
         }
     }
 }

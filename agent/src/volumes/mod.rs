@@ -459,6 +459,8 @@ impl VolumeManager {
     pub fn unmount_pod(&self, uid: &str) {
         self.tokens.forget_pod(uid);
         self.back_offs.forget_pod(uid);
+        // The pod's last event (Killing) was recorded before its containers were stopped.
+        self.events.pod_gone(uid);
         let dir = self.pod_dir(uid);
         if !dir.exists() {
             return;
@@ -835,6 +837,15 @@ mod tests {
         vm.unmount_pod("u1");
         assert!(mounts_under(dir.path()).is_empty());
         assert!(!dir.path().join("pods/u1").exists());
+    }
+
+    #[test]
+    fn a_pod_torn_down_is_reported_gone_to_the_event_poster() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let vm = VolumeManager::new(dir.path(), NodeAllocatable::default(), EventRecorder::new(tx));
+        vm.unmount_pod("u1");
+        assert_eq!(rx.try_recv(), Ok(crate::kubetypes::events::EventMessage::PodGone("u1".into())));
     }
 
     #[tokio::test]

@@ -182,6 +182,19 @@ pub fn scan_dir(dir: &Path, node_name: &str) -> (Vec<Pod>, Vec<ManifestError>) {
     (pods, errors)
 }
 
+/// Sends `()` on `changes` whenever the folder's content changes. Only changes count: inotify also reports opening
+/// and reading the folder (notify's `Access` events), and the rescan that follows a change reads the folder, which
+/// would otherwise start the next rescan, ten times a second for as long as the agent runs.
+fn watch_folder(dir: &Path, changes: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            let _ = changes.send(());
+        }
+    })?;
+    watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
 /// Watches the static pod folder and sends the full pod set whenever it changes: inotify for prompt updates, plus a
 /// rescan every `file_check_frequency` in case an event was missed (or the folder did not exist yet).
 pub async fn run_file_source(
@@ -198,17 +211,9 @@ pub async fn run_file_source(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if watcher.is_none() && dir.is_dir() {
-            let tx = events_tx.clone();
-            match notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-                let _ = tx.send(());
-            }) {
-                Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
-                    Ok(()) => watcher = Some(w),
-                    Err(e) => {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch static pod folder; polling")
-                    }
-                },
-                Err(e) => tracing::warn!(error = %e, "cannot create file watcher; polling"),
+            match watch_folder(&dir, events_tx.clone()) {
+                Ok(w) => watcher = Some(w),
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch static pod folder; polling"),
             }
         }
 
@@ -252,6 +257,23 @@ mod tests {
     use super::*;
 
     const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: app\n    image: 127.0.0.1:5000/busybox:1.36\n";
+
+    #[tokio::test]
+    async fn reading_the_folder_is_not_a_change_but_writing_a_file_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut changes) = mpsc::unbounded_channel();
+        let _watcher = watch_folder(dir.path(), tx).unwrap();
+        // What each rescan does: open and list the folder, read its files.
+        std::fs::write(dir.path().join("web.yaml"), POD).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.expect("a new file is a change");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while changes.try_recv().is_ok() {}
+        let _ = scan_dir(dir.path(), "node-1");
+        let quiet = tokio::time::timeout(Duration::from_millis(500), changes.recv()).await;
+        assert!(quiet.is_err(), "a rescan woke the source again");
+        std::fs::remove_file(dir.path().join("web.yaml")).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.expect("a removed file is a change");
+    }
 
     #[test]
     fn static_pod_naming_and_defaults() {
