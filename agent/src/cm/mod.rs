@@ -45,3 +45,51 @@ pub async fn setup_pod_hierarchy(
     );
     Ok(manager)
 }
+
+/// kubelet's container manager once the hierarchy is up: the QoS cgroups follow the pods admitted, and pod cgroups
+/// that no pod owns any more are removed (housekeeping).
+pub struct ContainerManager {
+    cgroups: std::sync::Arc<CgroupManager>,
+    /// Last CPU shares written to the burstable QoS cgroup.
+    burstable_shares: Option<u64>,
+}
+
+impl ContainerManager {
+    pub fn new(cgroups: std::sync::Arc<CgroupManager>) -> Self {
+        Self { cgroups, burstable_shares: None }
+    }
+
+    /// kubelet's QoS container manager: the burstable cgroup's CPU shares follow the Burstable pods' requests.
+    pub fn update_qos_cgroups<'a>(&mut self, specs: impl Iterator<Item = &'a k8s_openapi::api::core::v1::PodSpec>) {
+        let shares = crate::cm::pod::burstable_cpu_shares(specs);
+        if self.burstable_shares == Some(shares) {
+            return;
+        }
+        self.burstable_shares = Some(shares);
+        let cgroups = self.cgroups.clone();
+        tokio::spawn(async move {
+            let cfg = ResourceConfig { cpu_shares: Some(shares), ..Default::default() };
+            if let Err(e) = cgroups.ensure(&CgroupName::qos(QosClass::Burstable), &cfg).await {
+                tracing::warn!(error = %e, "cannot update the burstable QoS cgroup");
+            }
+        });
+    }
+
+    /// Removes the pod cgroups of pods for which `owned` says no.
+    pub fn cleanup_orphaned_cgroups(&self, owned: impl Fn(&str) -> bool) {
+        let orphaned: Vec<CgroupName> =
+            self.cgroups.pod_cgroups().into_iter().filter(|(uid, _)| !owned(uid)).map(|(_, name)| name).collect();
+        if orphaned.is_empty() {
+            return;
+        }
+        let cgroups = self.cgroups.clone();
+        tokio::spawn(async move {
+            for name in orphaned {
+                tracing::info!(cgroup = %name.to_cgroupfs(), "removing orphaned pod cgroup");
+                if let Err(e) = cgroups.remove(&name).await {
+                    tracing::warn!(error = %e, "cannot remove orphaned pod cgroup");
+                }
+            }
+        });
+    }
+}

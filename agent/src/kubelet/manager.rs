@@ -7,8 +7,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::cm::cgroups::CgroupName;
-use crate::cm::pod::{burstable_cpu_shares, ResourceConfig};
+use crate::cm::ContainerManager;
 use crate::kubelet::admission;
 use crate::kubelet::source::SourceUpdate;
 use crate::kubelet::unsupported::{self, REASON_UNSUPPORTED_POD_SPEC};
@@ -16,7 +15,6 @@ use crate::kubelet::worker::{self, WorkerContext, WorkerInput};
 use crate::kubetypes::admission::Rejection;
 use crate::kubetypes::events::EventType;
 use crate::kubetypes::nodeinfo::NodeInfo;
-use crate::kubetypes::qos::QosClass;
 use crate::kubetypes::spec;
 use crate::pleg::PlegEvent;
 use crate::pods::sysctl::SysctlAllowlist;
@@ -53,8 +51,8 @@ pub struct PodManager {
     desired: BTreeMap<&'static str, Vec<Arc<Pod>>>,
     workers: HashMap<String, WorkerHandle>,
     orphans: BTreeSet<String>,
-    /// Last CPU shares written to the burstable QoS cgroup.
-    burstable_shares: Option<u64>,
+    /// The QoS cgroups and pod cgroups (`cgroupsPerQOS`).
+    container_manager: Option<ContainerManager>,
     relists: u32,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
@@ -74,6 +72,7 @@ pub struct PodManager {
 
 impl PodManager {
     pub fn new(ctx: Arc<WorkerContext>, sources: &[&'static str]) -> Self {
+        let container_manager = ctx.kuberuntime.cgroups.clone().map(ContainerManager::new);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Self {
             ctx,
@@ -81,7 +80,7 @@ impl PodManager {
             desired: BTreeMap::new(),
             workers: HashMap::new(),
             orphans: BTreeSet::new(),
-            burstable_shares: None,
+            container_manager,
             relists: 0,
             done_tx,
             done_rx,
@@ -230,42 +229,18 @@ impl PodManager {
 
     /// kubelet's QoS container manager: the burstable cgroup's CPU shares follow the Burstable pods' requests.
     fn update_qos_cgroups(&mut self, desired: &BTreeMap<String, Arc<Pod>>) {
-        let Some(cgroups) = self.ctx.kuberuntime.cgroups.clone() else { return };
-        let shares = burstable_cpu_shares(desired.values().map(|p| spec::spec(p)));
-        if self.burstable_shares == Some(shares) {
-            return;
+        if let Some(cm) = self.container_manager.as_mut() {
+            cm.update_qos_cgroups(desired.values().map(|p| spec::spec(p)));
         }
-        self.burstable_shares = Some(shares);
-        tokio::spawn(async move {
-            let cfg = ResourceConfig { cpu_shares: Some(shares), ..Default::default() };
-            if let Err(e) = cgroups.ensure(&CgroupName::qos(QosClass::Burstable), &cfg).await {
-                tracing::warn!(error = %e, "cannot update the burstable QoS cgroup");
-            }
-        });
     }
 
     /// Removes pod cgroups of pods that no source wants and the runtime no longer holds.
     fn cleanup_orphaned_cgroups(&self, runtime_uids: &BTreeSet<String>) {
-        let Some(cgroups) = self.ctx.kuberuntime.cgroups.clone() else { return };
-        let orphaned: Vec<CgroupName> = cgroups
-            .pod_cgroups()
-            .into_iter()
-            .filter(|(uid, _)| {
-                !self.workers.contains_key(uid) && !runtime_uids.contains(uid) && !self.orphans.contains(uid)
-            })
-            .map(|(_, name)| name)
-            .collect();
-        if orphaned.is_empty() {
-            return;
+        if let Some(cm) = &self.container_manager {
+            cm.cleanup_orphaned_cgroups(|uid| {
+                self.workers.contains_key(uid) || runtime_uids.contains(uid) || self.orphans.contains(uid)
+            });
         }
-        tokio::spawn(async move {
-            for name in orphaned {
-                tracing::info!(cgroup = %name.to_cgroupfs(), "removing orphaned pod cgroup");
-                if let Err(e) = cgroups.remove(&name).await {
-                    tracing::warn!(error = %e, "cannot remove orphaned pod cgroup");
-                }
-            }
-        });
     }
 
     /// kubelet's `HandlePodAdditions` for one pod: a pod already terminal in the API is not run again, a pod that

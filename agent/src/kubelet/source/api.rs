@@ -142,6 +142,10 @@ impl PodSet {
     /// Adds the pod, annotated with its source as pods to run are (a mirror pod as it is). A copy the same as the
     /// one in `previous` (an unchanged pod seen again by a relist) keeps that `Arc`.
     fn apply(&mut self, mut pod: Pod, previous: Option<&PodSet>) {
+        // The field managers' bookkeeping is most of a pod object's size (the heap profile of a 30-pod churn: about
+        // half the agent's peak) and nothing in the agent reads it: status writes are patches of the status alone,
+        // and mirror pods are built from the static pod's own manifest.
+        pod.metadata.managed_fields = None;
         if !is_mirror(&pod) {
             pod.metadata
                 .annotations
@@ -181,6 +185,15 @@ mod tests {
             pod.metadata.annotations = Some([(CONFIG_MIRROR_ANNOTATION.to_owned(), "h".to_owned())].into());
         }
         pod
+    }
+
+    #[test]
+    fn pods_are_kept_without_their_managed_fields() {
+        let mut p = pod("u1", "1", false);
+        p.metadata.managed_fields = Some(vec![Default::default()]);
+        let mut set = PodSet::default();
+        set.apply(p, None);
+        assert_eq!(set.to_run()[0].metadata.managed_fields, None);
     }
 
     #[test]
