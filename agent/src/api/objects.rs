@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -21,10 +22,16 @@ pub struct PodObjects {
     client: kube::Client,
     services: Store<Service>,
     services_synced: Arc<AtomicBool>,
-    /// The last copy read of each object, served while the API cannot be reached (as kubelet's object caches keep
-    /// serving what they have), so that an outage does not fail volumes that were set up already.
-    last_read: Arc<Mutex<HashMap<ObjectKey, Lookup<ObjectCopy>>>>,
+    /// The last copy read of each object and when, served while the API cannot be reached (as kubelet's object
+    /// caches keep serving what they have), so that an outage does not fail volumes that were set up already.
+    last_read: Arc<Mutex<HashMap<ObjectKey, (Instant, Lookup<ObjectCopy>)>>>,
 }
+
+/// A copy no read has asked for in this long is forgotten at the next successful read. A pod that still uses an
+/// object reads it again at every sync of its volumes (kubelet's `syncFrequency`, 1 min by default), so only copies
+/// of objects no running pod reads any more age out, and the cache follows the pods instead of growing with every
+/// object ever read. Nothing is forgotten during an outage: forgetting happens on successful reads only.
+pub const OBJECT_COPY_TTL: Duration = Duration::from_secs(10 * 60);
 
 /// Kind, namespace and name.
 type ObjectKey = (&'static str, String, String);
@@ -84,21 +91,14 @@ impl PodObjects {
         name: &str,
         read: Lookup<ObjectCopy>,
     ) -> Lookup<ObjectCopy> {
-        let key = (kind, namespace.to_owned(), name.to_owned());
-        let mut cache = self.last_read.lock().unwrap_or_else(|e| e.into_inner());
-        match read {
-            Lookup::Failed(e) => match cache.get(&key) {
-                Some(known) => {
-                    tracing::debug!(kind, namespace, name, error = %e, "API read failed; using the last copy");
-                    known.clone()
-                }
-                None => Lookup::Failed(e),
-            },
-            read => {
-                cache.insert(key, read.clone());
-                read
-            }
-        }
+        remember_in(
+            &mut self.last_read.lock().unwrap_or_else(|e| e.into_inner()),
+            kind,
+            namespace,
+            name,
+            read,
+            Instant::now(),
+        )
     }
 
     pub async fn config_map(&self, namespace: &str, name: &str) -> Lookup<ConfigMap> {
@@ -138,5 +138,64 @@ impl PodObjects {
             return None;
         }
         Some(self.services.state().iter().map(|s| (**s).clone()).collect())
+    }
+}
+/// [`PodObjects::remember`] on the cache itself, at `now`.
+fn remember_in(
+    cache: &mut HashMap<ObjectKey, (Instant, Lookup<ObjectCopy>)>,
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+    read: Lookup<ObjectCopy>,
+    now: Instant,
+) -> Lookup<ObjectCopy> {
+    let key = (kind, namespace.to_owned(), name.to_owned());
+    match read {
+        Lookup::Failed(e) => match cache.get(&key) {
+            Some((_, known)) => {
+                tracing::debug!(kind, namespace, name, error = %e, "API read failed; using the last copy");
+                known.clone()
+            }
+            None => Lookup::Failed(e),
+        },
+        read => {
+            cache.retain(|_, (at, _)| now.saturating_duration_since(*at) < OBJECT_COPY_TTL);
+            if cache.capacity() > 4 * cache.len().max(16) {
+                cache.shrink_to_fit();
+            }
+            cache.insert(key, (now, read.clone()));
+            read
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_map(name: &str) -> Lookup<ObjectCopy> {
+        let mut c = ConfigMap::default();
+        c.metadata.name = Some(name.to_owned());
+        Lookup::Found(ObjectCopy::ConfigMap(c))
+    }
+
+    #[test]
+    fn copies_no_read_asked_for_age_out_and_an_outage_keeps_them_all() {
+        let mut cache = HashMap::new();
+        let t0 = Instant::now();
+        remember_in(&mut cache, "configmap", "ns", "old", config_map("old"), t0);
+        remember_in(&mut cache, "configmap", "ns", "used", config_map("used"), t0);
+        let later = t0 + OBJECT_COPY_TTL - Duration::from_secs(60);
+        remember_in(&mut cache, "configmap", "ns", "used", config_map("used"), later);
+        // An outage, long after both reads: the copies are served, none is forgotten.
+        let outage = t0 + 3 * OBJECT_COPY_TTL;
+        let failed = || Lookup::Failed("connection refused".to_owned());
+        assert_eq!(remember_in(&mut cache, "configmap", "ns", "old", failed(), outage), config_map("old"));
+        assert_eq!(cache.len(), 2);
+        // The next successful read forgets what no read asked for within the TTL.
+        let back = t0 + OBJECT_COPY_TTL + Duration::from_secs(1);
+        remember_in(&mut cache, "configmap", "ns", "used", config_map("used"), back);
+        let names: Vec<&str> = cache.keys().map(|(_, _, n)| n.as_str()).collect();
+        assert_eq!(names, ["used"]);
     }
 }
