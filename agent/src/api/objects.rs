@@ -24,7 +24,7 @@ pub struct PodObjects {
     services_synced: Arc<AtomicBool>,
     /// The last copy read of each object and when, served while the API cannot be reached (as kubelet's object
     /// caches keep serving what they have), so that an outage does not fail volumes that were set up already.
-    last_read: Arc<Mutex<HashMap<ObjectKey, (Instant, Lookup<ObjectCopy>)>>>,
+    last_read: Arc<Mutex<ObjectCopies>>,
 }
 
 /// A copy no read has asked for in this long is forgotten at the next successful read. A pod that still uses an
@@ -32,6 +32,9 @@ pub struct PodObjects {
 /// of objects no running pod reads any more age out, and the cache follows the pods instead of growing with every
 /// object ever read. Nothing is forgotten during an outage: forgetting happens on successful reads only.
 pub const OBJECT_COPY_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// The copies kept, by object, with the time each was last read.
+type ObjectCopies = HashMap<ObjectKey, (Instant, Lookup<ObjectCopy>)>;
 
 /// Kind, namespace and name.
 type ObjectKey = (&'static str, String, String);
@@ -142,7 +145,7 @@ impl PodObjects {
 }
 /// [`PodObjects::remember`] on the cache itself, at `now`.
 fn remember_in(
-    cache: &mut HashMap<ObjectKey, (Instant, Lookup<ObjectCopy>)>,
+    cache: &mut ObjectCopies,
     kind: &'static str,
     namespace: &str,
     name: &str,
