@@ -30,7 +30,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use rkubelet_tests::agent::{tail, Agent};
 use rkubelet_tests::containerd::{is_root, unmount_under, Containerd};
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
-use rkubelet_tests::kit::{env_number, kit_dir, kit_script};
+use rkubelet_tests::kit::{env_number, kit_dir, kit_script, kit_bench_main};
 use serde_json::json;
 
 const PREFIX: &str = "bench api_pod_start";
@@ -69,26 +69,7 @@ struct Run {
 }
 
 fn main() -> ExitCode {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("{PREFIX}: not run (no --bench argument); use `cargo bench -p rkubelet-tests --bench api_pod_start`");
-        return ExitCode::SUCCESS;
-    }
-    if !is_root() {
-        println!("SKIPPED: {PREFIX}: needs root (containerd, the control plane kit)");
-        return ExitCode::SUCCESS;
-    }
-    let kit = kit_dir();
-    if !kit.join("up.sh").exists() {
-        println!("SKIPPED: {PREFIX}: no control plane kit at {} (set RKUBELET_K8S_KIT)", kit.display());
-        return ExitCode::SUCCESS;
-    }
-    match run(&kit) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{PREFIX}: harness failure: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    kit_bench_main(PREFIX, "api_pod_start", run)
 }
 
 fn run(kit: &Path) -> Result<()> {

@@ -24,7 +24,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use rkubelet_tests::agent::{tail, Agent};
 use rkubelet_tests::containerd::{is_root, unmount_under, Containerd};
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
-use rkubelet_tests::kit::{env_number, kit_dir, kit_script};
+use rkubelet_tests::kit::{env_number, kit_dir, kit_script, kit_bench_main};
 use serde_json::json;
 
 const PREFIX: &str = "bench logs_exec";
@@ -58,27 +58,13 @@ struct Figures {
 }
 
 fn main() -> ExitCode {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("{PREFIX}: not run (no --bench argument); use `cargo bench -p rkubelet-tests --bench logs_exec`");
-        return ExitCode::SUCCESS;
-    }
-    if !is_root() {
-        println!("SKIPPED: {PREFIX}: needs root (containerd, the control plane kit)");
-        return ExitCode::SUCCESS;
-    }
-    let kit = kit_dir();
-    if !kit.join("up.sh").exists() {
-        println!("SKIPPED: {PREFIX}: no control plane kit at {} (set RKUBELET_K8S_KIT)", kit.display());
-        return ExitCode::SUCCESS;
-    }
-    let outcome = if std::env::var_os(PRIVATE_NS_ENV).is_none() { reexec_private() } else { run(&kit) };
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{PREFIX}: harness failure: {e:#}");
-            ExitCode::FAILURE
+    kit_bench_main(PREFIX, "logs_exec", |kit| {
+        if std::env::var_os(PRIVATE_NS_ENV).is_none() {
+            reexec_private()
+        } else {
+            run(kit)
         }
-    }
+    })
 }
 
 /// Runs this bench again in a private mount namespace whose `/var/log/pods` is an empty folder of its own.

@@ -39,7 +39,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchPara
 use rkubelet_tests::agent::{tail, Agent};
 use rkubelet_tests::containerd::{is_root, Containerd};
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
-use rkubelet_tests::kit::{env_number, kit_dir, kit_script};
+use rkubelet_tests::kit::{env_number, kit_dir, kit_script, kit_bench_main};
 use rkubelet_tests::oracle::GoKubelet;
 use serde_json::json;
 
@@ -79,26 +79,7 @@ struct Figures {
 }
 
 fn main() -> ExitCode {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("{PREFIX}: not run (no --bench argument); use `cargo bench -p rkubelet-tests --bench node_figures`");
-        return ExitCode::SUCCESS;
-    }
-    if !is_root() {
-        println!("SKIPPED: {PREFIX}: needs root (containerd, the control plane kit)");
-        return ExitCode::SUCCESS;
-    }
-    let kit = kit_dir();
-    if !kit.join("up.sh").exists() {
-        println!("SKIPPED: {PREFIX}: no control plane kit at {} (set RKUBELET_K8S_KIT)", kit.display());
-        return ExitCode::SUCCESS;
-    }
-    match run(&kit) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{PREFIX}: harness failure: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    kit_bench_main(PREFIX, "node_figures", run)
 }
 
 /// The private kit's home and ports, set in this process's environment for the kit scripts (before any thread).

@@ -34,3 +34,28 @@ pub fn kit_script(kit: &Path, script: &str, args: &[&str]) -> Result<String> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     Ok(stdout.lines().last().unwrap_or_default().trim().to_owned())
 }
+
+/// The entry of a bench that needs root and the control plane kit: runs `run` with the kit's folder under
+/// `cargo bench` (which passes `--bench`), and says why it did not run otherwise.
+pub fn kit_bench_main(prefix: &str, name: &str, run: impl FnOnce(&Path) -> anyhow::Result<()>) -> std::process::ExitCode {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{prefix}: not run (no --bench argument); use `cargo bench -p rkubelet-tests --bench {name}`");
+        return std::process::ExitCode::SUCCESS;
+    }
+    if !crate::containerd::is_root() {
+        println!("SKIPPED: {prefix}: needs root (containerd, the control plane kit)");
+        return std::process::ExitCode::SUCCESS;
+    }
+    let kit = kit_dir();
+    if !kit.join("up.sh").exists() {
+        println!("SKIPPED: {prefix}: no control plane kit at {} (set RKUBELET_K8S_KIT)", kit.display());
+        return std::process::ExitCode::SUCCESS;
+    }
+    match run(&kit) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{prefix}: harness failure: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

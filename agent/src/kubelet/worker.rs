@@ -231,7 +231,9 @@ pub struct Syncer {
     backoff: BackoffState,
     /// The probe workers of this pod's containers and their latest results.
     prober: Prober,
-    /// Errors of the last attempt to start each container, shown as its waiting reason until it starts.
+    /// kubelet's `reasonCache`: why each container did not start in the last sync (its error, or the back-off that
+    /// held it), shown as its waiting reason by the next status, as kubelet's `generateAPIPodStatus` reads it
+    /// before `SyncPod` acts; a start that works clears it.
     sync_errors: BTreeMap<String, Waiting>,
     start_time: SystemTime,
     first_seen_instant: Instant,
@@ -321,23 +323,15 @@ impl Syncer {
         }
         let result = kuberuntime.sync_pod(pod, &observed, &actions).await;
         crate::pods::plan::record_sync_result(&mut self.backoff, pod, &actions, &result, SystemTime::now());
-        for (name, outcome) in &result.containers {
-            match outcome {
-                None => self.sync_errors.remove(name),
-                Some(waiting) => self.sync_errors.insert(name.clone(), waiting.clone()),
-            };
-        }
 
-        // kubelet's `SyncPod` computes the status from the cached pod it planned on; what this sync started shows
-        // at the next one, which the PLEG's refresh of the pod wakes.
+        // kubelet's `SyncPod` computes the status from the cached pod it planned on and the reasons the previous
+        // sync left; what this sync did shows at the next one, which the PLEG's refresh of the pod wakes.
         let mut observed = ObservedPod::clone(&observed);
         fill_termination_messages(&self.ctx, pod, &mut observed, &mut self.termination_messages);
-        let mut waiting = self.sync_errors.clone();
-        waiting.extend(actions.waiting.clone());
         let status = compute_pod_status(&StatusInput {
             pod,
             observed: &observed,
-            waiting: &waiting,
+            waiting: &self.sync_errors,
             previous: self.last_status.as_ref(),
             start_time: self.start_time,
             host_ips: &kuberuntime.host_ips,
@@ -346,6 +340,15 @@ impl Syncer {
             deadline_exceeded: self.deadline_exceeded,
             now: SystemTime::now(),
         });
+        // kubelet's `reasonCache.Update` after `SyncPod`: the next status shows why each container did not start
+        // in this sync (its error, or the back-off that held it), until a start works.
+        for (name, outcome) in &result.containers {
+            match outcome {
+                None => self.sync_errors.remove(name),
+                Some(waiting) => self.sync_errors.insert(name.clone(), waiting.clone()),
+            };
+        }
+        self.sync_errors.extend(actions.waiting.clone());
         self.record_start(pod, &observed);
         if !self.published || self.last_status.as_ref() != Some(&status) {
             self.ctx.store.set_status(&uid, status.clone());
@@ -828,13 +831,5 @@ mod tests {
         assert_eq!(h.syncer.log(), ["sync v1 s0", "sync v1 s1"]);
         relist.abort();
         h.worker.abort();
-    }
-
-    #[test]
-    fn panic_payloads_read_as_text() {
-        let caught = std::panic::catch_unwind(|| panic!("boom {}", 1)).unwrap_err();
-        assert_eq!(panic_message(caught.as_ref()), "boom 1");
-        let caught = std::panic::catch_unwind(|| std::panic::panic_any(7)).unwrap_err();
-        assert_eq!(panic_message(caught.as_ref()), "(no message)");
     }
 }
