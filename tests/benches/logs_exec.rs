@@ -24,7 +24,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use rkubelet_tests::agent::{tail, Agent};
 use rkubelet_tests::containerd::{is_root, unmount_under, Containerd};
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
-use rkubelet_tests::kit::{env_number, kit_dir, kit_script, kit_bench_main};
+use rkubelet_tests::kit::{env_number, kit_bench_main, kit_dir, kit_script};
 use serde_json::json;
 
 const PREFIX: &str = "bench logs_exec";

@@ -39,7 +39,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchPara
 use rkubelet_tests::agent::{tail, Agent};
 use rkubelet_tests::containerd::{is_root, Containerd};
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
-use rkubelet_tests::kit::{env_number, kit_dir, kit_script, kit_bench_main};
+use rkubelet_tests::kit::{env_number, kit_bench_main, kit_dir, kit_script};
 use rkubelet_tests::oracle::GoKubelet;
 use serde_json::json;
 

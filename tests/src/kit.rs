@@ -37,7 +37,11 @@ pub fn kit_script(kit: &Path, script: &str, args: &[&str]) -> Result<String> {
 
 /// The entry of a bench that needs root and the control plane kit: runs `run` with the kit's folder under
 /// `cargo bench` (which passes `--bench`), and says why it did not run otherwise.
-pub fn kit_bench_main(prefix: &str, name: &str, run: impl FnOnce(&Path) -> anyhow::Result<()>) -> std::process::ExitCode {
+pub fn kit_bench_main(
+    prefix: &str,
+    name: &str,
+    run: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> std::process::ExitCode {
     if !std::env::args().any(|a| a == "--bench") {
         println!("{prefix}: not run (no --bench argument); use `cargo bench -p rkubelet-tests --bench {name}`");
         return std::process::ExitCode::SUCCESS;

@@ -168,7 +168,19 @@ impl KubeRuntime {
                 .start_container(pod, &container, start, &sandbox_id, &sandbox, &pod_ips, observed)
                 .instrument(span)
                 .await;
-            result.changed = true;
+            // A start that failed before CreateContainer (the image, the container's config) left nothing in the
+            // runtime to observe: the pod is not refreshed for it, so its status keeps the error until the next
+            // attempt, as kubelet's does.
+            let created_nothing = outcome.as_ref().err().is_some_and(|w| {
+                [
+                    crate::pods::plan::REASON_ERR_IMAGE_PULL,
+                    crate::pods::plan::REASON_IMAGE_PULL_BACK_OFF,
+                    crate::pods::plan::REASON_ERR_IMAGE_NEVER_PULL,
+                    crate::pods::plan::REASON_CREATE_CONTAINER_CONFIG_ERROR,
+                ]
+                .contains(&w.reason.as_ref())
+            });
+            result.changed |= !created_nothing;
             match outcome {
                 Ok(()) => {
                     result.containers.insert(start.name.clone(), None);
