@@ -22,9 +22,9 @@ use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use rkubelet_tests::agent::{tail, Agent};
-use rkubelet_tests::containerd::{is_root, unmount_under, Containerd};
+use rkubelet_tests::containerd::{unmount_under, Containerd};
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
-use rkubelet_tests::kit::{env_number, kit_bench_main, kit_dir, kit_script};
+use rkubelet_tests::kit::{env_number, kit_bench_main, kit_script};
 use serde_json::json;
 
 const PREFIX: &str = "bench logs_exec";

@@ -37,9 +37,9 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use rkubelet_tests::agent::{tail, Agent};
-use rkubelet_tests::containerd::{is_root, Containerd};
+use rkubelet_tests::containerd::Containerd;
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
-use rkubelet_tests::kit::{env_number, kit_bench_main, kit_dir, kit_script};
+use rkubelet_tests::kit::{env_number, kit_bench_main, kit_script};
 use rkubelet_tests::oracle::GoKubelet;
 use serde_json::json;
 
