@@ -29,9 +29,8 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use rkubelet_tests::agent::{tail, Agent};
 use rkubelet_tests::containerd::{unmount_under, Containerd};
-use rkubelet_tests::images::{ensure_images, BUSYBOX};
-use rkubelet_tests::kit::{env_number, kit_bench_main, kit_script};
-use serde_json::json;
+use rkubelet_tests::images::ensure_images;
+use rkubelet_tests::kit::{self as kit, env_number, kit_bench_main, kit_script, rss_mb};
 
 const PREFIX: &str = "bench api_pod_start";
 const POLL: Duration = Duration::from_millis(100);
@@ -214,32 +213,8 @@ fn node_name(kind: AgentKind) -> String {
     format!("node-bench-api-{}", kind.name())
 }
 
-fn rss_mb(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
-    Ok(kb / 1024.0)
-}
-
 fn bench_pod(name: &str, node: &str, sa_token: bool) -> Result<Pod> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": name, "namespace": NAMESPACE, "labels": { "bench": "api-pod-start" } },
-        "spec": {
-            "nodeName": node,
-            "automountServiceAccountToken": sa_token,
-            "terminationGracePeriodSeconds": 5,
-            "tolerations": [{ "operator": "Exists" }],
-            "containers": [{
-                "name": "app", "image": BUSYBOX,
-                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
-            }],
-        }
-    }))?)
+    kit::bench_pod(name, NAMESPACE, node, "api-pod-start", sa_token)
 }
 
 fn measure(

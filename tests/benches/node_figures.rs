@@ -38,10 +38,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use rkubelet_tests::agent::{tail, Agent};
 use rkubelet_tests::containerd::Containerd;
-use rkubelet_tests::images::{ensure_images, BUSYBOX};
-use rkubelet_tests::kit::{env_number, kit_bench_main, kit_script};
+use rkubelet_tests::images::ensure_images;
+use rkubelet_tests::kit::{self as kit, env_number, kit_bench_main, kit_script, rss_mb};
 use rkubelet_tests::oracle::GoKubelet;
-use serde_json::json;
 
 const PREFIX: &str = "bench node_figures";
 const NAMESPACE: &str = "default";
@@ -304,17 +303,6 @@ fn node_name(kind: Kind) -> String {
     format!("node-bench-fig-{}", kind.name())
 }
 
-fn rss_mb(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
-    Ok(kb / 1024.0)
-}
-
 /// The process's user + system CPU time in clock ticks (all its threads).
 fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -385,20 +373,7 @@ fn heap_profile(pid: u32) -> Result<()> {
 }
 
 fn bench_pod(name: &str, node: &str, sa_token: bool) -> Result<Pod> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": name, "namespace": NAMESPACE, "labels": { "bench": "node-figures" } },
-        "spec": {
-            "nodeName": node,
-            "automountServiceAccountToken": sa_token,
-            "terminationGracePeriodSeconds": 5,
-            "tolerations": [{ "operator": "Exists" }],
-            "containers": [{
-                "name": "app", "image": BUSYBOX,
-                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
-            }],
-        }
-    }))?)
+    kit::bench_pod(name, NAMESPACE, node, "node-figures", sa_token)
 }
 
 fn running_and_ready(pod: &Pod) -> bool {

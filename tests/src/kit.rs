@@ -63,3 +63,40 @@ pub fn kit_bench_main(
         }
     }
 }
+
+/// The resident memory of process `pid`, in MB (`VmRSS`).
+pub fn rss_mb(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kb / 1024.0)
+}
+
+/// The pod the API-tier benches start by the dozen: one busybox container that ends at once on SIGTERM, bound to
+/// `node`, labelled `bench=<label>` so a bench deletes its own.
+pub fn bench_pod(
+    name: &str,
+    namespace: &str,
+    node: &str,
+    label: &str,
+    sa_token: bool,
+) -> Result<k8s_openapi::api::core::v1::Pod> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": namespace, "labels": { "bench": label } },
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": sa_token,
+            "terminationGracePeriodSeconds": 5,
+            "tolerations": [{ "operator": "Exists" }],
+            "containers": [{
+                "name": "app", "image": crate::images::BUSYBOX,
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+            }],
+        }
+    }))?)
+}

@@ -31,6 +31,7 @@ fn ready(p: &Pod) -> Option<String> {
 }
 
 #[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn readiness_flips_reach_the_api_without_syncing_the_pod() -> Result<()> {
     skip_unless_root!(Ok(()));
     let env = ApiNode::start("status-ready")?;
