@@ -24,7 +24,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use rkubelet_tests::agent::{tail, Agent};
 use rkubelet_tests::containerd::{unmount_under, Containerd};
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
-use rkubelet_tests::kit::{env_number, kit_bench_main, kit_script};
+use rkubelet_tests::kit::{self as kit, env_number, kit_bench_main, kit_script};
 use serde_json::json;
 
 const PREFIX: &str = "bench logs_exec";
@@ -105,11 +105,7 @@ fn run(kit: &Path) -> Result<()> {
     ensure_images()?;
     let admin_kubeconfig = PathBuf::from(kit_script(kit, "up.sh", &[])?);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let admin = rt.block_on(async {
-        let kc = kube::config::Kubeconfig::read_from(&admin_kubeconfig)?;
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        Ok::<_, anyhow::Error>(kube::Client::try_from(cfg)?)
-    })?;
+    let admin = rt.block_on(kit::admin_client(admin_kubeconfig.as_ref()))?;
     let ip = node_ip()?;
     println!("{PREFIX}: kubectl logs of {} MB ({reads} reads), {execs} kubectl exec round trips", LOG_BYTES >> 20);
     let mut results = Vec::new();

@@ -142,11 +142,7 @@ fn run(kit: &Path) -> Result<()> {
     let admin_kubeconfig = kit_script(kit, "up.sh", &["--wipe"])?;
     let _up = KitUp(kit);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let admin = rt.block_on(async {
-        let kc = kube::config::Kubeconfig::read_from(&admin_kubeconfig)?;
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        Ok::<_, anyhow::Error>(kube::Client::try_from(cfg)?)
-    })?;
+    let admin = rt.block_on(kit::admin_client(admin_kubeconfig.as_ref()))?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "{PREFIX}: {rounds} rounds per agent of 1 pod and {pods} pods, idle {} s; load {}; K8S_HOME={}",

@@ -100,3 +100,10 @@ pub fn bench_pod(
         }
     }))?)
 }
+
+/// A client of the kit's API server as its admin, from the kubeconfig `up.sh` wrote.
+pub async fn admin_client(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
