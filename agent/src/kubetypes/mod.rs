@@ -9,6 +9,7 @@ pub mod crash;
 pub mod duration;
 pub mod env;
 pub mod events;
+pub mod kill;
 pub mod nodeinfo;
 pub mod probe;
 pub mod qos;
