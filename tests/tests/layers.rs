@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 /// Top to bottom. A module may use modules of its own layer (never in a cycle) and of the layers below.
 const LAYERS: &[(&str, &[&str])] = &[
     ("the top: pod manager, workers, sources, admission, start-up", &["kubelet"]),
-    ("node-wide services", &["server", "node"]),
+    ("node-wide services", &["server", "node", "nodeshutdown"]),
     ("the executor of planned actions, configuration", &["kuberuntime", "config"]),
-    ("volume manager, probe workers", &["volumes", "probes"]),
+    ("volume manager, probe workers, eviction manager", &["volumes", "probes", "eviction"]),
     ("status manager and the pod store (probe results land here)", &["status"]),
-    ("pod cache, pure decisions, container manager, stats, container logs", &["pleg", "pods", "cm", "stats", "logs"]),
+    (
+        "pod cache, pure decisions, container manager, stats, container logs, image GC",
+        &["pleg", "pods", "cm", "stats", "logs", "images"],
+    ),
     ("the API server's client", &["api"]),
     ("the CRI client", &["runtime"]),
     ("the ground: shared pod vocabulary", &["kubetypes"]),
