@@ -34,7 +34,8 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # then start on the kit's port 2379. Installed here, nothing starts.
 KIT=$(cd "$SCRIPT_DIR/../.." && pwd)/../shared/k8s
 if [ -x "$KIT/up.sh" ]; then
-  PKGS+=(etcd-server zstd openssl)
+  # conntrack: kubeadm's join preflight requires it (kube-proxy's tool).
+  PKGS+=(etcd-server zstd openssl conntrack)
 fi
 
 have_systemd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
