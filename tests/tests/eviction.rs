@@ -275,3 +275,112 @@ fn threshold_text(mib: u64) -> String {
     use rkubelet::eviction::threshold::{Format, Quantity};
     Quantity::new(i128::from(mib) << 20, Format::BinarySi).to_string()
 }
+
+/// kubelet's `pid.available`: the smaller of `kernel.pid_max` and `kernel.threads-max`, less the tasks
+/// `/proc/loadavg` counts.
+fn pids_available() -> Result<i64> {
+    let read = |p: &str| -> Result<i64> { Ok(std::fs::read_to_string(p)?.trim().parse()?) };
+    let max = read("/proc/sys/kernel/pid_max")?.min(read("/proc/sys/kernel/threads-max")?);
+    let loadavg = std::fs::read_to_string("/proc/loadavg")?;
+    let tasks: i64 = loadavg
+        .split_whitespace()
+        .nth(3)
+        .and_then(|f| f.split_once('/'))
+        .and_then(|(_, n)| n.parse().ok())
+        .context("/proc/loadavg")?;
+    Ok(max - tasks)
+}
+
+/// Idle threads holding `n` task slots until dropped.
+struct Tasks(Vec<std::thread::JoinHandle<()>>, std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Tasks {
+    fn new(n: usize) -> Result<Tasks> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for _ in 0..n {
+            let stop = stop.clone();
+            handles.push(std::thread::Builder::new().stack_size(64 << 10).spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::park_timeout(Duration::from_millis(200));
+                }
+            })?);
+        }
+        Ok(Tasks(handles, stop))
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in self.0.drain(..) {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+fn pid_pressure_is_reported_and_pods_are_evicted_for_pids() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    const MARGIN: i64 = 500;
+    const HELD: usize = 1500;
+    let threshold = pids_available()? - MARGIN;
+    let env = ApiNode::builder("evict-pid")
+        .config(&format!(
+            "evictionHard: {{memory.available: 100Mi, nodefs.available: 1%, pid.available: \"{threshold}\"}}\n\
+             evictionPressureTransitionPeriod: {}s\n",
+            TRANSITION.as_secs()
+        ))
+        .start()?;
+    let (a, b) = (unique("pids-a"), unique("pids-b"));
+    for name in [&a, &b] {
+        env.create(writer(env.node(), name, 1, None))?;
+        env.wait_pod(name, START, |p| phase(p) == "Running")?;
+    }
+    let n = get_node(&env)?;
+    let c = condition(&n, "PIDPressure").context("PIDPressure")?;
+    assert_eq!((c.status.as_str(), c.reason.as_deref()), ("False", Some("KubeletHasSufficientPID")));
+
+    let tasks = Tasks::new(HELD)?;
+    let n = env.wait_for(
+        "PIDPressure True",
+        Duration::from_secs(30),
+        || get_node(&env),
+        |n| condition(n, "PIDPressure").is_some_and(|c| c.status == "True"),
+    )?;
+    let c = condition(&n, "PIDPressure").context("PIDPressure")?;
+    assert_eq!(c.reason.as_deref(), Some("KubeletHasInsufficientPID"));
+    assert_eq!(c.message.as_deref(), Some("kubelet has insufficient PID available"));
+
+    let prefix = {
+        use rkubelet::eviction::threshold::{Format, Quantity};
+        format!(
+            "The node was low on resource: pids. Threshold quantity: {}, available: ",
+            Quantity::new(i128::from(threshold), Format::DecimalSi)
+        )
+    };
+    for name in [&a, &b] {
+        let p = env.wait_pod(name, Duration::from_secs(60), |p| phase(p) == "Failed")?;
+        let s = p.status.unwrap_or_default();
+        assert_eq!(s.reason.as_deref(), Some("Evicted"), "{name}");
+        let message = s.message.unwrap_or_default();
+        assert!(message.starts_with(&prefix), "{name}: {message}");
+        assert!(
+            s.conditions.iter().flatten().any(|c| c.type_ == "DisruptionTarget"
+                && c.reason.as_deref() == Some("TerminationByKubelet")
+                && c.message.as_deref() == Some(message.as_str())),
+            "{name}: DisruptionTarget"
+        );
+    }
+
+    drop(tasks);
+    env.wait_for(
+        "PIDPressure False",
+        Duration::from_secs(60),
+        || get_node(&env),
+        |n| condition(n, "PIDPressure").is_some_and(|c| c.status == "False"),
+    )?;
+    Ok(())
+}
