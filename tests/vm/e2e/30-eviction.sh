@@ -50,7 +50,7 @@ printf '%s\n' "evictionHard: {memory.available: ${threshold}Mi, nodefs.available
 since=$(date '+%Y-%m-%d %H:%M:%S')
 systemctl restart rkubelet
 require_agent memory-pressure-observed
-journal() { journalctl -b --no-pager -o cat -u rkubelet --since "$since" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g'; }
+journal() { journalctl -b --no-pager -o cat -u rkubelet --since "$since" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' 2>/dev/null; }
 
 put_manifest $POD <<YAML
 apiVersion: v1
