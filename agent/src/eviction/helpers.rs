@@ -440,6 +440,7 @@ mod tests {
     }
 
     const MI: u64 = 1 << 20;
+    const GI: u64 = 1 << 30;
 
     /// TestOrderedByExceedsRequestMemory: a pod above its request goes before one below, whatever the priority.
     #[test]
@@ -518,6 +519,51 @@ mod tests {
         assert_eq!(names(&pods), vec!["volume-user", "idle", "writer"], "the writer is within its request");
         let measure = FsStatsToMeasure { root: false, logs: true, local_volumes: true };
         assert_eq!(pod_disk_usage(&stats[1], measure, Resource::EphemeralStorage), i128::from(299 * MI));
+    }
+
+    fn nodefs(available: u64, time: Option<i64>) -> Observations {
+        let mut obs = Observations::new();
+        obs.insert(
+            Signal::NodeFsAvailable,
+            SignalObservation {
+                available: Quantity::new(available.into(), Format::BinarySi),
+                capacity: Quantity::new(100 << 30, Format::BinarySi),
+                time: time.and_then(|s| jiff::Timestamp::from_second(s).ok()),
+            },
+        );
+        obs
+    }
+
+    /// TestMinReclaim's intent: once met, a threshold stays met until the minimum reclaim is freed as well.
+    #[test]
+    fn a_met_threshold_holds_until_its_minimum_reclaim_is_freed() {
+        let gi = |n: i128| Quantity::new(n << 30, Format::BinarySi);
+        let t = Threshold {
+            signal: Signal::NodeFsAvailable,
+            value: ThresholdValue::Quantity(gi(10)),
+            grace_period: Duration::ZERO,
+            min_reclaim: Some(ThresholdValue::Quantity(gi(5))),
+        };
+        assert_eq!(thresholds_met(&[t], &nodefs(9 * GI, None), false), vec![t]);
+        assert!(thresholds_met(&[t], &nodefs(12 * GI, None), false).is_empty(), "above the threshold itself");
+        assert_eq!(thresholds_met(&[t], &nodefs(12 * GI, None), true), vec![t], "not above threshold + min reclaim");
+        assert!(thresholds_met(&[t], &nodefs(16 * GI, None), true).is_empty());
+    }
+
+    /// thresholdsUpdatedStats: no action on stats no newer than at the last round.
+    #[test]
+    fn thresholds_are_acted_on_only_with_fresh_stats() {
+        let t = Threshold {
+            signal: Signal::NodeFsAvailable,
+            value: ThresholdValue::Percentage(0.1),
+            grace_period: Duration::ZERO,
+            min_reclaim: None,
+        };
+        let last = nodefs(GI, Some(1_700_000_000));
+        assert!(thresholds_updated_stats(&[t], &nodefs(GI, Some(1_700_000_000)), &last).is_empty());
+        assert_eq!(thresholds_updated_stats(&[t], &nodefs(GI, Some(1_700_000_010)), &last), vec![t]);
+        assert_eq!(thresholds_updated_stats(&[t], &nodefs(GI, None), &last), vec![t], "no time: act");
+        assert_eq!(thresholds_updated_stats(&[t], &nodefs(GI, Some(1)), &Observations::new()), vec![t]);
     }
 
     #[test]
