@@ -10,6 +10,10 @@ use serde::Deserialize;
 
 use crate::cm::cgroups::CgroupDriver;
 use crate::cm::pod::{CpuMemory, Reservations};
+use crate::eviction::threshold::{
+    hard_memory_bytes, parse_threshold_config, ThresholdSettings, DEFAULT_PRESSURE_TRANSITION_PERIOD,
+};
+use crate::eviction::EvictionConfig;
 use crate::kubetypes::quantity::{parse_milli, parse_value};
 use crate::pods::sysctl::SysctlAllowlist;
 
@@ -59,6 +63,8 @@ pub enum ConfigError {
     Kind { path: PathBuf, found: String },
     #[error("config file {path}: field {field}: {reason} (want a Go duration such as \"20s\" or \"1m30s\")")]
     Duration { path: PathBuf, field: &'static str, reason: String },
+    #[error("config file {path}: {source}")]
+    Eviction { path: PathBuf, source: crate::eviction::threshold::ThresholdError },
     #[error("invalid {what} {value:?}: {reason}")]
     Invalid { what: &'static str, value: String, reason: String },
 }
@@ -112,6 +118,12 @@ pub struct KubeletConfigurationFile {
     pub authorization: Option<AuthorizationFile>,
     pub container_log_max_size: Option<String>,
     pub container_log_max_files: Option<u32>,
+    // Eviction (kubelet's names; `evictionHard` is above).
+    pub eviction_soft: Option<BTreeMap<String, String>>,
+    pub eviction_soft_grace_period: Option<BTreeMap<String, String>>,
+    pub eviction_max_pod_grace_period: Option<i32>,
+    pub eviction_minimum_reclaim: Option<BTreeMap<String, String>>,
+    pub eviction_pressure_transition_period: Option<String>,
     /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_yaml::Value>,
@@ -244,7 +256,6 @@ pub struct KubeletConfig {
     pub enforce_node_allocatable: Vec<String>,
     pub system_reserved: CpuMemory,
     pub kube_reserved: CpuMemory,
-    pub eviction_hard_memory: EvictionThreshold,
     pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
     pub single_process_oom_kill: bool,
     pub enable_server: bool,
@@ -258,42 +269,10 @@ pub struct KubeletConfig {
     pub auth: ServerAuth,
     pub container_log_max_size: i128,
     pub container_log_max_files: u32,
+    /// The eviction manager's thresholds and periods (`evictionHard` with kubelet's defaults, `evictionSoft`...).
+    pub eviction: EvictionConfig,
     /// Unknown file fields, reported once logging is up.
     pub warnings: Vec<String>,
-}
-
-/// kubelet's default hard eviction threshold for memory (`evictionHard: {memory.available: 100Mi}`).
-pub const DEFAULT_EVICTION_HARD_MEMORY: &str = "100Mi";
-
-/// A `memory.available` threshold: an amount, or a percentage of capacity.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum EvictionThreshold {
-    Bytes(i128),
-    Percent(f64),
-}
-
-impl EvictionThreshold {
-    pub fn bytes(&self, capacity: i128) -> i128 {
-        match *self {
-            EvictionThreshold::Bytes(b) => b,
-            EvictionThreshold::Percent(p) => (capacity as f64 * p / 100.0) as i128,
-        }
-    }
-}
-
-fn parse_threshold(value: &str) -> Result<EvictionThreshold, ConfigError> {
-    let invalid =
-        |reason: String| ConfigError::Invalid { what: "evictionHard memory.available", value: value.into(), reason };
-    match value.strip_suffix('%') {
-        Some(p) => {
-            let p: f64 = p.trim().parse().map_err(|_| invalid("not a percentage".into()))?;
-            if !(0.0..=100.0).contains(&p) {
-                return Err(invalid("percentage out of range".into()));
-            }
-            Ok(EvictionThreshold::Percent(p))
-        }
-        None => Ok(EvictionThreshold::Bytes(parse_value(value).map_err(|e| invalid(e.to_string()))?)),
-    }
 }
 
 /// `systemReserved` / `kubeReserved`: cpu and memory (other resources are accepted and not enforced).
@@ -319,7 +298,7 @@ impl KubeletConfig {
         Reservations {
             system: self.system_reserved,
             kube: self.kube_reserved,
-            eviction_hard_memory_bytes: self.eviction_hard_memory.bytes(memory_capacity),
+            eviction_hard_memory_bytes: hard_memory_bytes(&self.eviction.thresholds, memory_capacity),
         }
     }
 
@@ -477,13 +456,23 @@ impl KubeletConfig {
         let cgroup_driver = file.cgroup_driver.as_deref().unwrap_or("cgroupfs").parse().map_err(|reason| {
             ConfigError::Invalid { what: "cgroupDriver", value: file.cgroup_driver.clone().unwrap_or_default(), reason }
         })?;
-        let eviction_hard_memory = parse_threshold(
-            file.eviction_hard
-                .as_ref()
-                .and_then(|m| m.get("memory.available"))
-                .map(String::as_str)
-                .unwrap_or(DEFAULT_EVICTION_HARD_MEMORY),
-        )?;
+        let enforce_node_allocatable = file.enforce_node_allocatable.clone().unwrap_or_else(|| vec!["pods".into()]);
+        let eviction = EvictionConfig {
+            thresholds: parse_threshold_config(&ThresholdSettings {
+                hard: file.eviction_hard.as_ref(),
+                soft: file.eviction_soft.as_ref(),
+                soft_grace_period: file.eviction_soft_grace_period.as_ref(),
+                minimum_reclaim: file.eviction_minimum_reclaim.as_ref(),
+                enforce_node_allocatable: &enforce_node_allocatable,
+            })
+            .map_err(|source| ConfigError::Eviction { path: path.clone(), source })?,
+            max_pod_grace_period_seconds: file.eviction_max_pod_grace_period.unwrap_or(0).into(),
+            pressure_transition_period: duration(
+                "evictionPressureTransitionPeriod",
+                &file.eviction_pressure_transition_period,
+                DEFAULT_PRESSURE_TRANSITION_PERIOD,
+            )?,
+        };
 
         let healthz_text = file.healthz_bind_address.clone().unwrap_or_else(|| DEFAULT_HEALTHZ_BIND_ADDRESS.into());
         let healthz_bind_address = healthz_text.parse().map_err(|e: std::net::AddrParseError| {
@@ -565,10 +554,10 @@ impl KubeletConfig {
             container_log_max_files: file.container_log_max_files.unwrap_or(DEFAULT_CONTAINER_LOG_MAX_FILES),
             cgroup_driver,
             cgroups_per_qos: file.cgroups_per_qos.unwrap_or(true),
-            enforce_node_allocatable: file.enforce_node_allocatable.clone().unwrap_or_else(|| vec!["pods".into()]),
+            enforce_node_allocatable,
             system_reserved: parse_reserved("systemReserved", &file.system_reserved)?,
             kube_reserved: parse_reserved("kubeReserved", &file.kube_reserved)?,
-            eviction_hard_memory,
+            eviction,
             register_with_taints: file.register_with_taints.clone().unwrap_or_default(),
             single_process_oom_kill: file.single_process_oom_kill.unwrap_or(false),
             node_name,
@@ -674,7 +663,10 @@ mod tests {
         assert_eq!(c.cgroup_driver, CgroupDriver::Cgroupfs);
         assert!(c.cgroups_per_qos);
         assert!(c.enforce_pods_allocatable());
-        assert_eq!(c.eviction_hard_memory, EvictionThreshold::Bytes(100 << 20));
+        assert_eq!(c.reservations(1 << 30).eviction_hard_memory_bytes, 100 << 20);
+        assert_eq!(c.eviction.thresholds.len(), 5, "kubelet's four defaults and the allocatable copy");
+        assert_eq!(c.eviction.pressure_transition_period, Duration::from_secs(300));
+        assert_eq!(c.eviction.max_pod_grace_period_seconds, 0);
         assert_eq!(c.address, "0.0.0.0".parse::<IpAddr>().unwrap());
         assert_eq!((c.port, c.healthz_port), (10250, 10248));
         assert_eq!(c.healthz_bind_address, "127.0.0.1".parse::<IpAddr>().unwrap());
@@ -731,7 +723,24 @@ mod tests {
         let e = resolve(file("kubeReserved:\n  memory: a lot\n")).unwrap_err();
         assert!(e.to_string().contains("kubeReserved") && e.to_string().contains("memory=a lot"), "{e}");
         let e = resolve(file("evictionHard:\n  memory.available: 150%\n")).unwrap_err();
-        assert!(e.to_string().contains("memory.available"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "config file /c.yaml: evictionHard: eviction percentage threshold memory.available must be <= 100%: 150%"
+        );
+        let e = resolve(file("evictionSoft:\n  nodefs.available: 1Gi\n")).unwrap_err();
+        assert!(e.to_string().contains("grace period must be specified for the soft eviction threshold"), "{e}");
+        let e = resolve(file("evictionPressureTransitionPeriod: soon\n")).unwrap_err();
+        assert!(e.to_string().contains("evictionPressureTransitionPeriod"), "{e}");
+        let c = resolve(file(
+            "evictionHard: {nodefs.available: 2Gi}\nevictionSoft: {memory.available: 1Gi}\n\
+             evictionSoftGracePeriod: {memory.available: 90s}\nevictionMaxPodGracePeriod: 20\n\
+             evictionMinimumReclaim: {nodefs.available: 500Mi}\nevictionPressureTransitionPeriod: 30s\n",
+        ))
+        .unwrap();
+        assert_eq!(c.eviction.thresholds.len(), 2, "{:?}", c.eviction.thresholds);
+        assert_eq!(c.eviction.max_pod_grace_period_seconds, 20);
+        assert_eq!(c.eviction.pressure_transition_period, Duration::from_secs(30));
+        assert_eq!(c.reservations(1 << 30).eviction_hard_memory_bytes, 0, "no hard memory threshold given");
     }
 
     #[test]
@@ -792,7 +801,6 @@ mod tests {
         assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
         assert!(!c.cgroups_per_qos);
         assert_eq!(c.system_reserved, CpuMemory { cpu_milli: 100, memory_bytes: 1 << 30 });
-        assert_eq!(c.eviction_hard_memory, EvictionThreshold::Percent(5.0));
         assert_eq!(c.reservations(1000).eviction_hard_memory_bytes, 50);
     }
 

@@ -151,18 +151,26 @@ impl Agent {
         } else {
             "cgroupsPerQOS: false\n"
         };
+        // kubelet's default disk thresholds (10% / 15% free) are above what a shared test host may have: the tests
+        // keep its memory threshold and move the disk ones out of the way, as the Go kubelet oracle does.
+        let eviction = if self.extra_config.contains("evictionHard") {
+            ""
+        } else {
+            "evictionHard: {memory.available: 100Mi, nodefs.available: 1%, nodefs.inodesFree: 1%, imagefs.available: 1%}\n"
+        };
         std::fs::write(
             &config,
             format!(
                 "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nstaticPodPath: {}\n\
                  containerRuntimeEndpoint: {}\npodLogsDir: {}\nreadOnlyPort: {}\nport: {}\nhealthzPort: 0\n\
-                 syncFrequency: 10s\n{}{}",
+                 syncFrequency: 10s\n{}{}{}",
                 self.manifest_dir().display(),
                 self.endpoint,
                 self.pod_logs_dir().display(),
                 self.port,
                 self.server_port,
                 cgroups,
+                eviction,
                 self.extra_config,
             ),
         )?;

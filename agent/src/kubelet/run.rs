@@ -160,6 +160,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
         },
         events.clone(),
     ));
+    let eviction_events = events.clone();
     let pod_cache = PodCache::new();
     let pleg = Pleg::new(runtime.clone(), pod_cache.clone());
     let ctx = Arc::new(WorkerContext {
@@ -221,6 +222,8 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
         },
         taints: config.register_with_taints.clone(),
     });
+    // The eviction manager's pressure conditions, for the node status and admission.
+    let (eviction_pressure_tx, eviction_pressure_rx) = watch::channel(crate::eviction::NodePressure::default());
     let mut api_client = None;
     if let Some(kubeconfig) = &opts.kubeconfig {
         let client =
@@ -270,6 +273,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
             (capacity, allocatable),
             host_ips.clone(),
             kubelet_port,
+            eviction_pressure_rx.clone(),
         );
         tasks.spawn(
             "node status",
@@ -281,6 +285,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
                 facts,
                 pod_cidr: pod_cidr_tx,
                 admission: admission_tx,
+                pressure: Some(eviction_pressure_rx.clone()),
             }
             .run(),
         );
@@ -369,6 +374,31 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
                 tracing::error!(error = %e, "kubelet server stopped");
             }
         });
+    }
+    // kubelet's eviction manager: pressure conditions, node-level reclaim, one pod evicted per interval.
+    {
+        let kubepods = (config.cgroups_per_qos
+            && crate::cm::cgroups::check_cgroup_v2(std::path::Path::new(CGROUP_MOUNT)).is_ok())
+        .then(|| crate::eviction::manager::kubepods_cgroup(std::path::Path::new(CGROUP_MOUNT), config.cgroup_driver));
+        let observer = crate::eviction::NodeObserver::new(
+            crate::stats::StatsProvider {
+                node_name: config.node_name.clone(),
+                runtime: runtime.clone(),
+                pods: Arc::new(store.clone()),
+                root_dir: config.root_dir.clone(),
+                pod_logs_dir: config.pod_logs_dir.clone(),
+                node_cpu: Arc::default(),
+            },
+            kubepods,
+        );
+        let manager = crate::eviction::Manager::new(
+            config.eviction.clone(),
+            Arc::new(observer),
+            pod_killer.clone(),
+            eviction_events,
+            eviction_pressure_tx,
+        );
+        tasks.spawn("eviction manager", manager.run());
     }
     tasks.spawn(
         "container log manager",

@@ -136,6 +136,7 @@ pub fn node_facts_fn(
     (capacity, allocatable): (CpuMemory, CpuMemory),
     host_ips: Vec<String>,
     kubelet_port: u16,
+    pressure: tokio::sync::watch::Receiver<crate::eviction::NodePressure>,
 ) -> FactsFn {
     let info = host_info(&config.root_dir);
     let base = NodeFacts {
@@ -157,11 +158,13 @@ pub fn node_facts_fn(
         kubelet_port,
         images: Vec::new(),
         not_ready_reason: None,
+        pressure: Default::default(),
     };
     Arc::new(move || {
         let runtime = runtime.clone();
         let pleg = pleg.clone();
         let mut facts = base.clone();
+        facts.pressure = pressure.borrow().clone();
         Box::pin(async move {
             // kubelet's readiness checks: runtime up, its network ready, PLEG relisting.
             facts.images = match runtime.list_images().await {

@@ -49,6 +49,18 @@ pub struct NodeRegistration {
     pub pod_cidr: watch::Sender<Option<String>>,
     /// The node as pod admission sees it: its labels follow the Node object, including labels set by others.
     pub admission: watch::Sender<NodeInfo>,
+    /// The eviction manager's pressure conditions: a change is written at once rather than at the next period.
+    pub pressure: Option<watch::Receiver<crate::eviction::NodePressure>>,
+}
+
+/// Resolves when the pressure conditions change; never without a receiver or once its sender is gone.
+async fn pressure_changed(rx: &mut Option<watch::Receiver<crate::eviction::NodePressure>>) -> Option<()> {
+    let Some(r) = rx else { return std::future::pending().await };
+    if r.changed().await.is_ok() {
+        return Some(());
+    }
+    *rx = None;
+    std::future::pending().await
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -69,6 +81,7 @@ impl NodeRegistration {
         // an outage) is compared with our status at once instead of at the next period.
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.node_name));
         let mut node_events = watcher::watcher(nodes.clone(), config).default_backoff().applied_objects().boxed();
+        let mut pressure = self.pressure.clone();
         loop {
             let server = self.client.apiserver_version().await.ok();
             let node = match self.register(&nodes, server.as_ref()).await {
@@ -101,6 +114,10 @@ impl NodeRegistration {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep_until(next) => break,
+                        Some(()) = pressure_changed(&mut pressure) => {
+                            tracing::info!(node = %self.node_name, "node pressure conditions changed; updating node status");
+                            break;
+                        }
                         Some(event) = node_events.next() => {
                             let Ok(seen) = event else { continue };
                             let facts = self.facts(server.as_ref()).await;

@@ -51,6 +51,8 @@ pub struct NodeFacts {
     pub kubelet_port: u16,
     /// Why the node is not ready (runtime down, network not ready), or `None` when it is.
     pub not_ready_reason: Option<String>,
+    /// The pressure conditions the eviction manager holds true.
+    pub pressure: crate::eviction::NodePressure,
 }
 
 /// kubelet's `nodeStatusMaxImages` default and `MaxNamesPerImageInNodeStatus`.
@@ -127,12 +129,22 @@ pub fn node_status(facts: &NodeFacts, previous: Option<&NodeStatus>, now: System
         None => condition(NODE_READY, true, "KubeletReady", "kubelet is posting ready status"),
         Some(why) => condition(NODE_READY, false, "KubeletNotReady", why),
     };
-    let mut conditions = vec![
-        condition(MEMORY_PRESSURE, false, "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-        condition(DISK_PRESSURE, false, "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-        condition(PID_PRESSURE, false, "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-        ready,
-    ];
+    let memory = if facts.pressure.memory() {
+        condition(MEMORY_PRESSURE, true, "KubeletHasInsufficientMemory", "kubelet has insufficient memory available")
+    } else {
+        condition(MEMORY_PRESSURE, false, "KubeletHasSufficientMemory", "kubelet has sufficient memory available")
+    };
+    let disk = if facts.pressure.disk() {
+        condition(DISK_PRESSURE, true, "KubeletHasDiskPressure", "kubelet has disk pressure")
+    } else {
+        condition(DISK_PRESSURE, false, "KubeletHasNoDiskPressure", "kubelet has no disk pressure")
+    };
+    let pid = if facts.pressure.pid() {
+        condition(PID_PRESSURE, true, "KubeletHasInsufficientPID", "kubelet has insufficient PID available")
+    } else {
+        condition(PID_PRESSURE, false, "KubeletHasSufficientPID", "kubelet has sufficient PID available")
+    };
+    let mut conditions = vec![memory, disk, pid, ready];
     let now_t = to_time(now);
     for c in &mut conditions {
         let prev = previous.and_then(|p| p.conditions.as_ref()).and_then(|cs| cs.iter().find(|p| p.type_ == c.type_));
@@ -359,7 +371,39 @@ mod tests {
             kubelet_port: 10250,
             images: vec![],
             not_ready_reason: None,
+            pressure: Default::default(),
         }
+    }
+
+    #[test]
+    fn pressure_conditions_follow_the_eviction_manager_with_kubelets_reasons() {
+        use crate::eviction::{NodeConditionType, NodePressure};
+        let calm = node_status(&facts(), None, t(0));
+        let mut f = facts();
+        f.pressure = NodePressure::new(vec![
+            NodeConditionType::DiskPressure,
+            NodeConditionType::MemoryPressure,
+            NodeConditionType::PidPressure,
+        ]);
+        let pressed = node_status(&f, Some(&calm), t(10));
+        let want = [
+            ("MemoryPressure", "KubeletHasInsufficientMemory", "kubelet has insufficient memory available"),
+            ("DiskPressure", "KubeletHasDiskPressure", "kubelet has disk pressure"),
+            ("PIDPressure", "KubeletHasInsufficientPID", "kubelet has insufficient PID available"),
+        ];
+        for (kind, reason, message) in want {
+            let c = cond(&pressed, kind);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_deref(), c.message.as_deref()),
+                ("True", Some(reason), Some(message))
+            );
+            assert_eq!(c.last_transition_time, to_time(t(10)), "{kind} changed at 10");
+        }
+        assert!(node_status_has_changed(Some(&calm), &pressed));
+        let calm_again = node_status(&facts(), Some(&pressed), t(20));
+        let c = cond(&calm_again, "DiskPressure");
+        assert_eq!((c.status.as_str(), c.reason.as_deref()), ("False", Some("KubeletHasNoDiskPressure")));
+        assert_eq!(c.last_transition_time, to_time(t(20)));
     }
 
     fn t(s: u64) -> SystemTime {

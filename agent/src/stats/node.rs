@@ -121,11 +121,90 @@ pub fn statvfs(path: &Path) -> Option<FsCapacity> {
     })
 }
 
+/// The root memory cgroup's usage and inactive file pages, as cadvisor reads the root container: on cgroup v1
+/// `memory.usage_in_bytes` and `total_inactive_file` of the memory hierarchy's root; on cgroup v2, whose root has no
+/// `memory.current`, runc's `rootStatsFromMeminfo` (usage = MemTotal - MemFree) and `inactive_file` of the root
+/// `memory.stat`. `None` when neither layout is readable.
+pub fn root_cgroup_memory(
+    meminfo: &str,
+    v1_usage_in_bytes: Option<&str>,
+    v1_memory_stat: Option<&str>,
+    v2_memory_stat: Option<&str>,
+) -> Option<(u64, u64)> {
+    let stat = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    };
+    if let (Some(usage), Some(stat_text)) = (v1_usage_in_bytes, v1_memory_stat) {
+        let usage: u64 = usage.trim().parse().ok()?;
+        return Some((usage, stat(stat_text, "total_inactive_file").unwrap_or(0)));
+    }
+    let stat_text = v2_memory_stat?;
+    let total = meminfo_kib(meminfo, "MemTotal")?;
+    let free = meminfo_kib(meminfo, "MemFree")?;
+    Some((total.saturating_sub(free), stat(stat_text, "inactive_file").unwrap_or(0)))
+}
+
+/// The node's memory with the working set of the root cgroup (kubelet's `memory.available` is capacity minus it).
+fn node_memory(read: &dyn Fn(&str) -> Option<String>, time: &str) -> Option<MemoryStats> {
+    let meminfo = read("/proc/meminfo").unwrap_or_default();
+    let mut m = memory(&meminfo, &read("/proc/vmstat").unwrap_or_default(), time)?;
+    let root = root_cgroup_memory(
+        &meminfo,
+        read("/sys/fs/cgroup/memory/memory.usage_in_bytes").as_deref(),
+        read("/sys/fs/cgroup/memory/memory.stat").as_deref(),
+        read("/sys/fs/cgroup/memory.stat").as_deref(),
+    );
+    if let (Some((usage, inactive)), Some(total)) = (root, meminfo_kib(&meminfo, "MemTotal")) {
+        let working_set = usage.saturating_sub(inactive);
+        m.usage_bytes = Some(usage);
+        m.working_set_bytes = Some(working_set);
+        m.available_bytes = Some(total.saturating_sub(working_set));
+    }
+    Some(m)
+}
+
+/// The node's memory now, as the summary reports it.
+pub fn node_memory_now(time: &str) -> Option<MemoryStats> {
+    node_memory(&|p: &str| std::fs::read_to_string(p).ok(), time)
+}
+
+/// A cgroup v2 cgroup's memory as cadvisor reports it (the `kubepods` cgroup for `allocatableMemory.available`):
+/// working set = `memory.current` - `inactive_file`; available only when `memory.max` limits it.
+pub fn cgroup_v2_memory(current: &str, memory_stat: &str, max: &str, time: &str) -> Option<MemoryStats> {
+    let usage: u64 = current.trim().parse().ok()?;
+    let inactive: u64 = memory_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("inactive_file ").and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0);
+    let working_set = usage.saturating_sub(inactive);
+    let limit: Option<u64> = max.trim().parse().ok();
+    Some(MemoryStats {
+        time: time.to_owned(),
+        available_bytes: limit.map(|l| l.saturating_sub(working_set)),
+        usage_bytes: Some(usage),
+        working_set_bytes: Some(working_set),
+        ..Default::default()
+    })
+}
+
+/// kubelet's `pidlimit.Stats`: the smaller of `kernel.pid_max` and `kernel.threads-max`, and the number of tasks
+/// from the fourth field of `/proc/loadavg` (`2/3518`: sysinfo(2) truncates above 65538).
+pub fn rlimit(pid_max: Option<&str>, threads_max: Option<&str>, loadavg: Option<&str>, time: &str) -> RlimitStats {
+    let maxpid = [pid_max, threads_max].into_iter().flatten().filter_map(|t| t.trim().parse::<i64>().ok()).min();
+    let curproc = loadavg
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|f| f.split_once('/'))
+        .and_then(|(_, n)| n.parse().ok());
+    RlimitStats { time: time.to_owned(), maxpid, curproc }
+}
+
 /// The node's part of the summary.
 pub fn node_stats(node_name: &str, root_dir: &Path, rate: &CpuRate) -> NodeStats {
     let now = jiff::Timestamp::now();
     let time = now.to_string();
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let read_opt = |p: &str| std::fs::read_to_string(p).ok();
+    let read = |p: &str| read_opt(p).unwrap_or_default();
     let cpu = cpu_busy_ns(&read("/proc/stat")).map(|busy| CpuStats {
         time: time.clone(),
         usage_nano_cores: rate.sample(now.as_nanosecond() as i64, busy),
@@ -141,22 +220,20 @@ pub fn node_stats(node_name: &str, root_dir: &Path, rate: &CpuRate) -> NodeStats
         .and_then(|s| jiff::Timestamp::from_second(s).ok())
         .map(|t| t.to_string())
         .unwrap_or_default();
-    let curproc = std::fs::read_dir("/proc")
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count())
-        .ok();
     NodeStats {
         node_name: node_name.to_owned(),
         start_time: boot,
         cpu,
-        memory: memory(&read("/proc/meminfo"), &read("/proc/vmstat"), &time),
+        memory: node_memory(&read_opt, &time),
         network: network(&read("/proc/net/dev"), &time),
         fs,
         runtime: None,
-        rlimit: Some(RlimitStats {
-            time,
-            maxpid: read("/proc/sys/kernel/pid_max").trim().parse().ok(),
-            curproc: curproc.map(|c| c as i64),
-        }),
+        rlimit: Some(rlimit(
+            read_opt("/proc/sys/kernel/pid_max").as_deref(),
+            read_opt("/proc/sys/kernel/threads-max").as_deref(),
+            read_opt("/proc/loadavg").as_deref(),
+            &time,
+        )),
     }
 }
 
@@ -195,5 +272,30 @@ mod tests {
             (n.default.name.as_str(), n.default.rx_bytes, n.default.rx_errors, n.default.tx_bytes, n.default.tx_errors),
             ("ens3", Some(100), Some(2), Some(200), Some(3))
         );
+    }
+
+    #[test]
+    fn the_root_working_set_comes_from_the_root_memory_cgroup() {
+        let meminfo = "MemTotal: 1000 kB\nMemFree: 200 kB\nInactive(file): 300 kB\n";
+        // cgroup v1: the root memory cgroup's usage and total_inactive_file.
+        let v1 =
+            root_cgroup_memory(meminfo, Some("700000\n"), Some("inactive_file 1\ntotal_inactive_file 100000\n"), None);
+        assert_eq!(v1, Some((700_000, 100_000)));
+        // cgroup v2: MemTotal - MemFree as runc emulates the root's memory.current, inactive_file of memory.stat.
+        let v2 = root_cgroup_memory(meminfo, None, None, Some("anon 5\ninactive_file 51200\n"));
+        assert_eq!(v2, Some((800 * 1024, 51200)));
+        assert_eq!(root_cgroup_memory(meminfo, None, None, None), None);
+        let pods = cgroup_v2_memory("5000\n", "inactive_file 1000\n", "9000\n", "t").unwrap();
+        assert_eq!((pods.working_set_bytes, pods.available_bytes), (Some(4000), Some(5000)));
+        let unlimited = cgroup_v2_memory("5000\n", "", "max\n", "t").unwrap();
+        assert_eq!(unlimited.available_bytes, None, "no limit, no allocatable observation");
+    }
+
+    #[test]
+    fn rlimit_takes_the_smaller_task_limit_and_the_loadavg_task_count() {
+        let r = rlimit(Some("4194304\n"), Some("63432\n"), Some("1.36 3.49 4.53 2/3518 3715089\n"), "t");
+        assert_eq!((r.maxpid, r.curproc), (Some(63432), Some(3518)));
+        let r = rlimit(Some("32768\n"), None, Some("garbage"), "t");
+        assert_eq!((r.maxpid, r.curproc), (Some(32768), None));
     }
 }
