@@ -151,12 +151,13 @@ impl Agent {
         } else {
             "cgroupsPerQOS: false\n"
         };
-        // kubelet's default disk thresholds (10% / 15% free) are above what a shared test host may have: the tests
-        // keep its memory threshold and move the disk ones out of the way, as the Go kubelet oracle does.
+        // kubelet's default disk thresholds (10% / 15% free) are above what a shared test host may have (a few GiB
+        // free on a large disk is under 1%): the tests keep its memory threshold and set the disk ones to a small
+        // absolute figure, as the Go kubelet oracle does.
         let eviction = if self.extra_config.contains("evictionHard") {
             ""
         } else {
-            "evictionHard: {memory.available: 100Mi, nodefs.available: 1%, nodefs.inodesFree: 1%, imagefs.available: 1%}\n"
+            "evictionHard: {memory.available: 100Mi, nodefs.available: 100Mi, nodefs.inodesFree: 1%, imagefs.available: 100Mi}\n"
         };
         std::fs::write(
             &config,

@@ -108,7 +108,7 @@ impl GoKubelet {
             .arg(kit.join("kubelet.sh"))
             .args([node, &socket])
             // The node must not report disk pressure on a full shared disk: it would refuse the pods.
-            .arg("--eviction-hard=memory.available<1Mi,nodefs.available<1%,imagefs.available<1%")
+            .arg("--eviction-hard=memory.available<1Mi,nodefs.available<100Mi,imagefs.available<100Mi")
             .arg("--image-gc-high-threshold=100")
             .arg("--image-gc-low-threshold=99")
             .env("K8S_NODE_IP", node_ip()?)

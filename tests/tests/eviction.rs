@@ -1,5 +1,5 @@
 //! kubelet's eviction manager end to end, on disk: `evictionHard: nodefs.available` is set 1 GiB below what the
-//! root dir's filesystem has free, then the test takes 3 GiB with a file. The Node reports `DiskPressure` with
+//! root dir's filesystem has free, then the test takes 2 GiB with a file. The Node reports `DiskPressure` with
 //! kubelet's reason (and the node lifecycle controller taints it, on a real control plane), the running pods are
 //! evicted one per monitoring interval in kubelet's order with kubelet's status, message, `DisruptionTarget`
 //! condition and `Evicted` event, a static pod (critical) is left alone, new pods are refused as kubelet refuses
@@ -24,7 +24,7 @@ const DISK_PRESSURE_TAINT: &str = "node.kubernetes.io/disk-pressure";
 /// How far below the free space the threshold is, and how much the test then takes: other users of the host may
 /// write or free a little meanwhile.
 const MARGIN_MIB: u64 = 1024;
-const FILL_MIB: u64 = 3 * 1024;
+const FILL_MIB: u64 = 2 * 1024;
 /// The transition period the test sets (kubelet's default is 5 min).
 const TRANSITION: Duration = Duration::from_secs(10);
 
@@ -255,7 +255,6 @@ fn disk_pressure_evicts_pods_one_per_interval_in_kubelets_order() -> Result<()> 
 /// The threshold as kubelet prints a binary quantity.
 #[test]
 #[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
-#[ignore = "the pod manager is still to call eviction::admit (kubelet's eviction admit handler)"]
 fn under_disk_pressure_new_pods_are_refused_but_static_pods_admitted() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (env, _) = node_near_the_threshold("evict-admit")?;

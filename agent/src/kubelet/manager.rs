@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::cm::ContainerManager;
+use crate::eviction::NodePressure;
 use crate::kubelet::admission;
 use crate::kubelet::source::SourceUpdate;
 use crate::kubelet::unsupported::{self, REASON_UNSUPPORTED_POD_SPEC};
@@ -71,6 +72,9 @@ pub struct PodManager {
     preempted: BTreeSet<String>,
     /// Kill requests of the node's housekeeping (eviction, node shutdown), and where the active pods are published.
     killer: Option<PodKillerEnd>,
+    /// The eviction manager's pressure conditions: new pods are refused under pressure as kubelet's eviction admit
+    /// handler refuses them.
+    pressure: Option<watch::Receiver<NodePressure>>,
     /// Those waiting for a pod's kill to finish, by UID.
     kill_waiters: HashMap<String, Vec<oneshot::Sender<()>>>,
     /// Pods the node stopped on its own: they end Failed with the kill's status and are not run again.
@@ -98,9 +102,16 @@ impl PodManager {
             sysctls: SysctlAllowlist::safe(),
             preempted: BTreeSet::new(),
             killer: None,
+            pressure: None,
             kill_waiters: HashMap::new(),
             killed: BTreeSet::new(),
         }
+    }
+
+    /// Refuses new pods under node pressure (kubelet's eviction manager `Admit`).
+    pub fn with_eviction_admission(mut self, pressure: watch::Receiver<NodePressure>) -> Self {
+        self.pressure = Some(pressure);
+        self
     }
 
     /// Answers the kill requests of the node's housekeeping and publishes the active pods to it.
@@ -325,7 +336,13 @@ impl PodManager {
             }
             return;
         }
-        // kubelet's sysctl admit handler runs before the resource predicates.
+        // kubelet registers the eviction manager's admit handler first, then sysctls, then the resource predicates.
+        let pressure = self.pressure.as_ref().map(|p| p.borrow().clone()).unwrap_or_default();
+        if let Err(rejection) = crate::eviction::admit(&pod, &pressure) {
+            tracing::warn!(pod = %spec::key(&pod), uid, reason = %rejection.reason, "{}", rejection.message);
+            self.reject(&uid, pod, &rejection);
+            return;
+        }
         if let Err(rejection) = self.sysctls.admit(&pod) {
             tracing::warn!(pod = %spec::key(&pod), uid, reason = %rejection.reason, "{}", rejection.message);
             self.reject(&uid, pod, &rejection);

@@ -295,7 +295,6 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
     drop(source_tx);
     // The node's own housekeeping (eviction, node shutdown) stops pods and reads the active ones through this.
     let (pod_killer, pod_killer_end) = PodKiller::channel();
-    let _ = &pod_killer;
     tasks.spawn(
         "pod manager",
         PodManager::new(ctx, &sources)
@@ -303,6 +302,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
             .with_admission(admission_rx)
             .with_sysctls(SysctlAllowlist::new(&config.allowed_unsafe_sysctls)?)
             .with_pod_killer(pod_killer_end)
+            .with_eviction_admission(eviction_pressure_rx.clone())
             .run(source_rx, pleg_rx),
     );
 
