@@ -572,6 +572,26 @@ mod tests {
     }
 
     #[test]
+    fn node_events_name_the_node_as_kubelets_node_ref_does() {
+        let ev = NodeEvent {
+            kind: EventType::Warning,
+            reason: "ImageGCFailed".into(),
+            message: "invalid capacity 0 on image filesystem".into(),
+        };
+        let e = new_node_event(&ev, "node-1", jiff::Timestamp::now());
+        assert_eq!(e.metadata.namespace.as_deref(), Some("default"));
+        let o = &e.involved_object;
+        assert_eq!(
+            (o.kind.as_deref(), o.name.as_deref(), o.uid.as_deref(), o.namespace.as_deref()),
+            (Some("Node"), Some("node-1"), Some("node-1"), None)
+        );
+        assert_eq!((e.type_.as_deref(), e.reason.as_deref()), (Some("Warning"), Some("ImageGCFailed")));
+        assert_eq!(e.message.as_deref(), Some("invalid capacity 0 on image filesystem"));
+        assert!(e.metadata.name.as_deref().is_some_and(|n| n.starts_with("node-1.")));
+        assert_eq!(e.count, Some(1));
+    }
+
+    #[test]
     fn spam_filter_allows_a_burst_of_25_per_object_then_one_every_5_minutes() {
         let t0 = Instant::now();
         let mut f = SpamFilter::default();
