@@ -23,6 +23,7 @@ use crate::kuberuntime::KubeRuntime;
 use crate::kubetypes::annotations::{API_SOURCE, FILE_SOURCE};
 use crate::kubetypes::env::NodeAllocatable;
 use crate::kubetypes::events::EventRecorder;
+use crate::kubetypes::kill::PodKiller;
 use crate::kubetypes::nodeinfo::{NodeInfo, Resources};
 use crate::node;
 use crate::node::registration::{run_node_lease, NodeRegistration};
@@ -311,6 +312,9 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
     drop(source_tx);
     let (sources_ready_tx, sources_ready_rx) = watch::channel(false);
     let gc_events = ctx.kuberuntime.events.clone();
+    // The node's own housekeeping (eviction, node shutdown) stops pods and reads the active ones through this.
+    let (pod_killer, pod_killer_end) = PodKiller::channel();
+    let _ = &pod_killer;
     tasks.spawn(
         "pod manager",
         PodManager::new(ctx, &sources)
@@ -318,6 +322,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
             .report_sources_ready(sources_ready_tx)
             .with_admission(admission_rx)
             .with_sysctls(SysctlAllowlist::new(&config.allowed_unsafe_sysctls)?)
+            .with_pod_killer(pod_killer_end)
             .run(source_rx, pleg_rx),
     );
 
