@@ -259,3 +259,34 @@ fn unused_images_are_removed_above_the_high_threshold_but_not_those_in_use_nor_t
     );
     Ok(())
 }
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+fn a_node_that_cannot_free_enough_image_space_says_so_in_its_events() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    set_gc_periods();
+    // Nothing but the sandbox image can be on this node's containerd, and it is never removed: no collection can
+    // bring usage down to 0%.
+    let env = rkubelet_tests::api_node::ApiNode::builder("gc-events")
+        .config("imageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\n")
+        .start()?;
+    let node = env.node().to_owned();
+    let prefix = "Failed to garbage collect required amount of images. Attempted to free ";
+    env.wait_until("FreeDiskSpaceFailed and ImageGCFailed on the node", Duration::from_secs(60), || {
+        let events = env.events(&node)?;
+        let with = |reason: &str| {
+            events.iter().any(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.involved_object.kind.as_deref() == Some("Node")
+                    && e.involved_object.name.as_deref() == Some(node.as_str())
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.starts_with(prefix) && m.ends_with(" bytes eligible to free."))
+            })
+        };
+        // The first failure is only logged (stats may not be ready yet); the second in a row is ImageGCFailed.
+        Ok(with("FreeDiskSpaceFailed") && with("ImageGCFailed"))
+    })?;
+    Ok(())
+}
