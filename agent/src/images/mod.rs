@@ -180,7 +180,8 @@ impl ImageGcManager {
         Self { runtime, policy, events, records: Mutex::default() }
     }
 
-    /// The images containers use (running or not), and the sandbox image, which kubelet always counts as in use.
+    /// The images containers use (running or not, also those of other CRI clients), and the sandbox image, which
+    /// kubelet always counts as in use.
     async fn images_in_use(&self) -> Result<BTreeSet<String>, ImageGcError> {
         let mut in_use = BTreeSet::new();
         match self.runtime.sandbox_image().await {
@@ -194,10 +195,7 @@ impl ImageGcManager {
             Ok(None) => {}
             Err(e) => tracing::debug!(error = %e, "cannot learn the runtime's sandbox image"),
         }
-        for c in self.runtime.list_all_containers().await? {
-            tracing::trace!(pod_uid = %c.pod_uid, container = %c.name, image_id = %c.image_id, "container uses image");
-            in_use.insert(c.image_id);
-        }
+        in_use.extend(self.runtime.image_ids_in_use().await?);
         Ok(in_use)
     }
 

@@ -61,6 +61,25 @@ impl Runtime {
             .collect())
     }
 
+    /// The image IDs of every container in the runtime, this agent's or another CRI client's, running or not: an
+    /// image any of them uses must stay (kubelet lists all of the runtime's containers for this).
+    pub async fn image_ids_in_use(&self) -> Result<Vec<String>, RuntimeError> {
+        let mut c = self.runtime.clone();
+        let resp = self
+            .call(
+                "ListContainers",
+                Some(RUNTIME_REQUEST_TIMEOUT),
+                c.list_containers(cri::ListContainersRequest { filter: None }),
+            )
+            .await?;
+        Ok(resp
+            .containers
+            .into_iter()
+            .map(|c| if c.image_id.is_empty() { c.image_ref } else { c.image_id })
+            .filter(|id| !id.is_empty())
+            .collect())
+    }
+
     /// CRI `RemoveImage`; an image already gone is not an error (the call is idempotent in CRI).
     pub async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
         let mut c = self.images.clone();
