@@ -50,6 +50,11 @@ pub const DEFAULT_UNAUTHORIZED_CACHE_TTL: Duration = Duration::from_secs(30);
 /// kubelet's `containerLogMaxSize` (10Mi) and `containerLogMaxFiles`.
 pub const DEFAULT_CONTAINER_LOG_MAX_SIZE: &str = "10Mi";
 pub const DEFAULT_CONTAINER_LOG_MAX_FILES: u32 = 5;
+/// kubelet's `imageGCHighThresholdPercent` (85: below docker's old 90% `dm.min_free_space`),
+/// `imageGCLowThresholdPercent` (80) and `imageMinimumGCAge` (2m) defaults.
+pub const DEFAULT_IMAGE_GC_HIGH_THRESHOLD_PERCENT: i32 = 85;
+pub const DEFAULT_IMAGE_GC_LOW_THRESHOLD_PERCENT: i32 = 80;
+pub const DEFAULT_IMAGE_MINIMUM_GC_AGE: Duration = Duration::from_secs(2 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -124,6 +129,13 @@ pub struct KubeletConfigurationFile {
     pub eviction_max_pod_grace_period: Option<i32>,
     pub eviction_minimum_reclaim: Option<BTreeMap<String, String>>,
     pub eviction_pressure_transition_period: Option<String>,
+    // Image garbage collection.
+    #[serde(rename = "imageGCHighThresholdPercent")]
+    pub image_gc_high_threshold_percent: Option<i32>,
+    #[serde(rename = "imageGCLowThresholdPercent")]
+    pub image_gc_low_threshold_percent: Option<i32>,
+    #[serde(rename = "imageMinimumGCAge")]
+    pub image_minimum_gc_age: Option<String>,
     /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_yaml::Value>,
@@ -271,6 +283,11 @@ pub struct KubeletConfig {
     pub container_log_max_files: u32,
     /// The eviction manager's thresholds and periods (`evictionHard` with kubelet's defaults, `evictionSoft`...).
     pub eviction: EvictionConfig,
+    /// Image garbage collection: at or above `image_gc_high_threshold_percent` of the image filesystem used, unused
+    /// images at least `image_minimum_gc_age` old are removed down to `image_gc_low_threshold_percent`.
+    pub image_gc_high_threshold_percent: i32,
+    pub image_gc_low_threshold_percent: i32,
+    pub image_minimum_gc_age: Duration,
     /// Unknown file fields, reported once logging is up.
     pub warnings: Vec<String>,
 }
@@ -537,6 +554,29 @@ impl KubeletConfig {
             value: max_size_text.clone(),
             reason: e.to_string(),
         })?;
+        // kubelet's defaults and validation (apis/config/v1beta1/defaults.go, apis/config/validation/validation.go).
+        let image_gc_high_threshold_percent =
+            file.image_gc_high_threshold_percent.unwrap_or(DEFAULT_IMAGE_GC_HIGH_THRESHOLD_PERCENT);
+        let image_gc_low_threshold_percent =
+            file.image_gc_low_threshold_percent.unwrap_or(DEFAULT_IMAGE_GC_LOW_THRESHOLD_PERCENT);
+        for (what, value) in [
+            ("imageGCHighThresholdPercent", image_gc_high_threshold_percent),
+            ("imageGCLowThresholdPercent", image_gc_low_threshold_percent),
+        ] {
+            if !(0..=100).contains(&value) {
+                let reason = "must be between 0 and 100, inclusive".into();
+                return Err(ConfigError::Invalid { what, value: value.to_string(), reason });
+            }
+        }
+        if image_gc_low_threshold_percent >= image_gc_high_threshold_percent {
+            return Err(ConfigError::Invalid {
+                what: "imageGCLowThresholdPercent",
+                value: image_gc_low_threshold_percent.to_string(),
+                reason: format!("must be less than imageGCHighThresholdPercent {image_gc_high_threshold_percent}"),
+            });
+        }
+        let image_minimum_gc_age =
+            duration("imageMinimumGCAge", &file.image_minimum_gc_age, DEFAULT_IMAGE_MINIMUM_GC_AGE)?;
         let path_of = |flag: &Option<String>, field: &Option<String>| {
             flag.clone().or(field.clone()).filter(|s| !s.is_empty()).map(PathBuf::from)
         };
@@ -586,6 +626,9 @@ impl KubeletConfig {
             allowed_unsafe_sysctls,
             seccomp_default: file.seccomp_default.unwrap_or(false),
             verbosity: flags.verbosity.or(file.logging.as_ref().and_then(|l| l.verbosity)).unwrap_or(0),
+            image_gc_high_threshold_percent,
+            image_gc_low_threshold_percent,
+            image_minimum_gc_age,
             warnings,
         })
     }
@@ -827,5 +870,31 @@ mod tests {
         let err =
             KubeletConfig::resolve(Some((Path::new("/c.yaml"), file)), &FlagOverrides::default(), "h").unwrap_err();
         assert!(err.to_string().contains("fileCheckFrequency"), "{err}");
+    }
+
+    #[test]
+    fn image_gc_settings_have_kubelets_defaults_and_validation() {
+        let c = KubeletConfig::resolve(None, &FlagOverrides::default(), "h").unwrap();
+        assert_eq!(
+            (c.image_gc_high_threshold_percent, c.image_gc_low_threshold_percent, c.image_minimum_gc_age),
+            (85, 80, Duration::from_secs(120))
+        );
+        let resolve = |extra: &str| {
+            let text = format!("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n{extra}");
+            KubeletConfig::resolve(Some((Path::new("/c.yaml"), parse(&text)?)), &FlagOverrides::default(), "h")
+        };
+        let c =
+            resolve("imageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\nimageMinimumGCAge: 1s\n").unwrap();
+        assert_eq!(
+            (c.image_gc_high_threshold_percent, c.image_gc_low_threshold_percent, c.image_minimum_gc_age),
+            (1, 0, Duration::from_secs(1))
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let e = resolve("imageGCHighThresholdPercent: 101\n").unwrap_err();
+        assert!(e.to_string().contains("imageGCHighThresholdPercent") && e.to_string().contains("101"), "{e}");
+        let e = resolve("imageGCHighThresholdPercent: 50\nimageGCLowThresholdPercent: 50\n").unwrap_err();
+        assert!(e.to_string().contains("must be less than imageGCHighThresholdPercent 50"), "{e}");
+        let e = resolve("imageMinimumGCAge: soon\n").unwrap_err();
+        assert!(e.to_string().contains("imageMinimumGCAge"), "{e}");
     }
 }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cm;
 pub mod config;
 pub mod eviction;
+pub mod images;
 pub mod kubelet;
 pub mod kuberuntime;
 pub mod kubetypes;

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::mpsc;
 
-use crate::kubetypes::events::{EventMessage, PodEvent};
+use crate::kubetypes::events::{EventMessage, NodeEvent, PodEvent};
 
 /// client-go's broadcaster queue (`maxQueuedEvents`): events beyond it are dropped.
 pub const MAX_QUEUED_EVENTS: usize = 1000;
@@ -38,6 +38,8 @@ pub const SPAM_QPS: f64 = 1.0 / 300.0;
 
 /// The kubelet's event source component.
 const COMPONENT: &str = "kubelet";
+/// Where events about cluster-scoped objects go (client-go's `metav1.NamespaceDefault` in `makeEvent`).
+const NODE_EVENT_NAMESPACE: &str = "default";
 
 /// A least-recently-used map of at most `capacity` entries (groupcache's `lru.Cache` as client-go uses it). Each
 /// entry also names the UID of the object its key is about, so that a pod's entries go with the pod: client-go's
@@ -391,16 +393,18 @@ pub async fn run_event_poster(
     let writer = async move {
         let mut correlator = EventCorrelator::default();
         while let Some(message) = queued.recv().await {
-            let ev = match message {
-                EventMessage::Event(ev) => ev,
+            let now = jiff::Timestamp::now();
+            let event = match message {
+                EventMessage::Event(ev) => new_event(&ev, &node_name, now),
+                EventMessage::Node(ev) => new_node_event(&ev, &node_name, now),
                 EventMessage::PodGone(uid) => {
                     correlator.forget_object(&uid);
                     continue;
                 }
             };
-            let now = jiff::Timestamp::now();
-            let Some(correlated) = correlator.correlate(new_event(&ev, &node_name, now), Instant::now(), now) else {
-                tracing::debug!(pod = %format!("{}/{}", ev.namespace, ev.name), reason = %ev.reason, "event dropped by the spam filter");
+            let (object, reason) = (event.involved_object.name.clone(), event.reason.clone());
+            let Some(correlated) = correlator.correlate(event, Instant::now(), now) else {
+                tracing::debug!(object = ?object, reason = ?reason, "event dropped by the spam filter");
                 continue;
             };
             write_event(&client, &mut correlator, correlated).await;
@@ -425,6 +429,7 @@ fn offer(queue: &mpsc::Sender<EventMessage>, ev: EventMessage, dropped: &mut u64
             if dropped.is_power_of_two() {
                 let (pod, reason) = match &message {
                     EventMessage::Event(ev) => (format!("{}/{}", ev.namespace, ev.name), ev.reason.to_string()),
+                    EventMessage::Node(ev) => ("(node)".to_owned(), ev.reason.to_string()),
                     EventMessage::PodGone(uid) => (uid.clone(), "(pod gone)".to_owned()),
                 };
                 tracing::warn!(%pod, %reason, dropped = *dropped, "event queue full ({MAX_QUEUED_EVENTS}); dropping event");
@@ -512,6 +517,26 @@ fn new_event(ev: &PodEvent, node_name: &str, now: jiff::Timestamp) -> Event {
     event
 }
 
+/// An event about the node: client-go's recorder puts an object without a namespace (the node) in `default`, and
+/// kubelet's `nodeRef` carries the node's name as its UID.
+fn new_node_event(ev: &NodeEvent, node_name: &str, now: jiff::Timestamp) -> Event {
+    let mut event = Event::default();
+    event.metadata.namespace = Some(NODE_EVENT_NAMESPACE.into());
+    event.involved_object = ObjectReference {
+        kind: Some("Node".into()),
+        name: Some(node_name.to_owned()),
+        uid: Some(node_name.to_owned()),
+        ..Default::default()
+    };
+    event.reason = Some(ev.reason.to_string());
+    event.message = Some(ev.message.clone());
+    event.type_ = Some(ev.kind.as_str().to_owned());
+    event.source = Some(EventSource { component: Some(COMPONENT.into()), host: Some(node_name.to_owned()) });
+    event.reporting_component = Some(COMPONENT.into());
+    event.reporting_instance = Some(node_name.to_owned());
+    new_event_named(&event, now)
+}
+
 /// A new event object about the same object: client-go names it `<object>.<unix nanos in hex>`, count 1.
 fn new_event_named(template: &Event, now: jiff::Timestamp) -> Event {
     let mut event = template.clone();
@@ -544,6 +569,26 @@ mod tests {
 
     fn event(uid: &str, reason: &'static str, message: &str) -> Event {
         new_event(&pod_event(uid, reason, message), "node-1", jiff::Timestamp::now())
+    }
+
+    #[test]
+    fn node_events_name_the_node_as_kubelets_node_ref_does() {
+        let ev = NodeEvent {
+            kind: EventType::Warning,
+            reason: "ImageGCFailed".into(),
+            message: "invalid capacity 0 on image filesystem".into(),
+        };
+        let e = new_node_event(&ev, "node-1", jiff::Timestamp::now());
+        assert_eq!(e.metadata.namespace.as_deref(), Some("default"));
+        let o = &e.involved_object;
+        assert_eq!(
+            (o.kind.as_deref(), o.name.as_deref(), o.uid.as_deref(), o.namespace.as_deref()),
+            (Some("Node"), Some("node-1"), Some("node-1"), None)
+        );
+        assert_eq!((e.type_.as_deref(), e.reason.as_deref()), (Some("Warning"), Some("ImageGCFailed")));
+        assert_eq!(e.message.as_deref(), Some("invalid capacity 0 on image filesystem"));
+        assert!(e.metadata.name.as_deref().is_some_and(|n| n.starts_with("node-1.")));
+        assert_eq!(e.count, Some(1));
     }
 
     #[test]

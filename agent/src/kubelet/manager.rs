@@ -70,6 +70,8 @@ pub struct PodManager {
     sysctls: SysctlAllowlist,
     /// Pods being killed to make room for a critical pod; they end Failed.
     preempted: BTreeSet<String>,
+    /// Set once every source has reported and its pods are in the pod store (kubelet's `podsSynced`).
+    sources_ready: Option<watch::Sender<bool>>,
     /// Kill requests of the node's housekeeping (eviction, node shutdown), and where the active pods are published.
     killer: Option<PodKillerEnd>,
     /// The eviction manager's pressure conditions: new pods are refused under pressure as kubelet's eviction admit
@@ -101,6 +103,7 @@ impl PodManager {
             not_running: BTreeSet::new(),
             sysctls: SysctlAllowlist::safe(),
             preempted: BTreeSet::new(),
+            sources_ready: None,
             killer: None,
             pressure: None,
             kill_waiters: HashMap::new(),
@@ -138,6 +141,12 @@ impl PodManager {
         self
     }
 
+    /// Sets `tx` once every source has reported and the pods they hold are in the pod store.
+    pub fn report_sources_ready(mut self, tx: watch::Sender<bool>) -> Self {
+        self.sources_ready = Some(tx);
+        self
+    }
+
     pub async fn run(
         mut self,
         mut sources: mpsc::Receiver<SourceUpdate>,
@@ -155,6 +164,9 @@ impl PodManager {
                     self.sources_pending.remove(update.source);
                     self.desired.insert(update.source, update.pods);
                     self.reconcile();
+                    if let (true, Some(tx)) = (self.sources_pending.is_empty(), &self.sources_ready) {
+                        tx.send_if_modified(|ready| !std::mem::replace(ready, true));
+                    }
                 }
                 Some(request) = kill_request => self.kill(request),
                 Some(event) = pleg.recv() => self.on_pleg(event),

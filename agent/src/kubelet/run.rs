@@ -80,6 +80,28 @@ impl Supervisor {
 /// The watchdog is fed at half its interval, as systemd recommends.
 const WATCHDOG_FRACTION: u32 = 2;
 
+/// Test knobs, read in debug builds only (kubelet has no setting for these periods): the image and container
+/// garbage collectors' periods as Go durations, so that host tests need not wait five minutes.
+pub const IMAGE_GC_PERIOD_ENV: &str = "RKUBELET_IMAGE_GC_PERIOD";
+pub const CONTAINER_GC_PERIOD_ENV: &str = "RKUBELET_CONTAINER_GC_PERIOD";
+
+fn gc_period(env: &str, default: Duration) -> Duration {
+    if !cfg!(debug_assertions) {
+        return default;
+    }
+    let Ok(text) = std::env::var(env) else { return default };
+    match crate::kubetypes::duration::parse_go_duration(&text) {
+        Ok(d) if !d.is_zero() => {
+            tracing::warn!(env, period = ?d, "garbage collection period overridden for tests");
+            d
+        }
+        _ => {
+            tracing::warn!(env, value = %text, "not a positive Go duration; using the default period");
+            default
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM or Ctrl-C, or until one of its parts ends (an error then, so that systemd
 /// restarts it). Pods keep running either way.
 pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()> {
@@ -293,12 +315,15 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
         tasks.spawn("node lease", run_node_lease(client, config.node_name.clone(), api_reachable));
     }
     drop(source_tx);
+    let (sources_ready_tx, sources_ready_rx) = watch::channel(false);
+    let gc_events = ctx.kuberuntime.events.clone();
     // The node's own housekeeping (eviction, node shutdown) stops pods and reads the active ones through this.
     let (pod_killer, pod_killer_end) = PodKiller::channel();
     tasks.spawn(
         "pod manager",
         PodManager::new(ctx, &sources)
             .report_terminated(terminated_tx)
+            .report_sources_ready(sources_ready_tx)
             .with_admission(admission_rx)
             .with_sysctls(SysctlAllowlist::new(&config.allowed_unsafe_sysctls)?)
             .with_pod_killer(pod_killer_end)
@@ -375,6 +400,32 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
             }
         });
     }
+    // kubelet's `StartGarbageCollection`: dead containers, sandboxes and pod log folders every minute, unused
+    // images every five minutes; the eviction manager calls both on demand.
+    let image_gc = Arc::new(crate::images::ImageGcManager::new(
+        runtime.clone(),
+        crate::images::ImageGcPolicy::new(
+            config.image_gc_high_threshold_percent,
+            config.image_gc_low_threshold_percent,
+            config.image_minimum_gc_age,
+        )?,
+        gc_events.clone(),
+    ));
+    let container_gc = Arc::new(crate::kuberuntime::gc::ContainerGc::new(
+        runtime.clone(),
+        crate::kuberuntime::gc::GcPolicy::default(),
+        Arc::new(crate::kuberuntime::gc::PodStoreState { store: store.clone(), sources_ready: sources_ready_rx }),
+        config.pod_logs_dir.clone(),
+        gc_events,
+    ));
+    tasks.spawn(
+        "image garbage collector",
+        image_gc.clone().run(gc_period(IMAGE_GC_PERIOD_ENV, crate::images::IMAGE_GC_PERIOD)),
+    );
+    tasks.spawn(
+        "container garbage collector",
+        container_gc.clone().run(gc_period(CONTAINER_GC_PERIOD_ENV, crate::kuberuntime::gc::CONTAINER_GC_PERIOD)),
+    );
     // kubelet's eviction manager: pressure conditions, node-level reclaim, one pod evicted per interval.
     {
         let kubepods = (config.cgroups_per_qos
@@ -397,7 +448,8 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
             pod_killer.clone(),
             eviction_events,
             eviction_pressure_tx,
-        );
+        )
+        .with_reclaim(Arc::new(GarbageCollectors { images: image_gc.clone(), containers: container_gc.clone() }));
         tasks.spawn("eviction manager", manager.run());
     }
     tasks.spawn(
@@ -457,6 +509,35 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
     tracing::info!("shutting down; pods keep running");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     Ok(())
+}
+
+/// The eviction manager's node-level reclaim: kubelet's `containerGC.DeleteAllUnusedContainers` and
+/// `imageGC.DeleteUnusedImages`.
+struct GarbageCollectors {
+    images: Arc<crate::images::ImageGcManager>,
+    containers: Arc<crate::kuberuntime::gc::ContainerGc>,
+}
+
+impl crate::eviction::NodeReclaim for GarbageCollectors {
+    fn delete_unused_containers(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.containers.delete_all_unused_containers().await {
+                tracing::warn!(error = %e, "eviction manager: failed to garbage collect dead containers");
+            }
+        })
+    }
+
+    fn delete_unused_images(&self) -> futures::future::BoxFuture<'_, u64> {
+        Box::pin(async move {
+            match self.images.delete_unused_images().await {
+                Ok(freed) => freed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "eviction manager: failed to garbage collect unused images");
+                    0
+                }
+            }
+        })
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 mod container;
 pub mod dns;
 mod env;
+pub mod gc;
 pub mod hooks;
 pub mod hosts;
 mod image;

@@ -19,6 +19,11 @@ pub const FAILED_TO_START_CONTAINER: &str = "Failed";
 pub const KILLING_CONTAINER: &str = "Killing";
 pub const BACK_OFF_START_CONTAINER: &str = "BackOff";
 pub const FAILED_CREATE_POD_SANDBOX: &str = "FailedCreatePodSandBox";
+// The node's own events (pkg/kubelet/events/event.go).
+pub const CONTAINER_GC_FAILED: &str = "ContainerGCFailed";
+pub const IMAGE_GC_FAILED: &str = "ImageGCFailed";
+pub const FREE_DISK_SPACE_FAILED: &str = "FreeDiskSpaceFailed";
+pub const INVALID_DISK_CAPACITY: &str = "InvalidDiskCapacity";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
@@ -47,6 +52,15 @@ pub struct PodEvent {
     pub message: String,
 }
 
+/// An event about the node itself, kubelet's `nodeRef` as the involved object (kind Node, name and UID the node's
+/// name): garbage collection, eviction, shutdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEvent {
+    pub kind: EventType,
+    pub reason: Cow<'static, str>,
+    pub message: String,
+}
+
 /// kubelet's `fieldPath` (pkg/kubelet/container/ref.go): where the named container is in the pod's spec, looked up in
 /// containers, init containers, then ephemeral containers; `init` decides for a name the spec no longer has.
 pub fn container_field_path(pod: &Pod, name: &str, init: bool) -> String {
@@ -69,6 +83,7 @@ pub fn container_field_path(pod: &Pod, name: &str, init: bool) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventMessage {
     Event(PodEvent),
+    Node(NodeEvent),
     /// The pod (by UID) is gone from the node: nothing more will be said about it, so the poster forgets what it
     /// keeps per pod.
     PodGone(String),
@@ -88,6 +103,18 @@ impl EventRecorder {
     pub fn pod_gone(&self, uid: &str) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(EventMessage::PodGone(uid.to_owned()));
+        }
+    }
+
+    /// An event about the node (kubelet's `recorder.Eventf(kl.nodeRef, ...)`).
+    pub fn record_node(&self, kind: EventType, reason: impl Into<Cow<'static, str>>, message: String) {
+        let reason = reason.into();
+        match kind {
+            EventType::Normal => tracing::info!(reason = %reason, "{message}"),
+            EventType::Warning => tracing::warn!(reason = %reason, "{message}"),
+        }
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(EventMessage::Node(NodeEvent { kind, reason, message }));
         }
     }
 

@@ -444,6 +444,7 @@ mod tests {
             repo_tags: (0..tags).map(|i| format!("r/img:{i}")).collect(),
             repo_digests: vec![format!("r/img@sha256:{size}")],
             size_bytes: size,
+            pinned: false,
         };
         let images: Vec<ImageRecord> = (1..=60).map(|s| image(s * 1000, 1)).chain([image(7, 9)]).collect();
         let listed = node_images(&images, NODE_STATUS_MAX_IMAGES);

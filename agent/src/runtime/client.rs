@@ -150,7 +150,7 @@ pub struct Runtime {
     metrics: Arc<RuntimeMetrics>,
 }
 
-fn nanos_to_time(nanos: i64) -> SystemTime {
+pub(super) fn nanos_to_time(nanos: i64) -> SystemTime {
     if nanos <= 0 {
         UNIX_EPOCH
     } else {
@@ -162,7 +162,7 @@ fn optional_time(nanos: i64) -> Option<SystemTime> {
     (nanos > 0).then(|| nanos_to_time(nanos))
 }
 
-fn label(labels: &HashMap<String, String>, key: &str) -> String {
+pub(super) fn label(labels: &HashMap<String, String>, key: &str) -> String {
     labels.get(key).cloned().unwrap_or_default()
 }
 
@@ -589,7 +589,7 @@ fn ignore_not_found(r: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
     }
 }
 
-fn container_state(state: i32) -> ContainerRunState {
+pub(super) fn container_state(state: i32) -> ContainerRunState {
     match cri::ContainerState::try_from(state) {
         Ok(cri::ContainerState::ContainerCreated) => ContainerRunState::Created,
         Ok(cri::ContainerState::ContainerRunning) => ContainerRunState::Running,
@@ -598,7 +598,7 @@ fn container_state(state: i32) -> ContainerRunState {
     }
 }
 
-fn image_spec(image: &str) -> cri::ImageSpec {
+pub(super) fn image_spec(image: &str) -> cri::ImageSpec {
     cri::ImageSpec { image: image.into(), ..Default::default() }
 }
 

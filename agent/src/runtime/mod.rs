@@ -1,6 +1,7 @@
 //! The CRI edge: the only module that speaks to the container runtime.
 
 pub mod client;
+pub mod gc;
 pub mod labels;
 pub mod stats;
 pub mod streaming;

@@ -83,6 +83,8 @@ pub struct ImageRecord {
     pub repo_tags: Vec<String>,
     pub repo_digests: Vec<String>,
     pub size_bytes: u64,
+    /// The runtime asks that the image never be removed (CRI `pinned`, e.g. its sandbox image); image GC skips it.
+    pub pinned: bool,
 }
 
 fn value(v: Option<cri::UInt64Value>) -> Option<u64> {
@@ -221,7 +223,13 @@ impl Runtime {
         Ok(resp
             .images
             .into_iter()
-            .map(|i| ImageRecord { id: i.id, repo_tags: i.repo_tags, repo_digests: i.repo_digests, size_bytes: i.size })
+            .map(|i| ImageRecord {
+                id: i.id,
+                repo_tags: i.repo_tags,
+                repo_digests: i.repo_digests,
+                size_bytes: i.size,
+                pinned: i.pinned,
+            })
             .collect())
     }
 }
