@@ -112,6 +112,8 @@ pub struct KubeletConfigurationFile {
     pub authorization: Option<AuthorizationFile>,
     pub container_log_max_size: Option<String>,
     pub container_log_max_files: Option<u32>,
+    // Node housekeeping: PID limits and graceful node shutdown.
+    pub pod_pids_limit: Option<i64>,
     /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_yaml::Value>,
@@ -255,6 +257,9 @@ pub struct KubeletConfig {
     pub auth: ServerAuth,
     pub container_log_max_size: i128,
     pub container_log_max_files: u32,
+    // Node housekeeping: PID limits and graceful node shutdown.
+    /// kubelet's `podPidsLimit`: each pod cgroup's `pids.max`; -1 (the default) for none.
+    pub pod_pids_limit: i64,
     /// Unknown file fields, reported once logging is up.
     pub warnings: Vec<String>,
 }
@@ -549,6 +554,9 @@ impl KubeletConfig {
             seccomp_default: file.seccomp_default.unwrap_or(false),
             verbosity: flags.verbosity.or(file.logging.as_ref().and_then(|l| l.verbosity)).unwrap_or(0),
             warnings,
+            // Node housekeeping: PID limits and graceful node shutdown.
+            // kubelet's v1beta1 defaulting turns an unset or negative limit into -1.
+            pod_pids_limit: file.pod_pids_limit.filter(|l| *l >= 0).unwrap_or(-1),
         })
     }
 }
@@ -599,6 +607,7 @@ mod tests {
         assert_eq!(c.healthz_bind_address, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(c.container_log_max_size, 10 << 20);
         assert_eq!(c.container_log_max_files, 5);
+        assert_eq!(c.pod_pids_limit, -1);
         // Flag defaults (no file): kubelet's legacy anonymous + AlwaysAllow.
         assert!(c.auth.anonymous && !c.auth.webhook_authentication);
         assert_eq!(c.auth.authorization_mode, AuthorizationMode::AlwaysAllow);
@@ -728,6 +737,20 @@ mod tests {
             "config file /c.yaml: field syncFrequency: time: invalid duration \"99999999999999999999999h\" \
              (want a Go duration such as \"20s\" or \"1m30s\")"
         );
+    }
+
+    #[test]
+    fn pod_pids_limit_is_read_and_a_negative_one_means_none() {
+        let resolve = |extra: &str| {
+            let text = format!("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n{extra}");
+            KubeletConfig::resolve(Some((Path::new("/c.yaml"), parse(&text).unwrap())), &FlagOverrides::default(), "h")
+                .unwrap()
+        };
+        let c = resolve("podPidsLimit: 20\n");
+        assert_eq!(c.pod_pids_limit, 20);
+        assert!(c.warnings.is_empty(), "a known field: {:?}", c.warnings);
+        assert_eq!(resolve("podPidsLimit: -5\n").pod_pids_limit, -1);
+        assert_eq!(resolve("").pod_pids_limit, -1);
     }
 
     #[test]

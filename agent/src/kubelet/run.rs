@@ -98,6 +98,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
                 capacity,
                 &config.reservations(capacity.memory_bytes),
                 config.enforce_pods_allocatable(),
+                config.pod_pids_limit,
             )
             .await?,
         ))
