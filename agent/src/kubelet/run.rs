@@ -221,6 +221,10 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
         },
         taints: config.register_with_taints.clone(),
     });
+    // Graceful node shutdown: the node reports not ready while it shuts down, and its status goes out at once.
+    let (shutting_down_tx, shutting_down_rx) = watch::channel(false);
+    let sync_node_status = Arc::new(tokio::sync::Notify::new());
+    let with_api_server = opts.kubeconfig.is_some();
     let mut api_client = None;
     if let Some(kubeconfig) = &opts.kubeconfig {
         let client =
@@ -270,6 +274,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
             (capacity, allocatable),
             host_ips.clone(),
             kubelet_port,
+            shutting_down_rx,
         );
         tasks.spawn(
             "node status",
@@ -281,6 +286,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
                 facts,
                 pod_cidr: pod_cidr_tx,
                 admission: admission_tx,
+                sync_now: sync_node_status.clone(),
             }
             .run(),
         );
@@ -365,6 +371,18 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
                 tracing::error!(error = %e, "kubelet server stopped");
             }
         });
+    }
+    // Until the pod manager answers kill requests, the handle's other end is dropped (kills report it).
+    let (pod_killer, _pod_killer_end) = crate::kubetypes::kill::PodKiller::channel();
+    if let Some(manager) = crate::nodeshutdown::ShutdownManager::new(
+        &config,
+        pod_killer.clone(),
+        store.clone(),
+        with_api_server,
+        shutting_down_tx,
+        with_api_server.then(|| sync_node_status.clone()),
+    ) {
+        tasks.spawn("node shutdown manager", manager.run());
     }
     tasks.spawn(
         "container log manager",

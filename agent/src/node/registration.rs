@@ -49,6 +49,8 @@ pub struct NodeRegistration {
     pub pod_cidr: watch::Sender<Option<String>>,
     /// The node as pod admission sees it: its labels follow the Node object, including labels set by others.
     pub admission: watch::Sender<NodeInfo>,
+    /// kubelet's `syncNodeStatus` from elsewhere (the node shutting down): the status is updated at once.
+    pub sync_now: Arc<tokio::sync::Notify>,
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -101,6 +103,7 @@ impl NodeRegistration {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep_until(next) => break,
+                        _ = self.sync_now.notified() => break,
                         Some(event) = node_events.next() => {
                             let Ok(seen) = event else { continue };
                             let facts = self.facts(server.as_ref()).await;

@@ -47,7 +47,7 @@ spec:
   - name: forker
     image: $IMAGE
     imagePullPolicy: IfNotPresent
-    command: ["sh", "-c", 'sh -c "i=0; while [ \$i -lt 40 ]; do sleep 600 & i=\$((i+1)); echo \$i >/tmp/n; done"; read n </tmp/n; echo "started \$n sleeps"; trap "exit 0" TERM; while :; do sleep 1; done']
+    command: ["sh", "-c", 'sh -c ''i=0; while [ \$i -lt 40 ]; do sleep 600 & i=\$((i+1)); echo \$i >/tmp/n; done''; read n </tmp/n; echo "started \$n sleeps"; trap "exit 0" TERM; while :; do sleep 1; done']
 YAML
 
 t0=$(now_ms)
