@@ -120,6 +120,9 @@ pub struct KubeletConfigurationFile {
     /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_yaml::Value>,
+    /// Made from flags alone (no `--config`): kubelet's flag defaults apply, not the file's.
+    #[serde(skip)]
+    pub from_flags_only: bool,
 }
 
 /// One entry of `shutdownGracePeriodByPodPriority`: pods of at least this priority (up to the next entry's) get
@@ -400,8 +403,37 @@ impl KubeletConfigurationFile {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let file: Self =
+        let value: serde_yaml::Value =
             serde_yaml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        Self::from_value(path, value)
+    }
+
+    /// The file with the fields that flags give laid over it: flags take precedence over the file, as in kubelet.
+    pub fn load_with_flags(path: &Path, flag_fields: &serde_yaml::Mapping) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut value: serde_yaml::Value =
+            serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        if let serde_yaml::Value::Mapping(file) = &mut value {
+            overlay_flag_fields(file, flag_fields);
+        }
+        Self::from_value(path, value)
+    }
+
+    /// The fields flags give, without a config file: kubelet's flag defaults apply to the rest.
+    pub fn from_flags(flag_fields: &serde_yaml::Mapping) -> Result<Self, ConfigError> {
+        let mut file = serde_yaml::Mapping::new();
+        file.insert("apiVersion".into(), CONFIG_API_VERSION.into());
+        file.insert("kind".into(), CONFIG_KIND.into());
+        overlay_flag_fields(&mut file, flag_fields);
+        let mut file = Self::from_value(Path::new("<flags>"), serde_yaml::Value::Mapping(file))?;
+        file.from_flags_only = true;
+        Ok(file)
+    }
+
+    fn from_value(path: &Path, value: serde_yaml::Value) -> Result<Self, ConfigError> {
+        let file: Self =
+            serde_yaml::from_value(value).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
         let api_version = file.api_version.clone().unwrap_or_default();
         if api_version != CONFIG_API_VERSION {
             return Err(ConfigError::ApiVersion { path: path.to_owned(), found: api_version });
@@ -414,6 +446,23 @@ impl KubeletConfigurationFile {
     }
 }
 
+/// Lays the flags' fields over the file's: a field a flag gives replaces the file's, except inside the nested
+/// structs (`authentication`, `authorization`), where only the fields the flags give are replaced.
+fn overlay_flag_fields(file: &mut serde_yaml::Mapping, flag_fields: &serde_yaml::Mapping) {
+    const NESTED: [&str; 5] = ["authentication", "authorization", "webhook", "x509", "anonymous"];
+    for (key, value) in flag_fields {
+        let nested = key.as_str().is_some_and(|k| NESTED.contains(&k));
+        match (file.get_mut(key), value) {
+            (Some(serde_yaml::Value::Mapping(inner)), serde_yaml::Value::Mapping(flags)) if nested => {
+                overlay_flag_fields(inner, flags)
+            }
+            _ => {
+                file.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
 impl KubeletConfig {
     /// Merges the file (if any) with flags and applies kubelet's defaults.
     pub fn resolve(
@@ -423,7 +472,7 @@ impl KubeletConfig {
     ) -> Result<Self, ConfigError> {
         // Without a file, kubelet's flag defaults apply: anonymous requests allowed, no token webhook, AlwaysAllow
         // (its `applyLegacyDefaults`); a file brings the v1beta1 defaults: no anonymous, webhook on, Webhook mode.
-        let legacy_defaults = file.is_none();
+        let legacy_defaults = file.as_ref().is_none_or(|(_, f)| f.from_flags_only);
         let (path, file) = match file {
             Some((p, f)) => (p.to_owned(), f),
             None => (PathBuf::from("<none>"), KubeletConfigurationFile::default()),
@@ -642,6 +691,38 @@ mod tests {
 
     fn parse(text: &str) -> Result<KubeletConfigurationFile, ConfigError> {
         KubeletConfigurationFile::parse(Path::new("/etc/rkubelet/config.yaml"), text)
+    }
+
+    #[test]
+    fn flag_fields_replace_the_files_and_keep_its_nested_neighbours() {
+        let dir = std::env::temp_dir().join(format!("rkubelet-flag-fields-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 20\n\
+             clusterDNS: [10.0.0.1]\nauthentication:\n  anonymous:\n    enabled: true\n  webhook:\n    enabled: false\n",
+        )
+        .unwrap();
+        let flags: serde_yaml::Mapping =
+            serde_yaml::from_str("maxPods: 30\nauthentication:\n  webhook:\n    cacheTTL: 1m\n").unwrap();
+        let file = KubeletConfigurationFile::load_with_flags(&path, &flags).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(file.max_pods, Some(30), "the flag wins");
+        assert_eq!(file.cluster_dns, Some(vec!["10.0.0.1".to_owned()]), "fields no flag gives stay");
+        let authn = file.authentication.as_ref().unwrap();
+        assert_eq!(authn.anonymous.as_ref().and_then(|a| a.enabled), Some(true), "nested neighbours stay");
+        let webhook = authn.webhook.as_ref().unwrap();
+        assert_eq!((webhook.enabled, webhook.cache_ttl.as_deref()), (Some(false), Some("1m")));
+
+        // Without --config, kubelet's flag defaults (anonymous allowed, AlwaysAllow) still apply.
+        let only = KubeletConfigurationFile::from_flags(&flags).unwrap();
+        let config =
+            KubeletConfig::resolve(Some((Path::new("<flags>"), only)), &FlagOverrides::default(), "h").unwrap();
+        assert_eq!(config.max_pods, 30);
+        assert!(config.auth.anonymous);
+        assert_eq!(config.auth.authorization_mode, AuthorizationMode::AlwaysAllow);
+        assert_eq!(config.auth.authentication_cache_ttl, Duration::from_secs(60));
     }
 
     #[test]

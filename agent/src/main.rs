@@ -14,11 +14,12 @@ use rkubelet::node;
 use rkubelet::server;
 
 mod allocator;
+mod flags;
 mod profiling;
 
 /// A kubelet-compatible node agent.
 #[derive(Debug, Parser)]
-#[command(name = "rkubelet", version)]
+#[command(name = "rkubelet")]
 struct Flags {
     /// KubeletConfiguration file (kubelet.config.k8s.io/v1beta1). Flags override its fields.
     #[arg(long)]
@@ -114,9 +115,13 @@ fn parse_labels(text: Option<&str>) -> anyhow::Result<BTreeMap<String, String>> 
     Ok(labels)
 }
 
-async fn run(flags: Flags) -> anyhow::Result<()> {
+async fn run(flags: Flags, command_line: flags::CommandLine) -> anyhow::Result<()> {
+    let fields = &command_line.config_fields;
     let file = match &flags.config {
-        Some(path) => Some((path.as_path(), KubeletConfigurationFile::load(path)?)),
+        Some(path) => Some((path.as_path(), KubeletConfigurationFile::load_with_flags(path, fields)?)),
+        None if !fields.is_empty() => {
+            Some((std::path::Path::new("<flags>"), KubeletConfigurationFile::from_flags(fields)?))
+        }
         None => None,
     };
     let overrides = FlagOverrides {
@@ -143,7 +148,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     if let Some(refusal) = server::auth::refuse_without_api_server(&config.auth, flags.kubeconfig.is_some()) {
         anyhow::bail!("{refusal} (set authorization.mode: AlwaysAllow, or give --kubeconfig)");
     }
-    for w in &config.warnings {
+    for w in command_line.warnings.iter().chain(&config.warnings) {
         tracing::warn!("{w}");
     }
     tracing::info!(node = %config.node_name, endpoint = %config.container_runtime_endpoint, "starting rkubelet");
@@ -164,8 +169,29 @@ async fn main() -> ExitCode {
     // Heap profile with `--features dhat-heap` (written at exit or on SIGUSR2); nothing otherwise.
     let _heap_profile = profiling::start();
     tokio::spawn(allocator::trim_periodically());
-    let flags = Flags::parse();
-    match run(flags).await {
+    let args: Vec<String> = std::env::args().collect();
+    let command_line = match flags::parse(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rkubelet: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(version) = &command_line.version {
+        if version != "false" {
+            println!("{}", flags::version_line(version));
+            return ExitCode::SUCCESS;
+        }
+    }
+    // kubelet exits 1 on a bad flag value; --help is not an error.
+    let flags = match Flags::try_parse_from(&command_line.parser_args) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::FAILURE } else { ExitCode::SUCCESS };
+        }
+    };
+    match run(flags, command_line).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rkubelet: {e:#}");

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::cm::ContainerManager;
 use crate::kubelet::admission;
@@ -14,6 +14,7 @@ use crate::kubelet::unsupported::{self, REASON_UNSUPPORTED_POD_SPEC};
 use crate::kubelet::worker::{self, WorkerContext, WorkerInput};
 use crate::kubetypes::admission::Rejection;
 use crate::kubetypes::events::EventType;
+use crate::kubetypes::kill::{KillPodRequest, PodKillerEnd};
 use crate::kubetypes::nodeinfo::NodeInfo;
 use crate::kubetypes::spec;
 use crate::pleg::PlegEvent;
@@ -68,6 +69,12 @@ pub struct PodManager {
     sysctls: SysctlAllowlist,
     /// Pods being killed to make room for a critical pod; they end Failed.
     preempted: BTreeSet<String>,
+    /// Kill requests of the node's housekeeping (eviction, node shutdown), and where the active pods are published.
+    killer: Option<PodKillerEnd>,
+    /// Those waiting for a pod's kill to finish, by UID.
+    kill_waiters: HashMap<String, Vec<oneshot::Sender<()>>>,
+    /// Pods the node stopped on its own: they end Failed with the kill's status and are not run again.
+    killed: BTreeSet<String>,
 }
 
 impl PodManager {
@@ -90,7 +97,16 @@ impl PodManager {
             not_running: BTreeSet::new(),
             sysctls: SysctlAllowlist::safe(),
             preempted: BTreeSet::new(),
+            killer: None,
+            kill_waiters: HashMap::new(),
+            killed: BTreeSet::new(),
         }
+    }
+
+    /// Answers the kill requests of the node's housekeeping and publishes the active pods to it.
+    pub fn with_pod_killer(mut self, end: PodKillerEnd) -> Self {
+        self.killer = Some(end);
+        self
     }
 
     /// Admits new pods against the node's allocatable, `maxPods`, labels and name, as kubelet does.
@@ -117,12 +133,19 @@ impl PodManager {
         mut pleg: mpsc::UnboundedReceiver<PlegEvent>,
     ) {
         loop {
+            let kill_request = async {
+                match self.killer.as_mut() {
+                    Some(end) => end.requests.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 Some(update) = sources.recv() => {
                     self.sources_pending.remove(update.source);
                     self.desired.insert(update.source, update.pods);
                     self.reconcile();
                 }
+                Some(request) = kill_request => self.kill(request),
                 Some(event) = pleg.recv() => self.on_pleg(event),
                 Some(done) = self.done_rx.recv() => match done {
                     Done::Worker(uid) => {
@@ -132,12 +155,19 @@ impl PodManager {
                                 self.ctx.store.upsert_pod(&uid, pod.clone());
                                 self.ctx.store.set_status(&uid, admission::preempted_status(&pod));
                             }
+                            // The worker left the kill's final status in the store.
+                            if self.killed.remove(&uid) {
+                                self.not_running.insert(uid.clone());
+                            }
                             if pod.metadata.deletion_timestamp.is_some() {
                                 self.finished_deletions.insert(uid.clone());
                             }
                             if let Some(tx) = &self.terminated {
                                 let _ = tx.send(pod);
                             }
+                        }
+                        for waiter in self.kill_waiters.remove(&uid).into_iter().flatten() {
+                            let _ = waiter.send(());
                         }
                         // The pod may have come back while it was being terminated.
                         self.reconcile();
@@ -164,7 +194,7 @@ impl PodManager {
                 Some(h) if h.terminating.is_none() => {
                     tracing::info!(pod = %spec::key(pod), uid, "pod deleted in the API; terminating");
                     h.terminating = Some(pod.clone());
-                    let _ = h.input.send(WorkerInput { pod: pod.clone(), terminate: true });
+                    let _ = h.input.send(WorkerInput::terminate(pod.clone()));
                 }
                 Some(_) => {}
                 None if self.finished_deletions.contains(uid) => {}
@@ -174,7 +204,7 @@ impl PodManager {
                     self.spawn_worker(uid, pod.clone());
                     if let Some(h) = self.workers.get_mut(uid) {
                         h.terminating = Some(pod.clone());
-                        let _ = h.input.send(WorkerInput { pod: pod.clone(), terminate: true });
+                        let _ = h.input.send(WorkerInput::terminate(pod.clone()));
                     }
                 }
             }
@@ -201,7 +231,7 @@ impl PodManager {
                     if pods_differ_semantically(&current, pod)
                         || crate::pods::status::readiness_gate_conditions_changed(&current, pod)
                     {
-                        let _ = h.input.send(WorkerInput { pod: pod.clone(), terminate: false });
+                        let _ = h.input.send(WorkerInput::sync(pod.clone()));
                     }
                 }
                 None if self.not_running.contains(uid) => {}
@@ -222,9 +252,47 @@ impl PodManager {
                 let pod = h.input.borrow().pod.clone();
                 h.terminating = Some(pod.clone());
                 tracing::info!(pod = %spec::key(&pod), uid, "pod removed from its source; terminating");
-                let _ = h.input.send(WorkerInput { pod, terminate: true });
+                let _ = h.input.send(WorkerInput::terminate(pod));
             }
         }
+        self.publish_active_pods();
+    }
+
+    fn publish_active_pods(&self) {
+        let Some(end) = &self.killer else { return };
+        let active = self.active_pods();
+        end.active.send_if_modified(|published| {
+            let same = published.len() == active.len() && published.iter().zip(&active).all(|(a, b)| Arc::ptr_eq(a, b));
+            if !same {
+                *published = active;
+            }
+            !same
+        });
+    }
+
+    /// kubelet's `killPodNow` from the eviction manager or the node shutdown manager: the pod's worker terminates
+    /// it with the request's grace period, and it ends Failed with the request's status, never run again. A pod
+    /// already being terminated keeps its termination; the request is answered when it ends.
+    fn kill(&mut self, request: KillPodRequest) {
+        let KillPodRequest { uid, grace_period_override, status, done } = request;
+        let Some(h) = self.workers.get_mut(&uid) else {
+            let _ = done.send(());
+            return;
+        };
+        self.kill_waiters.entry(uid.clone()).or_default().push(done);
+        if h.terminating.is_some() {
+            return;
+        }
+        let mut pod = Pod::clone(&h.input.borrow().pod);
+        tracing::info!(pod = %spec::key(&pod), uid, reason = %status.reason, grace_period_override, "killing pod");
+        if let Some(grace) = grace_period_override {
+            pod.metadata.deletion_grace_period_seconds = Some(grace);
+        }
+        let pod = Arc::new(pod);
+        h.terminating = Some(pod.clone());
+        let _ = h.input.send(WorkerInput { pod, terminate: true, kill: Some(Arc::new(status)) });
+        self.killed.insert(uid);
+        self.publish_active_pods();
     }
 
     /// kubelet's QoS container manager: the burstable cgroup's CPU shares follow the Burstable pods' requests.
@@ -326,7 +394,7 @@ impl PodManager {
         let message = admission::PREEMPTED_MESSAGE.to_owned();
         self.ctx.kuberuntime.events.record(&pod, None, EventType::Warning, admission::PREEMPTING, message);
         h.terminating = Some(pod.clone());
-        let _ = h.input.send(WorkerInput { pod, terminate: true });
+        let _ = h.input.send(WorkerInput::terminate(pod));
         self.preempted.insert(uid.to_owned());
     }
 
@@ -337,7 +405,7 @@ impl PodManager {
     fn spawn_worker(&mut self, uid: &str, pod: Arc<Pod>) {
         tracing::info!(pod = %spec::key(&pod), uid, "pod added");
         self.ctx.store.upsert_pod(uid, pod.clone());
-        let (tx, rx) = watch::channel(WorkerInput { pod, terminate: false });
+        let (tx, rx) = watch::channel(WorkerInput::sync(pod));
         // Probe results the planner acts on (liveness, startup) wake the worker.
         let wake = Arc::new(Notify::new());
         let ctx = self.ctx.clone();

@@ -23,6 +23,7 @@ use crate::kuberuntime::KubeRuntime;
 use crate::kubetypes::annotations::{API_SOURCE, FILE_SOURCE};
 use crate::kubetypes::env::NodeAllocatable;
 use crate::kubetypes::events::EventRecorder;
+use crate::kubetypes::kill::PodKiller;
 use crate::kubetypes::nodeinfo::{NodeInfo, Resources};
 use crate::node;
 use crate::node::registration::{run_node_lease, NodeRegistration};
@@ -294,12 +295,16 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
         tasks.spawn("node lease", run_node_lease(client, config.node_name.clone(), api_reachable));
     }
     drop(source_tx);
+    // The node's own housekeeping (eviction, node shutdown) stops pods and reads the active ones through this.
+    let (pod_killer, pod_killer_end) = PodKiller::channel();
+    let _ = &pod_killer;
     tasks.spawn(
         "pod manager",
         PodManager::new(ctx, &sources)
             .report_terminated(terminated_tx)
             .with_admission(admission_rx)
             .with_sysctls(SysctlAllowlist::new(&config.allowed_unsafe_sysctls)?)
+            .with_pod_killer(pod_killer_end)
             .run(source_rx, pleg_rx),
     );
 

@@ -20,11 +20,12 @@ use tracing::Instrument;
 use crate::kuberuntime::{termination, KubeRuntime};
 use crate::kubetypes::backoff::{jitter, random_unit};
 use crate::kubetypes::events::EventType;
+use crate::kubetypes::kill::TerminalStatus;
 use crate::kubetypes::spec;
 use crate::pleg::{PodCache, PodCacheEntry, PodRefresher};
 use crate::pods::deadline;
 use crate::pods::plan::{self, BackoffState, PlanInput, Waiting};
-use crate::pods::status::{compute_pod_status, StatusInput};
+use crate::pods::status::{apply_terminal_status, compute_pod_status, StatusInput};
 use crate::probes::Prober;
 use crate::runtime::{ContainerRunState, CriClock, ObservedPod, CRI_TIME};
 use crate::status::store::{PodStartRecord, PodStore};
@@ -35,6 +36,8 @@ pub const WORKER_BACK_OFF_PERIOD: Duration = Duration::from_secs(10);
 /// kubelet's `workerBackOffPeriodJitterFactor` and `workerResyncIntervalJitterFactor`.
 const WORKER_BACK_OFF_JITTER_FACTOR: f64 = 0.5;
 const WORKER_RESYNC_JITTER_FACTOR: f64 = 0.5;
+/// How long a killed pod's final status waits for the runtime to be read again after its containers stopped.
+const FINAL_STATUS_WAIT: Duration = Duration::from_secs(2);
 /// kubelet's `podAttachAndMountTimeout` (`pkg/kubelet/volumemanager/volume_manager.go`): how long a sync waits for
 /// the pod's volumes before it fails and the pod worker's back-off applies.
 pub const POD_ATTACH_AND_MOUNT_TIMEOUT: Duration = Duration::from_secs(2 * 60 + 3);
@@ -92,6 +95,18 @@ pub struct WorkerContext {
 pub struct WorkerInput {
     pub pod: Arc<Pod>,
     pub terminate: bool,
+    /// The node stops the pod on its own (eviction, node shutdown): the status it ends with.
+    pub kill: Option<Arc<TerminalStatus>>,
+}
+
+impl WorkerInput {
+    pub fn sync(pod: Arc<Pod>) -> Self {
+        Self { pod, terminate: false, kill: None }
+    }
+
+    pub fn terminate(pod: Arc<Pod>) -> Self {
+        Self { pod, terminate: true, kill: None }
+    }
 }
 
 /// What one sync did and when to sync next.
@@ -124,6 +139,8 @@ pub trait PodSyncer: Send {
     ) -> impl std::future::Future<Output = ()> + Send;
     /// kubelet's `SyncTerminatedPod`: the pod's containers are gone.
     fn terminated(&mut self, pod: &Arc<Pod>);
+    /// kubelet's `PodStatusFunc` of a kill by the node: the status the terminating pod ends with.
+    fn set_terminal_status(&mut self, _status: Arc<TerminalStatus>) {}
 }
 
 /// kubelet's pod worker loop (`podWorkerLoop`): before each sync it waits for a cache entry newer than the start of
@@ -150,7 +167,10 @@ impl<S: PodSyncer> PodWorker<S> {
             let input = self.input.borrow_and_update().clone();
             let uid = spec::uid(&input.pod).to_owned();
             if input.terminate {
-                self.terminate(&input.pod, &uid, seen).await;
+                if let Some(status) = &input.kill {
+                    self.syncer.set_terminal_status(status.clone());
+                }
+                self.terminate(&input.pod, &uid, seen, input.kill.is_some()).await;
                 return;
             }
             let sync = async {
@@ -188,7 +208,7 @@ impl<S: PodSyncer> PodWorker<S> {
         }
     }
 
-    async fn terminate(&mut self, pod: &Arc<Pod>, uid: &str, mut seen: Option<tokio::time::Instant>) {
+    async fn terminate(&mut self, pod: &Arc<Pod>, uid: &str, mut seen: Option<tokio::time::Instant>, killed: bool) {
         let terminate = self.syncer.terminate_pod(pod);
         tokio::pin!(terminate);
         loop {
@@ -202,6 +222,16 @@ impl<S: PodSyncer> PodWorker<S> {
                     let Some(cached) = self.cache.get(uid) else { continue };
                     self.syncer.terminating_status(pod, &cached).await;
                 }
+            }
+        }
+        if killed {
+            // A pod the node stopped stays in its source: its final status shows its containers terminated, so it
+            // is computed once more from what the runtime holds after the kill.
+            let ended = tokio::time::Instant::now();
+            self.refresher.refresh(uid);
+            let newer = tokio::time::timeout(FINAL_STATUS_WAIT, self.cache.get_newer_than(uid, Some(ended))).await;
+            if let Ok(cached) = newer {
+                self.syncer.terminating_status(pod, &cached).await;
             }
         }
         self.syncer.terminated(pod);
@@ -249,6 +279,8 @@ pub struct Syncer {
     volumes_torn_down: bool,
     /// Since when the syncs wait for volumes not set up yet (kubelet's `WaitForAttachAndMount`).
     volumes_waiting_since: Option<Instant>,
+    /// The node stops this pod on its own: the status it ends with.
+    terminal_status: Option<Arc<TerminalStatus>>,
 }
 
 impl Syncer {
@@ -277,6 +309,7 @@ impl Syncer {
             termination_messages: HashMap::new(),
             volumes_torn_down: false,
             volumes_waiting_since: None,
+            terminal_status: None,
         }
     }
 
@@ -437,6 +470,10 @@ impl PodSyncer for Syncer {
             deadline_exceeded: self.deadline_exceeded,
             now: SystemTime::now(),
         });
+        let mut status = status;
+        if let Some(kill) = &self.terminal_status {
+            apply_terminal_status(&mut status, kill, false, SystemTime::now());
+        }
         if self.last_status.as_ref() != Some(&status) {
             self.ctx.store.set_status(uid, status.clone());
             self.last_status = Some(status);
@@ -445,7 +482,20 @@ impl PodSyncer for Syncer {
 
     fn terminated(&mut self, pod: &Arc<Pod>) {
         self.prober.stop();
-        self.ctx.store.remove(spec::uid(pod));
+        let uid = spec::uid(pod);
+        match (&self.terminal_status, self.last_status.take()) {
+            // The pod stays in its source, Failed with the kill's reason; the pod manager keeps it from running again.
+            (Some(kill), status) => {
+                let mut status = status.unwrap_or_default();
+                apply_terminal_status(&mut status, kill, true, SystemTime::now());
+                self.ctx.store.set_status(uid, status);
+            }
+            _ => self.ctx.store.remove(uid),
+        }
+    }
+
+    fn set_terminal_status(&mut self, status: Arc<TerminalStatus>) {
+        self.terminal_status = Some(status);
     }
 }
 
@@ -578,6 +628,10 @@ mod tests {
         fn terminated(&mut self, _pod: &Arc<Pod>) {
             self.push("terminated".into());
         }
+
+        fn set_terminal_status(&mut self, status: Arc<TerminalStatus>) {
+            self.push(format!("ends {}", status.reason));
+        }
     }
 
     fn test_pod(image: &str) -> Arc<Pod> {
@@ -621,7 +675,7 @@ mod tests {
     }
 
     fn start(syncer: FakeSyncer, cache: PodCache) -> Harness {
-        let (input, rx) = watch::channel(WorkerInput { pod: test_pod("v1"), terminate: false });
+        let (input, rx) = watch::channel(WorkerInput::sync(test_pod("v1")));
         let (refresher, refreshes) = PodRefresher::channel();
         let worker = PodWorker {
             syncer: syncer.clone(),
@@ -749,7 +803,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_pod_being_terminated_publishes_its_status_from_the_cache() {
         let cache = PodCache::new();
-        let (input, rx) = watch::channel(WorkerInput { pod: test_pod("v1"), terminate: true });
+        let (input, rx) = watch::channel(WorkerInput::terminate(test_pod("v1")));
         let (refresher, _refreshes) = PodRefresher::channel();
         struct SlowTerminate(FakeSyncer, Arc<Notify>);
         impl PodSyncer for SlowTerminate {
@@ -786,6 +840,32 @@ mod tests {
         worker.await.unwrap();
         drop(input);
         assert_eq!(fake.log(), ["terminate v1", "terminating status s-stopping", "terminated"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_the_node_kills_ends_with_its_status_computed_after_the_runtime_is_read_again() {
+        let cache = PodCache::new();
+        cache.set("uid-1", Ok(observed("s-running")), tokio::time::Instant::now());
+        let syncer = FakeSyncer::default();
+        let mut h = start(syncer, cache.clone());
+        settle().await;
+        let kill = TerminalStatus { reason: "Evicted".into(), message: "low on memory".into(), disruption: None };
+        h.input.send_modify(|i| {
+            i.terminate = true;
+            i.kill = Some(Arc::new(kill));
+        });
+        settle().await;
+        let refresh = tokio::time::timeout(Duration::from_secs(1), h.refreshes.recv()).await;
+        assert_eq!(refresh.ok().flatten().as_deref(), Some("uid-1"), "the runtime is read again after the kill");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        cache.set("uid-1", Ok(observed("s-stopped")), tokio::time::Instant::now());
+        tokio::time::timeout(Duration::from_secs(1), h.worker).await.expect("the worker ends").unwrap();
+        let log = h.syncer.log();
+        assert_eq!(
+            log[1..],
+            ["ends Evicted", "terminate v1", "terminating status s-stopped", "terminated"],
+            "the final status is computed from the runtime after the kill: {log:?}"
+        );
     }
 
     /// The PLEG's relist every second, moving the cache's global timestamp on.

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::kubetypes::kill::TerminalStatus;
 use crate::kubetypes::probe::{ProbeKind, ProbeResult, ProbeResults};
 use crate::kubetypes::qos::pod_qos_class;
 use crate::kubetypes::spec::{self, RestartPolicy};
@@ -224,6 +225,30 @@ pub fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<Str
         reason: reason.map(str::to_owned),
         message,
         ..Default::default()
+    }
+}
+
+/// The `DisruptionTarget` condition type (`PodDisruptionConditions`, on in v1.28).
+pub const DISRUPTION_TARGET: &str = "DisruptionTarget";
+
+/// kubelet's `PodStatusFunc` of a kill by the node (eviction, node shutdown) applied to a computed status. While
+/// the containers stop only the `DisruptionTarget` condition shows (kubelet's status manager holds a terminal
+/// phase back while containers could run, `mergePodStatus`); once they are gone (`finished`) the pod is `Failed`
+/// with the kill's reason and message.
+pub fn apply_terminal_status(status: &mut PodStatus, kill: &TerminalStatus, finished: bool, now: SystemTime) {
+    if let Some((reason, message)) = &kill.disruption {
+        let conditions = status.conditions.get_or_insert_with(Vec::new);
+        if !conditions.iter().any(|c| c.type_ == DISRUPTION_TARGET && c.status == "True") {
+            conditions.retain(|c| c.type_ != DISRUPTION_TARGET);
+            let mut c = condition(DISRUPTION_TARGET, true, Some(reason), Some(message.clone()));
+            c.last_transition_time = to_time(now);
+            conditions.push(c);
+        }
+    }
+    if finished {
+        status.phase = Some(PHASE_FAILED.into());
+        status.reason = Some(kill.reason.clone());
+        status.message = Some(kill.message.clone());
     }
 }
 
@@ -867,5 +892,28 @@ mod tests {
         assert_eq!(stopped.pod_ip.as_deref(), Some("10.88.0.5"));
         assert_eq!(stopped.pod_ips, running.pod_ips);
         assert_eq!(compute_pod_status(&input(None)).pod_ip, None, "nothing to keep");
+    }
+
+    #[test]
+    fn a_kill_by_the_node_shows_its_disruption_condition_at_once_and_its_phase_when_finished() {
+        let kill = TerminalStatus {
+            reason: "Evicted".into(),
+            message: "The node was low on resource: memory. ".into(),
+            disruption: Some(("TerminationByKubelet".into(), "The node was low on resource: memory. ".into())),
+        };
+        let mut status = PodStatus { phase: Some("Running".into()), ..Default::default() };
+        apply_terminal_status(&mut status, &kill, false, t(10));
+        assert_eq!(status.phase.as_deref(), Some("Running"), "no terminal phase while containers could run");
+        assert_eq!(status.reason, None);
+        let c = cond(&status, DISRUPTION_TARGET);
+        assert_eq!((c.status.as_str(), c.reason.as_deref()), ("True", Some("TerminationByKubelet")));
+        assert_eq!(c.last_transition_time, to_time(t(10)));
+        apply_terminal_status(&mut status, &kill, true, t(20));
+        assert_eq!(status.phase.as_deref(), Some("Failed"));
+        assert_eq!(status.reason.as_deref(), Some("Evicted"));
+        assert_eq!(status.message.as_deref(), Some("The node was low on resource: memory. "));
+        let conditions = status.conditions.as_deref().unwrap_or_default();
+        assert_eq!(conditions.iter().filter(|c| c.type_ == DISRUPTION_TARGET).count(), 1);
+        assert_eq!(cond(&status, DISRUPTION_TARGET).last_transition_time, to_time(t(10)), "keeps its time");
     }
 }
