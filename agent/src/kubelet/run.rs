@@ -377,8 +377,6 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
             }
         });
     }
-    // Until the pod manager answers kill requests, the handle's other end is dropped (kills report it).
-    let (pod_killer, _pod_killer_end) = crate::kubetypes::kill::PodKiller::channel();
     if let Some(manager) = crate::nodeshutdown::ShutdownManager::new(
         &config,
         pod_killer.clone(),
