@@ -369,9 +369,9 @@ impl ShutdownManager {
                         let status = store.get(&uid).and_then(|(_, s, _)| s).unwrap_or_default();
                         tracing::info!(
                             pod = %key,
-                            phase = status.phase.as_deref().unwrap_or(""),
-                            reason = status.reason.as_deref().unwrap_or(""),
-                            message = status.message.as_deref().unwrap_or(""),
+                            phase = %status.phase.as_deref().unwrap_or(""),
+                            reason = %status.reason.as_deref().unwrap_or(""),
+                            status_message = %status.message.as_deref().unwrap_or(""),
                             "Shutdown manager finished killing pod"
                         );
                     }
