@@ -136,12 +136,26 @@ pub struct KubeletConfigurationFile {
     pub image_gc_low_threshold_percent: Option<i32>,
     #[serde(rename = "imageMinimumGCAge")]
     pub image_minimum_gc_age: Option<String>,
+    // Node housekeeping: PID limits and graceful node shutdown.
+    pub pod_pids_limit: Option<i64>,
+    pub shutdown_grace_period: Option<String>,
+    pub shutdown_grace_period_critical_pods: Option<String>,
+    pub shutdown_grace_period_by_pod_priority: Option<Vec<ShutdownGracePeriodByPodPriority>>,
     /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_yaml::Value>,
     /// Made from flags alone (no `--config`): kubelet's flag defaults apply, not the file's.
     #[serde(skip)]
     pub from_flags_only: bool,
+}
+
+/// One entry of `shutdownGracePeriodByPodPriority`: pods of at least this priority (up to the next entry's) get
+/// this many seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShutdownGracePeriodByPodPriority {
+    pub priority: i32,
+    pub shutdown_grace_period_seconds: i64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -288,6 +302,16 @@ pub struct KubeletConfig {
     pub image_gc_high_threshold_percent: i32,
     pub image_gc_low_threshold_percent: i32,
     pub image_minimum_gc_age: Duration,
+    // Node housekeeping: PID limits and graceful node shutdown.
+    /// kubelet's `podPidsLimit`: each pod cgroup's `pids.max`; -1 (the default) for none.
+    pub pod_pids_limit: i64,
+    /// kubelet's `shutdownGracePeriod`: how long the node delays its shutdown to stop pods; zero turns graceful
+    /// node shutdown off.
+    pub shutdown_grace_period: Duration,
+    /// kubelet's `shutdownGracePeriodCriticalPods`: the part of `shutdownGracePeriod` kept for critical pods.
+    pub shutdown_grace_period_critical_pods: Duration,
+    /// kubelet's `shutdownGracePeriodByPodPriority`, instead of the two above.
+    pub shutdown_grace_period_by_pod_priority: Vec<ShutdownGracePeriodByPodPriority>,
     /// Unknown file fields, reported once logging is up.
     pub warnings: Vec<String>,
 }
@@ -323,6 +347,48 @@ impl KubeletConfig {
     pub fn enforce_pods_allocatable(&self) -> bool {
         self.enforce_node_allocatable.iter().any(|e| e == "pods")
     }
+}
+
+/// kubelet's validation of the graceful shutdown settings (pkg/kubelet/apis/config/validation/validation.go).
+fn validate_shutdown(
+    period: Duration,
+    critical: Duration,
+    by_priority: &[ShutdownGracePeriodByPodPriority],
+) -> Result<(), ConfigError> {
+    let invalid = |what: &'static str, value: Duration, reason: String| ConfigError::Invalid {
+        what,
+        value: crate::kubetypes::duration::format_go_duration(value),
+        reason,
+    };
+    let go = crate::kubetypes::duration::format_go_duration;
+    if critical > period {
+        return Err(invalid(
+            "shutdownGracePeriodCriticalPods",
+            critical,
+            format!(
+                "invalid configuration: shutdownGracePeriodCriticalPods {} must be <= shutdownGracePeriod {}",
+                go(critical),
+                go(period)
+            ),
+        ));
+    }
+    for (what, d) in [("shutdownGracePeriod", period), ("shutdownGracePeriodCriticalPods", critical)] {
+        if !d.is_zero() && d < Duration::from_secs(1) {
+            return Err(invalid(
+                what,
+                d,
+                format!("invalid configuration: {what} {} must be either zero or otherwise >= 1 sec", go(d)),
+            ));
+        }
+    }
+    if !by_priority.is_empty() && (!period.is_zero() || !critical.is_zero()) {
+        return Err(invalid(
+            "shutdownGracePeriodByPodPriority",
+            period,
+            "invalid configuration: Cannot specify both shutdownGracePeriodByPodPriority and shutdownGracePeriod at the same time".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl KubeletConfigurationFile {
@@ -577,6 +643,17 @@ impl KubeletConfig {
         }
         let image_minimum_gc_age =
             duration("imageMinimumGCAge", &file.image_minimum_gc_age, DEFAULT_IMAGE_MINIMUM_GC_AGE)?;
+        // Node housekeeping: PID limits and graceful node shutdown.
+        let shutdown_grace_period = duration("shutdownGracePeriod", &file.shutdown_grace_period, Duration::ZERO)?;
+        let shutdown_grace_period_critical_pods =
+            duration("shutdownGracePeriodCriticalPods", &file.shutdown_grace_period_critical_pods, Duration::ZERO)?;
+        let shutdown_grace_period_by_pod_priority =
+            file.shutdown_grace_period_by_pod_priority.clone().unwrap_or_default();
+        validate_shutdown(
+            shutdown_grace_period,
+            shutdown_grace_period_critical_pods,
+            &shutdown_grace_period_by_pod_priority,
+        )?;
         let path_of = |flag: &Option<String>, field: &Option<String>| {
             flag.clone().or(field.clone()).filter(|s| !s.is_empty()).map(PathBuf::from)
         };
@@ -630,6 +707,12 @@ impl KubeletConfig {
             image_gc_low_threshold_percent,
             image_minimum_gc_age,
             warnings,
+            // Node housekeeping: PID limits and graceful node shutdown.
+            // kubelet's v1beta1 defaulting turns an unset or negative limit into -1.
+            pod_pids_limit: file.pod_pids_limit.filter(|l| *l >= 0).unwrap_or(-1),
+            shutdown_grace_period,
+            shutdown_grace_period_critical_pods,
+            shutdown_grace_period_by_pod_priority,
         })
     }
 }
@@ -715,6 +798,7 @@ mod tests {
         assert_eq!(c.healthz_bind_address, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(c.container_log_max_size, 10 << 20);
         assert_eq!(c.container_log_max_files, 5);
+        assert_eq!(c.pod_pids_limit, -1);
         // Flag defaults (no file): kubelet's legacy anonymous + AlwaysAllow.
         assert!(c.auth.anonymous && !c.auth.webhook_authentication);
         assert_eq!(c.auth.authorization_mode, AuthorizationMode::AlwaysAllow);
@@ -860,6 +944,61 @@ mod tests {
             "config file /c.yaml: field syncFrequency: time: invalid duration \"99999999999999999999999h\" \
              (want a Go duration such as \"20s\" or \"1m30s\")"
         );
+    }
+
+    #[test]
+    fn pod_pids_limit_is_read_and_a_negative_one_means_none() {
+        let resolve = |extra: &str| {
+            let text = format!("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n{extra}");
+            KubeletConfig::resolve(Some((Path::new("/c.yaml"), parse(&text).unwrap())), &FlagOverrides::default(), "h")
+                .unwrap()
+        };
+        let c = resolve("podPidsLimit: 20\n");
+        assert_eq!(c.pod_pids_limit, 20);
+        assert!(c.warnings.is_empty(), "a known field: {:?}", c.warnings);
+        assert_eq!(resolve("podPidsLimit: -5\n").pod_pids_limit, -1);
+        assert_eq!(resolve("").pod_pids_limit, -1);
+    }
+
+    #[test]
+    fn graceful_shutdown_settings_are_read_and_validated_as_kubelet() {
+        let resolve = |extra: &str| {
+            let text = format!("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n{extra}");
+            KubeletConfig::resolve(Some((Path::new("/c.yaml"), parse(&text).unwrap())), &FlagOverrides::default(), "h")
+        };
+        let c = resolve("").unwrap();
+        assert_eq!((c.shutdown_grace_period, c.shutdown_grace_period_critical_pods), (Duration::ZERO, Duration::ZERO));
+        assert!(c.shutdown_grace_period_by_pod_priority.is_empty());
+        let c = resolve("shutdownGracePeriod: 30s\nshutdownGracePeriodCriticalPods: 10s\n").unwrap();
+        assert_eq!(c.shutdown_grace_period, Duration::from_secs(30));
+        assert_eq!(c.shutdown_grace_period_critical_pods, Duration::from_secs(10));
+        assert!(c.warnings.is_empty(), "known fields: {:?}", c.warnings);
+        let c = resolve(
+            "shutdownGracePeriodByPodPriority:\n- {priority: 0, shutdownGracePeriodSeconds: 20}\n\
+             - {priority: 2000000000, shutdownGracePeriodSeconds: 5}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.shutdown_grace_period_by_pod_priority,
+            vec![
+                ShutdownGracePeriodByPodPriority { priority: 0, shutdown_grace_period_seconds: 20 },
+                ShutdownGracePeriodByPodPriority { priority: 2_000_000_000, shutdown_grace_period_seconds: 5 },
+            ]
+        );
+        let e = resolve("shutdownGracePeriod: 10s\nshutdownGracePeriodCriticalPods: 20s\n").unwrap_err();
+        assert!(
+            e.to_string().contains("shutdownGracePeriodCriticalPods 20s must be <= shutdownGracePeriod 10s"),
+            "{e}"
+        );
+        let e = resolve("shutdownGracePeriod: 500ms\n").unwrap_err();
+        assert!(e.to_string().contains("must be either zero or otherwise >= 1 sec"), "{e}");
+        let e = resolve(
+            "shutdownGracePeriod: 10s\nshutdownGracePeriodByPodPriority: [{priority: 0, shutdownGracePeriodSeconds: 5}]\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("Cannot specify both shutdownGracePeriodByPodPriority and shutdownGracePeriod"));
+        let e = resolve("shutdownGracePeriod: soon\n").unwrap_err();
+        assert!(e.to_string().contains("shutdownGracePeriod"), "{e}");
     }
 
     #[test]

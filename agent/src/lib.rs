@@ -11,6 +11,7 @@ pub mod kuberuntime;
 pub mod kubetypes;
 pub mod logs;
 pub mod node;
+pub mod nodeshutdown;
 pub mod pleg;
 pub mod pods;
 pub mod probes;

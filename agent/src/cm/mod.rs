@@ -21,11 +21,13 @@ pub async fn setup_pod_hierarchy(
     capacity: CpuMemory,
     reservations: &Reservations,
     enforce_pods_allocatable: bool,
+    pod_pids_limit: i64,
 ) -> anyhow::Result<CgroupManager> {
     let allocatable = node_allocatable(capacity, reservations);
     let manager = CgroupManager::new(driver, std::path::Path::new(CGROUP_MOUNT)).await.context(
         "cgroupsPerQOS needs pod-level cgroups; set cgroupsPerQOS: false in the config to run without pod-level enforcement",
     )?;
+    let manager = manager.with_pod_pids_limit(pod_pids_limit);
     let kubepods = kubepods_config(capacity, reservations, enforce_pods_allocatable);
     manager.ensure(&CgroupName::kubepods(), &kubepods).await.context("create the kubepods cgroup")?;
     let minimum = ResourceConfig { cpu_shares: Some(crate::cm::convert::MIN_SHARES), ..Default::default() };
@@ -41,6 +43,7 @@ pub async fn setup_pod_hierarchy(
         allocatable_cpu_milli = %allocatable.cpu_milli,
         allocatable_memory = %allocatable.memory_bytes,
         kubepods_memory_max = ?kubepods.memory_limit_bytes,
+        pod_pids_limit,
         "pod cgroup hierarchy ready"
     );
     Ok(manager)

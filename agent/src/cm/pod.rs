@@ -14,6 +14,8 @@ pub struct ResourceConfig {
     pub cpu_quota_us: Option<i64>,
     pub cpu_period_us: Option<i64>,
     pub memory_limit_bytes: Option<i64>,
+    /// `pids.max` (systemd's `TasksMax`); only pod cgroups get one, from `podPidsLimit`.
+    pub pids_limit: Option<i64>,
 }
 
 /// cpu (milli) and memory (bytes) of a request or limit list.
@@ -80,15 +82,23 @@ pub fn pod_resource_config(spec: &PodSpec) -> ResourceConfig {
             cpu_quota_us: Some(quota),
             cpu_period_us: Some(CPU_PERIOD_US),
             memory_limit_bytes: Some(memory),
+            pids_limit: None,
         },
         QosClass::Burstable => ResourceConfig {
             cpu_shares: Some(shares),
             cpu_quota_us: cpu_limits_declared.then_some(quota),
             cpu_period_us: cpu_limits_declared.then_some(CPU_PERIOD_US),
             memory_limit_bytes: memory_limits_declared.then_some(memory),
+            pids_limit: None,
         },
         QosClass::BestEffort => ResourceConfig { cpu_shares: Some(MIN_SHARES), ..Default::default() },
     }
+}
+
+/// The pod cgroup's config as kubelet's pod container manager creates it (`EnsureExists`): `ResourceConfigForPod`
+/// plus `podPidsLimit` as the cgroup's `pids.max`, only when positive (-1, the default, leaves it unlimited).
+pub fn pod_cgroup_config(spec: &PodSpec, pod_pids_limit: i64) -> ResourceConfig {
+    ResourceConfig { pids_limit: (pod_pids_limit > 0).then_some(pod_pids_limit), ..pod_resource_config(spec) }
 }
 
 /// CPU shares of the `burstable` QoS cgroup: the summed cpu requests of the Burstable pods, so Burstable pods as a
@@ -176,8 +186,19 @@ mod tests {
                 cpu_quota_us: Some(50_000),
                 cpu_period_us: Some(100_000),
                 memory_limit_bytes: Some(128 << 20),
+                pids_limit: None,
             }
         );
+    }
+
+    #[test]
+    fn pod_pids_limit_applies_only_when_positive() {
+        let be = spec(vec![], vec![c(&[], &[])]);
+        assert_eq!(pod_cgroup_config(&be, 20).pids_limit, Some(20));
+        assert_eq!(pod_cgroup_config(&be, 20).cpu_shares, Some(2), "the rest is ResourceConfigForPod's");
+        assert_eq!(pod_cgroup_config(&be, -1).pids_limit, None);
+        assert_eq!(pod_cgroup_config(&be, 0).pids_limit, None);
+        assert_eq!(pod_resource_config(&be).pids_limit, None);
     }
 
     #[test]

@@ -121,6 +121,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
                 capacity,
                 &config.reservations(capacity.memory_bytes),
                 config.enforce_pods_allocatable(),
+                config.pod_pids_limit,
             )
             .await?,
         ))
@@ -246,6 +247,10 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
     });
     // The eviction manager's pressure conditions, for the node status and admission.
     let (eviction_pressure_tx, eviction_pressure_rx) = watch::channel(crate::eviction::NodePressure::default());
+    // Graceful node shutdown: the node reports not ready while it shuts down, and its status goes out at once.
+    let (shutting_down_tx, shutting_down_rx) = watch::channel(false);
+    let sync_node_status = Arc::new(tokio::sync::Notify::new());
+    let with_api_server = opts.kubeconfig.is_some();
     let mut api_client = None;
     if let Some(kubeconfig) = &opts.kubeconfig {
         let client =
@@ -296,6 +301,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
             host_ips.clone(),
             kubelet_port,
             eviction_pressure_rx.clone(),
+            shutting_down_rx,
         );
         tasks.spawn(
             "node status",
@@ -308,6 +314,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
                 pod_cidr: pod_cidr_tx,
                 admission: admission_tx,
                 pressure: Some(eviction_pressure_rx.clone()),
+                sync_now: sync_node_status.clone(),
             }
             .run(),
         );
@@ -451,6 +458,17 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
         )
         .with_reclaim(Arc::new(GarbageCollectors { images: image_gc.clone(), containers: container_gc.clone() }));
         tasks.spawn("eviction manager", manager.run());
+    }
+    // kubelet's node shutdown manager: a logind delay inhibitor, pods stopped by priority when the node shuts down.
+    if let Some(manager) = crate::nodeshutdown::ShutdownManager::new(
+        &config,
+        pod_killer.clone(),
+        store.clone(),
+        with_api_server,
+        shutting_down_tx,
+        with_api_server.then(|| sync_node_status.clone()),
+    ) {
+        tasks.spawn("node shutdown manager", manager.run());
     }
     tasks.spawn(
         "container log manager",

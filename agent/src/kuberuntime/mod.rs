@@ -26,7 +26,6 @@ use tracing::Instrument;
 pub use kill::grace_period;
 
 use crate::cm::cgroups::{CgroupManager, CgroupName};
-use crate::cm::pod::pod_resource_config;
 use crate::kubetypes::events::{self as ev, EventRecorder, EventType};
 use crate::kubetypes::qos::pod_qos_class;
 use crate::kubetypes::spec;
@@ -113,7 +112,7 @@ impl KubeRuntime {
                 result.changed = true;
                 if let Some(cgroups) = &self.cgroups {
                     let name = pod_cgroup_name(pod);
-                    if let Err(e) = cgroups.ensure(&name, &pod_resource_config(spec::spec(pod))).await {
+                    if let Err(e) = cgroups.ensure(&name, &cgroups.pod_config(spec::spec(pod))).await {
                         tracing::error!(error = %e, "failed to ensure that the pod cgroup exists");
                         result.sandbox_error = Some(e.to_string());
                         return result;

@@ -124,8 +124,17 @@ pub fn host_ips() -> Vec<String> {
     v4.into_iter().take(1).chain(v6.into_iter().take(1)).collect()
 }
 
+/// kubelet's Ready condition joins its errors as `errors.NewAggregate` prints them: one alone, several in brackets.
+fn aggregate(errors: &[String]) -> Option<String> {
+    match errors {
+        [] => None,
+        [one] => Some(one.clone()),
+        many => Some(format!("[{}]", many.join(", "))),
+    }
+}
+
 /// The facts the node status reports, with kubelet's readiness checks (runtime up, its network ready, PLEG
-/// relisting) taken at each update.
+/// relisting, the node not shutting down) taken at each update.
 #[allow(clippy::too_many_arguments)]
 pub fn node_facts_fn(
     config: &KubeletConfig,
@@ -137,6 +146,7 @@ pub fn node_facts_fn(
     host_ips: Vec<String>,
     kubelet_port: u16,
     pressure: tokio::sync::watch::Receiver<crate::eviction::NodePressure>,
+    shutting_down: tokio::sync::watch::Receiver<bool>,
 ) -> FactsFn {
     let info = host_info(&config.root_dir);
     let base = NodeFacts {
@@ -163,6 +173,7 @@ pub fn node_facts_fn(
     Arc::new(move || {
         let runtime = runtime.clone();
         let pleg = pleg.clone();
+        let shutting_down = *shutting_down.borrow();
         let mut facts = base.clone();
         facts.pressure = pressure.borrow().clone();
         Box::pin(async move {
@@ -174,7 +185,7 @@ pub fn node_facts_fn(
                     Vec::new()
                 }
             };
-            facts.not_ready_reason = match runtime.status().await {
+            let runtime_error = match runtime.status().await {
                 Err(e) => Some(format!("container runtime is down: {e}")),
                 Ok(s) if !s.runtime_ready => {
                     Some(format!("container runtime status check may not have completed yet: {}", s.message))
@@ -183,6 +194,9 @@ pub fn node_facts_fn(
                 Ok(_) if !pleg.healthy() => Some("PLEG is not healthy".into()),
                 Ok(_) => None,
             };
+            // The graceful node shutdown manager's `ShutdownStatus` (nodeshutdown::NODE_SHUTTING_DOWN).
+            let shutdown_error = shutting_down.then(|| "node is shutting down".to_owned());
+            facts.not_ready_reason = aggregate(&runtime_error.into_iter().chain(shutdown_error).collect::<Vec<_>>());
             facts
         })
     })
@@ -191,6 +205,16 @@ pub fn node_facts_fn(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_errors_are_joined_as_kubelets_aggregate() {
+        assert_eq!(aggregate(&[]), None);
+        assert_eq!(aggregate(&["node is shutting down".into()]).as_deref(), Some("node is shutting down"));
+        assert_eq!(
+            aggregate(&["PLEG is not healthy".into(), "node is shutting down".into()]).as_deref(),
+            Some("[PLEG is not healthy, node is shutting down]")
+        );
+    }
 
     #[test]
     fn meminfo() {

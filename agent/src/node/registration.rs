@@ -51,6 +51,8 @@ pub struct NodeRegistration {
     pub admission: watch::Sender<NodeInfo>,
     /// The eviction manager's pressure conditions: a change is written at once rather than at the next period.
     pub pressure: Option<watch::Receiver<crate::eviction::NodePressure>>,
+    /// kubelet's `syncNodeStatus` from elsewhere (the node shutting down): the status is updated at once.
+    pub sync_now: Arc<tokio::sync::Notify>,
 }
 
 /// Resolves when the pressure conditions change; never without a receiver or once its sender is gone.
@@ -118,6 +120,7 @@ impl NodeRegistration {
                             tracing::info!(node = %self.node_name, "node pressure conditions changed; updating node status");
                             break;
                         }
+                        _ = self.sync_now.notified() => break,
                         Some(event) = node_events.next() => {
                             let Ok(seen) = event else { continue };
                             let facts = self.facts(server.as_ref()).await;

@@ -240,6 +240,8 @@ enum Outcome {
     Status {
         target_uid: String,
         sent: u64,
+        /// The store's status version written.
+        version: u64,
         /// The resourceVersion of the server's copy the patch was computed from.
         base_rv: Option<String>,
         result: Result<Box<Answer>, kube::Error>,
@@ -343,7 +345,10 @@ impl StatusManager {
             let target: Arc<Pod> = if is_static(&pod) {
                 match mirrors.get(&spec::key(&pod)) {
                     Some(m) => m.clone(),
-                    None => continue,
+                    None => {
+                        self.store.set_settled(&uid, version);
+                        continue;
+                    }
                 }
             } else {
                 pod
@@ -361,10 +366,12 @@ impl StatusManager {
                             .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
                             .await
                             .map(|pod| Box::new((pod.status, pod.metadata.resource_version)));
-                        (uid, Outcome::Status { target_uid, sent, base_rv, result })
+                        (uid, Outcome::Status { target_uid, sent, version, base_rv, result })
                     }
                     .instrument(span),
                 );
+            } else {
+                self.store.set_settled(&uid, version);
             }
         }
         statics_changed
@@ -420,9 +427,13 @@ impl StatusManager {
         pending_deletes: &mut BTreeMap<String, Arc<Pod>>,
     ) -> bool {
         match outcome {
-            Outcome::Status { target_uid, sent, base_rv, result } => {
+            Outcome::Status { target_uid, sent, version, base_rv, result } => {
                 let Some(record) = state.records.get_mut(uid) else { return true };
                 let key = record.key.as_str();
+                // Written, or never to be written (gone, refused as invalid): done with this version.
+                if !matches!(&result, Err(e) if !matches!(code(e), Some(404) | Some(409) | Some(422))) {
+                    self.store.set_settled(uid, version);
+                }
                 match result {
                     Ok(answer) => {
                         let (response, resource_version) = *answer;
@@ -786,6 +797,43 @@ mod tests {
         let answer = fake.last.lock().expect("lock").clone().expect("an answer");
         let ready = answer.status.and_then(|s| s.conditions).into_iter().flatten().find(|c| c.type_ == "Ready");
         assert_eq!(ready.map(|c| c.status), Some("True".to_owned()), "our Ready=True restored");
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn waiting_for_written_statuses_ends_once_the_api_has_each_pods_latest() {
+        let (client, fake) = fake_api();
+        let store = PodStore::default();
+        let (_mirrors_tx, mirrors) = watch::channel(MirrorPods::new());
+        let (_terminated_tx, terminated) = mpsc::unbounded_channel();
+        for i in 0..3 {
+            store.upsert_pod(&format!("u{i}"), api_pod(i, "1", None));
+        }
+        assert!(store.wait_written(Duration::from_millis(10)).await.is_empty(), "no status yet: nothing to write");
+        store.set_status("u0", status(running("False", "2026-01-01T00:00:00Z")));
+        store.set_status("u1", status(running("False", "2026-01-01T00:00:00Z")));
+        // Nobody writes yet.
+        assert_eq!(store.wait_written(Duration::from_millis(50)).await, vec!["default/p0", "default/p1"]);
+        let manager = StatusManager {
+            client,
+            node_name: "n".into(),
+            store: store.clone(),
+            mirrors,
+            terminated,
+            counts: Arc::default(),
+        };
+        let task = tokio::spawn(manager.run());
+        assert!(store.wait_written(Duration::from_secs(5)).await.is_empty());
+        assert_eq!(fake.patches.load(Ordering::SeqCst), 2, "answered only once both were written");
+        // A newer status is pending again until it is written too.
+        let mut failed = status(running("False", "2026-01-01T00:00:00Z"));
+        failed.phase = Some("Failed".into());
+        failed.reason = Some("Terminated".into());
+        store.set_status("u1", failed);
+        assert!(store.wait_written(Duration::from_secs(5)).await.is_empty());
+        assert_eq!(fake.patches.load(Ordering::SeqCst), 3);
+        let answer = fake.last.lock().expect("lock").clone().expect("an answer");
+        assert_eq!(answer.status.and_then(|s| s.reason).as_deref(), Some("Terminated"));
         task.abort();
     }
 

@@ -28,6 +28,8 @@ pub struct PodEntry {
     /// The resourceVersion the API answered our last status write with: that copy coming back through the watch
     /// is our own write, not news.
     pub written_rv: Option<String>,
+    /// The status version the status manager has written, or found nothing to write for.
+    pub settled_version: u64,
     /// The pod's latest readiness and startup results, applied to every status set (a status computed from older
     /// results must not undo a probe result that landed meanwhile).
     probes: Option<Arc<Mutex<ProbeResults>>>,
@@ -41,10 +43,21 @@ struct Dirty {
     notify: Notify,
 }
 
+/// Wakes whoever waits for the statuses to be written (graceful node shutdown) when a write settles.
+#[derive(Debug)]
+struct Settled(tokio::sync::watch::Sender<()>);
+
+impl Default for Settled {
+    fn default() -> Self {
+        Settled(tokio::sync::watch::Sender::new(()))
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PodStore {
     inner: Arc<RwLock<BTreeMap<String, PodEntry>>>,
     dirty: Arc<Dirty>,
+    settled: Arc<Settled>,
 }
 
 impl PodStore {
@@ -82,8 +95,15 @@ impl PodStore {
                 }
                 None => {
                     news = is_static(&pod);
-                    let entry =
-                        PodEntry { pod, status: None, start: None, status_version: 0, written_rv: None, probes: None };
+                    let entry = PodEntry {
+                        pod,
+                        status: None,
+                        start: None,
+                        status_version: 0,
+                        written_rv: None,
+                        settled_version: 0,
+                        probes: None,
+                    };
                     m.insert(uid.to_owned(), entry);
                 }
             }
@@ -149,6 +169,40 @@ impl PodStore {
         if let Ok(mut m) = self.inner.write() {
             if let Some(e) = m.get_mut(uid) {
                 e.written_rv = resource_version;
+            }
+        }
+    }
+
+    /// The status manager is done with the pod's status up to `version`: written, or nothing to write.
+    pub fn set_settled(&self, uid: &str, version: u64) {
+        if let Ok(mut m) = self.inner.write() {
+            if let Some(e) = m.get_mut(uid) {
+                e.settled_version = e.settled_version.max(version);
+            }
+        }
+        self.settled.0.send_replace(());
+    }
+
+    /// Waits until the status manager is done with every pod's latest status, at most `timeout`; the pods
+    /// (`namespace/name`) still waiting for a write then.
+    pub async fn wait_written(&self, timeout: Duration) -> Vec<String> {
+        let mut settled = self.settled.0.subscribe();
+        let pending = || -> Vec<String> {
+            let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            inner
+                .values()
+                .filter(|e| e.status.is_some() && e.settled_version < e.status_version)
+                .map(|e| crate::kubetypes::spec::key(&e.pod))
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = pending();
+            if left.is_empty() {
+                return left;
+            }
+            if tokio::time::timeout_at(deadline, settled.changed()).await.is_err() {
+                return pending();
             }
         }
     }

@@ -22,6 +22,10 @@ pub fn cgroup_v2_files(cfg: &ResourceConfig) -> Vec<(&'static str, String)> {
     if let Some(mem) = cfg.memory_limit_bytes {
         files.push(("memory.max", if mem > 0 { mem.to_string() } else { "max".into() }));
     }
+    // runc's fs2 `setPids`: a positive limit, or -1 for none.
+    if let Some(pids) = cfg.pids_limit.filter(|p| *p != 0) {
+        files.push(("pids.max", if pids > 0 { pids.to_string() } else { "max".into() }));
+    }
     files
 }
 

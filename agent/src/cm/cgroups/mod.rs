@@ -128,6 +128,8 @@ pub struct CgroupManager {
     driver: CgroupDriver,
     mount: PathBuf,
     systemd: Option<zbus::Connection>,
+    /// kubelet's `podPidsLimit`, which its pod container manager applies to every pod cgroup it creates.
+    pod_pids_limit: i64,
 }
 
 pub(super) fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
@@ -145,12 +147,23 @@ impl CgroupManager {
                 message: format!("connect to the system bus: {e}"),
             })?),
         };
-        Ok(Self { driver, mount: mount.to_owned(), systemd })
+        Ok(Self { driver, mount: mount.to_owned(), systemd, pod_pids_limit: -1 })
     }
 
     /// For tests: a cgroupfs manager over any folder, with no checks.
     pub fn cgroupfs_at(mount: &Path) -> Self {
-        Self { driver: CgroupDriver::Cgroupfs, mount: mount.to_owned(), systemd: None }
+        Self { driver: CgroupDriver::Cgroupfs, mount: mount.to_owned(), systemd: None, pod_pids_limit: -1 }
+    }
+
+    /// Pod cgroups get this `pids.max` from now on (-1: unlimited).
+    pub fn with_pod_pids_limit(mut self, limit: i64) -> Self {
+        self.pod_pids_limit = limit;
+        self
+    }
+
+    /// The config a pod's cgroup is created with.
+    pub fn pod_config(&self, spec: &k8s_openapi::api::core::v1::PodSpec) -> ResourceConfig {
+        crate::cm::pod::pod_cgroup_config(spec, self.pod_pids_limit)
     }
 
     pub fn driver(&self) -> CgroupDriver {
@@ -245,17 +258,21 @@ mod tests {
             cpu_quota_us: Some(20_000),
             cpu_period_us: Some(100_000),
             memory_limit_bytes: Some(64 << 20),
+            pids_limit: Some(20),
         };
         assert_eq!(
             cgroup_v2_files(&cfg),
             vec![
                 ("cpu.weight", "39".to_string()),
                 ("cpu.max", "20000 100000".into()),
-                ("memory.max", "67108864".into())
+                ("memory.max", "67108864".into()),
+                ("pids.max", "20".into())
             ]
         );
         let be = ResourceConfig { cpu_shares: Some(2), ..Default::default() };
         assert_eq!(cgroup_v2_files(&be), vec![("cpu.weight", "1".to_string())]);
+        let unlimited = ResourceConfig { pids_limit: Some(-1), ..Default::default() };
+        assert_eq!(cgroup_v2_files(&unlimited), vec![("pids.max", "max".to_string())]);
     }
 
     #[test]
@@ -271,13 +288,23 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("cgroup.controllers"), "cpuset cpu io memory pids").unwrap();
         std::fs::write(root.path().join("cgroup.subtree_control"), "").unwrap();
-        let m = CgroupManager::cgroupfs_at(root.path());
+        let m = CgroupManager::cgroupfs_at(root.path()).with_pod_pids_limit(20);
         let pod = CgroupName::pod(QosClass::Burstable, "abc");
         let cfg = ResourceConfig { cpu_shares: Some(102), memory_limit_bytes: Some(1 << 20), ..Default::default() };
         m.ensure(&pod, &cfg).await.unwrap();
         let dir = root.path().join("kubepods/burstable/podabc");
         assert_eq!(std::fs::read_to_string(dir.join("cpu.weight")).unwrap(), "4");
         assert_eq!(std::fs::read_to_string(dir.join("memory.max")).unwrap(), "1048576");
+        assert!(!dir.join("pids.max").exists(), "no pids.max unless asked for");
+        let be = CgroupName::pod(QosClass::BestEffort, "def");
+        let spec = k8s_openapi::api::core::v1::PodSpec {
+            containers: vec![k8s_openapi::api::core::v1::Container { name: "c".into(), ..Default::default() }],
+            ..Default::default()
+        };
+        m.ensure(&be, &m.pod_config(&spec)).await.unwrap();
+        let be_dir = root.path().join("kubepods/besteffort/poddef");
+        assert_eq!(std::fs::read_to_string(be_dir.join("pids.max")).unwrap(), "20", "podPidsLimit");
+        m.remove(&be).await.unwrap();
         assert!(!dir.join("cpu.max").exists(), "no quota without a period");
         assert_eq!(m.cgroup_parent(&pod), "/kubepods/burstable/podabc");
         assert_eq!(m.pod_cgroups().into_keys().collect::<Vec<_>>(), vec!["abc".to_string()]);

@@ -40,6 +40,10 @@ pub async fn ensure_slice(
     if let Some(mem) = cfg.memory_limit_bytes {
         props.push(("MemoryMax", Value::from(if mem > 0 { mem as u64 } else { u64::MAX })));
     }
+    // runc's systemd driver: `TasksMax` for a positive limit, infinity for -1.
+    if let Some(pids) = cfg.pids_limit.filter(|p| *p > 0 || *p == -1) {
+        props.push(("TasksMax", Value::from(if pids > 0 { pids as u64 } else { u64::MAX })));
+    }
     let manager = manager(conn, &unit).await?;
     let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
     let started: Result<zbus::zvariant::OwnedObjectPath, zbus::Error> =
