@@ -112,6 +112,8 @@ pub struct KubeletConfigurationFile {
     pub authorization: Option<AuthorizationFile>,
     pub container_log_max_size: Option<String>,
     pub container_log_max_files: Option<u32>,
+    /// How often each pod volume's `du` is taken; zero or negative turns volume figures off.
+    pub volume_stats_agg_period: Option<String>,
     /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_yaml::Value>,
@@ -255,6 +257,8 @@ pub struct KubeletConfig {
     pub auth: ServerAuth,
     pub container_log_max_size: i128,
     pub container_log_max_files: u32,
+    /// kubelet's `volumeStatsAggPeriod` (1m); `None` when zero or negative (volume figures off).
+    pub volume_stats_agg_period: Option<Duration>,
     /// Unknown file fields, reported once logging is up.
     pub warnings: Vec<String>,
 }
@@ -514,6 +518,15 @@ impl KubeletConfig {
             auth,
             container_log_max_size,
             container_log_max_files: file.container_log_max_files.unwrap_or(DEFAULT_CONTAINER_LOG_MAX_FILES),
+            volume_stats_agg_period: match file.volume_stats_agg_period.as_deref().map(str::trim) {
+                Some(v) if v.starts_with('-') => None,
+                v => Some(duration(
+                    "volumeStatsAggPeriod",
+                    &v.map(str::to_owned),
+                    crate::stats::volumes::DEFAULT_VOLUME_STATS_AGG_PERIOD,
+                )?)
+                .filter(|d| !d.is_zero()),
+            },
             cgroup_driver,
             cgroups_per_qos: file.cgroups_per_qos.unwrap_or(true),
             enforce_node_allocatable: file.enforce_node_allocatable.clone().unwrap_or_else(|| vec!["pods".into()]),

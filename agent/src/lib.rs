@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cm;
 pub mod config;
+pub mod eviction;
 pub mod kubelet;
 pub mod kuberuntime;
 pub mod kubetypes;

@@ -353,6 +353,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
                 root_dir: config.root_dir.clone(),
                 pod_logs_dir: config.pod_logs_dir.clone(),
                 node_cpu: Arc::default(),
+                volume_stats: Arc::new(crate::stats::volumes::VolumeStatsCache::new(config.volume_stats_agg_period)),
             },
             store: store.clone(),
             configz: server::stats::configz_json(&config),

@@ -157,10 +157,21 @@ pub struct PodStats {
     pub memory: Option<MemoryStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkStats>,
+    /// kubelet's `volume`: the figures of each volume it can measure.
+    #[serde(rename = "volume", skip_serializing_if = "Vec::is_empty")]
+    pub volume_stats: Vec<VolumeStats>,
     #[serde(rename = "ephemeral-storage", skip_serializing_if = "Option::is_none")]
     pub ephemeral_storage: Option<FsStats>,
     #[serde(rename = "process_stats", skip_serializing_if = "Option::is_none")]
     pub process_stats: Option<ProcessStats>,
+}
+
+/// kubelet's `VolumeStats`: the filesystem figures inline, then the volume's name.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct VolumeStats {
+    #[serde(flatten)]
+    pub fs: FsStats,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -178,14 +189,39 @@ pub struct FsCapacity {
     pub inodes_free: u64,
 }
 
+/// What `du` finds: bytes (blocks × 512) and inodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
 /// A running container of a pod the agent runs, with what stats cannot tell.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ContainerInfo {
     pub name: String,
     pub id: String,
     pub start_time: String,
-    /// Bytes of its log files.
-    pub log_bytes: Option<u64>,
+    /// Its log files (kubelet's `getPodContainerLogStats`).
+    pub logs: Option<DiskUsage>,
+}
+
+/// A volume's figures from its latest walk.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VolumeMeasure {
+    pub time: String,
+    pub usage: DiskUsage,
+    /// The filesystem the volume lives on.
+    pub capacity: Option<FsCapacity>,
+}
+
+/// A measurable volume of a pod: its figures, once walked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VolumeInfo {
+    pub name: String,
+    /// Counted in the pod's `ephemeral-storage` (`util.IsLocalEphemeralVolume`).
+    pub local_ephemeral: bool,
+    pub measured: Option<VolumeMeasure>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -195,6 +231,11 @@ pub struct PodInfo {
     pub uid: String,
     pub start_time: String,
     pub containers: Vec<ContainerInfo>,
+    pub volumes: Vec<VolumeInfo>,
+    /// Files directly in the pod's log folder (kubelet's `getPodLogStats`).
+    pub pod_logs: Option<DiskUsage>,
+    /// The kubelet-managed `etc-hosts` file (kubelet's `getPodEtcHostsStats`).
+    pub etc_hosts: Option<DiskUsage>,
 }
 
 /// RFC 3339 time of a CRI timestamp in nanoseconds.
@@ -256,14 +297,82 @@ fn add(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     }
 }
 
+/// The filesystems the pods' figures live on: the container runtime's (writable layers) and the root dir's
+/// (logs, volumes, the pod's `ephemeral-storage`, as kubelet's `rootFsInfo`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PodFilesystems {
+    pub image_fs: Option<FsCapacity>,
+    pub root_fs: Option<FsCapacity>,
+}
+
+/// kubelet's `addUsage`: a missing figure leaves the other as it is.
+fn add_usage(total: &mut Option<u64>, more: Option<u64>) {
+    *total = add(*total, more);
+}
+
+fn later(a: &mut String, b: &str) {
+    // RFC 3339 in UTC with the same precision sorts as text; an unparsable time never wins.
+    if ms(b).is_some() && (ms(a).is_none() || ms(b) > ms(a)) {
+        *a = b.to_owned();
+    }
+}
+
+/// A volume's `VolumeStats`: every figure set, as kubelet's `parsePodVolumeStats` sets them.
+fn volume_stats(name: &str, m: &VolumeMeasure) -> VolumeStats {
+    let cap = m.capacity.unwrap_or_default();
+    VolumeStats {
+        fs: FsStats {
+            time: m.time.clone(),
+            available_bytes: Some(cap.available_bytes),
+            capacity_bytes: Some(cap.capacity_bytes),
+            used_bytes: Some(m.usage.bytes),
+            inodes_free: Some(cap.inodes_free),
+            inodes: Some(cap.inodes),
+            inodes_used: Some(m.usage.inodes),
+        },
+        name: name.to_owned(),
+    }
+}
+
+/// kubelet's `calcEphemeralStorage` (`pkg/kubelet/stats/helper.go`): the root filesystem's size, and the sum of the
+/// containers' writable layers and logs, the pod's local ephemeral volumes, its pod-level log files and its
+/// `etc-hosts`, at the latest of their times.
+fn ephemeral_storage(pod: &PodInfo, containers: &[ContainerStats], root_fs: Option<FsCapacity>, now: &str) -> FsStats {
+    let mut out = fs_stats(now, None, None, root_fs);
+    for c in containers {
+        if let Some(rootfs) = &c.rootfs {
+            later(&mut out.time, &rootfs.time);
+            add_usage(&mut out.inodes_used, rootfs.inodes_used);
+            add_usage(&mut out.used_bytes, rootfs.used_bytes);
+        }
+        if let Some(logs) = &c.logs {
+            add_usage(&mut out.used_bytes, logs.used_bytes);
+            add_usage(&mut out.inodes_used, logs.inodes_used);
+            later(&mut out.time, &logs.time);
+        }
+    }
+    for v in pod.volumes.iter().filter(|v| v.local_ephemeral) {
+        if let Some(m) = &v.measured {
+            add_usage(&mut out.used_bytes, Some(m.usage.bytes));
+            add_usage(&mut out.inodes_used, Some(m.usage.inodes));
+            later(&mut out.time, &m.time);
+        }
+    }
+    for u in [pod.pod_logs, pod.etc_hosts].into_iter().flatten() {
+        add_usage(&mut out.used_bytes, Some(u.bytes));
+        add_usage(&mut out.inodes_used, Some(u.inodes));
+    }
+    out
+}
+
 /// The pods' part of the summary: containers from `ListContainerStats`, the pod's cgroup and network from
-/// `ListPodSandboxStats` (summed from its containers when the runtime has no sandbox stats), ephemeral storage as
-/// the containers' writable layers plus their logs (kubelet's `calcEphemeralStorage` without volumes).
+/// `ListPodSandboxStats` (summed from its containers when the runtime has no sandbox stats), the measured volumes,
+/// and ephemeral storage as kubelet's `calcEphemeralStorage` counts it.
 pub fn pod_stats(
     pods: &[PodInfo],
     containers: &[ContainerStatsRecord],
     sandboxes: &[PodSandboxStatsRecord],
-    image_fs: Option<FsCapacity>,
+    fs: PodFilesystems,
     now: &str,
 ) -> Vec<PodStats> {
     let by_id: BTreeMap<&str, &ContainerStatsRecord> = containers.iter().map(|c| (c.id.as_str(), c)).collect();
@@ -278,23 +387,21 @@ pub fn pod_stats(
                 start_time: pod.start_time.clone(),
                 ..Default::default()
             };
-            let mut ephemeral_used = None;
-            let mut ephemeral_inodes = None;
             for c in &pod.containers {
                 let stats = by_id.get(c.id.as_str());
                 let rootfs = stats.and_then(|s| s.writable_layer.as_ref());
                 let rootfs_time = rootfs.map(|f| time_of(f.timestamp_ns)).unwrap_or_else(|| now.to_owned());
-                ephemeral_used = add(ephemeral_used, add(rootfs.and_then(|f| f.used_bytes), c.log_bytes));
-                ephemeral_inodes = add(ephemeral_inodes, rootfs.and_then(|f| f.inodes_used));
                 out.containers.push(ContainerStats {
                     name: c.name.clone(),
                     start_time: c.start_time.clone(),
                     cpu: stats.and_then(|s| s.cpu.as_ref()).map(cpu_stats),
                     memory: stats.and_then(|s| s.memory.as_ref()).map(memory_stats),
-                    rootfs: rootfs.map(|f| fs_stats(&rootfs_time, f.used_bytes, f.inodes_used, image_fs)),
-                    logs: c.log_bytes.map(|b| fs_stats(now, Some(b), None, None)),
+                    rootfs: rootfs.map(|f| fs_stats(&rootfs_time, f.used_bytes, f.inodes_used, fs.image_fs)),
+                    logs: c.logs.map(|u| fs_stats(now, Some(u.bytes), Some(u.inodes), fs.root_fs)),
                 });
             }
+            out.volume_stats =
+                pod.volumes.iter().filter_map(|v| v.measured.as_ref().map(|m| volume_stats(&v.name, m))).collect();
             match sandboxes.iter().find(|s| s.pod_uid == pod.uid) {
                 Some(s) => {
                     out.cpu = s.cpu.as_ref().map(cpu_stats);
@@ -323,7 +430,7 @@ pub fn pod_stats(
                     }
                 }
             }
-            out.ephemeral_storage = Some(fs_stats(now, ephemeral_used, ephemeral_inodes, image_fs));
+            out.ephemeral_storage = Some(ephemeral_storage(pod, &out.containers, fs.root_fs, now));
             out
         })
         .collect()
@@ -495,15 +602,16 @@ mod tests {
                     name: "app".into(),
                     id: "c1".into(),
                     start_time: "2023-11-14T22:13:21Z".into(),
-                    log_bytes: Some(100),
+                    logs: Some(DiskUsage { bytes: 100, inodes: 1 }),
                 },
                 ContainerInfo {
                     name: "side".into(),
                     id: "c2".into(),
                     start_time: "2023-11-14T22:13:22Z".into(),
-                    log_bytes: None,
+                    logs: None,
                 },
             ],
+            ..Default::default()
         }
     }
 
@@ -515,7 +623,8 @@ mod tests {
             container("old", "app", 9, 9),
         ];
         let cap = FsCapacity { capacity_bytes: 10_000, available_bytes: 6000, inodes: 100, inodes_free: 90 };
-        let pods = pod_stats(&[pod()], &stats, &[], Some(cap), "2023-11-14T22:13:20Z");
+        let fs = PodFilesystems { image_fs: Some(cap), root_fs: Some(cap) };
+        let pods = pod_stats(&[pod()], &stats, &[], fs, "2023-11-14T22:13:20Z");
         let p = &pods[0];
         assert_eq!(p.containers.len(), 2, "only the running containers of the pod");
         assert_eq!(p.cpu.as_ref().unwrap().usage_core_nano_seconds, Some(2_500_000_000));
@@ -524,7 +633,7 @@ mod tests {
         let eph = p.ephemeral_storage.as_ref().unwrap();
         assert_eq!(
             (eph.used_bytes, eph.inodes_used, eph.capacity_bytes),
-            (Some(4096 + 100 + 4096), Some(6), Some(10_000))
+            (Some(4096 + 100 + 4096), Some(3 + 1 + 3), Some(10_000))
         );
         let json = serde_json::to_value(p).unwrap();
         assert_eq!(json["podRef"]["name"], "web");
@@ -533,6 +642,52 @@ mod tests {
         assert_eq!(json["containers"][0]["cpu"]["usageNanoCores"], 5_000_000);
         assert!(json.get("ephemeral-storage").is_some());
         assert_eq!(json["cpu"]["time"], "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn ephemeral_storage_counts_local_volumes_logs_and_etc_hosts_on_the_root_filesystem() {
+        let stats = [container("c1", "app", 1, 1), container("c2", "side", 1, 1)];
+        let image = FsCapacity { capacity_bytes: 50_000, available_bytes: 1, inodes: 5, inodes_free: 1 };
+        let root = FsCapacity { capacity_bytes: 90_000, available_bytes: 80_000, inodes: 900, inodes_free: 800 };
+        let measure = |bytes, time: &str| VolumeMeasure {
+            time: time.into(),
+            usage: DiskUsage { bytes, inodes: 2 },
+            capacity: Some(root),
+        };
+        let mut p = pod();
+        p.volumes = vec![
+            VolumeInfo {
+                name: "scratch".into(),
+                local_ephemeral: true,
+                measured: Some(measure(2 << 20, "2023-11-14T22:14:00Z")),
+            },
+            VolumeInfo {
+                name: "mem".into(),
+                local_ephemeral: false,
+                measured: Some(measure(1 << 20, "2023-11-14T22:13:00Z")),
+            },
+            VolumeInfo { name: "later".into(), local_ephemeral: true, measured: None },
+        ];
+        p.etc_hosts = Some(DiskUsage { bytes: 4096, inodes: 1 });
+        p.pod_logs = Some(DiskUsage { bytes: 8192, inodes: 2 });
+        let fs = PodFilesystems { image_fs: Some(image), root_fs: Some(root) };
+        let out = &pod_stats(&[p], &stats, &[], fs, "2023-11-14T22:13:20Z")[0];
+        let eph = out.ephemeral_storage.as_ref().unwrap();
+        // Two writable layers, one log file, the disk-backed emptyDir, the pod's log files and etc-hosts.
+        assert_eq!(eph.used_bytes, Some(4096 * 2 + 100 + (2 << 20) + 8192 + 4096));
+        assert_eq!(eph.inodes_used, Some(3 * 2 + 1 + 2 + 2 + 1));
+        assert_eq!((eph.capacity_bytes, eph.available_bytes), (Some(90_000), Some(80_000)), "the root filesystem");
+        assert_eq!(eph.time, "2023-11-14T22:14:00Z", "the latest of its parts");
+        let json = serde_json::to_value(out).unwrap();
+        let vols = json["volume"].as_array().unwrap();
+        assert_eq!(vols.len(), 2, "measured volumes only: {vols:?}");
+        assert_eq!(vols[0]["name"], "scratch");
+        assert_eq!(vols[0]["usedBytes"], 2 << 20);
+        assert_eq!(vols[0]["inodesUsed"], 2);
+        assert_eq!(vols[0]["capacityBytes"], 90_000);
+        assert_eq!(vols[1]["name"], "mem");
+        assert_eq!(json["containers"][0]["logs"]["capacityBytes"], 90_000);
+        assert_eq!(json["containers"][0]["rootfs"]["capacityBytes"], 50_000);
     }
 
     #[test]
@@ -552,7 +707,7 @@ mod tests {
             process_count: Some(3),
             ..Default::default()
         };
-        let pods = pod_stats(&[pod()], &[], &[sandbox], None, "now");
+        let pods = pod_stats(&[pod()], &[], &[sandbox], PodFilesystems::default(), "now");
         let json = serde_json::to_value(&pods[0]).unwrap();
         assert_eq!(json["cpu"]["usageCoreNanoSeconds"], 7);
         assert_eq!(json["network"]["name"], "eth0");
@@ -574,7 +729,7 @@ mod tests {
                 memory: Some(MemoryStats { time: time_of(T), working_set_bytes: Some(5 << 20), ..Default::default() }),
                 ..Default::default()
             },
-            pods: pod_stats(&[pod()], &stats, &[], None, &time_of(T)),
+            pods: pod_stats(&[pod()], &stats, &[], PodFilesystems::default(), &time_of(T)),
         };
         let text = resource_metrics(&summary, false);
         assert!(text.contains("# TYPE container_cpu_usage_seconds_total counter\n"), "{text}");

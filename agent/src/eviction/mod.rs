@@ -1,0 +1,3 @@
+//! The eviction manager's pure decisions (kubelet's `pkg/kubelet/eviction`).
+
+pub mod local_storage;
