@@ -2,6 +2,7 @@
 //! `ListContainerStats`/`ListPodSandboxStats`; they feed `/stats/summary` and `/metrics/resource`.
 
 pub mod node;
+pub mod psi;
 pub mod summary;
 pub mod volumes;
 
@@ -47,7 +48,12 @@ const ETC_HOSTS_FILE: &str = "etc-hosts";
 
 /// The running containers of the pods the agent runs, as the summary lists them, with the folders of their
 /// measurable volumes.
-fn pod_infos(pods: &dyn PodLister, root_dir: &Path, pod_logs_dir: &Path) -> Vec<(PodInfo, Vec<VolumeDir>)> {
+fn pod_infos(
+    pods: &dyn PodLister,
+    root_dir: &Path,
+    pod_logs_dir: &Path,
+    psi: Option<&psi::PsiSource>,
+) -> Vec<(PodInfo, Vec<VolumeDir>)> {
     pods.pods_with_status()
         .into_iter()
         .filter_map(|pod| {
@@ -56,6 +62,7 @@ fn pod_infos(pods: &dyn PodLister, root_dir: &Path, pod_logs_dir: &Path) -> Vec<
             let meta = &pod.metadata;
             let (name, namespace, uid) = (meta.name.clone()?, meta.namespace.clone()?, meta.uid.clone()?);
             let log_dir = pod_logs_dir.join(format!("{namespace}_{name}_{uid}"));
+            let pod_cgroup = psi.and_then(|p| p.pod_cgroup(&uid));
             let containers: Vec<ContainerInfo> = status
                 .container_statuses
                 .iter()
@@ -70,6 +77,11 @@ fn pod_infos(pods: &dyn PodLister, root_dir: &Path, pod_logs_dir: &Path) -> Vec<
                         id: id.split_once("://").map(|(_, id)| id).unwrap_or(id).to_owned(),
                         start_time: running.started_at.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
                         logs: volumes::files_usage(&log_dir.join(&c.name)),
+                        psi: pod_cgroup
+                            .as_deref()
+                            .and_then(|p| psi::container_cgroup(p, id.split_once("://").map_or(id, |(_, id)| id)))
+                            .map(|c| psi::cgroup_psi(&c))
+                            .unwrap_or_default(),
                     })
                 })
                 .collect();
@@ -83,6 +95,7 @@ fn pod_infos(pods: &dyn PodLister, root_dir: &Path, pod_logs_dir: &Path) -> Vec<
                 containers,
                 pod_logs: volumes::files_usage(&log_dir),
                 etc_hosts: volumes::file_usage(&pod_dir.join(ETC_HOSTS_FILE)),
+                psi: pod_cgroup.as_deref().map(psi::cgroup_psi).unwrap_or_default(),
                 name,
                 namespace,
                 uid,
@@ -99,6 +112,11 @@ impl StatsProvider {
         let now = jiff::Timestamp::now().to_string();
         let mut summary =
             Summary { node: node::node_stats(&self.node_name, &self.root_dir, &self.node_cpu), pods: vec![] };
+        let psi = psi::PsiSource::host();
+        if let Some(source) = &psi {
+            let n = &mut summary.node;
+            source.node().attach(&mut n.cpu, &mut n.memory, &mut n.io, &now);
+        }
         let (containers, sandboxes, image_fs) = tokio::join!(
             self.runtime.list_container_stats(),
             self.runtime.list_pod_sandbox_stats(),
@@ -120,7 +138,7 @@ impl StatsProvider {
         // Runtimes without pod sandbox stats: the pod figures are summed from its containers.
         let sandboxes = sandboxes.unwrap_or_default();
         let (mut pods, dirs): (Vec<PodInfo>, Vec<Vec<VolumeDir>>) =
-            pod_infos(self.pods.as_ref(), &self.root_dir, &self.pod_logs_dir).into_iter().unzip();
+            pod_infos(self.pods.as_ref(), &self.root_dir, &self.pod_logs_dir, psi.as_ref()).into_iter().unzip();
         let keyed: Vec<(String, Vec<VolumeDir>)> = pods.iter().map(|p| p.uid.clone()).zip(dirs).collect();
         for (pod, volumes) in pods.iter_mut().zip(self.volume_stats.volumes(&keyed)) {
             pod.volumes = volumes;

@@ -16,6 +16,35 @@ pub struct CpuStats {
     pub usage_nano_cores: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage_core_nano_seconds: Option<u64>,
+    /// CPU pressure (kubelet 1.33's `psi`), on cgroup v2 only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psi: Option<PsiStats>,
+}
+
+/// kubelet 1.33's `PSIData` (`k8s.io/kubelet/pkg/apis/stats/v1alpha1`): the kernel's cumulative stall time
+/// (`total`, in microseconds as the kernel writes it, which kubelet passes on unchanged) and the percentages of time
+/// stalled over 10 s, 60 s and 300 s.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct PsiData {
+    pub total: u64,
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+}
+
+/// kubelet 1.33's `PSIStats`: `full` (every non-idle task stalled) and `some` (at least one).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct PsiStats {
+    pub full: PsiData,
+    pub some: PsiData,
+}
+
+/// kubelet 1.33's `IOStats`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct IoStats {
+    pub time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psi: Option<PsiStats>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -34,6 +63,9 @@ pub struct MemoryStats {
     pub page_faults: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub major_page_faults: Option<u64>,
+    /// Memory pressure (kubelet 1.33's `psi`), on cgroup v2 only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psi: Option<PsiStats>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -108,6 +140,8 @@ pub struct NodeStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub io: Option<IoStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fs: Option<FsStats>,
@@ -134,6 +168,8 @@ pub struct ContainerStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub io: Option<IoStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<FsStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logs: Option<FsStats>,
@@ -155,6 +191,8 @@ pub struct PodStats {
     pub cpu: Option<CpuStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io: Option<IoStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkStats>,
     /// kubelet's `volume`: the figures of each volume it can measure.
@@ -204,6 +242,37 @@ pub struct ContainerInfo {
     pub start_time: String,
     /// Its log files (kubelet's `getPodContainerLogStats`).
     pub logs: Option<DiskUsage>,
+    /// Its cgroup's pressure, on cgroup v2.
+    pub psi: CgroupPsi,
+}
+
+/// A cgroup's `cpu.pressure`, `memory.pressure` and `io.pressure`, each absent where the kernel gives none.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CgroupPsi {
+    pub cpu: Option<PsiStats>,
+    pub memory: Option<PsiStats>,
+    pub io: Option<PsiStats>,
+}
+
+impl CgroupPsi {
+    /// Puts the pressures on the CPU, memory and IO figures, creating a figure (at `time`) that only carries one.
+    pub fn attach(
+        &self,
+        cpu: &mut Option<CpuStats>,
+        memory: &mut Option<MemoryStats>,
+        io: &mut Option<IoStats>,
+        time: &str,
+    ) {
+        if let Some(p) = self.cpu {
+            cpu.get_or_insert_with(|| CpuStats { time: time.to_owned(), ..Default::default() }).psi = Some(p);
+        }
+        if let Some(p) = self.memory {
+            memory.get_or_insert_with(|| MemoryStats { time: time.to_owned(), ..Default::default() }).psi = Some(p);
+        }
+        if let Some(p) = self.io {
+            io.get_or_insert_with(|| IoStats { time: time.to_owned(), psi: None }).psi = Some(p);
+        }
+    }
 }
 
 /// A volume's figures from its latest walk.
@@ -236,6 +305,8 @@ pub struct PodInfo {
     pub pod_logs: Option<DiskUsage>,
     /// The kubelet-managed `etc-hosts` file (kubelet's `getPodEtcHostsStats`).
     pub etc_hosts: Option<DiskUsage>,
+    /// The pod cgroup's pressure, on cgroup v2.
+    pub psi: CgroupPsi,
 }
 
 /// RFC 3339 time of a CRI timestamp in nanoseconds.
@@ -248,6 +319,7 @@ pub fn cpu_stats(c: &CpuSample) -> CpuStats {
         time: time_of(c.timestamp_ns),
         usage_nano_cores: c.usage_nano_cores,
         usage_core_nano_seconds: c.usage_core_nano_seconds,
+        psi: None,
     }
 }
 
@@ -260,6 +332,7 @@ pub fn memory_stats(m: &MemorySample) -> MemoryStats {
         rss_bytes: m.rss_bytes,
         page_faults: m.page_faults,
         major_page_faults: m.major_page_faults,
+        psi: None,
     }
 }
 
@@ -398,7 +471,11 @@ pub fn pod_stats(
                     memory: stats.and_then(|s| s.memory.as_ref()).map(memory_stats),
                     rootfs: rootfs.map(|f| fs_stats(&rootfs_time, f.used_bytes, f.inodes_used, fs.image_fs)),
                     logs: c.logs.map(|u| fs_stats(now, Some(u.bytes), Some(u.inodes), fs.root_fs)),
+                    ..Default::default()
                 });
+                if let Some(last) = out.containers.last_mut() {
+                    c.psi.attach(&mut last.cpu, &mut last.memory, &mut last.io, now);
+                }
             }
             out.volume_stats =
                 pod.volumes.iter().filter_map(|v| v.measured.as_ref().map(|m| volume_stats(&v.name, m))).collect();
@@ -416,6 +493,7 @@ pub fn pod_stats(
                             time: cpus.iter().map(|c| c.time.clone()).max().unwrap_or_default(),
                             usage_nano_cores: cpus.iter().fold(None, |a, c| add(a, c.usage_nano_cores)),
                             usage_core_nano_seconds: cpus.iter().fold(None, |a, c| add(a, c.usage_core_nano_seconds)),
+                            psi: None,
                         });
                     }
                     let mems: Vec<&MemoryStats> = out.containers.iter().filter_map(|c| c.memory.as_ref()).collect();
@@ -430,6 +508,7 @@ pub fn pod_stats(
                     }
                 }
             }
+            pod.psi.attach(&mut out.cpu, &mut out.memory, &mut out.io, now);
             out.ephemeral_storage = Some(ephemeral_storage(pod, &out.containers, fs.root_fs, now));
             out
         })
@@ -548,6 +627,57 @@ pub fn resource_metrics(summary: &Summary, scrape_error: bool) -> String {
             );
         }
     }
+    // cadvisor's PSI counters (kubelet 1.33 exports them on /metrics/cadvisor; this agent has no cadvisor and puts
+    // them here): `stalled` is `full`, `waiting` is `some`, the kernel's microseconds in seconds. A container's
+    // series carry its labels, a pod's an empty `container` (cadvisor's pod cgroup), the node's none (the root).
+    for (resource, what, pick) in [
+        ("cpu", "CPU", (|c, _, _| c) as fn(Option<PsiStats>, Option<PsiStats>, Option<PsiStats>) -> Option<PsiStats>),
+        ("memory", "memory", |_, m, _| m),
+        ("io", "IO", |_, _, i| i),
+    ] {
+        for (kind, help, full) in [
+            (
+                "stalled",
+                format!("Total time duration no tasks in the container could make progress due to {what} congestion."),
+                true,
+            ),
+            (
+                "waiting",
+                format!("Total time duration tasks in the container have waited due to {what} congestion."),
+                false,
+            ),
+        ] {
+            let name = format!("container_pressure_{resource}_{kind}_seconds_total");
+            let value = |p: Option<PsiStats>| p.map(|p| if full { p.full.total } else { p.some.total } as f64 / 1e6);
+            let psi_of = |cpu: &Option<CpuStats>, mem: &Option<MemoryStats>, io: &Option<IoStats>| {
+                pick(
+                    cpu.as_ref().and_then(|c| c.psi),
+                    mem.as_ref().and_then(|m| m.psi),
+                    io.as_ref().and_then(|i| i.psi),
+                )
+            };
+            family(&mut out, &name, &help, "counter");
+            for (p, c) in &containers {
+                if let Some(v) = value(psi_of(&c.cpu, &c.memory, &c.io)) {
+                    let _ = writeln!(out, "{name}{} {v}", labels(p, Some(c)));
+                }
+            }
+            for p in &summary.pods {
+                if let Some(v) = value(psi_of(&p.cpu, &p.memory, &p.io)) {
+                    let labels = format!(
+                        "{{container=\"\",namespace=\"{}\",pod=\"{}\"}}",
+                        escape(&p.pod_ref.namespace),
+                        escape(&p.pod_ref.name)
+                    );
+                    let _ = writeln!(out, "{name}{labels} {v}");
+                }
+            }
+            let n = &summary.node;
+            if let Some(v) = value(psi_of(&n.cpu, &n.memory, &n.io)) {
+                let _ = writeln!(out, "{name} {v}");
+            }
+        }
+    }
     family(
         &mut out,
         "scrape_error",
@@ -562,6 +692,7 @@ pub fn resource_metrics(summary: &Summary, scrape_error: bool) -> String {
 mod tests {
     use super::*;
     use crate::runtime::stats::FsSample;
+    use serde_json::json;
 
     const T: i64 = 1_700_000_000_000_000_000;
 
@@ -603,12 +734,14 @@ mod tests {
                     id: "c1".into(),
                     start_time: "2023-11-14T22:13:21Z".into(),
                     logs: Some(DiskUsage { bytes: 100, inodes: 1 }),
+                    ..Default::default()
                 },
                 ContainerInfo {
                     name: "side".into(),
                     id: "c2".into(),
                     start_time: "2023-11-14T22:13:22Z".into(),
                     logs: None,
+                    ..Default::default()
                 },
             ],
             ..Default::default()
@@ -691,6 +824,55 @@ mod tests {
     }
 
     #[test]
+    fn psi_takes_kubelet_1_33s_shape_and_is_exported_as_cadvisors_counters() {
+        let data = |total| PsiData { total, avg10: 1.5, avg60: 0.25, avg300: 0.0 };
+        let psi = |t| Some(PsiStats { some: data(t), full: data(t / 2) });
+        let stats = [container("c1", "app", 1, 1)];
+        let mut p = pod();
+        p.containers.truncate(1);
+        p.containers[0].psi = CgroupPsi { cpu: psi(2_000_000), memory: psi(4_000_000), io: psi(6_000_000) };
+        p.psi = CgroupPsi { cpu: None, memory: psi(8_000_000), io: None };
+        let mut node = NodeStats { node_name: "n".into(), ..Default::default() };
+        CgroupPsi { cpu: psi(10_000_000), memory: None, io: psi(12_000_000) }.attach(
+            &mut node.cpu,
+            &mut node.memory,
+            &mut node.io,
+            "t",
+        );
+        let summary = Summary { node, pods: pod_stats(&[p], &stats, &[], PodFilesystems::default(), &time_of(T)) };
+        let json = serde_json::to_value(&summary).unwrap();
+        let c = &json["pods"][0]["containers"][0];
+        assert_eq!(c["cpu"]["psi"]["some"], json!({"total": 2_000_000, "avg10": 1.5, "avg60": 0.25, "avg300": 0.0}));
+        assert_eq!(c["cpu"]["psi"]["full"]["total"], 1_000_000);
+        assert_eq!(c["cpu"]["usageCoreNanoSeconds"], 1, "the CRI figures stay");
+        assert_eq!(c["memory"]["psi"]["some"]["total"], 4_000_000);
+        assert_eq!(c["io"]["psi"]["full"]["total"], 3_000_000);
+        let pod = &json["pods"][0];
+        assert_eq!(pod["memory"]["psi"]["some"]["total"], 8_000_000);
+        assert!(pod["cpu"].get("psi").is_none() && pod.get("io").is_none(), "absent, not zero: {pod}");
+        assert_eq!(
+            json["node"]["io"],
+            json!({"time": "t", "psi": {"full": {"total": 6_000_000, "avg10": 1.5, "avg60": 0.25, "avg300": 0.0}, "some": {"total": 12_000_000, "avg10": 1.5, "avg60": 0.25, "avg300": 0.0}}})
+        );
+        assert!(json["node"].get("memory").is_none());
+
+        let text = resource_metrics(&summary, false);
+        for line in [
+            "# TYPE container_pressure_cpu_stalled_seconds_total counter\n",
+            "# HELP container_pressure_memory_waiting_seconds_total Total time duration tasks in the container have waited due to memory congestion.\n",
+            "container_pressure_cpu_waiting_seconds_total{container=\"app\",namespace=\"default\",pod=\"web\"} 2\n",
+            "container_pressure_cpu_stalled_seconds_total{container=\"app\",namespace=\"default\",pod=\"web\"} 1\n",
+            "container_pressure_memory_waiting_seconds_total{container=\"\",namespace=\"default\",pod=\"web\"} 8\n",
+            "container_pressure_io_stalled_seconds_total{container=\"app\",namespace=\"default\",pod=\"web\"} 3\n",
+            "container_pressure_cpu_waiting_seconds_total 10\n",
+            "container_pressure_io_waiting_seconds_total 12\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(!text.contains("container_pressure_memory_waiting_seconds_total 0"), "no node memory PSI: {text}");
+    }
+
+    #[test]
     fn sandbox_stats_give_the_pod_its_cgroup_and_network() {
         let sandbox = PodSandboxStatsRecord {
             pod_uid: "u1".into(),
@@ -725,6 +907,7 @@ mod tests {
                     time: time_of(T),
                     usage_core_nano_seconds: Some(3_000_000_000),
                     usage_nano_cores: None,
+                    psi: None,
                 }),
                 memory: Some(MemoryStats { time: time_of(T), working_set_bytes: Some(5 << 20), ..Default::default() }),
                 ..Default::default()
