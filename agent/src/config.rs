@@ -61,6 +61,8 @@ pub enum ConfigError {
     Duration { path: PathBuf, field: &'static str, reason: String },
     #[error("invalid {what} {value:?}: {reason}")]
     Invalid { what: &'static str, value: String, reason: String },
+    #[error(transparent)]
+    PressureStall(#[from] crate::eviction::psi::PressureStallConfigError),
 }
 
 /// The file format: the fields of `KubeletConfiguration` the agent understands, under their kubelet names.
@@ -114,6 +116,8 @@ pub struct KubeletConfigurationFile {
     pub container_log_max_files: Option<u32>,
     /// How often each pod volume's `du` is taken; zero or negative turns volume figures off.
     pub volume_stats_agg_period: Option<String>,
+    /// The agent's own eviction signal on memory PSI (`eviction::psi`); kubelet has no such key.
+    pub eviction_pressure_stall: Option<BTreeMap<String, String>>,
     /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_yaml::Value>,
@@ -259,6 +263,8 @@ pub struct KubeletConfig {
     pub container_log_max_files: u32,
     /// kubelet's `volumeStatsAggPeriod` (1m); `None` when zero or negative (volume figures off).
     pub volume_stats_agg_period: Option<Duration>,
+    /// Memory PSI thresholds that evict like `memory.available` (`evictionPressureStall`); empty: off.
+    pub eviction_pressure_stall: Vec<crate::eviction::psi::PressureStallThreshold>,
     /// Unknown file fields, reported once logging is up.
     pub warnings: Vec<String>,
 }
@@ -527,6 +533,9 @@ impl KubeletConfig {
                 )?)
                 .filter(|d| !d.is_zero()),
             },
+            eviction_pressure_stall: crate::eviction::psi::parse_thresholds(
+                file.eviction_pressure_stall.as_ref().unwrap_or(&BTreeMap::new()),
+            )?,
             cgroup_driver,
             cgroups_per_qos: file.cgroups_per_qos.unwrap_or(true),
             enforce_node_allocatable: file.enforce_node_allocatable.clone().unwrap_or_else(|| vec!["pods".into()]),
@@ -751,5 +760,39 @@ mod tests {
         let err =
             KubeletConfig::resolve(Some((Path::new("/c.yaml"), file)), &FlagOverrides::default(), "h").unwrap_err();
         assert!(err.to_string().contains("fileCheckFrequency"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod volume_stats_and_pressure_stall_tests {
+    use super::*;
+
+    fn resolve(yaml: &str) -> Result<KubeletConfig, ConfigError> {
+        let text = format!("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n{yaml}");
+        let file: KubeletConfigurationFile = serde_yaml::from_str(&text).unwrap();
+        KubeletConfig::resolve(Some((Path::new("/c.yaml"), file)), &FlagOverrides::default(), "n")
+    }
+
+    #[test]
+    fn volume_stats_agg_period_defaults_to_a_minute_and_turns_off_at_zero_or_below() {
+        assert_eq!(resolve("").unwrap().volume_stats_agg_period, Some(Duration::from_secs(60)));
+        assert_eq!(
+            resolve("volumeStatsAggPeriod: 2s\n").unwrap().volume_stats_agg_period,
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(resolve("volumeStatsAggPeriod: 0s\n").unwrap().volume_stats_agg_period, None);
+        assert_eq!(resolve("volumeStatsAggPeriod: -1s\n").unwrap().volume_stats_agg_period, None);
+        assert!(resolve("volumeStatsAggPeriod: soon\n").is_err());
+    }
+
+    #[test]
+    fn eviction_pressure_stall_is_off_unless_set_and_checked_at_start() {
+        assert!(resolve("").unwrap().eviction_pressure_stall.is_empty());
+        let c = resolve("evictionPressureStall:\n  memory.some.avg10: \"20\"\n").unwrap();
+        assert_eq!(c.eviction_pressure_stall.len(), 1);
+        assert_eq!(c.eviction_pressure_stall[0].percent, 20.0);
+        assert!(c.warnings.is_empty(), "a known key: {:?}", c.warnings);
+        let e = resolve("evictionPressureStall:\n  cpu.some.avg10: \"20\"\n").unwrap_err();
+        assert!(e.to_string().contains("evictionPressureStall: unknown signal \"cpu.some.avg10\""), "{e}");
     }
 }

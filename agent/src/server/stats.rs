@@ -168,6 +168,7 @@ pub fn configz_json(c: &crate::config::KubeletConfig) -> serde_json::Value {
         "podLogsDir": c.pod_logs_dir,
         "containerLogMaxSize": c.container_log_max_size.to_string(),
         "containerLogMaxFiles": c.container_log_max_files,
+        "volumeStatsAggPeriod": format_go_duration(c.volume_stats_agg_period.unwrap_or_default()),
         "registerWithTaints": c.register_with_taints,
         "logging": {"verbosity": c.verbosity},
     })
