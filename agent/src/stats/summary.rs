@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::runtime::stats::{ContainerStatsRecord, CpuSample, MemorySample, NetworkSample, PodSandboxStatsRecord};
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct CpuStats {
     pub time: String,
@@ -24,7 +25,8 @@ pub struct CpuStats {
 /// kubelet 1.33's `PSIData` (`k8s.io/kubelet/pkg/apis/stats/v1alpha1`): the kernel's cumulative stall time
 /// (`total`, in microseconds as the kernel writes it, which kubelet passes on unchanged) and the percentages of time
 /// stalled over 10 s, 60 s and 300 s.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct PsiData {
     pub total: u64,
     pub avg10: f64,
@@ -33,21 +35,24 @@ pub struct PsiData {
 }
 
 /// kubelet 1.33's `PSIStats`: `full` (every non-idle task stalled) and `some` (at least one).
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct PsiStats {
     pub full: PsiData,
     pub some: PsiData,
 }
 
 /// kubelet 1.33's `IOStats`.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct IoStats {
     pub time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub psi: Option<PsiStats>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct MemoryStats {
     pub time: String,
@@ -68,7 +73,8 @@ pub struct MemoryStats {
     pub psi: Option<PsiStats>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct InterfaceStats {
     pub name: String,
@@ -82,7 +88,8 @@ pub struct InterfaceStats {
     pub tx_errors: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkStats {
     pub time: String,
@@ -93,7 +100,8 @@ pub struct NetworkStats {
     pub interfaces: Vec<InterfaceStats>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct FsStats {
     pub time: String,
@@ -111,7 +119,8 @@ pub struct FsStats {
     pub inodes_used: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeStats {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,7 +129,8 @@ pub struct RuntimeStats {
     pub container_fs: Option<FsStats>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct RlimitStats {
     pub time: String,
@@ -130,7 +140,8 @@ pub struct RlimitStats {
     pub curproc: Option<i64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStats {
     pub node_name: String,
@@ -151,14 +162,16 @@ pub struct NodeStats {
     pub rlimit: Option<RlimitStats>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct PodReference {
     pub name: String,
     pub namespace: String,
     pub uid: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStats {
     pub name: String,
@@ -175,13 +188,15 @@ pub struct ContainerStats {
     pub logs: Option<FsStats>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct ProcessStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process_count: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 #[serde(rename_all = "camelCase")]
 pub struct PodStats {
     pub pod_ref: PodReference,
@@ -205,14 +220,16 @@ pub struct PodStats {
 }
 
 /// kubelet's `VolumeStats`: the filesystem figures inline, then the volume's name.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct VolumeStats {
     #[serde(flatten)]
     pub fs: FsStats,
     pub name: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Summary {
     pub node: NodeStats,
     pub pods: Vec<PodStats>,
@@ -855,6 +872,8 @@ mod tests {
             json!({"time": "t", "psi": {"full": {"total": 6_000_000, "avg10": 1.5, "avg60": 0.25, "avg300": 0.0}, "some": {"total": 12_000_000, "avg10": 1.5, "avg60": 0.25, "avg300": 0.0}}})
         );
         assert!(json["node"].get("memory").is_none());
+        let back: Summary = serde_json::from_value(json).unwrap();
+        assert_eq!(back, summary, "the summary reads back as it was written");
 
         let text = resource_metrics(&summary, false);
         for line in [
