@@ -284,6 +284,14 @@ impl VolumeStatsCache {
 
     /// Walks the given volumes one after the other and stores their figures.
     fn measure(&self, volumes: Vec<(String, VolumeDir)>) {
+        /// Lets the next summary start a walk however this one ends.
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _done = Done(&self.measuring);
         for (uid, dir) in volumes {
             let time = jiff::Timestamp::now().to_string();
             match disk_usage(&dir.path) {
@@ -299,7 +307,6 @@ impl VolumeStatsCache {
                 Err(e) => tracing::debug!(pod_uid = %uid, volume = %dir.name, error = %e, "volume not measured"),
             }
         }
-        self.measuring.store(false, Ordering::Release);
     }
 }
 
