@@ -68,7 +68,9 @@ fn start(name: &str) -> Result<ApiNode> {
         "emptydir-limit",
         json!({"containers": [{
                    "name": "app", "image": BUSYBOX,
-                   "command": ["sh", "-c", "dd if=/dev/zero of=/scratch/fill bs=1048576 count=4 && sync && echo DONE; exec sleep 3600"],
+                   // A hard link, a link to the host's root and a link loop must not count twice or lead out.
+                   "command": ["sh", "-c", "dd if=/dev/zero of=/scratch/fill bs=1048576 count=4 && ln /scratch/fill /scratch/again \
+                                && ln -s / /scratch/root && ln -s /scratch /scratch/loop && sync && echo DONE; exec sleep 3600"],
                    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
                "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "1Mi"}}]}),
     ))?;
@@ -124,7 +126,9 @@ fn writes_past_local_storage_limits_show_in_the_summary_and_decide_kubelets_evic
     // The emptyDir: its own figures, on the root dir's filesystem, and counted in the pod's ephemeral storage.
     let ed = pod_stats(&s, "emptydir-limit").context("emptydir-limit in the summary")?;
     let scratch = ed.volume_stats.iter().find(|v| v.name == "scratch").context("the scratch volume")?;
-    ensure!(scratch.fs.inodes_used >= Some(2), "the folder and the file: {scratch:?}");
+    // The folder, the file (its two names one inode) and the two links: 4 MiB and a few blocks, nothing else.
+    ensure!(scratch.fs.inodes_used == Some(4), "{scratch:?}");
+    ensure!(used(Some(&scratch.fs)) < 4 * MI + 64 * 1024, "counted once, not followed: {scratch:?}");
     ensure!(scratch.fs.capacity_bytes > Some(0) && scratch.fs.available_bytes.is_some(), "{scratch:?}");
     let eph = ed.ephemeral_storage.as_ref().context("ephemeral-storage")?;
     ensure!(used(Some(eph)) >= used(Some(&scratch.fs)) + used(ed.containers[0].rootfs.as_ref()), "{ed:?}");
