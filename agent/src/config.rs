@@ -72,6 +72,8 @@ pub enum ConfigError {
     Eviction { path: PathBuf, source: crate::eviction::threshold::ThresholdError },
     #[error("invalid {what} {value:?}: {reason}")]
     Invalid { what: &'static str, value: String, reason: String },
+    #[error(transparent)]
+    PressureStall(#[from] crate::eviction::psi::PressureStallConfigError),
 }
 
 /// The file format: the fields of `KubeletConfiguration` the agent understands, under their kubelet names.
@@ -129,6 +131,7 @@ pub struct KubeletConfigurationFile {
     pub eviction_max_pod_grace_period: Option<i32>,
     pub eviction_minimum_reclaim: Option<BTreeMap<String, String>>,
     pub eviction_pressure_transition_period: Option<String>,
+    pub local_storage_capacity_isolation: Option<bool>,
     // Image garbage collection.
     #[serde(rename = "imageGCHighThresholdPercent")]
     pub image_gc_high_threshold_percent: Option<i32>,
@@ -141,6 +144,10 @@ pub struct KubeletConfigurationFile {
     pub shutdown_grace_period: Option<String>,
     pub shutdown_grace_period_critical_pods: Option<String>,
     pub shutdown_grace_period_by_pod_priority: Option<Vec<ShutdownGracePeriodByPodPriority>>,
+    /// How often each pod volume's `du` is taken; zero or negative turns volume figures off.
+    pub volume_stats_agg_period: Option<String>,
+    /// The agent's own eviction signal on memory PSI (`eviction::psi`); kubelet has no such key.
+    pub eviction_pressure_stall: Option<BTreeMap<String, String>>,
     /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_yaml::Value>,
@@ -312,6 +319,8 @@ pub struct KubeletConfig {
     pub shutdown_grace_period_critical_pods: Duration,
     /// kubelet's `shutdownGracePeriodByPodPriority`, instead of the two above.
     pub shutdown_grace_period_by_pod_priority: Vec<ShutdownGracePeriodByPodPriority>,
+    /// kubelet's `volumeStatsAggPeriod` (1m); `None` when zero or negative (volume figures off).
+    pub volume_stats_agg_period: Option<Duration>,
     /// Unknown file fields, reported once logging is up.
     pub warnings: Vec<String>,
 }
@@ -555,6 +564,10 @@ impl KubeletConfig {
                 &file.eviction_pressure_transition_period,
                 DEFAULT_PRESSURE_TRANSITION_PERIOD,
             )?,
+            local_storage_capacity_isolation: file.local_storage_capacity_isolation.unwrap_or(true),
+            pressure_stall: crate::eviction::psi::parse_thresholds(
+                file.eviction_pressure_stall.as_ref().unwrap_or(&BTreeMap::new()),
+            )?,
         };
 
         let healthz_text = file.healthz_bind_address.clone().unwrap_or_else(|| DEFAULT_HEALTHZ_BIND_ADDRESS.into());
@@ -669,6 +682,15 @@ impl KubeletConfig {
             auth,
             container_log_max_size,
             container_log_max_files: file.container_log_max_files.unwrap_or(DEFAULT_CONTAINER_LOG_MAX_FILES),
+            volume_stats_agg_period: match file.volume_stats_agg_period.as_deref().map(str::trim) {
+                Some(v) if v.starts_with('-') => None,
+                v => Some(duration(
+                    "volumeStatsAggPeriod",
+                    &v.map(str::to_owned),
+                    crate::stats::volumes::DEFAULT_VOLUME_STATS_AGG_PERIOD,
+                )?)
+                .filter(|d| !d.is_zero()),
+            },
             cgroup_driver,
             cgroups_per_qos: file.cgroups_per_qos.unwrap_or(true),
             enforce_node_allocatable,
@@ -1035,5 +1057,39 @@ mod tests {
         assert!(e.to_string().contains("must be less than imageGCHighThresholdPercent 50"), "{e}");
         let e = resolve("imageMinimumGCAge: soon\n").unwrap_err();
         assert!(e.to_string().contains("imageMinimumGCAge"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod volume_stats_and_pressure_stall_tests {
+    use super::*;
+
+    fn resolve(yaml: &str) -> Result<KubeletConfig, ConfigError> {
+        let text = format!("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n{yaml}");
+        let file: KubeletConfigurationFile = serde_yaml::from_str(&text).unwrap();
+        KubeletConfig::resolve(Some((Path::new("/c.yaml"), file)), &FlagOverrides::default(), "n")
+    }
+
+    #[test]
+    fn volume_stats_agg_period_defaults_to_a_minute_and_turns_off_at_zero_or_below() {
+        assert_eq!(resolve("").unwrap().volume_stats_agg_period, Some(Duration::from_secs(60)));
+        assert_eq!(
+            resolve("volumeStatsAggPeriod: 2s\n").unwrap().volume_stats_agg_period,
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(resolve("volumeStatsAggPeriod: 0s\n").unwrap().volume_stats_agg_period, None);
+        assert_eq!(resolve("volumeStatsAggPeriod: -1s\n").unwrap().volume_stats_agg_period, None);
+        assert!(resolve("volumeStatsAggPeriod: soon\n").is_err());
+    }
+
+    #[test]
+    fn eviction_pressure_stall_is_off_unless_set_and_checked_at_start() {
+        assert!(resolve("").unwrap().eviction.pressure_stall.is_empty());
+        let c = resolve("evictionPressureStall:\n  memory.some.avg10: \"20\"\n").unwrap();
+        assert_eq!(c.eviction.pressure_stall.len(), 1);
+        assert_eq!(c.eviction.pressure_stall[0].percent, 20.0);
+        assert!(c.warnings.is_empty(), "a known key: {:?}", c.warnings);
+        let e = resolve("evictionPressureStall:\n  cpu.some.avg10: \"20\"\n").unwrap_err();
+        assert!(e.to_string().contains("evictionPressureStall: unknown signal \"cpu.some.avg10\""), "{e}");
     }
 }

@@ -17,10 +17,12 @@ use tokio::sync::watch;
 
 use crate::eviction::helpers::{
     eviction_message, make_signal_observations, merge_thresholds, node_conditions, node_conditions_last_observed_at,
-    node_conditions_observed_since, rank_for_signal, sort_by_eviction_priority, thresholds_first_observed_at,
+    node_conditions_observed_since, node_low_message, rank_for_signal, sort_by_eviction_priority, thresholds_first_observed_at,
     thresholds_met, thresholds_met_grace_period, thresholds_updated_stats, Observations, StatsByUid,
 };
-use crate::eviction::threshold::{NodeConditionType, Resource, Threshold, DEFAULT_PRESSURE_TRANSITION_PERIOD};
+use crate::eviction::local_storage::local_storage_evictions;
+use crate::eviction::psi::{PressureStallThreshold, StallObserved};
+use crate::eviction::threshold::{NodeConditionType, Resource, Signal, Threshold, DEFAULT_PRESSURE_TRANSITION_PERIOD};
 use crate::eviction::{is_critical, NodePressure, NodeReclaim, POD_REASON_TERMINATION_BY_KUBELET, REASON};
 use crate::kubetypes::events::{EventRecorder, EventType};
 use crate::kubetypes::kill::{PodKiller, TerminalStatus};
@@ -42,6 +44,11 @@ pub struct EvictionConfig {
     pub max_pod_grace_period_seconds: i64,
     /// `evictionPressureTransitionPeriod`.
     pub pressure_transition_period: Duration,
+    /// `localStorageCapacityIsolation`: pods over their `ephemeral-storage` limits or emptyDir `sizeLimit` are
+    /// evicted.
+    pub local_storage_capacity_isolation: bool,
+    /// `evictionPressureStall` (beyond kubelet): memory PSI thresholds that act as a hard `memory.available`.
+    pub pressure_stall: Vec<PressureStallThreshold>,
 }
 
 impl Default for EvictionConfig {
@@ -50,6 +57,8 @@ impl Default for EvictionConfig {
             thresholds: Vec::new(),
             max_pod_grace_period_seconds: 0,
             pressure_transition_period: DEFAULT_PRESSURE_TRANSITION_PERIOD,
+            local_storage_capacity_isolation: true,
+            pressure_stall: Vec::new(),
         }
     }
 }
@@ -225,7 +234,10 @@ impl Manager {
 
     /// One round (`synchronize`); returns the pod it evicted.
     pub async fn synchronize(&mut self, now: Instant) -> Option<Arc<Pod>> {
-        if self.config.thresholds.is_empty() {
+        if self.config.thresholds.is_empty()
+            && self.config.pressure_stall.is_empty()
+            && !self.config.local_storage_capacity_isolation
+        {
             return None;
         }
         tracing::debug!("eviction manager: synchronize housekeeping");
@@ -244,7 +256,11 @@ impl Manager {
         }
         let first_observed_at =
             thresholds_first_observed_at(&thresholds, &self.state.thresholds_first_observed_at, now);
-        let conditions = node_conditions(&thresholds);
+        let stalls = crate::eviction::psi::thresholds_met(&self.config.pressure_stall, &observed.summary.node);
+        let mut conditions = node_conditions(&thresholds);
+        if !stalls.is_empty() && !conditions.contains(&NodeConditionType::MemoryPressure) {
+            conditions.push(NodeConditionType::MemoryPressure);
+        }
         if !conditions.is_empty() {
             tracing::debug!(?conditions, "eviction manager: node conditions - observed");
         }
@@ -268,6 +284,16 @@ impl Manager {
         let mut thresholds = thresholds_updated_stats(&thresholds, &observations, &self.state.last_observations);
         self.state.last_observations = observations.clone();
 
+        // kubelet: "evict pods if there is a resource usage violation from local volume temporary storage"; an
+        // eviction there skips the threshold evictions of this round.
+        if self.config.local_storage_capacity_isolation {
+            if let Some(pod) = self.local_storage_eviction(&active_pods, &observed).await {
+                return Some(pod);
+            }
+        }
+        if thresholds.is_empty() && !stalls.is_empty() {
+            return self.evict_for_memory_stall(active_pods, &observed, &observations, &stalls).await;
+        }
         if thresholds.is_empty() {
             tracing::debug!("eviction manager: no resources are starved");
             return None;
@@ -307,6 +333,47 @@ impl Manager {
         None
     }
 
+    /// `localStorageEviction`: every pod over an emptyDir `sizeLimit`, its containers' `ephemeral-storage` limits or
+    /// a container's own is evicted at once, without a `DisruptionTarget` condition (kubelet passes none here);
+    /// returns the first evicted.
+    async fn local_storage_eviction(&self, active_pods: &[Arc<Pod>], observed: &Observed) -> Option<Arc<Pod>> {
+        let mut first = None;
+        for eviction in local_storage_evictions(active_pods, &observed.summary, observed.dedicated_image_fs) {
+            tracing::info!(pod = %spec::format_pod(&eviction.pod), signal = eviction.signal.as_str(), "eviction manager: local storage limit exceeded");
+            let status = eviction.terminal_status();
+            if self.evict_pod_with(&eviction.pod, 0, status).await && first.is_none() {
+                first = Some(eviction.pod);
+            }
+        }
+        first
+    }
+
+    /// The memory PSI signal met while no kubelet threshold is: one pod is evicted as for a hard
+    /// `memory.available`, ranked for memory, its message naming the stall instead of a threshold quantity.
+    async fn evict_for_memory_stall(
+        &self,
+        mut pods: Vec<Arc<Pod>>,
+        observed: &Observed,
+        observations: &Observations,
+        stalls: &[StallObserved],
+    ) -> Option<Arc<Pod>> {
+        let stall: Vec<String> = stalls.iter().map(StallObserved::describe).collect();
+        tracing::info!(stall = ?stall, "eviction manager: memory pressure stall, must evict pod(s) to reclaim");
+        let stats = StatsByUid::new(&observed.summary.pods);
+        rank_for_signal(Signal::MemoryAvailable, observed.dedicated_image_fs, &mut pods, &stats);
+        for pod in pods {
+            let message = eviction_message(Resource::Memory, &pod, &stats, &[], observations);
+            let prefix = node_low_message(Resource::Memory);
+            let rest = message.strip_prefix(prefix.as_str()).unwrap_or(&message);
+            let message = format!("{prefix}Memory pressure stall: {}. {rest}", stall.join(", "));
+            if self.evict_pod(&pod, 0, message).await {
+                return Some(pod);
+            }
+        }
+        tracing::info!("eviction manager: unable to evict any pods from the node");
+        None
+    }
+
     /// `reclaimNodeLevelResources`: for disk signals, dead containers then unused images; true when the thresholds
     /// (with their minimum reclaim) are no longer met afterwards.
     async fn reclaim_node_level_resources(&self, threshold: Threshold, resource: Resource) -> bool {
@@ -328,17 +395,23 @@ impl Manager {
     /// `evictPod`: critical pods are never evicted; the others get an `Evicted` event, then are stopped with the
     /// grace period given and end `Failed`/`Evicted` with the `DisruptionTarget` condition. True when tried.
     async fn evict_pod(&self, pod: &Arc<Pod>, grace_period_override: i64, message: String) -> bool {
-        if is_critical(pod) {
-            tracing::error!(pod = %spec::format_pod(pod), "eviction manager: cannot evict a critical pod");
-            return false;
-        }
-        self.events.record(pod, None, EventType::Warning, REASON, message.clone());
-        tracing::info!(pod = %spec::format_pod(pod), pod_uid = spec::uid(pod), %message, "evicting pod");
         let status = TerminalStatus {
             reason: REASON.into(),
             message: message.clone(),
             disruption: Some((POD_REASON_TERMINATION_BY_KUBELET.into(), message)),
         };
+        self.evict_pod_with(pod, grace_period_override, status).await
+    }
+
+    /// `evictPod` with the status the pod ends with.
+    async fn evict_pod_with(&self, pod: &Arc<Pod>, grace_period_override: i64, status: TerminalStatus) -> bool {
+        if is_critical(pod) {
+            tracing::error!(pod = %spec::format_pod(pod), "eviction manager: cannot evict a critical pod");
+            return false;
+        }
+        let message = status.message.clone();
+        self.events.record(pod, None, EventType::Warning, REASON, message.clone());
+        tracing::info!(pod = %spec::format_pod(pod), pod_uid = spec::uid(pod), %message, "evicting pod");
         let timeout_seconds =
             (grace_period_override + grace_period_override / 2).max(KILL_MIN_TIMEOUT_SECONDS).unsigned_abs();
         match self

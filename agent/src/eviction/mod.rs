@@ -3,7 +3,9 @@
 //! then evicts pods one at a time in kubelet's order, and refuses new pods under pressure.
 
 pub mod helpers;
+pub mod local_storage;
 pub mod manager;
+pub mod psi;
 pub mod threshold;
 
 use k8s_openapi::api::core::v1::Pod;

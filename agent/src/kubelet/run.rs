@@ -247,6 +247,8 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
     });
     // The eviction manager's pressure conditions, for the node status and admission.
     let (eviction_pressure_tx, eviction_pressure_rx) = watch::channel(crate::eviction::NodePressure::default());
+    // One measurement of the pods' volumes serves the summary API and the eviction manager.
+    let volume_stats = Arc::new(crate::stats::volumes::VolumeStatsCache::new(config.volume_stats_agg_period));
     // Graceful node shutdown: the node reports not ready while it shuts down, and its status goes out at once.
     let (shutting_down_tx, shutting_down_rx) = watch::channel(false);
     let sync_node_status = Arc::new(tokio::sync::Notify::new());
@@ -395,6 +397,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
                 root_dir: config.root_dir.clone(),
                 pod_logs_dir: config.pod_logs_dir.clone(),
                 node_cpu: Arc::default(),
+                volume_stats: volume_stats.clone(),
             },
             store: store.clone(),
             configz: server::stats::configz_json(&config),
@@ -446,6 +449,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
                 root_dir: config.root_dir.clone(),
                 pod_logs_dir: config.pod_logs_dir.clone(),
                 node_cpu: Arc::default(),
+                volume_stats: volume_stats.clone(),
             },
             kubepods,
         );

@@ -125,6 +125,7 @@ fn server(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> axum::Router {
             root_dir: dir.to_owned(),
             pod_logs_dir: dir.to_owned(),
             node_cpu: Arc::default(),
+            volume_stats: Arc::default(),
         },
         store,
         configz: serde_json::json!({}),

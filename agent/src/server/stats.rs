@@ -34,13 +34,17 @@ pub fn only_cpu_and_memory(summary: Summary) -> Summary {
     s.node.fs = None;
     s.node.runtime = None;
     s.node.rlimit = None;
+    s.node.io = None;
     for p in &mut s.pods {
         p.network = None;
+        p.io = None;
+        p.volume_stats.clear();
         p.ephemeral_storage = None;
         p.process_stats = None;
         for c in &mut p.containers {
             c.rootfs = None;
             c.logs = None;
+            c.io = None;
         }
     }
     s
@@ -106,7 +110,7 @@ pub async fn configz(State(s): State<StatsState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::summary::{ContainerStats, FsStats, NodeStats, PodStats};
+    use crate::stats::summary::{ContainerStats, FsStats, IoStats, NodeStats, PodStats, VolumeStats};
 
     #[test]
     fn only_cpu_and_memory_drops_the_rest() {
@@ -114,7 +118,13 @@ mod tests {
             node: NodeStats { fs: Some(FsStats::default()), ..Default::default() },
             pods: vec![PodStats {
                 ephemeral_storage: Some(FsStats::default()),
-                containers: vec![ContainerStats { rootfs: Some(FsStats::default()), ..Default::default() }],
+                volume_stats: vec![VolumeStats::default()],
+                io: Some(IoStats::default()),
+                containers: vec![ContainerStats {
+                    rootfs: Some(FsStats::default()),
+                    io: Some(IoStats::default()),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
         };
@@ -122,6 +132,7 @@ mod tests {
         assert!(
             s.node.fs.is_none() && s.pods[0].ephemeral_storage.is_none() && s.pods[0].containers[0].rootfs.is_none()
         );
+        assert!(s.pods[0].volume_stats.is_empty() && s.pods[0].io.is_none() && s.pods[0].containers[0].io.is_none());
     }
 }
 
@@ -168,6 +179,7 @@ pub fn configz_json(c: &crate::config::KubeletConfig) -> serde_json::Value {
         "podLogsDir": c.pod_logs_dir,
         "containerLogMaxSize": c.container_log_max_size.to_string(),
         "containerLogMaxFiles": c.container_log_max_files,
+        "volumeStatsAggPeriod": format_go_duration(c.volume_stats_agg_period.unwrap_or_default()),
         "registerWithTaints": c.register_with_taints,
         "logging": {"verbosity": c.verbosity},
     })

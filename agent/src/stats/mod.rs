@@ -2,14 +2,17 @@
 //! `ListContainerStats`/`ListPodSandboxStats`; they feed `/stats/summary` and `/metrics/resource`.
 
 pub mod node;
+pub mod psi;
 pub mod summary;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 
 use crate::runtime::Runtime;
 use k8s_openapi::api::core::v1::Pod;
 
-use summary::{ContainerInfo, FsCapacity, PodInfo, Summary};
+use summary::{ContainerInfo, FsCapacity, PodFilesystems, PodInfo, Summary};
+use volumes::{VolumeDir, VolumeStatsCache};
 
 /// The pods the agent runs, each with its latest status: the summary lists their running containers. The status
 /// layer above gives them; stats only reads.
@@ -26,23 +29,40 @@ pub struct StatsProvider {
     pub root_dir: PathBuf,
     pub pod_logs_dir: PathBuf,
     pub node_cpu: std::sync::Arc<node::CpuRate>,
+    /// The pods' volume figures, walked in the background every `volumeStatsAggPeriod`.
+    pub volume_stats: std::sync::Arc<VolumeStatsCache>,
 }
 
-/// Bytes of the regular files under `dir` (a container's log files).
-fn dir_bytes(dir: &Path) -> Option<u64> {
-    let entries = std::fs::read_dir(dir).ok()?;
-    Some(entries.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+/// kubelet's `HasDedicatedImageFs`: the runtime's image filesystem is another device than the root dir's (then the
+/// eviction manager does not charge writable layers to the nodefs signals and container limits).
+pub fn dedicated_image_fs(root_dir: &Path, image_fs_mountpoint: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(root_dir), std::fs::metadata(image_fs_mountpoint)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        _ => false,
+    }
 }
 
-/// The running containers of the pods the agent runs, as the summary lists them.
-fn pod_infos(pods: &dyn PodLister, pod_logs_dir: &Path) -> Vec<PodInfo> {
+/// kubelet's `etc-hosts` file of a pod (`kubelet_pods.go: getEtcHostsPath`).
+const ETC_HOSTS_FILE: &str = "etc-hosts";
+
+/// The running containers of the pods the agent runs, as the summary lists them, with the folders of their
+/// measurable volumes.
+fn pod_infos(
+    pods: &dyn PodLister,
+    root_dir: &Path,
+    pod_logs_dir: &Path,
+    psi: Option<&psi::PsiSource>,
+) -> Vec<(PodInfo, Vec<VolumeDir>)> {
     pods.pods_with_status()
         .into_iter()
         .filter_map(|pod| {
+            let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or_default();
             let status = pod.status?;
             let meta = &pod.metadata;
             let (name, namespace, uid) = (meta.name.clone()?, meta.namespace.clone()?, meta.uid.clone()?);
             let log_dir = pod_logs_dir.join(format!("{namespace}_{name}_{uid}"));
+            let pod_cgroup = psi.and_then(|p| p.pod_cgroup(&uid));
             let containers: Vec<ContainerInfo> = status
                 .container_statuses
                 .iter()
@@ -56,20 +76,32 @@ fn pod_infos(pods: &dyn PodLister, pod_logs_dir: &Path) -> Vec<PodInfo> {
                         name: c.name.clone(),
                         id: id.split_once("://").map(|(_, id)| id).unwrap_or(id).to_owned(),
                         start_time: running.started_at.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
-                        log_bytes: dir_bytes(&log_dir.join(&c.name)),
+                        logs: volumes::files_usage(&log_dir.join(&c.name)),
+                        psi: pod_cgroup
+                            .as_deref()
+                            .and_then(|p| psi::container_cgroup(p, id.split_once("://").map_or(id, |(_, id)| id)))
+                            .map(|c| psi::cgroup_psi(&c))
+                            .unwrap_or_default(),
                     })
                 })
                 .collect();
             if containers.is_empty() {
                 return None;
             }
-            Some(PodInfo {
+            let dirs = volumes::volume_dirs(root_dir, &uid, volumes);
+            let pod_dir = root_dir.join("pods").join(&uid);
+            let info = PodInfo {
+                start_time: status.start_time.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
+                containers,
+                pod_logs: volumes::files_usage(&log_dir),
+                etc_hosts: volumes::file_usage(&pod_dir.join(ETC_HOSTS_FILE)),
+                psi: pod_cgroup.as_deref().map(psi::cgroup_psi).unwrap_or_default(),
                 name,
                 namespace,
                 uid,
-                start_time: status.start_time.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
-                containers,
-            })
+                volumes: vec![],
+            };
+            Some((info, dirs))
         })
         .collect()
 }
@@ -80,6 +112,11 @@ impl StatsProvider {
         let now = jiff::Timestamp::now().to_string();
         let mut summary =
             Summary { node: node::node_stats(&self.node_name, &self.root_dir, &self.node_cpu), pods: vec![] };
+        let psi = psi::PsiSource::host();
+        if let Some(source) = &psi {
+            let n = &mut summary.node;
+            source.node().attach(&mut n.cpu, &mut n.memory, &mut n.io, &now);
+        }
         let (containers, sandboxes, image_fs) = tokio::join!(
             self.runtime.list_container_stats(),
             self.runtime.list_pod_sandbox_stats(),
@@ -100,8 +137,14 @@ impl StatsProvider {
         }
         // Runtimes without pod sandbox stats: the pod figures are summed from its containers.
         let sandboxes = sandboxes.unwrap_or_default();
-        let pods = pod_infos(self.pods.as_ref(), &self.pod_logs_dir);
-        summary.pods = summary::pod_stats(&pods, &containers.unwrap_or_default(), &sandboxes, image_capacity, &now);
+        let (mut pods, dirs): (Vec<PodInfo>, Vec<Vec<VolumeDir>>) =
+            pod_infos(self.pods.as_ref(), &self.root_dir, &self.pod_logs_dir, psi.as_ref()).into_iter().unzip();
+        let keyed: Vec<(String, Vec<VolumeDir>)> = pods.iter().map(|p| p.uid.clone()).zip(dirs).collect();
+        for (pod, volumes) in pods.iter_mut().zip(self.volume_stats.volumes(&keyed)) {
+            pod.volumes = volumes;
+        }
+        let fs = PodFilesystems { image_fs: image_capacity, root_fs: node::statvfs(&self.root_dir) };
+        summary.pods = summary::pod_stats(&pods, &containers.unwrap_or_default(), &sandboxes, fs, &now);
         (summary, failed)
     }
 }

@@ -75,6 +75,7 @@ pub fn memory(meminfo: &str, vmstat: &str, time: &str) -> Option<MemoryStats> {
         rss_bytes: Some(anon),
         page_faults: vm("pgfault"),
         major_page_faults: vm("pgmajfault"),
+        ..Default::default()
     })
 }
 
@@ -209,6 +210,7 @@ pub fn node_stats(node_name: &str, root_dir: &Path, rate: &CpuRate) -> NodeStats
         time: time.clone(),
         usage_nano_cores: rate.sample(now.as_nanosecond() as i64, busy),
         usage_core_nano_seconds: Some(busy),
+        ..Default::default()
     });
     let fs = statvfs(root_dir).map(|c| {
         let used = c.capacity_bytes.saturating_sub(c.available_bytes);
@@ -225,6 +227,7 @@ pub fn node_stats(node_name: &str, root_dir: &Path, rate: &CpuRate) -> NodeStats
         start_time: boot,
         cpu,
         memory: node_memory(&read_opt, &time),
+        io: None,
         network: network(&read("/proc/net/dev"), &time),
         fs,
         runtime: None,

@@ -310,3 +310,80 @@ async fn a_memory_threshold_crossed_between_rounds_starts_a_round_at_once() {
     assert_eq!(evicted_names(&kills), vec!["p"]);
     task.abort();
 }
+
+#[tokio::test]
+async fn a_pod_over_its_ephemeral_storage_limit_is_evicted_without_a_disruption_condition_before_thresholds() {
+    let limited: Arc<Pod> = Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": "limited", "namespace": "default", "uid": "uid-limited"},
+            "spec": {"containers": [{"name": "app", "resources": {"limits": {"ephemeral-storage": "4Mi"}}}]}
+        }))
+        .unwrap(),
+    );
+    let big = pod("big", 0, json!({}), json!({}));
+    let mut h = harness(&[("nodefs.available", "10Gi")], vec![big.clone(), limited.clone()]);
+    h.observer.set_pods(vec![disk_stats("big", 3 * GI), disk_stats("limited", 8 * MI)]);
+    // Under disk pressure too: the local storage eviction takes the round, not the ranking by usage.
+    h.observer.set_nodefs_available(5 * GI);
+    let evicted = h.manager.synchronize(Instant::now()).await.expect("a pod is evicted");
+    assert_eq!(spec::name(&evicted), "limited");
+    assert_eq!(evicted_names(&h.kills), vec!["limited"]);
+    let (_, grace, status) = h.kills.lock().unwrap()[0].clone();
+    assert_eq!(grace, Some(0));
+    assert_eq!(status.reason, "Evicted");
+    // A single container's limit is also the pod's, which kubelet checks first.
+    assert_eq!(status.message, "Pod ephemeral local storage usage exceeds the total limit of containers 4Mi. ");
+    assert_eq!(status.disruption, None, "kubelet sets no DisruptionTarget for local storage evictions");
+
+    // With localStorageCapacityIsolation off the limit is not enforced.
+    let config = EvictionConfig { local_storage_capacity_isolation: false, ..Default::default() };
+    let mut h = harness_with(config, vec![limited]);
+    h.observer.set_pods(vec![disk_stats("limited", 8 * MI)]);
+    assert_eq!(h.manager.synchronize(Instant::now()).await, None);
+    assert!(evicted_names(&h.kills).is_empty());
+}
+
+#[tokio::test]
+async fn memory_stall_above_its_threshold_reports_memory_pressure_and_evicts_for_memory() {
+    use crate::eviction::psi::parse_thresholds;
+    use crate::stats::summary::{PsiData, PsiStats};
+    let stall: BTreeMap<String, String> = [("memory.some.avg10".to_string(), "20".to_string())].into();
+    let config = EvictionConfig {
+        thresholds: parse_threshold_config(&ThresholdSettings {
+            hard: Some(&[("memory.available".to_string(), "100Mi".to_string())].into()),
+            ..Default::default()
+        })
+        .unwrap(),
+        pressure_stall: parse_thresholds(&stall).unwrap(),
+        ..Default::default()
+    };
+    let hog = pod("hog", 0, json!({}), json!({}));
+    let mut h = harness_with(config, vec![hog]);
+    let mut stats = disk_stats("hog", MI);
+    stats.containers[0].memory = Some(MemoryStats { working_set_bytes: Some(512 * MI), ..Default::default() });
+    h.observer.set_pods(vec![stats]);
+    let t0 = Instant::now();
+    // Plenty of memory available and no stall: nothing.
+    assert_eq!(h.manager.synchronize(t0).await, None);
+    assert!(h.pressure.borrow().conditions.is_empty());
+    let set_stall = |avg10: f64| {
+        let mut o = h.observer.observed.lock().unwrap();
+        if let Some(m) = o.summary.node.memory.as_mut() {
+            m.psi = Some(PsiStats { some: PsiData { avg10, ..Default::default() }, ..Default::default() });
+        }
+    };
+    set_stall(19.5);
+    assert_eq!(h.manager.synchronize(t0 + Duration::from_secs(10)).await, None, "below the stall threshold");
+    set_stall(35.0);
+    let evicted = h.manager.synchronize(t0 + Duration::from_secs(20)).await.expect("evicted on the stall");
+    assert_eq!(spec::name(&evicted), "hog");
+    assert_eq!(h.pressure.borrow().conditions, vec![NodeConditionType::MemoryPressure]);
+    let (_, grace, status) = h.kills.lock().unwrap()[0].clone();
+    assert_eq!(grace, Some(0));
+    assert_eq!(
+        status.message,
+        "The node was low on resource: memory. Memory pressure stall: memory.some.avg10 35% >= 20%. \
+         Container app was using 512Mi, request is 0, has larger consumption of memory. "
+    );
+    assert!(status.disruption.is_some());
+}
