@@ -17,8 +17,9 @@ use tokio::sync::watch;
 
 use crate::eviction::helpers::{
     eviction_message, make_signal_observations, merge_thresholds, node_conditions, node_conditions_last_observed_at,
-    node_conditions_observed_since, node_low_message, rank_for_signal, sort_by_eviction_priority, thresholds_first_observed_at,
-    thresholds_met, thresholds_met_grace_period, thresholds_updated_stats, Observations, StatsByUid,
+    node_conditions_observed_since, node_low_message, rank_for_signal, sort_by_eviction_priority,
+    thresholds_first_observed_at, thresholds_met, thresholds_met_grace_period, thresholds_updated_stats, Observations,
+    StatsByUid,
 };
 use crate::eviction::local_storage::local_storage_evictions;
 use crate::eviction::psi::{PressureStallThreshold, StallObserved};
