@@ -19,9 +19,10 @@ BIN=$(readlink -f "${RKUBELET_BIN:-$REPO/target/debug/rkubelet}")
 CNI=$(readlink -f "${RKUBELET_CNI_BIN_DIR:-$REPO/target/debug}")
 NODE=rkubelet-join
 PORT=${RKUBELET_JOIN_PORT:-10250}
-export K8S_HOME=${K8S_HOME:-/var/lib/rkubelet-test/join-kit}
-export K8S_APISERVER_PORT=${K8S_APISERVER_PORT:-56443} K8S_ETCD_PORT=${K8S_ETCD_PORT:-52379}
-export K8S_KCM_PORT=${K8S_KCM_PORT:-51257} K8S_SCHED_PORT=${K8S_SCHED_PORT:-51259}
+# A private control plane: its own home and ports whatever the caller's K8S_* say (the test runner exports the
+# shared kit's, whose API server already holds 6443).
+export K8S_HOME=${RKUBELET_JOIN_K8S_HOME:-/var/lib/rkubelet-test/join-kit}
+export K8S_APISERVER_PORT=56443 K8S_ETCD_PORT=52379 K8S_KCM_PORT=51257 K8S_SCHED_PORT=51259
 NODE_IP=${RKUBELET_NODE_IP:-$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -1)}
 log() { printf 'kubeadm-join: [%3ss] %s\n' "$SECONDS" "$*" >&2; }
 fail() {

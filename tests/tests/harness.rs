@@ -211,8 +211,14 @@ fn running_containers_are_cleaned_up_on_drop() -> Result<()> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|p| p.parse().ok())
         .context("pause pid")?;
-    let cmd = std::fs::read(format!("/proc/{pause_pid}/cmdline"))?;
-    assert!(cmd.starts_with(b"/pause"), "pid {pause_pid} is not /pause");
+    // The task is RUNNING once runc started it; its init may still be exec'ing /pause for a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut cmd = std::fs::read(format!("/proc/{pause_pid}/cmdline"))?;
+    while !cmd.starts_with(b"/pause") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        cmd = std::fs::read(format!("/proc/{pause_pid}/cmdline"))?;
+    }
+    assert!(cmd.starts_with(b"/pause"), "pid {pause_pid} is not /pause: {}", String::from_utf8_lossy(&cmd));
     assert!(
         !mounts_under(&[c.run_dir().to_owned()]).is_empty(),
         "expected the pause rootfs to be mounted under {}",

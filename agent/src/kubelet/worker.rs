@@ -209,6 +209,13 @@ impl<S: PodSyncer> PodWorker<S> {
     }
 
     async fn terminate(&mut self, pod: &Arc<Pod>, uid: &str, mut seen: Option<tokio::time::Instant>, killed: bool) {
+        if killed {
+            // kubelet's `syncTerminatingPod` applies the kill's status function and sets the status before it stops
+            // anything: the DisruptionTarget condition shows at once, also while a preStop hook holds the pod.
+            if let Some(cached) = self.cache.get(uid) {
+                self.syncer.terminating_status(pod, &cached).await;
+            }
+        }
         let terminate = self.syncer.terminate_pod(pod);
         tokio::pin!(terminate);
         loop {
