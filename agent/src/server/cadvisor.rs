@@ -11,7 +11,8 @@
 //!
 //! Left out: the per-sample timestamps cAdvisor attaches (the text encoder has none; Prometheus stamps the scrape
 //! instead), cAdvisor's other families (per-CPU usage, CFS throttling, disk I/O, page faults, the `container_spec_*`
-//! and the system slices' cgroups), and `container_fs_usage_bytes`' `device` is the writable layer's filesystem.
+//! and the system slices' cgroups), and `id` on hosts without the unified hierarchy (the cgroups are looked up there
+//! only: the label is empty). `container_fs_usage_bytes`' `device` is the device of the root dir's filesystem.
 
 use std::collections::BTreeMap;
 use std::path::Path;
