@@ -21,6 +21,9 @@ set -euo pipefail
 PKGS=(
   containerd runc containernetworking-plugins docker-registry skopeo umoci
   busybox-static iptables iproute2 gcc libc6-dev curl jq util-linux
+  # prometheus: the scrape test runs /usr/bin/prometheus as its own child (own port and storage); the package's
+  # service is not started at install (policy-rc.d) and is disabled below.
+  prometheus
 )
 
 log() { printf 'install-deps: %s\n' "$*"; }
@@ -67,6 +70,16 @@ disable_debian_registry() {
   fi
 }
 
+# Debian's prometheus.service would scrape :9100 and keep a TSDB under /var/lib: the test needs only the binary.
+disable_debian_prometheus() {
+  if have_systemd && systemctl is-enabled --quiet prometheus.service 2>/dev/null; then
+    log "disabling Debian's prometheus.service (the scrape test runs its own prometheus)"
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  elif ! have_systemd && compgen -G '/etc/rc[2-5].d/S*prometheus' >/dev/null && command -v update-rc.d >/dev/null; then
+    update-rc.d prometheus disable >/dev/null 2>&1 || true
+  fi
+}
+
 main() {
   local missing
   missing=$(apt_missing "${PKGS[@]}")
@@ -81,6 +94,7 @@ main() {
   fi
   if [ "$(id -u)" = 0 ]; then
     disable_debian_registry
+    disable_debian_prometheus
   fi
   # The reference CNI plugins the tests' conflist uses.
   local p

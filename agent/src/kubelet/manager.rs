@@ -153,6 +153,7 @@ impl PodManager {
         mut pleg: mpsc::UnboundedReceiver<PlegEvent>,
     ) {
         loop {
+            self.ctx.metrics.sync_loop.store_now();
             let kill_request = async {
                 match self.killer.as_mut() {
                     Some(end) => end.requests.recv().await,

@@ -172,7 +172,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
     };
     let store = PodStore::default();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let pod_worker_metrics = Arc::new(PodWorkerMetrics::default());
+    let pod_worker_metrics = Arc::new(PodWorkerMetrics::new(config.sync_frequency));
     let events = if opts.kubeconfig.is_some() { EventRecorder::new(events_tx) } else { EventRecorder::default() };
     let volumes = Arc::new(VolumeManager::new(
         &config.root_dir,

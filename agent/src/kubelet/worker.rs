@@ -434,6 +434,7 @@ impl Syncer {
                 cri: CRI_TIME.try_with(|c| c.borrow().total()).unwrap_or_default(),
             };
             tracing::info!(seconds = record.total.as_secs_f64(), cri_seconds = record.cri.as_secs_f64(), "pod started");
+            self.ctx.metrics.observe_pod_start(record.total);
             self.ctx.store.record_start(spec::uid(pod), record);
         }
     }

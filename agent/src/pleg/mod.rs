@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -53,12 +56,70 @@ impl PodObserver for Runtime {
 #[derive(Clone, Default)]
 pub struct PlegHealth {
     last_relist_unix_ms: Arc<AtomicU64>,
+    pub metrics: Arc<PlegMetrics>,
+}
+
+/// Prometheus' `DefBuckets`, which kubelet's PLEG histograms use (pkg/kubelet/metrics/metrics.go).
+pub const DEF_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// What kubelet's generic PLEG reports of each relist (`kubelet_pleg_relist_duration_seconds`,
+/// `kubelet_pleg_relist_interval_seconds`) and of what it saw (`kubelet_running_pods`,
+/// `kubelet_running_containers`, set in `updateRunningPodAndContainerMetrics`).
+#[derive(Debug)]
+pub struct PlegMetrics {
+    pub relist_duration: Histogram,
+    pub relist_interval: Histogram,
+    pub running_pods: Gauge,
+    pub running_containers: Family<[(&'static str, &'static str); 1], Gauge>,
+}
+
+impl Default for PlegMetrics {
+    fn default() -> Self {
+        Self {
+            relist_duration: Histogram::new(DEF_BUCKETS),
+            relist_interval: Histogram::new(DEF_BUCKETS),
+            running_pods: Gauge::default(),
+            running_containers: Family::default(),
+        }
+    }
+}
+
+impl PlegMetrics {
+    /// kubelet's `updateRunningPodAndContainerMetrics`: pods with a ready sandbox, containers by state. A state no
+    /// container is in any more goes to 0 rather than keeping its last count.
+    fn update_running(&self, sandboxes: &[SandboxRecord], containers: &[ContainerSummary]) {
+        let running: BTreeSet<&str> = sandboxes.iter().filter(|s| s.ready).map(|s| s.pod_uid.as_str()).collect();
+        self.running_pods.set(running.len().try_into().unwrap_or(i64::MAX));
+        let mut by_state: BTreeMap<&'static str, i64> = BTreeMap::new();
+        for c in containers {
+            *by_state.entry(state_name(c.state)).or_default() += 1;
+        }
+        for state in ["created", "running", "exited", "unknown"] {
+            let labels = [("container_state", state)];
+            match by_state.get(state) {
+                Some(n) => {
+                    self.running_containers.get_or_create(&labels).set(*n);
+                }
+                None => {
+                    if let Some(g) = self.running_containers.get(&labels) {
+                        g.set(0);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl PlegHealth {
     fn mark(&self) {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         self.last_relist_unix_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// When the last relist succeeded, in seconds since the epoch (kubelet's `kubelet_pleg_last_seen_seconds`).
+    pub fn last_seen_seconds(&self) -> Option<f64> {
+        let last = self.last_relist_unix_ms.load(Ordering::Relaxed);
+        (last != 0).then(|| last as f64 / 1e3)
     }
 
     /// True while relists keep succeeding within `RELIST_THRESHOLD`.
@@ -93,6 +154,8 @@ pub struct Pleg<R: PodObserver = Runtime> {
     cache: PodCache,
     health: PlegHealth,
     previous: BTreeMap<String, PodFingerprint>,
+    /// When the last successful relist began (kubelet's `relistTime`).
+    last_relist: Option<Instant>,
     refresh_tx: mpsc::UnboundedSender<String>,
     refresh_rx: mpsc::UnboundedReceiver<String>,
 }
@@ -105,6 +168,7 @@ impl<R: PodObserver> Pleg<R> {
             cache,
             health: PlegHealth::default(),
             previous: BTreeMap::new(),
+            last_relist: None,
             refresh_tx,
             refresh_rx,
         }
@@ -149,7 +213,18 @@ impl<R: PodObserver> Pleg<R> {
     /// moves the cache's global timestamp on. Returns the UIDs the runtime holds.
     async fn relist(&mut self) -> Result<BTreeSet<String>, String> {
         let at = Instant::now();
+        let result = self.relist_at(at).await;
+        self.health.metrics.relist_duration.observe(at.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn relist_at(&mut self, at: Instant) -> Result<BTreeSet<String>, String> {
+        if let Some(last) = self.last_relist {
+            self.health.metrics.relist_interval.observe(at.duration_since(last).as_secs_f64());
+        }
         let (sandboxes, containers) = self.runtime.list().await?;
+        self.last_relist = Some(at);
+        self.health.metrics.update_running(&sandboxes, &containers);
         let current = fingerprints(&sandboxes, &containers);
         let changed = diff(&self.previous, &current);
         let (gone, changed): (Vec<String>, Vec<String>) =

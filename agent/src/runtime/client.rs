@@ -3,13 +3,16 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cri::image_service_client::ImageServiceClient;
 use cri::runtime_service_client::RuntimeServiceClient;
 use cri_proto::runtime::v1 as cri;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::runtime::labels;
@@ -60,31 +63,80 @@ impl RuntimeError {
 /// Retry bounds while the container runtime is not reachable at start.
 const RUNTIME_CONNECT_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Per-operation call counts and durations.
-#[derive(Debug, Default)]
-pub struct RuntimeMetrics {
-    ops: Mutex<BTreeMap<&'static str, OpStats>>,
+/// kubelet's `kubelet_runtime_operations_duration_seconds` buckets, `ExponentialBuckets(.005, 2.5, 14)`
+/// (pkg/kubelet/metrics/metrics.go).
+pub const RUNTIME_OPERATION_BUCKETS: (f64, f64, u16) = (0.005, 2.5, 14);
+
+/// One series per operation, labelled as kubelet's instrumented runtime labels it.
+pub type OperationLabels = [(&'static str, &'static str); 1];
+
+fn runtime_operation_histogram() -> Histogram {
+    let (start, factor, count) = RUNTIME_OPERATION_BUCKETS;
+    Histogram::new(exponential_buckets(start, factor, count))
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct OpStats {
-    pub calls: u64,
-    pub errors: u64,
-    pub total: Duration,
+/// kubelet's runtime operation metrics (`instrumented_services.go`): every call counted and timed, the failed ones
+/// counted again as errors.
+#[derive(Debug)]
+pub struct RuntimeMetrics {
+    pub operations: Family<OperationLabels, Counter>,
+    pub errors: Family<OperationLabels, Counter>,
+    pub durations: Family<OperationLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for RuntimeMetrics {
+    fn default() -> Self {
+        Self {
+            operations: Family::default(),
+            errors: Family::default(),
+            durations: Family::new_with_constructor(runtime_operation_histogram),
+        }
+    }
+}
+
+/// kubelet's `operation` label of a CRI call (the constants of `pkg/kubelet/kuberuntime/instrumented_services.go`).
+pub fn operation_type(op: &'static str) -> &'static str {
+    match op {
+        "Version" => "version",
+        "Status" => "status",
+        "UpdateRuntimeConfig" => "update_runtime_config",
+        "RunPodSandbox" => "run_podsandbox",
+        "StopPodSandbox" => "stop_podsandbox",
+        "RemovePodSandbox" => "remove_podsandbox",
+        "PodSandboxStatus" => "podsandbox_status",
+        "ListPodSandbox" => "list_podsandbox",
+        "PodSandboxStats" => "podsandbox_stats",
+        "ListPodSandboxStats" => "list_podsandbox_stats",
+        "CreateContainer" => "create_container",
+        "StartContainer" => "start_container",
+        "StopContainer" => "stop_container",
+        "RemoveContainer" => "remove_container",
+        "ListContainers" => "list_containers",
+        "ContainerStatus" => "container_status",
+        "UpdateContainerResources" => "update_container",
+        "ReopenContainerLog" => "reopen_container_log",
+        "ContainerStats" => "container_stats",
+        "ListContainerStats" => "list_container_stats",
+        "ExecSync" => "exec_sync",
+        "Exec" => "exec",
+        "Attach" => "attach",
+        "PortForward" => "port_forward",
+        "ListImages" => "list_images",
+        "ImageStatus" => "image_status",
+        "PullImage" => "pull_image",
+        "RemoveImage" => "remove_image",
+        "ImageFsInfo" => "image_fs_info",
+        other => other,
+    }
 }
 
 impl RuntimeMetrics {
-    pub fn snapshot(&self) -> BTreeMap<&'static str, OpStats> {
-        self.ops.lock().map(|m| m.clone()).unwrap_or_default()
-    }
-    fn record(&self, op: &'static str, elapsed: Duration, ok: bool) {
-        if let Ok(mut ops) = self.ops.lock() {
-            let s = ops.entry(op).or_default();
-            s.calls += 1;
-            s.total += elapsed;
-            if !ok {
-                s.errors += 1;
-            }
+    pub fn record(&self, op: &'static str, elapsed: Duration, ok: bool) {
+        let labels = [("operation_type", operation_type(op))];
+        self.operations.get_or_create(&labels).inc();
+        self.durations.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        if !ok {
+            self.errors.get_or_create(&labels).inc();
         }
     }
 }

@@ -4,9 +4,11 @@
 
 pub mod auth;
 pub mod cache;
+pub mod cadvisor;
 pub mod certificate;
 pub mod connection;
 pub mod containers;
+pub mod metrics;
 
 #[cfg(test)]
 mod proptests;
@@ -15,49 +17,20 @@ pub mod stats;
 pub mod streaming;
 pub mod tls;
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::kubetypes::spec;
 use crate::pleg::PlegHealth;
 use crate::runtime::RuntimeMetrics;
 use crate::status::store::PodStore;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-/// Counts of pod syncs, for `/metrics` (kubelet's `kubelet_pod_worker_duration_seconds`).
-#[derive(Debug, Default)]
-pub struct PodWorkerMetrics {
-    syncs: AtomicU64,
-    failed_syncs: AtomicU64,
-    sync_micros: AtomicU64,
-}
-
-impl PodWorkerMetrics {
-    pub fn record(&self, took: Duration, failed: bool) {
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        if failed {
-            self.failed_syncs.fetch_add(1, Ordering::Relaxed);
-        }
-        self.sync_micros.fetch_add(took.as_micros().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-
-    /// Syncs done, syncs that failed, and the time spent in them.
-    pub fn snapshot(&self) -> (u64, u64, Duration) {
-        (
-            self.syncs.load(Ordering::Relaxed),
-            self.failed_syncs.load(Ordering::Relaxed),
-            Duration::from_micros(self.sync_micros.load(Ordering::Relaxed)),
-        )
-    }
-}
+pub use metrics::PodWorkerMetrics;
 
 #[derive(Clone)]
 pub struct ServerState {
@@ -70,15 +43,16 @@ pub struct ServerState {
 pub fn router(state: ServerState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/healthz/{check}", get(healthz_check))
         .route("/pods", get(pods))
         .route("/pods/", get(pods))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(kubelet_metrics))
         .with_state(state)
 }
 
-/// The healthz server's routes: only `/healthz`.
+/// The healthz server's routes: only `/healthz` and its checks.
 pub fn healthz_router(state: ServerState) -> Router {
-    Router::new().route("/healthz", get(healthz)).with_state(state)
+    Router::new().route("/healthz", get(healthz)).route("/healthz/{check}", get(healthz_check)).with_state(state)
 }
 
 /// The kubelet server's routes, before the auth filter.
@@ -91,6 +65,7 @@ pub fn kubelet_router(
         .route("/stats/summary", get(stats::summary))
         .route("/metrics/resource", get(stats::resource_metrics))
         .route("/metrics/probes", get(stats::probe_metrics))
+        .route("/metrics/cadvisor", get(cadvisor::cadvisor_metrics))
         .route("/runningpods/", get(stats::running_pods))
         .route("/configz", get(stats::configz))
         .with_state(stats_state);
@@ -138,13 +113,13 @@ pub async fn serve(listener: tokio::net::TcpListener, state: ServerState) -> std
     axum::serve(listener, router(state)).await
 }
 
-/// kubelet's healthz answers `ok` while its sync loop and PLEG are healthy.
-async fn healthz(State(s): State<ServerState>) -> Response {
-    if s.pleg.healthy() {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        (StatusCode::INTERNAL_SERVER_ERROR, "[-]pleg failed: PLEG is not healthy").into_response()
-    }
+/// kubelet's `/healthz`: `ping`, `log` and `syncloop`.
+async fn healthz(State(s): State<ServerState>, RawQuery(query): RawQuery) -> Response {
+    metrics::healthz(&s, query.as_deref())
+}
+
+async fn healthz_check(State(s): State<ServerState>, Path(check): Path<String>) -> Response {
+    metrics::healthz_check(&s, &check)
 }
 
 async fn pods(State(s): State<ServerState>) -> Response {
@@ -157,69 +132,7 @@ async fn pods(State(s): State<ServerState>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], list.to_string()).into_response()
 }
 
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-async fn metrics(State(s): State<ServerState>) -> Response {
-    let mut out = String::new();
-    let ops = s.runtime_metrics.snapshot();
-    out.push_str(
-        "# HELP kubelet_runtime_operations_total Cumulative number of runtime operations by operation type.\n",
-    );
-    out.push_str("# TYPE kubelet_runtime_operations_total counter\n");
-    for (op, st) in &ops {
-        let _ = writeln!(out, "kubelet_runtime_operations_total{{operation_type=\"{op}\"}} {}", st.calls);
-    }
-    out.push_str("# TYPE kubelet_runtime_operations_errors_total counter\n");
-    for (op, st) in &ops {
-        let _ = writeln!(out, "kubelet_runtime_operations_errors_total{{operation_type=\"{op}\"}} {}", st.errors);
-    }
-    out.push_str("# TYPE kubelet_runtime_operations_duration_seconds_sum counter\n");
-    for (op, st) in &ops {
-        let _ = writeln!(
-            out,
-            "kubelet_runtime_operations_duration_seconds_sum{{operation_type=\"{op}\"}} {:.6}",
-            st.total.as_secs_f64()
-        );
-    }
-    let (syncs, failed, took) = s.pod_workers.snapshot();
-    out.push_str("# HELP kubelet_pod_worker_duration_seconds Duration in seconds to sync a single pod.\n");
-    out.push_str("# TYPE kubelet_pod_worker_duration_seconds summary\n");
-    let _ =
-        writeln!(out, "kubelet_pod_worker_duration_seconds_sum{{operation_type=\"sync\"}} {:.6}", took.as_secs_f64());
-    let _ = writeln!(out, "kubelet_pod_worker_duration_seconds_count{{operation_type=\"sync\"}} {syncs}");
-    out.push_str(
-        "# HELP rkubelet_pod_worker_failed_syncs_total Pod syncs that ended with an error and were requeued.\n",
-    );
-    out.push_str("# TYPE rkubelet_pod_worker_failed_syncs_total counter\n");
-    let _ = writeln!(out, "rkubelet_pod_worker_failed_syncs_total {failed}");
-    out.push_str(
-        "# HELP rkubelet_pod_start_seconds Time from the agent first seeing a pod to all its containers running.\n",
-    );
-    out.push_str("# TYPE rkubelet_pod_start_seconds gauge\n");
-    let entries = s.store.list();
-    for e in entries.iter() {
-        if let Some(r) = e.start {
-            let _ = writeln!(
-                out,
-                "rkubelet_pod_start_seconds{{pod=\"{}\"}} {:.6}",
-                escape_label(&spec::key(&e.pod)),
-                r.total.as_secs_f64()
-            );
-        }
-    }
-    out.push_str("# HELP rkubelet_pod_start_cri_seconds Part of the pod start time spent inside CRI calls.\n");
-    out.push_str("# TYPE rkubelet_pod_start_cri_seconds gauge\n");
-    for e in entries.iter() {
-        if let Some(r) = e.start {
-            let _ = writeln!(
-                out,
-                "rkubelet_pod_start_cri_seconds{{pod=\"{}\"}} {:.6}",
-                escape_label(&spec::key(&e.pod)),
-                r.cri.as_secs_f64()
-            );
-        }
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+/// kubelet's `/metrics`.
+async fn kubelet_metrics(State(s): State<ServerState>) -> Response {
+    metrics::exposition(&metrics::kubelet_registry(&s))
 }
