@@ -342,6 +342,13 @@ fn the_client_certificate_rotates_twice_and_the_node_stays_ready_on_the_new_one(
         secs_since(first.not_after, SystemTime::now())
     );
     ensure!(ready(&rt.block_on(nodes.get(&node))?), "node not Ready at the end");
+    // No request of the agent was refused across the swaps (a write sent with an expired or dropped certificate would
+    // be), and each swap restarted the agent's connections.
+    let log = agent.log();
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("Unauthorized")).collect();
+    ensure!(refused.is_empty(), "requests refused around the rotations:\n{}", refused.join("\n"));
+    let swaps = log.matches("Certificate rotation detected").count();
+    ensure!(swaps >= 2, "{swaps} client switch(es) logged for {} rotations", pairs.len() - 1);
     drop(env);
     drop(plane);
     Ok(())
