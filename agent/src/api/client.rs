@@ -67,14 +67,22 @@ pub async fn rotating_client(
     RotatingClient::new(config, &PairStore::client(pki_dir))
 }
 
-/// The client the agent runs with: `--kubeconfig` if it works, else a new one through TLS bootstrap.
+/// The client the agent runs with: `--kubeconfig` if it works, else a new one through TLS bootstrap. With a
+/// bootstrap kubeconfig, a kubeconfig whose client certificate has expired (the node was down past its certificate's
+/// life) does not work either, as kubelet's `isClientConfigStillValid` judges: the node bootstraps again.
 pub async fn client(
     kubeconfig: &Path,
     bootstrap_kubeconfig: Option<&Path>,
     pki_dir: &Path,
     node_name: &str,
 ) -> Result<kube::Client, ClientError> {
-    let existing = if kubeconfig.exists() { Some(client_from_kubeconfig(kubeconfig).await) } else { None };
+    let existing = if !kubeconfig.exists() {
+        None
+    } else if bootstrap_kubeconfig.is_some() {
+        Some(still_valid_client(kubeconfig).await)
+    } else {
+        Some(client_from_kubeconfig(kubeconfig).await)
+    };
     match (existing, bootstrap_kubeconfig) {
         (Some(Ok(c)), _) => Ok(c),
         (Some(Err(e)), None) => Err(e),
@@ -90,6 +98,35 @@ pub async fn client(
             client_from_kubeconfig(kubeconfig).await
         }
     }
+}
+
+/// The kubeconfig's client, unless a certificate of its client certificate file has expired.
+async fn still_valid_client(path: &Path) -> Result<kube::Client, ClientError> {
+    let config = config_from_kubeconfig(path).await?;
+    let err = |reason: String| ClientError::Kubeconfig { path: path.to_owned(), reason };
+    if let Some(file) = &config.auth_info.client_certificate {
+        let pem = std::fs::read(file).map_err(|e| err(format!("client certificate {file}: {e}")))?;
+        if let Some(not_after) = expired_certificate(&pem, std::time::SystemTime::now()) {
+            return Err(err(format!(
+                "part of the existing client certificate in {file} is expired: {}",
+                jiff::Timestamp::try_from(not_after).unwrap_or_default()
+            )));
+        }
+    }
+    kube::Client::try_from(config).map_err(|e| err(e.to_string()))
+}
+
+/// The end of validity of the first certificate in `pem` that has expired by `now`.
+fn expired_certificate(pem: &[u8], now: std::time::SystemTime) -> Option<std::time::SystemTime> {
+    x509_parser::pem::Pem::iter_from_buffer(pem)
+        .filter_map(Result::ok)
+        .filter(|block| block.label == "CERTIFICATE")
+        .filter_map(|block| {
+            let cert = block.parse_x509().ok()?;
+            let secs = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+            Some(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        })
+        .find(|not_after| *not_after < now)
 }
 
 /// kubelet's `LoadClientCert` flow: key and CSR, wait for the signed certificate, store it with its key (as
@@ -563,6 +600,26 @@ mod tests {
         names.sort();
         assert_eq!(names.len(), 3, "{names:?}");
         assert!(names.iter().all(|n| !n.contains("updated") && !n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn an_expired_client_certificate_is_told() {
+        let cert = |from: (i32, u8, u8), to: (i32, u8, u8)| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+            params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+            format!("{}{}", params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+        };
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000); // 2027-01-15
+        let valid = cert((2026, 1, 1), (2028, 1, 1));
+        let expired = cert((2020, 1, 1), (2021, 1, 1));
+        assert_eq!(expired_certificate(valid.as_bytes(), now), None);
+        let end = expired_certificate(expired.as_bytes(), now).unwrap();
+        assert_eq!(jiff::Timestamp::try_from(end).unwrap().to_string(), "2021-01-01T00:00:00Z");
+        // Any certificate of a chain counts.
+        assert!(expired_certificate(format!("{valid}{expired}").as_bytes(), now).is_some());
+        assert_eq!(expired_certificate(b"no certificate", now), None);
     }
 
     #[test]
