@@ -121,6 +121,7 @@ pub struct KubeletConfigurationFile {
     pub tls_private_key_file: Option<String>,
     #[serde(rename = "serverTLSBootstrap")]
     pub server_tls_bootstrap: Option<bool>,
+    pub rotate_certificates: Option<bool>,
     pub authentication: Option<AuthenticationFile>,
     pub authorization: Option<AuthorizationFile>,
     pub container_log_max_size: Option<String>,
@@ -299,6 +300,8 @@ pub struct KubeletConfig {
     pub tls_private_key_file: Option<PathBuf>,
     /// The serving certificate comes from the cluster (`kubernetes.io/kubelet-serving` CSR), rotated before expiry.
     pub server_tls_bootstrap: bool,
+    /// The client certificate is renewed from the cluster before it expires (kubelet's default: off; kubeadm sets it).
+    pub rotate_certificates: bool,
     pub auth: ServerAuth,
     pub container_log_max_size: i128,
     pub container_log_max_files: u32,
@@ -679,6 +682,7 @@ impl KubeletConfig {
             tls_cert_file: path_of(&flags.tls_cert_file, &file.tls_cert_file),
             tls_private_key_file: path_of(&flags.tls_private_key_file, &file.tls_private_key_file),
             server_tls_bootstrap: file.server_tls_bootstrap.unwrap_or(false),
+            rotate_certificates: file.rotate_certificates.unwrap_or(false),
             auth,
             container_log_max_size,
             container_log_max_files: file.container_log_max_files.unwrap_or(DEFAULT_CONTAINER_LOG_MAX_FILES),
@@ -859,6 +863,20 @@ mod tests {
         .unwrap();
         let e = KubeletConfig::resolve(Some((Path::new("/c.yaml"), file)), &FlagOverrides::default(), "h").unwrap_err();
         assert!(e.to_string().contains("authorization.mode"), "{e}");
+    }
+
+    #[test]
+    fn rotate_certificates_is_read_and_off_by_default() {
+        let resolve = |extra: &str| {
+            let file =
+                parse(&format!("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n{extra}"))
+                    .unwrap();
+            KubeletConfig::resolve(Some((Path::new("/c.yaml"), file)), &FlagOverrides::default(), "h").unwrap()
+        };
+        assert!(!resolve("").rotate_certificates);
+        let on = resolve("rotateCertificates: true\n");
+        assert!(on.rotate_certificates);
+        assert!(on.warnings.iter().all(|w| !w.contains("rotateCertificates")), "{:?}", on.warnings);
     }
 
     #[test]

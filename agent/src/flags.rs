@@ -170,7 +170,7 @@ const KUBELET_FLAGS: &[(&str, Kind, Use)] = &[
     ("reserved-memory", Valued, NoEffect),
     ("resolv-conf", Valued, Parser),
     ("root-dir", Valued, Parser),
-    ("rotate-certificates", Switch, NoEffect),
+    ("rotate-certificates", Switch, Field("rotateCertificates", Boolean)),
     ("rotate-server-certificates", Switch, Field("serverTLSBootstrap", Boolean)),
     ("runonce", Switch, NoEffect),
     ("runtime-cgroups", Valued, NoEffect),
@@ -503,8 +503,17 @@ mod tests {
 
     #[test]
     fn warnings_name_each_flag_once() {
-        let cl = parse(&args("--fail-swap-on=false --fail-swap-on --rotate-certificates")).unwrap();
+        let cl = parse(&args("--fail-swap-on=false --fail-swap-on --register-node")).unwrap();
         assert_eq!(cl.warnings.len(), 2);
         assert!(cl.warnings[0].contains("--fail-swap-on"));
+    }
+
+    #[test]
+    fn rotate_certificates_reaches_the_config() {
+        let cl = parse(&args("--rotate-certificates")).unwrap();
+        assert!(cl.warnings.is_empty(), "{:?}", cl.warnings);
+        assert_eq!(serde_yaml::to_string(&cl.config_fields).unwrap(), "rotateCertificates: true\n");
+        let cl = parse(&args("--rotate-certificates=false")).unwrap();
+        assert_eq!(serde_yaml::to_string(&cl.config_fields).unwrap(), "rotateCertificates: false\n");
     }
 }

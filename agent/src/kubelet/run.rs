@@ -255,10 +255,29 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
     let with_api_server = opts.kubeconfig.is_some();
     let mut api_client = None;
     if let Some(kubeconfig) = &opts.kubeconfig {
-        let client =
-            crate::api::client::client(kubeconfig, opts.bootstrap_kubeconfig.as_deref(), &cert_dir, &config.node_name)
+        let bootstrap = opts.bootstrap_kubeconfig.as_deref();
+        let client = if config.rotate_certificates {
+            // One client for every part of the agent, switched to each new certificate as it comes.
+            let (client, rotating) =
+                crate::api::client::rotating_client(kubeconfig, bootstrap, &cert_dir, &config.node_name)
+                    .await
+                    .context("API client")?;
+            tasks.spawn(
+                "client certificate manager",
+                crate::api::certificate::ClientCertificateManager {
+                    client: client.clone(),
+                    rotating,
+                    cert_dir: cert_dir.clone(),
+                    node_name: config.node_name.clone(),
+                }
+                .run(),
+            );
+            client
+        } else {
+            crate::api::client::client(kubeconfig, bootstrap, &cert_dir, &config.node_name)
                 .await
-                .context("API client")?;
+                .context("API client")?
+        };
         api_client = Some(client.clone());
         sources.push(API_SOURCE);
         let (objects, services_informer) = PodObjects::new(client.clone());
