@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs rkubelet standalone on this machine (Debian, as root): installs containerd and the tools it needs if missing,
 # builds the test images into a local registry on 127.0.0.1:5000 (no public registry is needed), builds rkubelet and
-# its CNI plugins, installs the containerd config and rkubelet's config and example manifests from systemd/, starts
+# its CNI plugins (installing Rust with rustup when cargo is missing), installs the containerd config and rkubelet's
+# standalone config (systemd/standalone.yaml) and example manifests from systemd/, starts
 # everything (as systemd services where systemd runs, as background processes otherwise) and shows the pods.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,14 @@ log() { printf 'standalone: %s\n' "$*"; }
 bash tests/scripts/install-deps.sh
 bash tests/scripts/build-images.sh
 
+export PATH=$HOME/.cargo/bin:$PATH
+if ! command -v cargo >/dev/null 2>&1; then
+  # Debian's rustc is older than the workspace's rust-version; rustup's stable toolchain is what the build needs.
+  log "cargo is missing: installing Rust's stable toolchain with rustup into $HOME/.cargo (https://rustup.rs)"
+  log "  (to do it yourself: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- --profile minimal)"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y -q --profile minimal --default-toolchain stable ||
+    { echo "standalone.sh: installing Rust failed; install it from https://rustup.rs and run this again" >&2; exit 1; }
+fi
 log "building rkubelet and its CNI plugins (release)"
 cargo build --release -p rkubelet -p cni-plugins
 install -m 0755 target/release/rkubelet /usr/local/bin/rkubelet
@@ -31,8 +40,13 @@ server = "http://127.0.0.1:5000"
 [host."http://127.0.0.1:5000"]
   capabilities = ["pull", "resolve"]
 TOML
+# A config from elsewhere (the package's node config, a joined node's) is kept aside, not run standalone.
+if [ -f /etc/rkubelet/config.yaml ] && ! head -n1 /etc/rkubelet/config.yaml | grep -q 'rkubelet standalone configuration'; then
+  log "keeping the existing /etc/rkubelet/config.yaml as /etc/rkubelet/config.yaml.before-standalone"
+  mv /etc/rkubelet/config.yaml /etc/rkubelet/config.yaml.before-standalone
+fi
 if [ ! -f /etc/rkubelet/config.yaml ]; then
-  install -m 0644 systemd/config.yaml /etc/rkubelet/config.yaml
+  install -m 0644 systemd/standalone.yaml /etc/rkubelet/config.yaml
   # Without systemd as init, both rkubelet and runc manage cgroups directly (cgroupfs driver).
   if [ ! -d /run/systemd/system ]; then
     sed -i 's/^cgroupDriver: systemd/cgroupDriver: cgroupfs/' /etc/rkubelet/config.yaml
@@ -47,6 +61,7 @@ if grep -q '^cgroupDriver: cgroupfs' /etc/rkubelet/config.yaml; then
   sed -i 's/SystemdCgroup = true/SystemdCgroup = false/' /etc/containerd/config.toml
 fi
 install -m 0644 systemd/manifests/*.yaml /etc/rkubelet/manifests/
+[ -f /etc/default/rkubelet ] || install -m 0644 systemd/rkubelet.default /etc/default/rkubelet
 
 if [ -d /run/systemd/system ]; then
   log "starting containerd and rkubelet as systemd services"

@@ -322,7 +322,7 @@ pub struct KubeletConfig {
     pub shutdown_grace_period_critical_pods: Duration,
     /// kubelet's `shutdownGracePeriodByPodPriority`, instead of the two above.
     pub shutdown_grace_period_by_pod_priority: Vec<ShutdownGracePeriodByPodPriority>,
-    /// kubelet's `volumeStatsAggPeriod` (1m); `None` when zero or negative (volume figures off).
+    /// kubelet's `volumeStatsAggPeriod` (1m, also when zero); `None` when negative (volume figures off).
     pub volume_stats_agg_period: Option<Duration>,
     /// Unknown file fields, reported once logging is up.
     pub warnings: Vec<String>,
@@ -485,13 +485,15 @@ impl KubeletConfig {
             Some((p, f)) => (p.to_owned(), f),
             None => (PathBuf::from("<none>"), KubeletConfigurationFile::default()),
         };
+        // kubelet's v1beta1 defaulting treats a zero duration as unset (`== zeroDuration`): kubeadm's
+        // kubelet-config writes `0s` for most of them and means kubelet's defaults.
         let duration = |field: &'static str, value: &Option<String>, default: Duration| match value {
             None => Ok(default),
-            Some(v) => crate::kubetypes::duration::parse_go_duration(v).map_err(|reason| ConfigError::Duration {
-                path: path.clone(),
-                field,
-                reason,
-            }),
+            Some(v) => match crate::kubetypes::duration::parse_go_duration(v) {
+                Ok(d) if d.is_zero() => Ok(default),
+                Ok(d) => Ok(d),
+                Err(reason) => Err(ConfigError::Duration { path: path.clone(), field, reason }),
+            },
         };
         let file_check_frequency =
             duration("fileCheckFrequency", &file.file_check_frequency, DEFAULT_FILE_CHECK_FREQUENCY)?;
@@ -692,8 +694,7 @@ impl KubeletConfig {
                     "volumeStatsAggPeriod",
                     &v.map(str::to_owned),
                     crate::stats::volumes::DEFAULT_VOLUME_STATS_AGG_PERIOD,
-                )?)
-                .filter(|d| !d.is_zero()),
+                )?),
             },
             cgroup_driver,
             cgroups_per_qos: file.cgroups_per_qos.unwrap_or(true),
@@ -1088,14 +1089,51 @@ mod volume_stats_and_pressure_stall_tests {
         KubeletConfig::resolve(Some((Path::new("/c.yaml"), file)), &FlagOverrides::default(), "n")
     }
 
+    fn shipped(text: &str) -> KubeletConfig {
+        let file: KubeletConfigurationFile = serde_yaml::from_str(text).unwrap();
+        KubeletConfig::resolve(Some((Path::new("/etc/rkubelet/config.yaml"), file)), &FlagOverrides::default(), "n")
+            .unwrap()
+    }
+
     #[test]
-    fn volume_stats_agg_period_defaults_to_a_minute_and_turns_off_at_zero_or_below() {
+    fn the_shipped_node_config_serves_like_kubeadms_and_the_standalone_one_on_loopback() {
+        let node = shipped(include_str!("../../systemd/config.yaml"));
+        assert_eq!(node.address, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(node.read_only_port, 0);
+        assert_eq!(node.auth.client_ca_file, Some(PathBuf::from("/etc/kubernetes/pki/ca.crt")));
+        assert!(node.auth.webhook_authentication && !node.auth.anonymous);
+        assert_eq!(node.auth.authorization_mode, AuthorizationMode::Webhook);
+        assert_eq!(node.static_pod_path, Some(PathBuf::from("/etc/kubernetes/manifests")));
+        assert_eq!(node.sync_frequency, DEFAULT_SYNC_FREQUENCY);
+        let standalone = shipped(include_str!("../../systemd/standalone.yaml"));
+        assert_eq!(standalone.address, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(standalone.read_only_port, 10255);
+    }
+
+    #[test]
+    fn zero_durations_from_kubeadms_kubelet_config_mean_kubelets_defaults() {
+        let c = resolve(
+            "syncFrequency: 0s\nfileCheckFrequency: 0s\nimageMinimumGCAge: 0s\nevictionPressureTransitionPeriod: 0s\n\
+             shutdownGracePeriod: 0s\nauthentication: {webhook: {cacheTTL: 0s}}\n\
+             authorization: {mode: Webhook, webhook: {cacheAuthorizedTTL: 0s, cacheUnauthorizedTTL: 0s}}\n",
+        )
+        .unwrap();
+        assert_eq!(c.sync_frequency, DEFAULT_SYNC_FREQUENCY);
+        assert_eq!(c.file_check_frequency, DEFAULT_FILE_CHECK_FREQUENCY);
+        assert_eq!(c.image_minimum_gc_age, DEFAULT_IMAGE_MINIMUM_GC_AGE);
+        assert_eq!(c.eviction.pressure_transition_period, DEFAULT_PRESSURE_TRANSITION_PERIOD);
+        assert_eq!(c.shutdown_grace_period, Duration::ZERO, "zero turns graceful shutdown off");
+        assert_eq!(c.auth.authentication_cache_ttl, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn volume_stats_agg_period_defaults_to_a_minute_also_at_zero_and_turns_off_below() {
         assert_eq!(resolve("").unwrap().volume_stats_agg_period, Some(Duration::from_secs(60)));
         assert_eq!(
             resolve("volumeStatsAggPeriod: 2s\n").unwrap().volume_stats_agg_period,
             Some(Duration::from_secs(2))
         );
-        assert_eq!(resolve("volumeStatsAggPeriod: 0s\n").unwrap().volume_stats_agg_period, None);
+        assert_eq!(resolve("volumeStatsAggPeriod: 0s\n").unwrap().volume_stats_agg_period, Some(Duration::from_secs(60)));
         assert_eq!(resolve("volumeStatsAggPeriod: -1s\n").unwrap().volume_stats_agg_period, None);
         assert!(resolve("volumeStatsAggPeriod: soon\n").is_err());
     }

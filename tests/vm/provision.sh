@@ -211,12 +211,13 @@ EOF
 fi
 
 CONFIG_SRC=default
-if [ -f "$SYSTEMD_DIR/config.yaml" ]; then
-  CONFIG_SRC=$SYSTEMD_DIR/config.yaml
-  install -D -m 644 "$SYSTEMD_DIR/config.yaml" "$R/etc/rkubelet/config.yaml"
+# The test node runs standalone: the standalone configuration (systemd/config.yaml is the joined node's).
+if [ -f "$SYSTEMD_DIR/standalone.yaml" ]; then
+  CONFIG_SRC=$SYSTEMD_DIR/standalone.yaml
+  install -D -m 644 "$SYSTEMD_DIR/standalone.yaml" "$R/etc/rkubelet/config.yaml"
 else
   put 644 /etc/rkubelet/config.yaml <<'EOF'
-# Written by tests/vm/provision.sh (no systemd/config.yaml in the repo yet).
+# Written by tests/vm/provision.sh (no systemd/standalone.yaml in the repo yet).
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 staticPodPath: /etc/kubernetes/manifests
@@ -427,6 +428,14 @@ install -m 644 "$SCRIPT_DIR/guest/lib.sh" "$R$E2E/lib.sh"
 for c in "$SCRIPT_DIR"/e2e/*.sh; do
   [ -f "$c" ] && install -m 755 "$c" "$R$E2E/e2e/"
 done
+# The Debian package of these same binaries, for the package check (install, run, purge, restore).
+if [ -n "$CNI_DIR" ] && [ -x "$CNI_DIR/loopback" ] && command -v dpkg-deb >/dev/null; then
+  deb_bins=$(mktemp -d)
+  ln -s "$RKUBELET_BIN" "$deb_bins/rkubelet"
+  for p in "${CNI_PLUGINS[@]}"; do ln -s "$CNI_DIR/$p" "$deb_bins/$p"; done
+  "$REPO/systemd/build-deb.sh" --bin-dir "$deb_bins" --out "$R$E2E/rkubelet.deb" >/dev/null || die "systemd/build-deb.sh failed"
+  rm -rf "$deb_bins"
+fi
 
 # --- enable -----------------------------------------------------------------------------------------
 units=(containerd.service rkubelet-images.service rkubelet.service)
