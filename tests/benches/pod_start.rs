@@ -15,8 +15,8 @@
 //! the runtime).
 //!
 //! Per run: N manifests are written at T0, `/pods` is polled every 10 ms until every pod is Running with its
-//! container running, then `/metrics` gives the agent's own per-pod figures (`rkubelet_pod_start_seconds`, from the
-//! agent first seeing the pod, and `rkubelet_pod_start_cri_seconds`, the part of it spent inside CRI calls).
+//! container running, then the agent's "pod started" log line gives its own per-pod figures (`seconds`, from the
+//! agent first seeing the pod, and `cri_seconds`, the part of it spent inside CRI calls), `/metrics` the CRI calls.
 //!
 //! Environment:
 //! * `RKUBELET_BENCH_RUNS`: measured runs per scenario (default 5), after the cold warm-up run.
@@ -352,12 +352,17 @@ fn measure(containerd: &Containerd, agent: &Agent, n: usize) -> Result<Run> {
     let (status, body) = http_get(agent.port(), "/metrics")?;
     ensure!(status == 200, "GET /metrics: HTTP {status}: {body}");
     let metrics = parse_metrics(&body);
-    let per_pod = |metric: &str, name: &str| -> Result<f64> {
-        metrics
-            .iter()
-            .find(|m| m.name == metric && m.labels.get("pod").map(String::as_str) == Some(&format!("default/{name}")))
-            .map(|m| m.value)
-            .with_context(|| format!("/metrics has no {metric} for default/{name}"))
+    // The agent's own per-pod figures are in its "pod started" log line (kubelet's /metrics has only the
+    // histogram `kubelet_pod_start_duration_seconds`, no series per pod).
+    let log = strip_ansi(&agent.log());
+    let per_pod = |field: &str, name: &str| -> Result<f64> {
+        let key = format!("pod=default/{name}");
+        log.lines()
+            .filter(|l| l.contains("pod started"))
+            .find(|l| l.split(|c: char| c == ' ' || c == '}' || c == ':').any(|w| w == key))
+            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix(field)))
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("the agent's log has no \"pod started\" {field} for default/{name}"))
     };
     let mut run = Run {
         write,
@@ -387,8 +392,8 @@ fn measure(containerd: &Containerd, agent: &Agent, n: usize) -> Result<Run> {
     run.cpu_per_poll = ((cpu_seconds(pid)? - cpu_before_polls - background) / POLL_COST_SAMPLES as f64).max(0.0);
     for name in &names {
         run.seen.push(seen[name].as_secs_f64());
-        run.start.push(per_pod("rkubelet_pod_start_seconds", name)?);
-        run.cri.push(per_pod("rkubelet_pod_start_cri_seconds", name)?);
+        run.start.push(per_pod("seconds=", name)?);
+        run.cri.push(per_pod("cri_seconds=", name)?);
     }
     for m in &metrics {
         let Some(op) = m.labels.get("operation_type") else { continue };
@@ -719,4 +724,22 @@ fn report(results: &[(usize, Run, Vec<Run>)]) {
             );
         }
     }
+}
+
+/// The text without terminal colour sequences.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

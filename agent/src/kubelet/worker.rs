@@ -871,8 +871,9 @@ mod tests {
         let log = h.syncer.log();
         assert_eq!(
             log[1..],
-            ["ends Evicted", "terminate v1", "terminating status s-stopped", "terminated"],
-            "the final status is computed from the runtime after the kill: {log:?}"
+            ["ends Evicted", "terminating status s-running", "terminate v1", "terminating status s-stopped", "terminated"],
+            "the kill's status is set before anything stops, the final one computed from the runtime after the kill: \
+             {log:?}"
         );
     }
 
