@@ -44,7 +44,7 @@ const ENV_KUBECONFIG_ARGS: &str = "RKUBELET_KUBECONFIG_ARGS";
 /// bootstrap token and the CA's public key hash, writes the bootstrap kubeconfig, the KubeletConfiguration and the
 /// unit's environment file, and (re)starts the rkubelet service where systemd runs.
 #[derive(Debug, Parser)]
-#[command(name = "rkubelet join")]
+#[command(name = "rkubelet join", bin_name = "rkubelet join")]
 pub struct JoinArgs {
     /// The API server: host:port, as `kubeadm join` takes it, or https://host:port.
     server: String,
@@ -357,8 +357,8 @@ enum Trust<'a> {
 
 #[derive(Debug)]
 enum FetchError {
-    /// The API server answered with this status.
-    Status(u16, String),
+    /// The API server answered with this status (code, message, the URL asked).
+    Status(u16, String, String),
     /// No answer: connection, TLS, timeout.
     Transport(String),
 }
@@ -366,7 +366,8 @@ enum FetchError {
 impl std::fmt::Display for FetchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FetchError::Status(code, message) => write!(f, "{message} (HTTP {code})"),
+            FetchError::Status(code, message, url) if message.is_empty() => write!(f, "Get {url:?}: HTTP {code}"),
+            FetchError::Status(code, message, _) => write!(f, "{message} (HTTP {code})"),
             FetchError::Transport(message) => f.write_str(message),
         }
     }
@@ -386,21 +387,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ").replace('\n', " ")
 }
 
-/// GET of one ConfigMap, as anonymous or with a bearer token, within kubeadm's 10 s request timeout.
+/// GET of one ConfigMap, as anonymous or with a bearer token, within `timeout`.
 async fn get_config_map(
     server: &str,
     namespace: &str,
     name: &str,
     trust: &Trust<'_>,
     bearer: Option<&str>,
+    timeout: Duration,
 ) -> Result<ConfigMap, FetchError> {
     let url = format!("{server}/api/v1/namespaces/{namespace}/configmaps/{name}");
     let transport = |e: String| FetchError::Transport(format!("Get {url:?}: {e}"));
     let uri: hyper::Uri = server.parse().map_err(|e| transport(format!("{e}")))?;
     let mut config = kube::Config::new(uri);
-    config.connect_timeout = Some(REQUEST_TIMEOUT);
-    config.read_timeout = Some(REQUEST_TIMEOUT);
-    config.write_timeout = Some(REQUEST_TIMEOUT);
+    config.connect_timeout = Some(timeout);
+    config.read_timeout = Some(timeout);
+    config.write_timeout = Some(timeout);
     config.default_retry = false;
     match trust {
         Trust::Insecure => config.accept_invalid_certs = true,
@@ -413,10 +415,10 @@ async fn get_config_map(
     }
     let client = kube::Client::try_from(config).map_err(|e| transport(error_chain(&e)))?;
     let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, namespace);
-    match tokio::time::timeout(REQUEST_TIMEOUT, api.get(name)).await {
-        Err(_) => Err(transport(format!("no answer in {}s", REQUEST_TIMEOUT.as_secs()))),
+    match tokio::time::timeout(timeout, api.get(name)).await {
+        Err(_) => Err(transport(format!("no answer in {timeout:?}"))),
         Ok(Ok(cm)) => Ok(cm),
-        Ok(Err(kube::Error::Api(status))) => Err(FetchError::Status(status.code, status.message.clone())),
+        Ok(Err(kube::Error::Api(status))) => Err(FetchError::Status(status.code, status.message.clone(), url)),
         Ok(Err(e)) => Err(transport(error_chain(&e))),
     }
 }
@@ -437,24 +439,27 @@ async fn get_cluster_info(
     let deadline = Instant::now() + timeout;
     let interval = DISCOVERY_RETRY_INTERVAL.min(timeout);
     loop {
-        let err = match get_config_map(server, "kube-public", CLUSTER_INFO, trust, None).await {
-            Ok(cm) => {
-                let data = cm.data.unwrap_or_default();
-                if data.contains_key(&format!("{JWS_SIGNATURE_KEY_PREFIX}{}", token.id)) {
-                    return Ok(data);
-                }
-                eprintln!(
+        // kubeadm's 10 s request timeout, cut to what is left of the discovery timeout.
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+        let err =
+            match get_config_map(server, "kube-public", CLUSTER_INFO, trust, None, REQUEST_TIMEOUT.min(left)).await {
+                Ok(cm) => {
+                    let data = cm.data.unwrap_or_default();
+                    if data.contains_key(&format!("{JWS_SIGNATURE_KEY_PREFIX}{}", token.id)) {
+                        return Ok(data);
+                    }
+                    eprintln!(
                     "[discovery] The cluster-info ConfigMap does not yet contain a JWS signature for token ID {:?}, \
                      will try again",
                     token.id
                 );
-                AttemptError::NoSignature
-            }
-            Err(e) => {
-                eprintln!("[discovery] Failed to request cluster-info, will try again: {e}");
-                AttemptError::Fetch(e)
-            }
-        };
+                    AttemptError::NoSignature
+                }
+                Err(e) => {
+                    eprintln!("[discovery] Failed to request cluster-info, will try again: {e}");
+                    AttemptError::Fetch(e)
+                }
+            };
         if Instant::now() + interval > deadline {
             match err {
                 AttemptError::NoSignature => bail!(invalid_token_id(token)),
@@ -505,7 +510,8 @@ enum KubeletConfigSource {
 async fn kubelet_config(info: &ClusterInfo, token: &BootstrapToken) -> Result<(String, KubeletConfigSource)> {
     let trust = Trust::Ca(&info.ca_der);
     let secret = token.as_string();
-    match get_config_map(&info.server, "kube-system", KUBELET_CONFIG_MAP, &trust, Some(&secret)).await {
+    match get_config_map(&info.server, "kube-system", KUBELET_CONFIG_MAP, &trust, Some(&secret), REQUEST_TIMEOUT).await
+    {
         Ok(cm) => match cm.data.unwrap_or_default().remove(KUBELET_CONFIG_KEY) {
             Some(text) if !text.trim().is_empty() => Ok((text, KubeletConfigSource::Cluster)),
             _ => Ok((
@@ -515,11 +521,11 @@ async fn kubelet_config(info: &ClusterInfo, token: &BootstrapToken) -> Result<(S
                 )),
             )),
         },
-        Err(FetchError::Status(code @ (403 | 404), message)) => {
-            Ok((DEFAULT_CONFIG.to_owned(), KubeletConfigSource::Default(format!("{message} (HTTP {code})"))))
+        Err(e @ FetchError::Status(403 | 404, ..)) => {
+            Ok((DEFAULT_CONFIG.to_owned(), KubeletConfigSource::Default(e.to_string())))
         }
-        Err(FetchError::Status(401, message)) => {
-            bail!("the API server at {} does not accept the bootstrap token: {message} (HTTP 401)", info.server)
+        Err(e @ FetchError::Status(401, ..)) => {
+            bail!("the API server at {} does not accept the bootstrap token: {e}", info.server)
         }
         Err(e) => bail!("couldn't read kube-system/{KUBELET_CONFIG_MAP}: {e}"),
     }
@@ -947,6 +953,41 @@ aH+sfuxT8xeTPb3kjzF9eJTlnEquUDLM
         for bad in ["", "5", "5x", "m", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A closed port and a server that accepts and never answers both end in an error within the discovery
+    /// timeout (kubeadm retries until its timeout; nothing waits longer).
+    #[tokio::test]
+    async fn an_unreachable_or_silent_server_fails_within_the_discovery_timeout() {
+        let token = BootstrapToken::parse("abcdef.0123456789abcdef").unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let started = Instant::now();
+        let err = get_cluster_info(&format!("https://{closed}"), &Trust::Insecure, &token, Duration::from_secs(1))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Connection refused"), "{err}");
+        assert!(
+            err.starts_with(&format!("Get \"https://{closed}/api/v1/namespaces/kube-public/configmaps/cluster-info\""))
+        );
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = silent.accept().await {
+                held.push(conn);
+            }
+        });
+        let started = Instant::now();
+        let err = get_cluster_info(&format!("https://{addr}"), &Trust::Insecure, &token, Duration::from_millis(1500))
+            .await
+            .unwrap_err()
+            .to_string();
+        let took = started.elapsed();
+        holder.abort();
+        assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(4), "{took:?}: {err}");
     }
 
     proptest! {
