@@ -384,7 +384,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         }
         next = err.source();
     }
-    parts.join(": ").replace('\n', " ")
+    // kube's wrapper names its own error variant, which says nothing to the user.
+    let text = parts.join(": ").replace('\n', " ");
+    text.strip_prefix("ServiceError: ").map(str::to_owned).unwrap_or(text)
 }
 
 /// GET of one ConfigMap, as anonymous or with a bearer token, within `timeout`.

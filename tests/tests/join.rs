@@ -368,7 +368,8 @@ fn rkubelet_join_discovers_with_the_token_and_pin_and_its_files_make_a_ready_nod
             .stderr(log)
             .spawn()?,
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
     let ready = loop {
         let status = kit
             .kubectl(&["get", "node", &node, "-o", r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#])
@@ -381,6 +382,7 @@ fn rkubelet_join_discovers_with_the_token_and_pin_and_its_files_make_a_ready_nod
         }
         std::thread::sleep(Duration::from_millis(500));
     };
+    println!("node {node} Ready {:.1?} after the agent started", started.elapsed());
     let wide = kit.kubectl(&["get", "node", &node, "-o", "wide"]).unwrap_or_default();
     println!("{wide}");
     let agent_log = std::fs::read_to_string(&log_path).unwrap_or_default();
