@@ -443,25 +443,25 @@ async fn get_cluster_info(
     loop {
         // kubeadm's 10 s request timeout, cut to what is left of the discovery timeout.
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-        let err =
-            match get_config_map(server, "kube-public", CLUSTER_INFO, trust, None, REQUEST_TIMEOUT.min(left)).await {
-                Ok(cm) => {
-                    let data = cm.data.unwrap_or_default();
-                    if data.contains_key(&format!("{JWS_SIGNATURE_KEY_PREFIX}{}", token.id)) {
-                        return Ok(data);
-                    }
-                    eprintln!(
-                    "[discovery] The cluster-info ConfigMap does not yet contain a JWS signature for token ID {:?}, \
-                     will try again",
-                    token.id
+        let fetched = get_config_map(server, "kube-public", CLUSTER_INFO, trust, None, REQUEST_TIMEOUT.min(left)).await;
+        let err = match fetched {
+            Ok(cm) => {
+                let data = cm.data.unwrap_or_default();
+                if data.contains_key(&format!("{JWS_SIGNATURE_KEY_PREFIX}{}", token.id)) {
+                    return Ok(data);
+                }
+                let id = &token.id;
+                eprintln!(
+                    "[discovery] The cluster-info ConfigMap does not yet contain a JWS signature for token ID {id:?}, \
+                     will try again"
                 );
-                    AttemptError::NoSignature
-                }
-                Err(e) => {
-                    eprintln!("[discovery] Failed to request cluster-info, will try again: {e}");
-                    AttemptError::Fetch(e)
-                }
-            };
+                AttemptError::NoSignature
+            }
+            Err(e) => {
+                eprintln!("[discovery] Failed to request cluster-info, will try again: {e}");
+                AttemptError::Fetch(e)
+            }
+        };
         if Instant::now() + interval > deadline {
             match err {
                 AttemptError::NoSignature => bail!(invalid_token_id(token)),
@@ -955,6 +955,30 @@ aH+sfuxT8xeTPb3kjzF9eJTlnEquUDLM
         for bad in ["", "5", "5x", "m", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn several_pins_are_allowed_and_any_one_matching_suffices() {
+        let zero = format!("sha256:{}", "0".repeat(64));
+        let args = JoinArgs::try_parse_from([
+            "join",
+            "10.0.0.1:6443",
+            "--token=abcdef.0123456789abcdef",
+            &format!("--discovery-token-ca-cert-hash={zero},{KUBEADM_TEST_HASH}"),
+            "--discovery-token-ca-cert-hash",
+            &zero,
+        ])
+        .unwrap();
+        assert_eq!(args.ca_cert_hashes, [zero.as_str(), KUBEADM_TEST_HASH, zero.as_str()]);
+        let mut pins = PinSet::default();
+        for h in &args.ca_cert_hashes {
+            pins.allow(h).unwrap();
+        }
+        let certs = parse_certs_pem(KUBEADM_TEST_CERT.as_bytes()).unwrap();
+        assert_eq!(pins.check_any(&certs), Ok(()));
+        assert_eq!(args.root, Path::new("/"));
+        assert_eq!(args.env_file, Path::new("/etc/default/rkubelet"));
+        assert_eq!(args.bootstrap_kubeconfig, Path::new("/etc/kubernetes/bootstrap-kubelet.conf"));
     }
 
     /// A closed port and a server that accepts and never answers both end in an error within the discovery
