@@ -232,7 +232,22 @@ fn rkubelet_join_discovers_with_the_token_and_pin_and_its_files_make_a_ready_nod
             if cgroup_v2_available() { "" } else { "cgroupsPerQOS: false\n" }
         ),
     )?;
-    let command = kit.script("kubeadm-join-command.sh", &[&config_in.display().to_string()])?;
+    // kubeadm's upload-config annotates the control-plane Node, which the kit's control plane (no kubelet) lacks: it
+    // would retry for two minutes before giving up harmlessly. A labelled, unschedulable stand-in, there only
+    // meanwhile, lets it finish at once (as tests/scripts/kubeadm-join.sh does).
+    let stand_in = work.path().join("stand-in.yaml");
+    std::fs::write(
+        &stand_in,
+        "apiVersion: v1\nkind: Node\nmetadata: {name: kit-control-plane, labels: {kubernetes.io/hostname: kit-control-plane}}\n\
+         spec: {unschedulable: true}\n",
+    )?;
+    let had_stand_in = kit.kubectl(&["get", "node", "kit-control-plane", "--ignore-not-found", "-o", "name"])?;
+    kit.kubectl(&["apply", "-f", &stand_in.display().to_string()])?;
+    let command = kit.script("kubeadm-join-command.sh", &[&config_in.display().to_string()]);
+    if had_stand_in.trim().is_empty() {
+        let _ = kit.kubectl(&["delete", "node", "kit-control-plane", "--ignore-not-found"]);
+    }
+    let command = command?;
     let command = command.lines().last().unwrap_or_default().to_owned();
     let word_after = |flag: &str| {
         let words: Vec<&str> = command.split_whitespace().collect();
