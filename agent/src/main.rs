@@ -15,6 +15,7 @@ use rkubelet::server;
 
 mod allocator;
 mod flags;
+mod join;
 mod profiling;
 
 /// A kubelet-compatible node agent.
@@ -170,6 +171,10 @@ async fn main() -> ExitCode {
     let _heap_profile = profiling::start();
     tokio::spawn(allocator::trim_periodically());
     let args: Vec<String> = std::env::args().collect();
+    // `rkubelet join ...` is a command of its own, not kubelet flags.
+    if args.get(1).is_some_and(|a| a == "join") {
+        return join::main(&args[1..]).await;
+    }
     let command_line = match flags::parse(&args) {
         Ok(c) => c,
         Err(e) => {
