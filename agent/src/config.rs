@@ -1133,7 +1133,10 @@ mod volume_stats_and_pressure_stall_tests {
             resolve("volumeStatsAggPeriod: 2s\n").unwrap().volume_stats_agg_period,
             Some(Duration::from_secs(2))
         );
-        assert_eq!(resolve("volumeStatsAggPeriod: 0s\n").unwrap().volume_stats_agg_period, Some(Duration::from_secs(60)));
+        assert_eq!(
+            resolve("volumeStatsAggPeriod: 0s\n").unwrap().volume_stats_agg_period,
+            Some(Duration::from_secs(60))
+        );
         assert_eq!(resolve("volumeStatsAggPeriod: -1s\n").unwrap().volume_stats_agg_period, None);
         assert!(resolve("volumeStatsAggPeriod: soon\n").is_err());
     }

@@ -359,7 +359,7 @@ fn measure(containerd: &Containerd, agent: &Agent, n: usize) -> Result<Run> {
         let key = format!("pod=default/{name}");
         log.lines()
             .filter(|l| l.contains("pod started"))
-            .find(|l| l.split(|c: char| c == ' ' || c == '}' || c == ':').any(|w| w == key))
+            .find(|l| l.split([' ', '}', ':']).any(|w| w == key))
             .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix(field)))
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("the agent's log has no \"pod started\" {field} for default/{name}"))

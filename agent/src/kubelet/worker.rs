@@ -871,7 +871,13 @@ mod tests {
         let log = h.syncer.log();
         assert_eq!(
             log[1..],
-            ["ends Evicted", "terminating status s-running", "terminate v1", "terminating status s-stopped", "terminated"],
+            [
+                "ends Evicted",
+                "terminating status s-running",
+                "terminate v1",
+                "terminating status s-stopped",
+                "terminated"
+            ],
             "the kill's status is set before anything stops, the final one computed from the runtime after the kill: \
              {log:?}"
         );
