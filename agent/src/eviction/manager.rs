@@ -173,8 +173,22 @@ pub struct Manager {
     /// Published for the node status and admission.
     pub pressure: watch::Sender<NodePressure>,
     pub monitoring_interval: Duration,
+    /// The node's name for its condition events (`Node <name> status is now: ...`); none: no such events.
+    pub node_name: Option<String>,
+    /// The pressure last reported in node events; `None` before the first round.
+    reported: Option<NodePressure>,
     state: State,
 }
+
+/// The node events kubelet's status setters record when a pressure condition is set or changes (setters.go):
+/// the condition, then the reason when it is true and when it is false.
+const CONDITION_EVENTS: [(NodeConditionType, &str, &str); 3] = [
+    (NodeConditionType::MemoryPressure, "NodeHasInsufficientMemory", "NodeHasSufficientMemory"),
+    (NodeConditionType::DiskPressure, "NodeHasDiskPressure", "NodeHasNoDiskPressure"),
+    (NodeConditionType::PidPressure, "NodeHasInsufficientPID", "NodeHasSufficientPID"),
+];
+/// `eviction_manager.go`: the node event of a round that must reclaim a resource.
+pub const EVENT_EVICTION_THRESHOLD_MET: &str = "EvictionThresholdMet";
 
 impl Manager {
     pub fn new(
@@ -192,8 +206,31 @@ impl Manager {
             events,
             pressure,
             monitoring_interval: MONITORING_INTERVAL,
+            node_name: None,
+            reported: None,
             state: State::default(),
         }
+    }
+
+    /// Records the node's pressure condition events as kubelet does, naming the node.
+    pub fn with_node_events(mut self, node_name: String) -> Self {
+        self.node_name = Some(node_name);
+        self
+    }
+
+    /// kubelet's `recordEventFunc(v1.EventTypeNormal, "NodeHas...")`: each pressure condition once when first set,
+    /// then on each change.
+    fn record_condition_events(&mut self, pressure: &NodePressure) {
+        let Some(node) = &self.node_name else { return };
+        for (condition, when_true, when_false) in CONDITION_EVENTS {
+            let now = pressure.has(condition);
+            if self.reported.as_ref().is_some_and(|r| r.has(condition) == now) {
+                continue;
+            }
+            let reason = if now { when_true } else { when_false };
+            self.events.record_node(EventType::Normal, reason, format!("Node {node} status is now: {reason}"));
+        }
+        self.reported = Some(pressure.clone());
     }
 
     pub fn with_reclaim(mut self, reclaim: Arc<dyn NodeReclaim>) -> Self {
@@ -274,6 +311,7 @@ impl Manager {
         self.state.node_conditions_last_observed_at = last_observed_at;
         self.state.thresholds_met = thresholds.clone();
         let pressure = NodePressure::new(conditions);
+        self.record_condition_events(&pressure);
         self.pressure.send_if_modified(|p| {
             if *p == pressure {
                 return false;
@@ -303,6 +341,10 @@ impl Manager {
         let to_reclaim = thresholds[0];
         let resource = to_reclaim.signal.resource();
         tracing::info!(resource_name = resource.as_str(), "eviction manager: attempting to reclaim");
+        if self.node_name.is_some() {
+            let message = format!("Attempting to reclaim {}", resource.as_str());
+            self.events.record_node(EventType::Warning, EVENT_EVICTION_THRESHOLD_MET, message);
+        }
 
         if self.reclaim_node_level_resources(to_reclaim, resource).await {
             tracing::info!(

@@ -479,7 +479,8 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
             eviction_events,
             eviction_pressure_tx,
         )
-        .with_reclaim(Arc::new(GarbageCollectors { images: image_gc.clone(), containers: container_gc.clone() }));
+        .with_reclaim(Arc::new(GarbageCollectors { images: image_gc.clone(), containers: container_gc.clone() }))
+        .with_node_events(config.node_name.clone());
         tasks.spawn("eviction manager", manager.run());
     }
     // kubelet's node shutdown manager: a logind delay inhibitor, pods stopped by priority when the node shuts down.

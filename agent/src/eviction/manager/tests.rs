@@ -387,3 +387,39 @@ async fn memory_stall_above_its_threshold_reports_memory_pressure_and_evicts_for
     );
     assert!(status.disruption.is_some());
 }
+
+#[tokio::test]
+async fn the_node_gets_kubelets_condition_events_once_then_on_each_change_and_eviction_threshold_met() {
+    let mut h = harness(&[("nodefs.available", "10Gi")], vec![]);
+    h.manager = Manager { node_name: Some("node-1".into()), ..h.manager };
+    let node_events = |h: &mut Harness| {
+        let mut out = Vec::new();
+        while let Ok(m) = h.events.try_recv() {
+            if let EventMessage::Node(e) = m {
+                out.push(format!("{:?} {} {}", e.kind, e.reason, e.message));
+            }
+        }
+        out
+    };
+    let t0 = Instant::now();
+    h.manager.synchronize(t0).await;
+    assert_eq!(
+        node_events(&mut h),
+        [
+            "Normal NodeHasSufficientMemory Node node-1 status is now: NodeHasSufficientMemory",
+            "Normal NodeHasNoDiskPressure Node node-1 status is now: NodeHasNoDiskPressure",
+            "Normal NodeHasSufficientPID Node node-1 status is now: NodeHasSufficientPID",
+        ]
+    );
+    h.manager.synchronize(t0 + Duration::from_secs(10)).await;
+    assert!(node_events(&mut h).is_empty(), "nothing changed, nothing recorded");
+    h.observer.set_nodefs_available(5 * GI);
+    h.manager.synchronize(t0 + Duration::from_secs(20)).await;
+    assert_eq!(
+        node_events(&mut h),
+        [
+            "Normal NodeHasDiskPressure Node node-1 status is now: NodeHasDiskPressure",
+            "Warning EvictionThresholdMet Attempting to reclaim ephemeral-storage",
+        ]
+    );
+}
