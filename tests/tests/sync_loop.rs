@@ -88,7 +88,7 @@ fn a_container_that_cannot_be_created_is_retried_with_back_off_and_its_status_wr
     // Every write to the pod's status shows up as a MODIFIED watch event.
     let rv = pod.metadata.resource_version.clone().unwrap_or_default();
     let syncs_before = metric(&env, "kubelet_pod_worker_duration_seconds_count")?;
-    let creates_before = metric(&env, "kubelet_runtime_operations_total{operation_type=\"CreateContainer\"}")?;
+    let creates_before = metric(&env, "kubelet_runtime_operations_total{operation_type=\"create_container\"}")?;
     let params = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(OBSERVATION.as_secs() as u32);
     let pods = env.pods();
     let writes = env.rt.block_on(async {
@@ -106,7 +106,7 @@ fn a_container_that_cannot_be_created_is_retried_with_back_off_and_its_status_wr
     });
     let syncs = metric(&env, "kubelet_pod_worker_duration_seconds_count")? - syncs_before;
     let creates =
-        metric(&env, "kubelet_runtime_operations_total{operation_type=\"CreateContainer\"}")? - creates_before;
+        metric(&env, "kubelet_runtime_operations_total{operation_type=\"create_container\"}")? - creates_before;
     let writes = writes?;
     println!("over {OBSERVATION:?}: {syncs} syncs, {creates} CreateContainer attempts, {writes} pods/status writes");
     // kubelet requeues a failed sync after 10 s with up to 50 % jitter: two or three attempts in 30 s.
