@@ -45,6 +45,8 @@ restore() {
   install -m 644 "$BACKUP/rkubelet.service" /etc/systemd/system/rkubelet.service
   install -m 755 "$BACKUP/rkubelet" /usr/local/bin/rkubelet
   install -D -m 644 "$BACKUP/config.yaml" "$RKUBELET_CONFIG"
+  # The purge took /opt/cni/bin with the package's plugins when nothing else was left in it.
+  install -d /opt/cni/bin
   for p in "${PLUGINS[@]}"; do [ -e "$BACKUP/cni/$p" ] && install -m 755 "$BACKUP/cni/$p" "/opt/cni/bin/$p"; done
   systemctl daemon-reload
   systemctl unmask rkubelet >/dev/null 2>&1
@@ -114,11 +116,11 @@ fi
 # --- put the provisioned agent back --------------------------------------------------------------------
 restore
 if wait_until 60 healthz && wait_until 30 pod_running deb-keeper && [ "$(container_id deb-keeper app)" = "$keeper_id" ] &&
-  [ "$(systemctl is-enabled rkubelet)" = enabled ]; then
+  [ "$(systemctl is-enabled rkubelet)" = enabled ] && [ -x /opt/cni/bin/bridge ] && [ -x /opt/cni/bin/host-local ]; then
   ok deb-provisioned-agent-restored
 else
-  not_ok deb-provisioned-agent-restored "rkubelet $(systemctl is-active rkubelet) $(systemctl is-enabled rkubelet 2>&1): $(rkubelet_last_error)"
+  not_ok deb-provisioned-agent-restored "rkubelet $(systemctl is-active rkubelet) $(systemctl is-enabled rkubelet 2>&1), plugins: $(ls /opt/cni/bin 2>&1 | tr '\n' ' '): $(rkubelet_last_error)"
 fi
 remove_manifest deb-keeper
-wait_until 60 pod_absent deb-keeper || note "deb-keeper still present"
+wait_until 60 pod_absent deb-keeper || not_ok deb-keeper-removed "deb-keeper still present: $(pod_field deb-keeper .status.phase)"
 rm -rf "$BACKUP"
