@@ -199,6 +199,13 @@ fn pods_past_their_local_storage_limits_are_evicted_with_kubelets_messages() -> 
         let status = pod.status.clone().unwrap_or_default();
         ensure!(status.reason.as_deref() == Some("Evicted"), "{name}: {status:?}");
         ensure!(status.message.as_deref() == Some(message), "{name}: {status:?}");
+        // As kubelet's: the pod's containers are stopped, not removed, so its status says how each one ended.
+        let containers = status.container_statuses.clone().unwrap_or_default();
+        ensure!(
+            !containers.is_empty()
+                && containers.iter().all(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some())),
+            "{name}: every container terminated: {containers:?}"
+        );
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let event = node.wait_event_message(&uid, message)?;
         ensure!(event.reason.as_deref() == Some("Evicted") && event.type_.as_deref() == Some("Warning"), "{event:?}");

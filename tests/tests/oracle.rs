@@ -92,7 +92,9 @@ fn restarted_once_and_running(p: &Pod, _: &[Event]) -> bool {
 fn scenarios() -> Vec<Scenario> {
     let not_ready = |p: &Pod, e: &[Event]| running(p, "app") && has_event(e, "Unhealthy");
     let evicted = |p: &Pod, _: &[Event]| {
-        p.status.as_ref().is_some_and(|s| s.phase.as_deref() == Some("Failed") && s.reason.as_deref() == Some("Evicted"))
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.phase.as_deref() == Some("Failed") && s.reason.as_deref() == Some("Evicted"))
     };
     vec![
         // Local storage: an emptyDir written past its sizeLimit, measured at the next volume stats period (1m) and

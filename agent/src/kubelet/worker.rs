@@ -456,7 +456,16 @@ impl PodSyncer for Syncer {
         self.prober.set_terminating();
         let ctx = self.ctx.clone();
         let pod = pod.clone();
-        async move { ctx.kuberuntime.terminate_pod(&pod).await }.boxed()
+        // A pod the node kills keeps its stopped containers, as kubelet's do, until it is gone from its source.
+        let killed = self.terminal_status.is_some();
+        async move {
+            if killed {
+                ctx.kuberuntime.kill_pod(&pod).await
+            } else {
+                ctx.kuberuntime.terminate_pod(&pod).await
+            }
+        }
+        .boxed()
     }
 
     /// The status of a pod whose containers are being stopped, with the latest probe results; nothing is started.

@@ -108,11 +108,27 @@ impl KubeRuntime {
     /// Kills a pod that is gone from its source and removes all it left in the runtime, retrying until the runtime
     /// confirms nothing is left; then its cgroup and log folder.
     pub async fn terminate_pod(&self, pod: &Pod) {
-        tracing::info!(grace_seconds = grace_period(pod), "terminating pod");
+        self.terminate(pod, true).await;
+    }
+
+    /// Kills a pod the node stops on its own (eviction, node shutdown) while it stays in its source: its containers
+    /// and sandboxes are stopped but kept, as kubelet keeps them, so its final status shows how each container
+    /// ended and `kubectl logs` still reads them; container garbage collection removes them once the pod is gone.
+    pub async fn kill_pod(&self, pod: &Pod) {
+        self.terminate(pod, false).await;
+    }
+
+    async fn terminate(&self, pod: &Pod, remove: bool) {
+        tracing::info!(grace_seconds = grace_period(pod), remove, "terminating pod");
         let uid = spec::uid(pod);
         let mut retry = Backoff::new(TERMINATE_RETRY_INITIAL, TERMINATE_RETRY_MAX);
         loop {
-            match self.remove_pod_from_runtime(pod, uid).await {
+            let done = if remove {
+                self.remove_pod_from_runtime(pod, uid).await
+            } else {
+                self.stop_pod_in_runtime(pod, uid).await
+            };
+            match done {
                 Ok(()) => break,
                 Err(e) => {
                     retry.next("terminate", SystemTime::now());
@@ -129,14 +145,29 @@ impl KubeRuntime {
                 }
             }
         }
-        let log_dir = pod_log_dir(&self.pod_logs_dir, pod);
-        if let Err(e) = std::fs::remove_dir_all(&log_dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %log_dir.display(), error = %e, "cannot remove pod log directory");
+        if remove {
+            let log_dir = pod_log_dir(&self.pod_logs_dir, pod);
+            if let Err(e) = std::fs::remove_dir_all(&log_dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %log_dir.display(), error = %e, "cannot remove pod log directory");
+                }
             }
         }
         self.volumes.unmount_pod(uid);
         tracing::info!("pod terminated");
+    }
+
+    async fn stop_pod_in_runtime(&self, pod: &Pod, uid: &str) -> Result<(), RuntimeError> {
+        let observed = self.runtime.observe_pod(uid).await?;
+        self.kill_containers_and_sandboxes(pod, &observed).await;
+        let left = self.runtime.observe_pod(uid).await?;
+        let running =
+            left.containers.iter().any(|c| matches!(c.state, ContainerRunState::Running | ContainerRunState::Unknown));
+        if running || left.sandboxes.iter().any(|s| s.ready) {
+            Err(RuntimeError::Incomplete { op: "StopPodSandbox", field: "stop of every sandbox and container" })
+        } else {
+            Ok(())
+        }
     }
 
     async fn remove_pod_from_runtime(&self, pod: &Pod, uid: &str) -> Result<(), RuntimeError> {
