@@ -91,27 +91,7 @@ fn restarted_once_and_running(p: &Pod, _: &[Event]) -> bool {
 
 fn scenarios() -> Vec<Scenario> {
     let not_ready = |p: &Pod, e: &[Event]| running(p, "app") && has_event(e, "Unhealthy");
-    let evicted = |p: &Pod, _: &[Event]| {
-        p.status
-            .as_ref()
-            .is_some_and(|s| s.phase.as_deref() == Some("Failed") && s.reason.as_deref() == Some("Evicted"))
-    };
     vec![
-        // Local storage: an emptyDir written past its sizeLimit, measured at the next volume stats period (1m) and
-        // evicted at the eviction manager's next round.
-        Scenario {
-            name: "emptydir-size-limit",
-            spec: json!({
-                "containers": [with(
-                    app("dd if=/dev/zero of=/scratch/fill bs=1048576 count=4 && exec sleep 600"),
-                    json!({ "volumeMounts": [{ "name": "scratch", "mountPath": "/scratch" }] }),
-                )],
-                "volumes": [{ "name": "scratch", "emptyDir": { "sizeLimit": "1Mi" } }],
-            }),
-            looping: false,
-            delete: false,
-            settled: evicted,
-        },
         Scenario {
             name: "readiness-exec",
             spec: json!({ "containers": [with(app("exec sleep 600"), json!({
