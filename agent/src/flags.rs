@@ -128,7 +128,7 @@ const KUBELET_FLAGS: &[(&str, Kind, Use)] = &[
     ("kube-reserved-cgroup", Valued, NoEffect),
     ("kubeconfig", Valued, Parser),
     ("kubelet-cgroups", Valued, NoEffect),
-    ("local-storage-capacity-isolation", Switch, NoEffect),
+    ("local-storage-capacity-isolation", Switch, Field("localStorageCapacityIsolation", Boolean)),
     ("lock-file", Valued, NoEffect),
     ("log-cadvisor-usage", Switch, NoEffect),
     ("log-flush-frequency", Valued, NoEffect),
@@ -152,7 +152,7 @@ const KUBELET_FLAGS: &[(&str, Kind, Use)] = &[
     ("node-status-update-frequency", Valued, NoEffect),
     ("oom-score-adj", Valued, NoEffect),
     ("pod-cidr", Valued, Parser),
-    ("pod-infra-container-image", Valued, NoEffect),
+    ("pod-infra-container-image", Valued, Parser),
     ("pod-manifest-path", Valued, Parser),
     ("pod-max-pids", Valued, Field("podPidsLimit", Int)),
     ("pods-per-core", Valued, NoEffect),
@@ -200,7 +200,7 @@ const KUBELET_FLAGS: &[(&str, Kind, Use)] = &[
     ("version", Switch, Parser),
     ("vmodule", Valued, NoEffect),
     ("volume-plugin-dir", Valued, NoEffect),
-    ("volume-stats-agg-period", Valued, NoEffect),
+    ("volume-stats-agg-period", Valued, Field("volumeStatsAggPeriod", Str)),
 ];
 
 /// Short forms kubelet has.

@@ -89,6 +89,10 @@ struct Flags {
     /// Labels to add when registering the node: key=value,key=value.
     #[arg(long)]
     node_labels: Option<String>,
+    /// The pod sandbox image, which image garbage collection never removes (kubelet's flag; containerd's own
+    /// sandbox image is kept too).
+    #[arg(long)]
+    pod_infra_container_image: Option<String>,
     /// Log verbosity, as kubelet's -v: 0-2 info, 3-4 debug, 5 and above trace. RUST_LOG overrides it.
     #[arg(short = 'v', long = "v")]
     v: Option<u32>,
@@ -161,6 +165,7 @@ async fn run(flags: Flags, command_line: flags::CommandLine) -> anyhow::Result<(
         cert_dir: flags.cert_dir.clone(),
         kubeconfig: flags.kubeconfig.clone(),
         bootstrap_kubeconfig: flags.bootstrap_kubeconfig.clone(),
+        pod_infra_container_image: flags.pod_infra_container_image.clone(),
     };
     rkubelet::kubelet::run::run(config, options).await
 }

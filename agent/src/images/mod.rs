@@ -173,27 +173,39 @@ pub struct ImageGcManager {
     /// Held across a whole detection or removal round, as kubelet holds `imageRecordsLock`: the periodic loop and
     /// the eviction manager's `delete_unused_images` never remove at the same time.
     records: Mutex<Records>,
+    /// kubelet's `--pod-infra-container-image`, always in use.
+    sandbox_image: Option<String>,
 }
 
 impl ImageGcManager {
     pub fn new(runtime: Runtime, policy: ImageGcPolicy, events: EventRecorder) -> Self {
-        Self { runtime, policy, events, records: Mutex::default() }
+        Self { runtime, policy, events, records: Mutex::default(), sandbox_image: None }
+    }
+
+    /// The sandbox image kubelet's flag names: image_gc_manager.go always counts it as in use.
+    pub fn with_sandbox_image(mut self, image: Option<String>) -> Self {
+        self.sandbox_image = image.filter(|i| !i.is_empty());
+        self
     }
 
     /// The images containers use (running or not, also those of other CRI clients), and the sandbox image, which
     /// kubelet always counts as in use.
     async fn images_in_use(&self) -> Result<BTreeSet<String>, ImageGcError> {
         let mut in_use = BTreeSet::new();
+        let mut sandbox_images: Vec<String> = self.sandbox_image.iter().cloned().collect();
         match self.runtime.sandbox_image().await {
-            Ok(Some(image)) => match self.runtime.image_ref(&image).await {
+            Ok(Some(image)) => sandbox_images.push(image),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot learn the runtime's sandbox image"),
+        }
+        for image in sandbox_images {
+            match self.runtime.image_ref(&image).await {
                 Ok(Some(id)) => {
                     in_use.insert(id);
                 }
                 Ok(None) => {}
                 Err(e) => tracing::debug!(image, error = %e, "cannot resolve the sandbox image"),
-            },
-            Ok(None) => {}
-            Err(e) => tracing::debug!(error = %e, "cannot learn the runtime's sandbox image"),
+            }
         }
         in_use.extend(self.runtime.image_ids_in_use().await?);
         Ok(in_use)

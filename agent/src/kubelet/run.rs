@@ -45,6 +45,8 @@ pub struct StartOptions {
     pub cert_dir: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
     pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// `--pod-infra-container-image`: kept by image garbage collection.
+    pub pod_infra_container_image: Option<String>,
 }
 
 /// The agent's long-running tasks by name. None of them is meant to end while the agent runs.
@@ -431,15 +433,18 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
     }
     // kubelet's `StartGarbageCollection`: dead containers, sandboxes and pod log folders every minute, unused
     // images every five minutes; the eviction manager calls both on demand.
-    let image_gc = Arc::new(crate::images::ImageGcManager::new(
-        runtime.clone(),
-        crate::images::ImageGcPolicy::new(
-            config.image_gc_high_threshold_percent,
-            config.image_gc_low_threshold_percent,
-            config.image_minimum_gc_age,
-        )?,
-        gc_events.clone(),
-    ));
+    let image_gc = Arc::new(
+        crate::images::ImageGcManager::new(
+            runtime.clone(),
+            crate::images::ImageGcPolicy::new(
+                config.image_gc_high_threshold_percent,
+                config.image_gc_low_threshold_percent,
+                config.image_minimum_gc_age,
+            )?,
+            gc_events.clone(),
+        )
+        .with_sandbox_image(opts.pod_infra_container_image.clone()),
+    );
     let container_gc = Arc::new(crate::kuberuntime::gc::ContainerGc::new(
         runtime.clone(),
         crate::kuberuntime::gc::GcPolicy::default(),
