@@ -166,7 +166,7 @@ pub fn disk_usage_bounded(path: &Path, max_depth: usize, max_entries: u64) -> Re
 
 /// A volume plugin's folder name under `<root-dir>/pods/<uid>/volumes/`, for the kinds the node sets up itself and
 /// kubelet measures with `MetricsDu` (`empty_dir.go`, `configmap.go`, `secret.go`, `downwardapi.go`, `projected.go`).
-fn plugin_dir(v: &Volume) -> Option<&'static str> {
+pub fn plugin_dir(v: &Volume) -> Option<&'static str> {
     if v.empty_dir.is_some() {
         Some("kubernetes.io~empty-dir")
     } else if v.config_map.is_some() {

@@ -65,23 +65,6 @@ impl ObjectNames<'_> {
     }
 }
 
-/// A volume plugin's folder name under `volumes/`.
-fn plugin_dir(v: &Volume) -> Option<&'static str> {
-    if v.empty_dir.is_some() {
-        Some("kubernetes.io~empty-dir")
-    } else if v.config_map.is_some() {
-        Some("kubernetes.io~configmap")
-    } else if v.secret.is_some() {
-        Some("kubernetes.io~secret")
-    } else if v.downward_api.is_some() {
-        Some("kubernetes.io~downward-api")
-    } else if v.projected.is_some() {
-        Some("kubernetes.io~projected")
-    } else {
-        None
-    }
-}
-
 /// Volumes whose files the node writes: mounted read-only into containers whatever the mount says.
 fn is_read_only_kind(v: &Volume) -> bool {
     v.config_map.is_some() || v.secret.is_some() || v.downward_api.is_some() || v.projected.is_some()
@@ -145,7 +128,7 @@ impl VolumeManager {
     }
 
     fn volume_dir(&self, uid: &str, v: &Volume) -> Option<PathBuf> {
-        plugin_dir(v).map(|p| self.pod_dir(uid).join("volumes").join(p).join(&v.name))
+        crate::stats::volumes::plugin_dir(v).map(|p| self.pod_dir(uid).join("volumes").join(p).join(&v.name))
     }
 
     /// One pass of kubelet's reconciler over the pod's volumes, for one sync: sets up (or refreshes) every volume
