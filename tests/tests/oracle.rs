@@ -58,6 +58,17 @@ fn app(command: &str) -> Value {
     json!({ "name": "app", "image": BUSYBOX, "command": ["sh", "-c", command] })
 }
 
+/// Long log lines (the Go kubelet prints whole container specs) cut to a readable width.
+fn clip_lines(log: &str) -> String {
+    log.lines()
+        .map(|l| match l.char_indices().nth(240) {
+            Some((at, _)) => format!("{}…", &l[..at]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn with(mut base: Value, extra: Value) -> Value {
     if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
         b.extend(e);
@@ -80,7 +91,11 @@ fn liveness(first: &str, second: &str, probe: Value) -> Value {
         "volumes": data_volume(),
         "containers": [with(app(&script), json!({
             "volumeMounts": data_mount(),
-            "livenessProbe": with(probe, json!({ "periodSeconds": 1, "failureThreshold": 1 })),
+            // The delay keeps the first probe of a run after the server in it listens, and the timeout keeps a slow
+            // machine's probe from failing as a time-out: either would change the Unhealthy message on one side only.
+            "livenessProbe": with(probe, json!({
+                "periodSeconds": 1, "failureThreshold": 1, "initialDelaySeconds": 2, "timeoutSeconds": 10,
+            })),
         }))],
     })
 }
@@ -95,7 +110,9 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "readiness-exec",
             spec: json!({ "containers": [with(app("exec sleep 600"), json!({
-                "readinessProbe": { "exec": { "command": ["sh", "-c", "echo not ready; exit 1"] }, "periodSeconds": 1 },
+                "readinessProbe": {
+                    "exec": { "command": ["sh", "-c", "echo not ready; exit 1"] }, "periodSeconds": 1, "timeoutSeconds": 10,
+                },
             }))]}),
             looping: false,
             delete: false,
@@ -104,7 +121,10 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "readiness-http",
             spec: json!({ "containers": [with(app("exec httpd -f -p 8080 -h /tmp"), json!({
-                "readinessProbe": { "httpGet": { "path": "/ready", "port": 8080 }, "periodSeconds": 1 },
+                "readinessProbe": {
+                    "httpGet": { "path": "/ready", "port": 8080 }, "periodSeconds": 1, "timeoutSeconds": 10,
+                    "initialDelaySeconds": 2,
+                },
             }))]}),
             looping: false,
             delete: false,
@@ -414,8 +434,8 @@ fn pod_statuses_and_events_match_the_go_kubelet() -> Result<()> {
         let _ = oracle.rt.block_on(namespaces.delete(&side.namespace, &DeleteParams::default()));
     }
     if result.is_err() {
-        eprintln!("--- Go kubelet log tail ---\n{}", go.log_tail(20));
-        eprintln!("--- rkubelet log tail ---\n{}", tail(&agent.log(), 20));
+        eprintln!("--- Go kubelet log tail ---\n{}", clip_lines(&go.log_tail(12)));
+        eprintln!("--- rkubelet log tail ---\n{}", clip_lines(&tail(&agent.log(), 12)));
         let kept = std::env::temp_dir().join(format!("{}.log", ours.namespace));
         if std::fs::copy(agent.log_path(), &kept).is_ok() {
             eprintln!("rkubelet's whole log: {}", kept.display());
@@ -546,6 +566,10 @@ fn run(oracle: &Oracle, sides: &[&Side; 2]) -> Result<()> {
         }
     }
     eprintln!("{table}");
+    // The differences first: a runner that keeps only part of the output should keep these.
+    for f in &failures {
+        eprintln!("{f}");
+    }
     if !failures.is_empty() {
         bail!("rkubelet differs from the Go kubelet:\n{}", failures.join("\n"));
     }
