@@ -7,7 +7,9 @@
 # Everything kubeadm writes (/etc/kubernetes, /var/lib/kubelet) and the node's files (/var/log/pods, /etc/cni/net.d)
 # live in a private mount namespace over temporary folders; containerd is private too (its own socket and state).
 # Checks: kubeadm's preflight reads `kubelet --version`, the join finishes, the node is Ready, a pod runs on it, and
-# `kubectl logs` and `kubectl exec` work through :10250 with the client CA kubeadm distributes.
+# `kubectl logs` and `kubectl exec` work through :10250 with the client CA kubeadm distributes; then kube-proxy runs
+# on the node as kubeadm deploys it (a DaemonSet, hostNetwork and privileged, the kit's kube-proxy as the image) and a
+# ClusterIP Service answers from another pod and from the host. kube-proxy's chains and sysctls are undone after.
 # Prints `kubeadm-join: ok` last on success; every step's transcript goes to stderr.
 # env: RKUBELET_BIN (default target/debug/rkubelet), RKUBELET_CNI_BIN_DIR (default target/debug),
 #      RKUBELET_K8S_KIT (default ../shared/k8s), RKUBELET_NODE_IP (default: the first global IPv4 address),
@@ -27,6 +29,8 @@ NODE_IP=${RKUBELET_NODE_IP:-$(ip -4 -o addr show scope global | awk '{print $4}'
 log() { printf 'kubeadm-join: [%3ss] %s\n' "$SECONDS" "$*" >&2; }
 fail() {
   log "FAILED: $*"
+  # For a look at the failed state by hand: the run waits while this file exists.
+  while [ -n "${RKUBELET_JOIN_HOLD:-}" ] && [ -e "$RKUBELET_JOIN_HOLD" ]; do sleep 1; done
   exit 1
 }
 
@@ -101,6 +105,37 @@ for d in /etc/kubernetes /var/lib/kubelet /var/log/pods /etc/cni/net.d; do
   [ -d "$d" ] || { mkdir -p "$d"; CREATED+=("$d"); }
 done
 INNER_PID=""
+# What kube-proxy changes on the host besides its chains (conntrack limits and timeouts, route_localnet): put back.
+PROXY_SYSCTLS="/proc/sys/net/ipv4/conf/all/route_localnet /proc/sys/net/netfilter/nf_conntrack_max
+  /sys/module/nf_conntrack/parameters/hashsize /proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established
+  /proc/sys/net/netfilter/nf_conntrack_tcp_timeout_close_wait"
+# The KUBE- chains ("family table chain"): those that appear while kube-proxy runs are its doing (it adds a
+# KUBE-FIREWALL of its own where none was).
+kube_chains() {
+  local f t
+  for f in iptables ip6tables; do
+    for t in filter nat mangle raw; do
+      "$f-save" -t "$t" 2>/dev/null | sed -n "s/^:\(KUBE-[^ ]*\) .*/$f $t \1/p"
+    done
+  done | sort
+}
+# kube-proxy --cleanup leaves some of its chains (KUBE-MARK-MASQ, KUBE-PROXY-CANARY, KUBE-PROXY-FIREWALL, ...): the
+# ones that were not there before it ran are unlinked, flushed and deleted.
+remove_kube_proxy_leftovers() {
+  [ -s "$STATE/chains.before" ] || [ -e "$STATE/sysctls.before" ] || return 0
+  "$K8S_HOME/bin/kube-proxy" --cleanup >"$STATE/kube-proxy-cleanup.log" 2>&1
+  local new f t c
+  new=$(comm -13 "$STATE/chains.before" <(kube_chains))
+  while read -r f t c; do
+    [ -n "$c" ] || continue
+    "$f" -w -t "$t" -S | grep -E -- "-j $c( |\$)" | sed 's/^-A /-D /' |
+      while read -r rule; do eval "$f -w -t $t $rule"; done
+  done <<<"$new"
+  while read -r f t c; do [ -n "$c" ] && "$f" -w -t "$t" -F "$c"; done <<<"$new"
+  while read -r f t c; do [ -n "$c" ] && "$f" -w -t "$t" -X "$c"; done <<<"$new"
+  while read -r f v; do echo "$v" >"$f"; done <"$STATE/sysctls.before"
+  [ -e "$STATE/no-xtables-lock" ] && rm -f /run/xtables.lock
+}
 cleanup() {
   set +e
   touch "$STATE/done"
@@ -124,6 +159,7 @@ cleanup() {
     kill "$(cat "$STATE/containerd.pid")" 2>/dev/null
   fi
   [ -n "$INNER_PID" ] && wait "$INNER_PID" 2>/dev/null
+  remove_kube_proxy_leftovers
   grep -F " $STATE" /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l
   grep ' /run/rkt-join' /proc/self/mountinfo | awk '{print $5}' | sort -r | xargs -r -n1 umount -l
   ip link del cni0 2>/dev/null
@@ -189,4 +225,89 @@ out=$(kubectl exec joined -- sh -c 'echo exec $((6*7))')
 [ "$out" = "exec 42" ] || fail "kubectl exec: $out"
 log "kubectl exec: $out"
 kubectl delete pod joined --grace-period=1 >&2
+
+# kube-proxy, deployed as `kubeadm init` deploys it (its addon phase: ServiceAccount, RBAC, ConfigMap, DaemonSet) with
+# the kit's kube-proxy as the image, then a ClusterIP Service in front of a pod on the node.
+image=$(bash "$REPO/tests/scripts/build-kube-proxy-image.sh" "$K8S_HOME/bin/kube-proxy" | tail -1)
+log "kube-proxy image: $image"
+kube_chains >"$STATE/chains.before"
+for f in $PROXY_SYSCTLS; do
+  if [ -e "$f" ]; then echo "$f $(cat "$f")"; fi
+done >"$STATE/sysctls.before"
+[ -e /run/xtables.lock ] || touch "$STATE/no-xtables-lock"
+cat >"$STATE/kubeadm-cluster.yaml" <<Y
+apiVersion: kubeadm.k8s.io/v1beta3
+kind: ClusterConfiguration
+kubernetesVersion: ${image##*:}
+clusterName: kit
+controlPlaneEndpoint: 127.0.0.1:$K8S_APISERVER_PORT
+imageRepository: ${image%/kube-proxy:*}
+networking: {podSubnet: 10.244.0.0/16, serviceSubnet: 10.96.0.0/12, dnsDomain: cluster.local}
+Y
+"$K8S_HOME/bin/kubeadm" init phase addon kube-proxy --config "$STATE/kubeadm-cluster.yaml" --kubeconfig "$kc" >&2 ||
+  fail "kubeadm init phase addon kube-proxy"
+proxy_pod=""
+for _ in $(seq 180); do
+  proxy_pod=$(kubectl -n kube-system get pods -l k8s-app=kube-proxy --field-selector "spec.nodeName=$NODE" \
+    -o jsonpath='{.items[?(@.status.phase=="Running")].metadata.name}' 2>/dev/null)
+  [ -n "$proxy_pod" ] && break
+  sleep 0.5
+done
+kubectl -n kube-system get ds,pods -o wide >&2
+[ -n "$proxy_pod" ] || { tail -n 40 "$STATE/rkubelet.log" >&2; fail "no kube-proxy pod running on $NODE"; }
+log "kube-proxy DaemonSet pod $proxy_pod running on $NODE"
+kubectl apply -f - >&2 <<Y
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, labels: {app: web}}
+spec:
+  nodeName: $NODE
+  containers:
+  - name: web
+    image: 127.0.0.1:5000/busybox:1.36
+    command: [sh, -c, 'mkdir /www && echo hello through the service >/www/index.html && exec httpd -f -p 8080 -h /www']
+    ports: [{containerPort: 8080}]
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: default}
+spec:
+  nodeName: $NODE
+  containers:
+  - name: client
+    image: 127.0.0.1:5000/busybox:1.36
+    command: [sleep, '3600']
+Y
+kubectl wait --for=condition=Ready pod/web pod/client --timeout=90s >&2 || fail "web and client pods not Ready"
+cluster_ip=$(kubectl get service web -o jsonpath='{.spec.clusterIP}')
+log "Service web: ClusterIP $cluster_ip:80 -> pod web :8080"
+# `timeout` rather than wget's own -T: Debian's busybox 1.35 wget dies with SIGSEGV when given -T.
+from_pod="" from_host=""
+for _ in $(seq 60); do
+  [ -z "$from_pod" ] && from_pod=$(kubectl exec client -- timeout 5 wget -q -O- "http://$cluster_ip/" 2>/dev/null || true)
+  [ -z "$from_host" ] && from_host=$(curl -s -m 2 "http://$cluster_ip/" || true)
+  [ -n "$from_pod" ] && [ -n "$from_host" ] && break
+  sleep 1
+done
+service_diagnostics() {
+  kubectl -n kube-system logs "$proxy_pod" 2>&1 | tail -n 20 >&2
+  kubectl get endpointslices -l kubernetes.io/service-name=web -o wide >&2
+  iptables-save -t nat | grep -E 'default/web|KUBE-SERVICES|KUBE-POSTROUTING|KUBE-MARK' >&2
+  kubectl exec client -- ip route >&2
+}
+[ "$from_pod" = "hello through the service" ] ||
+  { service_diagnostics; fail "from pod client, http://$cluster_ip/: '$from_pod'"; }
+log "from pod client, http://$cluster_ip/: $from_pod"
+[ "$from_host" = "hello through the service" ] ||
+  { service_diagnostics; fail "from the host, http://$cluster_ip/: '$from_host'"; }
+log "from the host, http://$cluster_ip/: $from_host"
+kubectl delete pod web client --grace-period=1 >&2
 echo "kubeadm-join: ok"
