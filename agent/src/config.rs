@@ -30,6 +30,9 @@ pub const DEFAULT_POD_LOGS_DIR: &str = "/var/log/pods";
 pub const DEFAULT_FILE_CHECK_FREQUENCY: Duration = Duration::from_secs(20);
 /// kubelet's `syncFrequency` default: how often a pod worker re-syncs a pod with nothing happening to it.
 pub const DEFAULT_SYNC_FREQUENCY: Duration = Duration::from_secs(60);
+pub const DEFAULT_NODE_STATUS_UPDATE_FREQUENCY: Duration = Duration::from_secs(10);
+pub const DEFAULT_NODE_STATUS_REPORT_FREQUENCY: Duration = Duration::from_secs(300);
+pub const DEFAULT_NODE_LEASE_DURATION_SECONDS: i32 = 40;
 pub const DEFAULT_MAX_PODS: u32 = 110;
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -149,6 +152,12 @@ pub struct KubeletConfigurationFile {
     pub volume_stats_agg_period: Option<String>,
     /// The agent's own eviction signal on memory PSI (`eviction::psi`); kubelet has no such key.
     pub eviction_pressure_stall: Option<BTreeMap<String, String>>,
+    pub node_status_update_frequency: Option<String>,
+    pub node_status_report_frequency: Option<String>,
+    pub node_lease_duration_seconds: Option<i32>,
+    #[serde(rename = "providerID")]
+    pub provider_id: Option<String>,
+    pub register_node: Option<bool>,
     /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_yaml::Value>,
@@ -324,6 +333,17 @@ pub struct KubeletConfig {
     pub shutdown_grace_period_by_pod_priority: Vec<ShutdownGracePeriodByPodPriority>,
     /// kubelet's `volumeStatsAggPeriod` (1m, also when zero); `None` when negative (volume figures off).
     pub volume_stats_agg_period: Option<Duration>,
+    /// How often the node's status is computed and compared with the Node object (kubelet: 10 s).
+    pub node_status_update_frequency: Duration,
+    /// How often the status is sent when nothing changed (kubelet: 5 m, or the update frequency when only that is
+    /// set).
+    pub node_status_report_frequency: Duration,
+    /// The node Lease's duration (kubelet: 40 s); it is renewed every quarter of it.
+    pub node_lease_duration_seconds: i32,
+    /// kubelet's `providerID`: the Node's `spec.providerID` at registration.
+    pub provider_id: Option<String>,
+    /// kubelet's `registerNode`: whether the agent creates its Node object or waits for someone else to.
+    pub register_node: bool,
     /// Unknown file fields, reported once logging is up.
     pub warnings: Vec<String>,
 }
@@ -498,6 +518,22 @@ impl KubeletConfig {
         let file_check_frequency =
             duration("fileCheckFrequency", &file.file_check_frequency, DEFAULT_FILE_CHECK_FREQUENCY)?;
         let sync_frequency = duration("syncFrequency", &file.sync_frequency, DEFAULT_SYNC_FREQUENCY)?;
+        let node_status_update_frequency = duration(
+            "nodeStatusUpdateFrequency",
+            &file.node_status_update_frequency,
+            DEFAULT_NODE_STATUS_UPDATE_FREQUENCY,
+        )?;
+        // kubelet's defaulting: an update frequency set alone is also the report frequency (backward compatibility).
+        let update_set = file
+            .node_status_update_frequency
+            .as_deref()
+            .and_then(|v| crate::kubetypes::duration::parse_go_duration(v).ok())
+            .is_some_and(|d| !d.is_zero());
+        let node_status_report_frequency = duration(
+            "nodeStatusReportFrequency",
+            &file.node_status_report_frequency,
+            if update_set { node_status_update_frequency } else { DEFAULT_NODE_STATUS_REPORT_FREQUENCY },
+        )?;
 
         // kubelet lower-cases the node name derived from the hostname or the override.
         let node_name = flags.hostname_override.as_deref().unwrap_or(hostname).trim().to_lowercase();
@@ -696,6 +732,21 @@ impl KubeletConfig {
                     crate::stats::volumes::DEFAULT_VOLUME_STATS_AGG_PERIOD,
                 )?),
             },
+            node_status_update_frequency,
+            node_status_report_frequency,
+            node_lease_duration_seconds: match file.node_lease_duration_seconds {
+                None | Some(0) => DEFAULT_NODE_LEASE_DURATION_SECONDS,
+                Some(n) if n > 0 => n,
+                Some(n) => {
+                    return Err(ConfigError::Invalid {
+                        what: "nodeLeaseDurationSeconds",
+                        value: n.to_string(),
+                        reason: "must be greater than 0".into(),
+                    })
+                }
+            },
+            provider_id: file.provider_id.clone().filter(|p| !p.is_empty()),
+            register_node: file.register_node.unwrap_or(true),
             cgroup_driver,
             cgroups_per_qos: file.cgroups_per_qos.unwrap_or(true),
             enforce_node_allocatable,
@@ -1124,6 +1175,32 @@ mod volume_stats_and_pressure_stall_tests {
         assert_eq!(c.eviction.pressure_transition_period, DEFAULT_PRESSURE_TRANSITION_PERIOD);
         assert_eq!(c.shutdown_grace_period, Duration::ZERO, "zero turns graceful shutdown off");
         assert_eq!(c.auth.authentication_cache_ttl, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn node_status_and_lease_timing_follow_kubelets_defaulting() {
+        let secs = Duration::from_secs;
+        let c = resolve("").unwrap();
+        assert_eq!(
+            (c.node_status_update_frequency, c.node_status_report_frequency, c.node_lease_duration_seconds),
+            (Duration::from_secs(10), Duration::from_secs(300), 40)
+        );
+        // An update frequency set alone is the report frequency too; zero means unset.
+        let c = resolve("nodeStatusUpdateFrequency: 4s\n").unwrap();
+        assert_eq!((c.node_status_update_frequency, c.node_status_report_frequency), (secs(4), secs(4)));
+        let c = resolve("nodeStatusUpdateFrequency: 0s\n").unwrap();
+        assert_eq!((c.node_status_update_frequency, c.node_status_report_frequency), (secs(10), secs(300)));
+        let c = resolve("nodeStatusUpdateFrequency: 4s\nnodeStatusReportFrequency: 1m\n").unwrap();
+        assert_eq!((c.node_status_update_frequency, c.node_status_report_frequency), (secs(4), secs(60)));
+        assert_eq!(resolve("nodeLeaseDurationSeconds: 0\n").unwrap().node_lease_duration_seconds, 40);
+        assert_eq!(resolve("nodeLeaseDurationSeconds: 12\n").unwrap().node_lease_duration_seconds, 12);
+        let e = resolve("nodeLeaseDurationSeconds: -1\n").unwrap_err().to_string();
+        assert!(e.contains("nodeLeaseDurationSeconds") && e.contains("greater than 0"), "{e}");
+        assert!(resolve("nodeStatusReportFrequency: often\n").is_err());
+        let c = resolve("providerID: aws:///eu-west-1a/i-0123\nregisterNode: false\n").unwrap();
+        assert_eq!((c.provider_id.as_deref(), c.register_node), (Some("aws:///eu-west-1a/i-0123"), false));
+        let c = resolve("").unwrap();
+        assert_eq!((c.provider_id, c.register_node), (None, true));
     }
 
     #[test]

@@ -149,7 +149,7 @@ const KUBELET_FLAGS: &[(&str, Kind, Use)] = &[
     ("node-ip", Valued, Parser),
     ("node-labels", Valued, Parser),
     ("node-status-max-images", Valued, NoEffect),
-    ("node-status-update-frequency", Valued, NoEffect),
+    ("node-status-update-frequency", Valued, Field("nodeStatusUpdateFrequency", Str)),
     ("oom-score-adj", Valued, NoEffect),
     ("pod-cidr", Valued, Parser),
     ("pod-infra-container-image", Valued, Parser),
@@ -158,10 +158,10 @@ const KUBELET_FLAGS: &[(&str, Kind, Use)] = &[
     ("pods-per-core", Valued, NoEffect),
     ("port", Valued, Parser),
     ("protect-kernel-defaults", Switch, NoEffect),
-    ("provider-id", Valued, NoEffect),
+    ("provider-id", Valued, Field("providerID", Str)),
     ("qos-reserved", Valued, NoEffect),
     ("read-only-port", Valued, Parser),
-    ("register-node", Switch, NoEffect),
+    ("register-node", Switch, Field("registerNode", Boolean)),
     ("register-schedulable", Switch, NoEffect),
     ("register-with-taints", Valued, Field("registerWithTaints", Taints)),
     ("registry-burst", Valued, NoEffect),
@@ -496,9 +496,21 @@ mod tests {
 
     #[test]
     fn warnings_name_each_flag_once() {
-        let cl = parse(&args("--fail-swap-on=false --fail-swap-on --register-node")).unwrap();
+        let cl = parse(&args("--fail-swap-on=false --fail-swap-on --register-schedulable")).unwrap();
         assert_eq!(cl.warnings.len(), 2);
         assert!(cl.warnings[0].contains("--fail-swap-on"));
+    }
+
+    #[test]
+    fn node_status_provider_and_registration_flags_reach_the_config() {
+        let cl =
+            parse(&args("--node-status-update-frequency=4s --provider-id=kind://docker/kind/n1 --register-node=false"))
+                .unwrap();
+        assert!(cl.warnings.is_empty(), "{:?}", cl.warnings);
+        assert_eq!(
+            serde_yaml::to_string(&cl.config_fields).unwrap(),
+            "nodeStatusUpdateFrequency: 4s\nproviderID: kind://docker/kind/n1\nregisterNode: false\n"
+        );
     }
 
     #[test]

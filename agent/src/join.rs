@@ -16,11 +16,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use clap::Parser;
+use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 /// k8s.io/cluster-bootstrap/token/api: ConfigMapClusterInfo, KubeConfigKey, JWSSignatureKeyPrefix,
 /// BootstrapTokenPattern.
 const CLUSTER_INFO: &str = "cluster-info";
+/// A ConfigMap holds at most 1 MiB of data (the API server refuses more); its JSON, with metadata, stays well below
+/// this.
+const MAX_CONFIG_MAP_RESPONSE_BYTES: usize = 3 << 20;
 const KUBECONFIG_KEY: &str = "kubeconfig";
 const JWS_SIGNATURE_KEY_PREFIX: &str = "jws-kubeconfig-";
 const BOOTSTRAP_TOKEN_PATTERN: &str = r"\A([a-z0-9]{6})\.([a-z0-9]{16})\z";
@@ -416,12 +420,28 @@ async fn get_config_map(
         config.headers.push((hyper::header::AUTHORIZATION, value));
     }
     let client = kube::Client::try_from(config).map_err(|e| transport(error_chain(&e)))?;
-    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, namespace);
-    match tokio::time::timeout(timeout, api.get(name)).await {
+    let request = hyper::Request::get(format!("/api/v1/namespaces/{namespace}/configmaps/{name}"))
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(kube::client::Body::from(Vec::new()))
+        .map_err(|e| transport(e.to_string()))?;
+    let fetch = async {
+        let response = client.send(request).await.map_err(|e| transport(error_chain(&e)))?;
+        let code = response.status().as_u16();
+        // The first fetch trusts no one: an answer longer than any ConfigMap can be is refused, not read.
+        let body = http_body_util::Limited::new(response.into_body(), MAX_CONFIG_MAP_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| transport(format!("reading the answer: {e}")))?
+            .to_bytes();
+        if !(200..300).contains(&code) {
+            let message = serde_json::from_slice::<kube::core::Status>(&body).map(|s| s.message).unwrap_or_default();
+            return Err(FetchError::Status(code, message, url.clone()));
+        }
+        serde_json::from_slice::<ConfigMap>(&body).map_err(|e| transport(format!("not a ConfigMap: {e}")))
+    };
+    match tokio::time::timeout(timeout, fetch).await {
         Err(_) => Err(transport(format!("no answer in {timeout:?}"))),
-        Ok(Ok(cm)) => Ok(cm),
-        Ok(Err(kube::Error::Api(status))) => Err(FetchError::Status(status.code, status.message.clone(), url)),
-        Ok(Err(e)) => Err(transport(error_chain(&e))),
+        Ok(result) => result,
     }
 }
 
@@ -1014,6 +1034,47 @@ aH+sfuxT8xeTPb3kjzF9eJTlnEquUDLM
         let took = started.elapsed();
         holder.abort();
         assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(4), "{took:?}: {err}");
+    }
+
+    /// The first fetch trusts no one: a server that answers without end is cut off after a ConfigMap's worth, with
+    /// an error saying so, and the agent does not hold the answer in memory.
+    #[tokio::test]
+    async fn an_endless_cluster_info_answer_is_refused_past_a_config_maps_size() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&sent);
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+            conn.write_all(head.as_bytes()).await.unwrap();
+            let chunk = format!("{:x}\r\n{}\r\n", 64 << 10, " ".repeat(64 << 10));
+            // Up to 64 MiB, far past the limit; the client hangs up long before.
+            for _ in 0..1024 {
+                if conn.write_all(chunk.as_bytes()).await.is_err() {
+                    break;
+                }
+                counter.fetch_add(64 << 10, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let err = get_config_map(
+            &format!("http://{addr}"),
+            "kube-public",
+            CLUSTER_INFO,
+            &Trust::Insecure,
+            None,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("reading the answer") && err.contains("length limit exceeded"), "{err}");
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(sent < 16 << 20, "the server could send {sent} bytes before the client stopped reading");
     }
 
     proptest! {

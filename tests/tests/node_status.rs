@@ -1,15 +1,18 @@
 //! Node status as kubelet reports it: reconciled against the Node read back from the API, so that the node is Ready
 //! again soon after an API outage in which the node controller marked it `Unknown`; and its addresses replaced, not
-//! merged, when the agent restarts with another `--node-ip`.
+//! merged, when the agent restarts with another `--node-ip`; and kubelet's node knobs (provider ID, status and lease
+//! periods, `registerNode`).
 //!
 //! The outage test stops a real kube-apiserver: it runs a private control plane from the kit (`../shared/k8s`, or
 //! `RKUBELET_K8S_KIT`) on its own ports and state folder, so that nobody else's cluster is disturbed.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use rkubelet_tests::agent::tail;
@@ -283,5 +286,65 @@ fn node_addresses_are_replaced_not_merged_across_restarts_with_another_node_ip()
             |n| addresses(n) == want && ready_status(n) == "True",
         )?;
     }
+    Ok(())
+}
+
+/// kubelet's node knobs as kubeadm, k3s and kind set them: `--provider-id` is the Node's `spec.providerID`;
+/// `--node-status-update-frequency` set alone is the report period too, so the heartbeat moves every period with
+/// nothing changed (with the 5 min default it would not move here); `nodeLeaseDurationSeconds` is the Lease's duration,
+/// renewed every quarter of it; and with `--register-node=false` the agent creates no Node, and reports the status of
+/// the one someone else creates.
+#[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+fn provider_id_status_frequency_lease_duration_and_register_node_are_kubelets() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    const PROVIDER_ID: &str = "rkt://tests/node-knobs";
+    let mut env = ApiNode::builder("node-knobs")
+        .config("nodeLeaseDurationSeconds: 8\n")
+        .args([&format!("--provider-id={PROVIDER_ID}"), "--node-status-update-frequency=2s"])
+        .start()?;
+    println!("node knobs against {}", if env.cluster().is_real() { "a real API server" } else { "the API double" });
+    let nodes: Api<Node> = Api::all(env.admin.clone());
+    let leases: Api<Lease> = Api::namespaced(env.admin.clone(), "kube-node-lease");
+    let node =
+        env.wait_for("node Ready", START, || Ok(env.block_on(nodes.get(env.node()))?), |n| ready_status(n) == "True")?;
+    let provider_id = node.spec.as_ref().and_then(|s| s.provider_id.as_deref());
+    ensure!(provider_id == Some(PROVIDER_ID), "spec.providerID: {provider_id:?}");
+
+    let (mut heartbeats, mut renewals) = (BTreeSet::new(), BTreeSet::new());
+    let mut lease_duration = None;
+    let deadline = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < deadline {
+        let node = env.block_on(nodes.get(env.node()))?;
+        if let Some(beat) = ready(&node).and_then(|c| c.last_heartbeat_time.as_ref()) {
+            heartbeats.insert(beat.0.to_string());
+        }
+        if let Some(spec) = env.block_on(leases.get_opt(env.node()))?.and_then(|l| l.spec) {
+            lease_duration = spec.lease_duration_seconds;
+            renewals.extend(spec.renew_time.map(|t| t.0.to_string()));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Every 2 s for 9 s is four or five; kubelet's defaults (5 min, 10 s) would give one or two.
+    ensure!(heartbeats.len() >= 3, "Ready heartbeats seen in 9 s with a 2 s status frequency: {heartbeats:?}");
+    ensure!(lease_duration == Some(8), "leaseDurationSeconds: {lease_duration:?}");
+    ensure!(renewals.len() >= 3, "Lease renewals seen in 9 s with an 8 s lease (renewed every 2 s): {renewals:?}");
+
+    // Someone else's Node to report on.
+    env.restart_with(&["--register-node=false"])?;
+    env.block_on(nodes.delete(env.node(), &DeleteParams::default()))?;
+    std::thread::sleep(Duration::from_secs(8));
+    ensure!(
+        env.block_on(nodes.get_opt(env.node()))?.is_none(),
+        "the agent created its Node with --register-node=false"
+    );
+    let created: Node = serde_json::from_value(json!({ "metadata": { "name": env.node() } }))?;
+    env.block_on(nodes.create(&PostParams::default(), &created))?;
+    env.wait_for(
+        "the Node created by someone else Ready with our status",
+        START,
+        || Ok(env.block_on(nodes.get(env.node()))?),
+        |n| ready_status(n) == "True" && n.status.as_ref().and_then(|s| s.node_info.as_ref()).is_some(),
+    )?;
     Ok(())
 }

@@ -338,11 +338,18 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
                 admission: admission_tx,
                 pressure: Some(eviction_pressure_rx.clone()),
                 sync_now: sync_node_status.clone(),
+                update_frequency: config.node_status_update_frequency,
+                report_frequency: config.node_status_report_frequency,
+                provider_id: config.provider_id.clone(),
+                register_node: config.register_node,
             }
             .run(),
         );
         tasks.spawn("event poster", run_event_poster(client.clone(), config.node_name.clone(), events_rx));
-        tasks.spawn("node lease", run_node_lease(client, config.node_name.clone(), api_reachable));
+        tasks.spawn(
+            "node lease",
+            run_node_lease(client, config.node_name.clone(), config.node_lease_duration_seconds, api_reachable),
+        );
     }
     drop(source_tx);
     let (sources_ready_tx, sources_ready_rx) = watch::channel(false);

@@ -20,17 +20,12 @@ use crate::node::status::{
     KUBELET_COMPAT_VERSION, LABEL_ARCH, LABEL_HOSTNAME, LABEL_OS,
 };
 
-/// kubelet's `nodeStatusUpdateFrequency`: how often the status is computed and compared with the Node in the API.
-pub const NODE_STATUS_UPDATE_FREQUENCY: Duration = Duration::from_secs(10);
-/// kubelet's `nodeStatusReportFrequency`: the status is sent at least this often even when unchanged.
-pub const NODE_STATUS_REPORT_FREQUENCY: Duration = Duration::from_secs(300);
 /// kubelet's `nodeStatusUpdateRetry`: attempts per status update before waiting for the next period.
 pub const NODE_STATUS_UPDATE_RETRY: usize = 5;
 /// A change to the Node by someone else (the node controller marking it `Unknown`) is answered this soon at most.
 const NODE_WATCH_MIN_INTERVAL: Duration = Duration::from_secs(1);
-/// kubelet's `nodeLeaseDurationSeconds`; the lease is renewed every quarter of it (`renewIntervalFraction`).
-pub const NODE_LEASE_DURATION_SECONDS: i32 = 40;
-pub const NODE_LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(10);
+/// kubelet's `nodeLeaseRenewIntervalFraction`: the Lease is renewed every quarter of its duration.
+const NODE_LEASE_RENEW_INTERVAL_FRACTION: f64 = 0.25;
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 /// Retry bounds for registration and failed lease renewals (kubelet: 200 ms doubling up to 7 s).
 const RETRY_INITIAL: Duration = Duration::from_millis(200);
@@ -53,6 +48,14 @@ pub struct NodeRegistration {
     pub pressure: Option<watch::Receiver<crate::eviction::NodePressure>>,
     /// kubelet's `syncNodeStatus` from elsewhere (the node shutting down): the status is updated at once.
     pub sync_now: Arc<tokio::sync::Notify>,
+    /// kubelet's `nodeStatusUpdateFrequency`: how often the status is computed and compared with the Node.
+    pub update_frequency: Duration,
+    /// kubelet's `nodeStatusReportFrequency`: the status is sent at least this often even when unchanged.
+    pub report_frequency: Duration,
+    /// kubelet's `providerID`, set in the spec of the Node the agent creates.
+    pub provider_id: Option<String>,
+    /// kubelet's `registerNode`: when false the Node is someone else's to create, and the agent waits for it.
+    pub register_node: bool,
 }
 
 /// Resolves when the pressure conditions change; never without a receiver or once its sender is gone.
@@ -112,7 +115,7 @@ impl NodeRegistration {
                     }
                 }
                 let updated = tokio::time::Instant::now();
-                let mut next = updated + NODE_STATUS_UPDATE_FREQUENCY;
+                let mut next = updated + self.update_frequency;
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep_until(next) => break,
@@ -175,7 +178,7 @@ impl NodeRegistration {
         let original = nodes.get_with(&self.node_name, &params).await?;
         let facts = self.facts(server).await;
         let status = set_node_status(original.status.as_ref(), &facts, SystemTime::now());
-        let due = reported.0.is_none_or(|at| at.elapsed() >= NODE_STATUS_REPORT_FREQUENCY);
+        let due = reported.0.is_none_or(|at| at.elapsed() >= self.report_frequency);
         if !due && !node_status_has_changed(original.status.as_ref(), &status) {
             return Ok(original);
         }
@@ -235,8 +238,15 @@ impl NodeRegistration {
         nodes: &Api<Node>,
         server: Option<&k8s_openapi::apimachinery::pkg::version::Info>,
     ) -> Result<Node, kube::Error> {
+        if !self.register_node {
+            // kubelet without registerNode only updates the status of a Node that exists.
+            return nodes.get(&self.node_name).await;
+        }
         let facts = self.facts(server).await;
-        let node = initial_node(&facts, &self.labels, &self.taints, SystemTime::now());
+        let mut node = initial_node(&facts, &self.labels, &self.taints, SystemTime::now());
+        if let (Some(spec), Some(id)) = (node.spec.as_mut(), self.provider_id.as_ref()) {
+            spec.provider_id = Some(id.clone());
+        }
         match nodes.create(&PostParams::default(), &node).await {
             // Where the create dropped the status, the status update that follows registration sends it.
             Ok(created) => Ok(created),
@@ -264,21 +274,28 @@ impl NodeRegistration {
     }
 }
 
-/// Renews the node's Lease every 10 s; the Lease is owned by the Node, so it goes when the Node is deleted.
-/// Renews the node's Lease. `api_reachable` is told when a renewal succeeds after a failed one, so that the pod
+/// Renews the node's Lease every quarter of its duration; the Lease is owned by the Node, so it goes when the Node is
+/// deleted. `api_reachable` is told when a renewal succeeds after a failed one, so that the pod
 /// watch stops waiting out its back-off from an outage.
-pub async fn run_node_lease(client: kube::Client, node_name: String, api_reachable: Arc<tokio::sync::Notify>) {
+pub async fn run_node_lease(
+    client: kube::Client,
+    node_name: String,
+    lease_duration_seconds: i32,
+    api_reachable: Arc<tokio::sync::Notify>,
+) {
+    let renew_interval =
+        Duration::from_secs_f64(f64::from(lease_duration_seconds.max(1)) * NODE_LEASE_RENEW_INTERVAL_FRACTION);
     let leases: Api<Lease> = Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE);
     let nodes: Api<Node> = Api::all(client);
     let mut retry = RETRY_INITIAL;
     loop {
-        match renew_lease(&leases, &nodes, &node_name).await {
+        match renew_lease(&leases, &nodes, &node_name, lease_duration_seconds).await {
             Ok(()) => {
                 if retry != RETRY_INITIAL {
                     api_reachable.notify_waiters();
                 }
                 retry = RETRY_INITIAL;
-                tokio::time::sleep(NODE_LEASE_RENEW_INTERVAL).await;
+                tokio::time::sleep(renew_interval).await;
             }
             Err(e) => {
                 tracing::warn!(node = %node_name, error = %e, retry_in = ?retry, "failed to renew node lease");
@@ -289,14 +306,19 @@ pub async fn run_node_lease(client: kube::Client, node_name: String, api_reachab
     }
 }
 
-async fn renew_lease(leases: &Api<Lease>, nodes: &Api<Node>, node_name: &str) -> Result<(), kube::Error> {
+async fn renew_lease(
+    leases: &Api<Lease>,
+    nodes: &Api<Node>,
+    node_name: &str,
+    lease_duration_seconds: i32,
+) -> Result<(), kube::Error> {
     let now = jiff::Timestamp::now();
     match leases.get_opt(node_name).await? {
         Some(mut lease) => {
             let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
             spec.renew_time = Some(MicroTime(now));
             spec.holder_identity = Some(node_name.to_owned());
-            spec.lease_duration_seconds = Some(NODE_LEASE_DURATION_SECONDS);
+            spec.lease_duration_seconds = Some(lease_duration_seconds);
             // A replace carries the resourceVersion we read: a concurrent change is a 409 and we retry.
             leases.replace(node_name, &PostParams::default(), &lease).await?;
         }
@@ -314,7 +336,7 @@ async fn renew_lease(leases: &Api<Lease>, nodes: &Api<Node>, node_name: &str) ->
             }]);
             lease.spec = Some(LeaseSpec {
                 holder_identity: Some(node_name.to_owned()),
-                lease_duration_seconds: Some(NODE_LEASE_DURATION_SECONDS),
+                lease_duration_seconds: Some(lease_duration_seconds),
                 renew_time: Some(MicroTime(now)),
                 ..Default::default()
             });
