@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::api::certificate::{jitter, rotation_deadline};
 use crate::api::serving::{request_serving_certificate, SERVING_CERT_FILE};
-use crate::server::tls::{pem_pair, rotation_deadline, validity, ServingCerts};
+use crate::server::tls::{pem_pair, validity, ServingCerts};
 
 /// A failed request is tried again after this long.
 const RETRY: Duration = Duration::from_secs(30);
@@ -19,12 +20,6 @@ pub struct ServingCertificateManager {
     pub hostname: String,
     pub ips: Vec<String>,
     pub cert_dir: PathBuf,
-}
-
-/// A fraction in [0, 1) for the rotation jitter, from the clock (no need for a random source).
-fn jitter() -> f64 {
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    f64::from(nanos % 1000) / 1000.0
 }
 
 impl ServingCertificateManager {

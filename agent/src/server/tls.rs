@@ -148,12 +148,6 @@ pub fn validity(chain: &[CertificateDer<'_>]) -> Option<(SystemTime, SystemTime)
     Some((at(parsed.validity().not_before.timestamp()), at(parsed.validity().not_after.timestamp())))
 }
 
-/// kubelet's certificate manager rotates at a jittered 70 to 90 % of the certificate's lifetime; `jitter` in [0, 1).
-pub fn rotation_deadline(not_before: SystemTime, not_after: SystemTime, jitter: f64) -> SystemTime {
-    let total = not_after.duration_since(not_before).unwrap_or_default();
-    not_before + total.mul_f64(0.7 + 0.2 * jitter.clamp(0.0, 1.0))
-}
-
 /// The server's rustls configuration: HTTP/2 and HTTP/1.1 (upgrades for exec, attach and port-forward need it), client
 /// certificates requested and verified against the client CA when one is configured, but not required: callers
 /// without one may still bring a bearer token.
@@ -231,15 +225,11 @@ mod tests {
     }
 
     #[test]
-    fn a_pem_pair_reads_back_with_its_validity_and_rotates_at_70_to_90_percent() {
+    fn a_pem_pair_reads_back_with_its_validity() {
         let (cert, key) = self_signed("node-1", &[]).unwrap();
         let pair = pem_pair(&format!("{cert}{key}"), Path::new("/x.pem")).unwrap();
         let (from, to) = validity(&pair.chain).unwrap();
         assert!(to > from);
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let t1 = t0 + Duration::from_secs(1000);
-        assert_eq!(rotation_deadline(t0, t1, 0.0), t0 + Duration::from_secs(700));
-        assert_eq!(rotation_deadline(t0, t1, 0.5), t0 + Duration::from_secs(800));
         assert!(pem_pair(&key, Path::new("/x.pem")).is_err(), "a key alone is no pair");
     }
 
