@@ -2,19 +2,25 @@
 //! kubelet server on :10250 over HTTPS with a bearer token, as cluster monitoring scrapes kubelets: `/metrics`,
 //! `/metrics/cadvisor` and `/metrics/resource`, with `authorization.credentials_file` holding a token the agent has
 //! reviewed (TokenReview against the API-server double; anonymous access off, so a scrape without the token fails).
-//! The test then asks Prometheus PromQL questions about the node's pods.
+//! The test then asks Prometheus PromQL questions about the node's pods. With the kit, a second test does the same
+//! with a ServiceAccount token that the real API server reviews and authorises through RBAC.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{Api, DeleteParams, PostParams};
 use rkubelet_tests::agent::{free_port, http_get, running, tail, Agent};
-use rkubelet_tests::apiserver::ApiServer;
+use rkubelet_tests::api_node::{ApiNode, NAMESPACE};
+use rkubelet_tests::apiserver::{ApiServer, Cluster};
 use rkubelet_tests::containerd::{print_skip, Containerd};
 use rkubelet_tests::images::{ensure_images, BUSYBOX};
 use rkubelet_tests::skip_unless_root;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const TOKEN: &str = "prometheus-scrape-token-0123456789";
@@ -35,28 +41,24 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
-    fn start(kubelet_port: u16) -> Result<Prometheus> {
+    /// Scrape jobs `(name, path, bearer token)` against the kubelet server on `kubelet_port`.
+    fn start(kubelet_port: u16, jobs: &[(&str, &str, Option<&str>)]) -> Result<Prometheus> {
         let dir = tempfile::Builder::new().prefix("rkubelet-prometheus-").tempdir()?;
-        let token = dir.path().join("token");
-        std::fs::write(&token, TOKEN)?;
-        let job = |name: &str, path: &str, auth: bool| {
-            let auth = if auth {
-                format!("    authorization:\n      credentials_file: {}\n", token.display())
-            } else {
-                String::new()
+        let mut config = String::from("global:\n  scrape_interval: 2s\n  scrape_timeout: 2s\nscrape_configs:\n");
+        for (name, path, token) in jobs {
+            let auth = match token {
+                Some(token) => {
+                    let file = dir.path().join(format!("{name}.token"));
+                    std::fs::write(&file, token)?;
+                    format!("    authorization:\n      credentials_file: {}\n", file.display())
+                }
+                None => String::new(),
             };
-            format!(
+            config.push_str(&format!(
                 "  - job_name: {name}\n    metrics_path: {path}\n    scheme: https\n    tls_config:\n      \
                  insecure_skip_verify: true\n{auth}    static_configs:\n      - targets: ['127.0.0.1:{kubelet_port}']\n"
-            )
-        };
-        let config = format!(
-            "global:\n  scrape_interval: 2s\n  scrape_timeout: 2s\nscrape_configs:\n{}{}{}{}",
-            job("kubelet", "/metrics", true),
-            job("cadvisor", "/metrics/cadvisor", true),
-            job("resource", "/metrics/resource", true),
-            job("anonymous", "/metrics", false),
-        );
+            ));
+        }
         let config_file = dir.path().join("prometheus.yml");
         std::fs::write(&config_file, config)?;
         let port = free_port()?;
@@ -161,7 +163,15 @@ fn prometheus_scrapes_the_kubelet_server_with_a_bearer_token_and_answers_per_pod
     }
     let full = |name: &str| format!("{name}-{}", agent.node_name());
 
-    let prometheus = Prometheus::start(agent.server_port())?;
+    let prometheus = Prometheus::start(
+        agent.server_port(),
+        &[
+            ("kubelet", "/metrics", Some(TOKEN)),
+            ("cadvisor", "/metrics/cadvisor", Some(TOKEN)),
+            ("resource", "/metrics/resource", Some(TOKEN)),
+            ("anonymous", "/metrics", None),
+        ],
+    )?;
     let scrape = Duration::from_secs(60);
     for job in ["kubelet", "cadvisor", "resource"] {
         prometheus.wait(&format!("up{{job=\"{job}\"}}"), scrape, |r| r.len() == 1 && r[0].1 == 1.0)?;
@@ -217,4 +227,137 @@ fn prometheus_scrapes_the_kubelet_server_with_a_bearer_token_and_answers_per_pod
         agent.wait_pod_gone(name, Duration::from_secs(60))?;
     }
     Ok(())
+}
+
+/// Prometheus as cluster monitoring deploys it: its ServiceAccount's token, reviewed by the real API server
+/// (TokenReview) and authorised by it (SubjectAccessReview on `nodes/metrics`, granted by a ClusterRole), with the
+/// agent's webhook authentication and authorisation as kubeadm configures them. A token of an account without the
+/// role is authenticated and then refused (403), so its scrape fails. Needs the kit: the API-server double answers
+/// no SubjectAccessReview.
+#[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+fn prometheus_with_a_service_account_token_is_reviewed_and_authorised_by_the_api_server() -> Result<()> {
+    skip_unless_root!(Ok(()));
+    if !Path::new(PROMETHEUS).exists() {
+        print_skip("prometheus scrape (RBAC)", &"no /usr/bin/prometheus (tests/scripts/install-deps.sh installs it)");
+        return Ok(());
+    }
+    let cluster = Cluster::from_env()?;
+    if !cluster.is_real() {
+        print_skip("prometheus scrape (RBAC)", &"no kit: the API-server double answers no SubjectAccessReview");
+        return Ok(());
+    }
+    let env = ApiNode::builder("prom-rbac")
+        .cluster(cluster)
+        .config(
+            "address: 127.0.0.1\nauthentication: {anonymous: {enabled: false}, webhook: {enabled: true}}\n\
+             authorization: {mode: Webhook}\n",
+        )
+        .start()?;
+    let scraper = format!("prom-scraper-{}", env.node());
+    let outsider = format!("prom-outsider-{}", env.node());
+    let rbac = ClusterRbac { admin: env.admin.clone(), name: scraper.clone() };
+    let roles: Api<ClusterRole> = Api::all(env.admin.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(env.admin.clone());
+    rbac.remove(&env.rt);
+    // What Prometheus's own Helm chart and kube-prometheus grant for the node targets.
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": scraper },
+        "rules": [{ "apiGroups": [""], "resources": ["nodes/metrics", "nodes/stats"], "verbs": ["get"] }],
+    }))?;
+    env.block_on(roles.create(&PostParams::default(), &role))?;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": scraper },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": scraper },
+        "subjects": [{ "kind": "ServiceAccount", "name": scraper, "namespace": NAMESPACE }],
+    }))?;
+    env.block_on(bindings.create(&PostParams::default(), &binding))?;
+    let mut tokens = Vec::new();
+    for account in [&scraper, &outsider] {
+        env.create_object::<ServiceAccount>(json!({ "metadata": { "name": account } }))?;
+        tokens.push(service_account_token(&env, account)?);
+    }
+    let pod = env.create(json!({
+        "metadata": { "name": "busy" },
+        "spec": {
+            "nodeName": env.node(),
+            "containers": [{ "name": "app", "image": BUSYBOX, "command": ["sleep", "3600"] }],
+        },
+    }))?;
+    env.wait_pod("busy", Duration::from_secs(90), |p| {
+        let statuses = p.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+        statuses.is_some_and(|c| c.iter().any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some())))
+    })?;
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+
+    let prometheus = Prometheus::start(
+        env.agent.server_port(),
+        &[
+            ("kubelet", "/metrics", Some(&tokens[0])),
+            ("cadvisor", "/metrics/cadvisor", Some(&tokens[0])),
+            ("outsider", "/metrics", Some(&tokens[1])),
+        ],
+    )?;
+    let scrape = Duration::from_secs(60);
+    for job in ["kubelet", "cadvisor"] {
+        prometheus.wait(&format!("up{{job=\"{job}\"}}"), scrape, |r| r.len() == 1 && r[0].1 == 1.0)?;
+    }
+    prometheus.wait("up{job=\"outsider\"}", scrape, |r| r.len() == 1 && r[0].1 == 0.0)?;
+    let q = format!("container_memory_working_set_bytes{{job=\"cadvisor\",namespace=\"{namespace}\",pod=\"busy\",container=\"app\"}}");
+    prometheus.wait(&q, scrape, |r| r.len() == 1 && r[0].1 > 0.0)?;
+    // Why the outsider's scrape fails: the kubelet server's answer to its token.
+    let answer = curl_status(env.agent.server_port(), &tokens[1])?;
+    ensure!(answer == "403", "the outsider's token: HTTP {answer}, want 403 (authenticated, not authorised)");
+    let answer = curl_status(env.agent.server_port(), "not-a-token")?;
+    ensure!(answer == "401", "a made-up token: HTTP {answer}, want 401");
+    drop(prometheus);
+    rbac.remove(&env.rt);
+    Ok(())
+}
+
+/// The cluster-scoped RBAC objects of the test, removed on drop too.
+struct ClusterRbac {
+    admin: kube::Client,
+    name: String,
+}
+
+impl ClusterRbac {
+    fn remove(&self, rt: &tokio::runtime::Runtime) {
+        let roles: Api<ClusterRole> = Api::all(self.admin.clone());
+        let bindings: Api<ClusterRoleBinding> = Api::all(self.admin.clone());
+        let _ = rt.block_on(bindings.delete(&self.name, &DeleteParams::default()));
+        let _ = rt.block_on(roles.delete(&self.name, &DeleteParams::default()));
+    }
+}
+
+impl Drop for ClusterRbac {
+    fn drop(&mut self) {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            self.remove(&rt);
+        }
+    }
+}
+
+/// A bound token of `account` from the TokenRequest API, as a projected token volume would hold it.
+fn service_account_token(env: &ApiNode, account: &str) -> Result<String> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.admin.clone(), NAMESPACE);
+    let request: TokenRequest = serde_json::from_value(json!({ "spec": { "audiences": [], "expirationSeconds": 3600 } }))?;
+    let answer: TokenRequest = env.block_on(accounts.create_subresource(
+        "token",
+        account,
+        &PostParams::default(),
+        serde_json::to_vec(&request)?,
+    ))?;
+    answer.status.map(|s| s.token).context("TokenRequest without a token")
+}
+
+/// The HTTP status of GET /metrics on the kubelet server with this bearer token.
+fn curl_status(port: u16, token: &str) -> Result<String> {
+    let out = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("https://127.0.0.1:{port}/metrics"))
+        .output()
+        .context("run curl")?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
