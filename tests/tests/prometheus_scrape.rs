@@ -341,13 +341,10 @@ impl Drop for ClusterRbac {
 /// A bound token of `account` from the TokenRequest API, as a projected token volume would hold it.
 fn service_account_token(env: &ApiNode, account: &str) -> Result<String> {
     let accounts: Api<ServiceAccount> = Api::namespaced(env.admin.clone(), NAMESPACE);
-    let request: TokenRequest = serde_json::from_value(json!({ "spec": { "audiences": [], "expirationSeconds": 3600 } }))?;
-    let answer: TokenRequest = env.block_on(accounts.create_subresource(
-        "token",
-        account,
-        &PostParams::default(),
-        serde_json::to_vec(&request)?,
-    ))?;
+    let request: TokenRequest =
+        serde_json::from_value(json!({ "spec": { "audiences": [], "expirationSeconds": 3600 } }))?;
+    let answer: TokenRequest =
+        env.block_on(accounts.create_subresource("token", account, &PostParams::default(), &request))?;
     answer.status.map(|s| s.token).context("TokenRequest without a token")
 }
 
