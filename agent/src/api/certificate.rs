@@ -18,6 +18,10 @@ const BACKOFF_FIRST: Duration = Duration::from_secs(2);
 const BACKOFF_STEPS: u32 = 5;
 const BACKOFF_JITTER: f64 = 0.1;
 const RETRY_AFTER_BACKOFF: Duration = Duration::from_secs(32);
+/// kubelet's `exitAfter` (`kubeletcertificate.UpdateTransport(..., 5*time.Minute)`): a node that has had no valid
+/// client certificate for this long while the API server answers ends the process, so that the service manager
+/// restarts it and the start-up bootstraps a new certificate with the bootstrap kubeconfig.
+pub const EXIT_AFTER: Duration = Duration::from_secs(5 * 60);
 
 /// client-go's `nextRotationDeadline`: `notBefore` plus `wait.Jitter(lifetime, 0.2) - 0.3 × lifetime`, i.e. a point
 /// in [70 %, 90 %) of the certificate's lifetime; `jitter` in [0, 1).
@@ -76,7 +80,22 @@ pub fn node_pair_times(pem: &str, node_name: &str) -> Option<PairTimes> {
     })
 }
 
-/// The node's client certificate manager; [`ClientCertificateManager::run`] never returns.
+/// client-go's `updateTransport` check with an `exitAfter`: the agent gives up on its current credentials when it
+/// has had no valid certificate for [`EXIT_AFTER`] and the API server answered the last try. kubelet counts a
+/// transport error as an answer too; here an unreachable server is waited for, because a restart would need that
+/// server for its bootstrap as much, and the running agent keeps its pods either way.
+pub fn must_exit(last_valid: SystemTime, now: SystemTime, server_answered: bool) -> bool {
+    server_answered && now.duration_since(last_valid).is_ok_and(|without| without >= EXIT_AFTER)
+}
+
+/// Whether a failed rotation got an answer from the API server itself (client-go's `updateServerError`: any status
+/// but an unexpected server error, which a proxy in front of a down server gives).
+fn server_answered(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api(kube::Error::Api(status)) if status.code < 500)
+}
+
+/// The node's client certificate manager; [`ClientCertificateManager::run`] returns only when the node has been
+/// without a valid certificate for [`EXIT_AFTER`] (kubelet then exits).
 pub struct ClientCertificateManager {
     /// The agent's shared API client: the CSR goes out with the current certificate, as kubelet files it.
     pub client: kube::Client,
@@ -90,9 +109,14 @@ impl ClientCertificateManager {
     pub async fn run(self) {
         let store = PairStore::client(&self.cert_dir);
         tracing::info!("kubelet-client: Certificate rotation is enabled");
+        let mut last_valid = SystemTime::now();
         loop {
             let now = SystemTime::now();
-            let deadline = match store.current().as_deref().and_then(|pem| node_pair_times(pem, &self.node_name)) {
+            let times = store.current().as_deref().and_then(|pem| node_pair_times(pem, &self.node_name));
+            if times.is_some_and(|t| now < t.not_after) {
+                last_valid = now;
+            }
+            let deadline = match times {
                 Some(t) => {
                     let deadline = rotation_deadline(t.not_before, t.not_after, jitter());
                     tracing::info!(
@@ -115,6 +139,19 @@ impl ClientCertificateManager {
             let mut failures = 0;
             while let Err(e) = self.rotate(&store).await {
                 failures += 1;
+                let now = SystemTime::now();
+                let times = store.current().as_deref().and_then(|pem| node_pair_times(pem, &self.node_name));
+                if times.is_some_and(|t| now < t.not_after) {
+                    last_valid = now;
+                } else if must_exit(last_valid, now, server_answered(&e)) {
+                    tracing::error!(
+                        error = %e,
+                        last_certificate_availability_time = %jiff::Timestamp::try_from(last_valid).unwrap_or_default(),
+                        shutdown_threshold = ?EXIT_AFTER,
+                        "kubelet-client: The currently active client certificate has expired and the server is responsive, exiting."
+                    );
+                    return;
+                }
                 let delay = retry_delay(failures, jitter());
                 tracing::warn!(error = %e, retry_in = ?delay, "kubelet-client: certificate rotation failed");
                 tokio::time::sleep(delay).await;
@@ -154,6 +191,23 @@ mod tests {
         // Not a constant: the deadlines of many nodes spread out.
         let spread: std::collections::BTreeSet<u64> = (0..100).map(|_| (jitter() * 1000.0) as u64).collect();
         assert!(spread.len() > 50, "{spread:?}");
+    }
+
+    #[test]
+    fn without_a_valid_certificate_for_five_minutes_the_agent_exits_only_while_the_server_answers() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert!(!must_exit(t0, t0 + Duration::from_secs(299), true));
+        assert!(must_exit(t0, t0 + EXIT_AFTER, true));
+        assert!(!must_exit(t0, t0 + Duration::from_secs(3600), false), "an unreachable server is waited for");
+        // A clock stepped back is no reason to exit.
+        assert!(!must_exit(t0 + Duration::from_secs(600), t0, true));
+        let status = |code| {
+            ClientError::Api(kube::Error::Api(Box::new(kube::core::Status::failure("no", "Reason").with_code(code))))
+        };
+        assert!(server_answered(&status(401)), "an expired certificate is refused: the server answers");
+        assert!(server_answered(&status(403)));
+        assert!(!server_answered(&status(503)), "a proxy's answer for a server that is down");
+        assert!(!server_answered(&ClientError::Bootstrap("timed out".into())));
     }
 
     #[test]
