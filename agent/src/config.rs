@@ -518,22 +518,15 @@ impl KubeletConfig {
         let file_check_frequency =
             duration("fileCheckFrequency", &file.file_check_frequency, DEFAULT_FILE_CHECK_FREQUENCY)?;
         let sync_frequency = duration("syncFrequency", &file.sync_frequency, DEFAULT_SYNC_FREQUENCY)?;
-        let node_status_update_frequency = duration(
-            "nodeStatusUpdateFrequency",
-            &file.node_status_update_frequency,
-            DEFAULT_NODE_STATUS_UPDATE_FREQUENCY,
-        )?;
-        // kubelet's defaulting: an update frequency set alone is also the report frequency (backward compatibility).
-        let update_set = file
-            .node_status_update_frequency
-            .as_deref()
-            .and_then(|v| crate::kubetypes::duration::parse_go_duration(v).ok())
-            .is_some_and(|d| !d.is_zero());
-        let node_status_report_frequency = duration(
-            "nodeStatusReportFrequency",
-            &file.node_status_report_frequency,
-            if update_set { node_status_update_frequency } else { DEFAULT_NODE_STATUS_REPORT_FREQUENCY },
-        )?;
+        // Zero when unset: kubelet's defaulting makes an update frequency set alone the report frequency too.
+        let update_given = duration("nodeStatusUpdateFrequency", &file.node_status_update_frequency, Duration::ZERO)?;
+        let (node_status_update_frequency, report_default) = if update_given.is_zero() {
+            (DEFAULT_NODE_STATUS_UPDATE_FREQUENCY, DEFAULT_NODE_STATUS_REPORT_FREQUENCY)
+        } else {
+            (update_given, update_given)
+        };
+        let node_status_report_frequency =
+            duration("nodeStatusReportFrequency", &file.node_status_report_frequency, report_default)?;
 
         // kubelet lower-cases the node name derived from the hostname or the override.
         let node_name = flags.hostname_override.as_deref().unwrap_or(hostname).trim().to_lowercase();

@@ -311,7 +311,7 @@ fn prometheus_with_a_service_account_token_is_reviewed_and_authorised_by_the_api
     let answer = curl_status(env.agent.server_port(), "not-a-token")?;
     ensure!(answer == "401", "a made-up token: HTTP {answer}, want 401");
     drop(prometheus);
-    rbac.remove(&env.rt);
+    drop(rbac);
     Ok(())
 }
 

@@ -109,10 +109,11 @@ impl ClientCertificateManager {
     pub async fn run(self) {
         let store = PairStore::client(&self.cert_dir);
         tracing::info!("kubelet-client: Certificate rotation is enabled");
+        let current = || store.current().as_deref().and_then(|pem| node_pair_times(pem, &self.node_name));
         let mut last_valid = SystemTime::now();
         loop {
             let now = SystemTime::now();
-            let times = store.current().as_deref().and_then(|pem| node_pair_times(pem, &self.node_name));
+            let times = current();
             if times.is_some_and(|t| now < t.not_after) {
                 last_valid = now;
             }
@@ -140,8 +141,7 @@ impl ClientCertificateManager {
             while let Err(e) = self.rotate(&store).await {
                 failures += 1;
                 let now = SystemTime::now();
-                let times = store.current().as_deref().and_then(|pem| node_pair_times(pem, &self.node_name));
-                if times.is_some_and(|t| now < t.not_after) {
+                if current().is_some_and(|t| now < t.not_after) {
                     last_valid = now;
                 } else if must_exit(last_valid, now, server_answered(&e)) {
                     tracing::error!(

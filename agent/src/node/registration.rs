@@ -99,7 +99,11 @@ impl NodeRegistration {
                 }
             };
             retry = RETRY_INITIAL;
-            tracing::info!(node = %self.node_name, "successfully registered node");
+            if self.register_node {
+                tracing::info!(node = %self.node_name, "successfully registered node");
+            } else {
+                tracing::info!(node = %self.node_name, "found the node (registerNode is false)");
+            }
             self.publish_node(&node);
             // Status loop, first right after registration as kubelet's `syncNodeStatus` runs; left only when the
             // Node object is gone and must be registered again.
