@@ -162,8 +162,12 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "startup-gating",
             spec: json!({ "containers": [with(app("sleep 3; touch /tmp/started; exec sleep 600"), json!({
-                "startupProbe": { "exec": { "command": ["cat", "/tmp/started"] }, "periodSeconds": 1, "failureThreshold": 30 },
-                "readinessProbe": { "exec": { "command": ["true"] }, "periodSeconds": 1 },
+                // As in liveness(): a loaded machine's exec past kubelet's 1 s default would read "timed out".
+                "startupProbe": {
+                    "exec": { "command": ["cat", "/tmp/started"] }, "periodSeconds": 1, "failureThreshold": 30,
+                    "timeoutSeconds": 10,
+                },
+                "readinessProbe": { "exec": { "command": ["true"] }, "periodSeconds": 1, "timeoutSeconds": 10 },
             }))]}),
             looping: false,
             delete: false,
