@@ -383,3 +383,44 @@ fn pid_pressure_is_reported_and_pods_are_evicted_for_pids() -> Result<()> {
     )?;
     Ok(())
 }
+
+/// kubelet's memcg threshold notification, on this kernel: a cgroup v1 memory cgroup takes a threshold 16 MiB above
+/// its usage; nothing is signalled while its usage stays put, and the eventfd fires once a process in it takes
+/// 64 MiB. The eviction manager waits on this between rounds instead of reading the node's memory.
+#[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+fn a_cgroup_v1_memory_threshold_crossing_wakes_the_notifier() -> Result<()> {
+    use rkubelet::eviction::notifier::{CgroupNotifier, MemoryNotifiers, CGROUP_V1_MEMORY_ROOT};
+    skip_unless_root!(Ok(()));
+    let root = std::path::Path::new(CGROUP_V1_MEMORY_ROOT);
+    rkubelet_tests::skip_unless!(
+        MemoryNotifiers::at(root).is_some(),
+        "no cgroup v1 memory hierarchy: cgroup v2 has no threshold notification (the VM tier runs the read instead)",
+        Ok(())
+    );
+    struct Cgroup(std::path::PathBuf);
+    impl Drop for Cgroup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let cgroup = Cgroup(root.join(unique("rkt-notifier")));
+    std::fs::create_dir(&cgroup.0)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let usage: u64 = std::fs::read_to_string(cgroup.0.join("memory.usage_in_bytes"))?.trim().parse()?;
+        let notifier = CgroupNotifier::new(&cgroup.0, usage + (16 << 20))?;
+        let quiet = tokio::time::timeout(Duration::from_millis(500), notifier.crossed()).await;
+        ensure!(quiet.is_err(), "signalled with nothing in the cgroup: {quiet:?}");
+        let taker = format!(
+            "echo $$ > {}/cgroup.procs && exec dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null",
+            cgroup.0.display()
+        );
+        let mut child = tokio::process::Command::new("sh").args(["-c", &taker]).spawn()?;
+        let crossed = tokio::time::timeout(Duration::from_secs(10), notifier.crossed()).await;
+        let status = child.wait().await?;
+        ensure!(status.success(), "the process taking memory failed: {status}");
+        crossed.context("no notification within 10 s of the cgroup taking 64 MiB")??;
+        Ok(())
+    })
+}

@@ -2,10 +2,9 @@
 //!
 //! Every `housekeeping` interval (10 s) it observes the signals, decides the node conditions with the pressure
 //! transition period, reclaims node-level resources for disk signals, and otherwise evicts at most one pod, ranked
-//! as kubelet ranks them. Between two rounds the node's memory is read every second and a `memory.available` or
-//! `allocatableMemory.available` threshold newly crossed starts a round at once: kubelet gets that from a memcg
-//! threshold notification on cgroup v1 only; a one-second read of the root cgroup's figures works on both
-//! hierarchies and costs two small file reads.
+//! as kubelet ranks them. Between two rounds a memory threshold crossed starts a round at once: on cgroup v1 the
+//! kernel says so through kubelet's memcg threshold notification (nothing is read while idle); on cgroup v2, which
+//! has no such notification, the memory signals are read once a second.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -80,6 +79,13 @@ pub trait Observer: Send + Sync {
     fn observe(&self) -> BoxFuture<'_, Option<Observed>>;
     /// The memory signals alone, cheaply, for the watch between rounds.
     fn memory(&self) -> Observations;
+    /// kubelet's threshold notifiers: a future that resolves to true when the kernel reports one of `thresholds`
+    /// crossed (false when the notification itself failed), registered anew each round as kubelet's
+    /// `UpdateThreshold` does. `None` where the host cannot notify: the manager then reads [`Observer::memory`]
+    /// every [`MEMORY_POLL_INTERVAL`].
+    fn memory_crossing(&self, _thresholds: &[Threshold]) -> Option<BoxFuture<'static, bool>> {
+        None
+    }
 }
 
 /// The real node: the summary of the stats provider, the `kubepods` cgroup (cgroup v2), and the image filesystem's
@@ -89,6 +95,8 @@ pub struct NodeObserver {
     /// The `kubepods` cgroup folder on cgroup v2, when pods have one.
     pub kubepods: Option<PathBuf>,
     pub dedicated_image_fs: OnceLock<bool>,
+    /// The cgroup v1 memory root that takes threshold registrations; `None` on cgroup v2.
+    pub notifiers: Option<crate::eviction::notifier::MemoryNotifiers>,
 }
 
 /// The `kubepods` cgroup folder under a cgroup v2 mount for the driver (the pods' part of allocatable memory).
@@ -102,7 +110,12 @@ pub fn kubepods_cgroup(mount: &std::path::Path, driver: crate::cm::cgroups::Cgro
 
 impl NodeObserver {
     pub fn new(stats: crate::stats::StatsProvider, kubepods: Option<PathBuf>) -> Self {
-        NodeObserver { stats, kubepods, dedicated_image_fs: OnceLock::new() }
+        NodeObserver {
+            stats,
+            kubepods,
+            dedicated_image_fs: OnceLock::new(),
+            notifiers: crate::eviction::notifier::MemoryNotifiers::detect(),
+        }
     }
 
     fn allocatable_memory(&self) -> Option<MemoryStats> {
@@ -146,12 +159,33 @@ impl Observer for NodeObserver {
         let time = jiff::Timestamp::now().to_string();
         let summary = Summary {
             node: crate::stats::summary::NodeStats {
-                memory: crate::stats::node::node_memory_now(&time),
+                memory: crate::stats::node::node_working_set_now(&time),
                 ..Default::default()
             },
             pods: vec![],
         };
         make_signal_observations(&summary, self.allocatable_memory().as_ref())
+    }
+
+    fn memory_crossing(&self, thresholds: &[Threshold]) -> Option<BoxFuture<'static, bool>> {
+        let capacity = crate::stats::node::memory_capacity()?;
+        let notifiers = self.notifiers.as_ref()?.register(thresholds, capacity)?;
+        for n in &notifiers {
+            tracing::debug!(usage = n.threshold(), "eviction manager: setting notifier to capacity");
+        }
+        Some(Box::pin(async move {
+            if notifiers.is_empty() {
+                return std::future::pending().await;
+            }
+            let crossings = notifiers.iter().map(|n| Box::pin(n.crossed()));
+            match futures::future::select_all(crossings).await {
+                (Ok(()), _, _) => true,
+                (Err(e), _, _) => {
+                    tracing::warn!(error = %e, "eviction manager: memory threshold notifier failed");
+                    false
+                }
+            }
+        }))
     }
 }
 
@@ -252,6 +286,22 @@ impl Manager {
             }
             // At most one pod per interval: the next round sees what the last eviction freed.
             let next = tokio::time::Instant::now() + self.monitoring_interval;
+            let crossing =
+                if memory_thresholds.is_empty() { None } else { self.observer.memory_crossing(&memory_thresholds) };
+            if let Some(crossing) = crossing {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => {}
+                    crossed = crossing => {
+                        if crossed {
+                            tracing::info!("eviction manager: memory threshold crossed, synchronizing at once");
+                        } else {
+                            // A notifier that fails would fail again at once: wait out the round.
+                            tokio::time::sleep_until(next).await;
+                        }
+                    }
+                }
+                continue;
+            }
             loop {
                 let poll = tokio::time::Instant::now() + MEMORY_POLL_INTERVAL;
                 if memory_thresholds.is_empty() || poll >= next {
@@ -259,7 +309,11 @@ impl Manager {
                     break;
                 }
                 tokio::time::sleep_until(poll).await;
-                let met = !thresholds_met(&memory_thresholds, &self.observer.memory(), false).is_empty();
+                let observations = self.observer.memory();
+                // A signal this node cannot observe is the round's to report, not the watch's every second.
+                let watched: Vec<Threshold> =
+                    memory_thresholds.iter().filter(|t| observations.contains_key(&t.signal)).copied().collect();
+                let met = !thresholds_met(&watched, &observations, false).is_empty();
                 let crossed = met && !memory_was_met;
                 memory_was_met = met;
                 if crossed {

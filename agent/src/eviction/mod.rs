@@ -5,6 +5,7 @@
 pub mod helpers;
 pub mod local_storage;
 pub mod manager;
+pub mod notifier;
 pub mod psi;
 pub mod threshold;
 

@@ -17,11 +17,19 @@ struct FakeObserver {
     observed: Mutex<Observed>,
     /// Each observation is a second later than the last, as fresh stats are.
     clock: Mutex<i64>,
+    /// Set: the host notifies memory threshold crossings (cgroup v1), and this stands for the kernel.
+    kernel: Mutex<Option<Arc<tokio::sync::Notify>>>,
+    memory_reads: std::sync::atomic::AtomicUsize,
 }
 
 impl FakeObserver {
     fn new() -> Arc<Self> {
-        Arc::new(FakeObserver { observed: Mutex::new(Observed::default()), clock: Mutex::new(1_700_000_000) })
+        Arc::new(FakeObserver {
+            observed: Mutex::new(Observed::default()),
+            clock: Mutex::new(1_700_000_000),
+            kernel: Mutex::new(None),
+            memory_reads: Default::default(),
+        })
     }
 
     fn set_nodefs_available(&self, available: u64) {
@@ -64,7 +72,16 @@ impl Observer for FakeObserver {
     }
 
     fn memory(&self) -> Observations {
+        self.memory_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         make_signal_observations(&self.observed.lock().unwrap().summary, None)
+    }
+
+    fn memory_crossing(&self, _thresholds: &[Threshold]) -> Option<BoxFuture<'static, bool>> {
+        let kernel = self.kernel.lock().unwrap().clone()?;
+        Some(Box::pin(async move {
+            kernel.notified().await;
+            true
+        }))
     }
 }
 
@@ -304,6 +321,29 @@ async fn a_memory_threshold_crossed_between_rounds_starts_a_round_at_once() {
     observer.set_memory_available(100 * MI);
     // Well before the 10 s round.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(evicted_names(&kills), vec!["p"]);
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn where_the_kernel_notifies_a_crossing_starts_a_round_at_once_and_nothing_is_polled() {
+    let p = pod("p", 0, json!({}), json!({}));
+    let h = harness(&[("memory.available", "1Gi")], vec![p]);
+    let kernel = Arc::new(tokio::sync::Notify::new());
+    *h.observer.kernel.lock().unwrap() = Some(kernel.clone());
+    let observer = h.observer.clone();
+    let kills = h.kills.clone();
+    let task = tokio::spawn(h.manager.run());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    observer.set_memory_available(100 * MI);
+    // No read between rounds: without the kernel's word the crossing waits for the 10 s round.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(kills.lock().unwrap().is_empty());
+    assert_eq!(observer.memory_reads.load(std::sync::atomic::Ordering::Relaxed), 0);
+    kernel.notify_one();
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
