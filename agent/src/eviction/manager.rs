@@ -80,10 +80,10 @@ pub trait Observer: Send + Sync {
     /// The memory signals alone, cheaply, for the watch between rounds.
     fn memory(&self) -> Observations;
     /// kubelet's threshold notifiers: a future that resolves to true when the kernel reports one of `thresholds`
-    /// crossed (false when the notification itself failed), registered anew each round as kubelet's
-    /// `UpdateThreshold` does. `None` where the host cannot notify: the manager then reads [`Observer::memory`]
-    /// every [`MEMORY_POLL_INTERVAL`].
-    fn memory_crossing(&self, _thresholds: &[Threshold]) -> Option<BoxFuture<'static, bool>> {
+    /// crossed (false when the notification itself failed), registered anew each round from the round's node
+    /// memory as kubelet's `UpdateThreshold` does from its summary. `None` where the host cannot notify: the manager
+    /// then reads [`Observer::memory`] every [`MEMORY_POLL_INTERVAL`].
+    fn memory_crossing(&self, _thresholds: &[Threshold], _node: &MemoryStats) -> Option<BoxFuture<'static, bool>> {
         None
     }
 }
@@ -167,9 +167,8 @@ impl Observer for NodeObserver {
         make_signal_observations(&summary, self.allocatable_memory().as_ref())
     }
 
-    fn memory_crossing(&self, thresholds: &[Threshold]) -> Option<BoxFuture<'static, bool>> {
-        let capacity = crate::stats::node::memory_capacity()?;
-        let notifiers = self.notifiers.as_ref()?.register(thresholds, capacity)?;
+    fn memory_crossing(&self, thresholds: &[Threshold], node: &MemoryStats) -> Option<BoxFuture<'static, bool>> {
+        let notifiers = self.notifiers.as_ref()?.register(thresholds, node)?;
         for n in &notifiers {
             tracing::debug!(usage = n.threshold(), "eviction manager: setting notifier to capacity");
         }
@@ -196,6 +195,8 @@ struct State {
     node_conditions_last_observed_at: std::collections::BTreeMap<NodeConditionType, Instant>,
     thresholds_met: Vec<Threshold>,
     last_observations: Observations,
+    /// The last round's node memory, which the threshold notifiers are set from.
+    node_memory: Option<MemoryStats>,
 }
 
 pub struct Manager {
@@ -286,8 +287,10 @@ impl Manager {
             }
             // At most one pod per interval: the next round sees what the last eviction freed.
             let next = tokio::time::Instant::now() + self.monitoring_interval;
-            let crossing =
-                if memory_thresholds.is_empty() { None } else { self.observer.memory_crossing(&memory_thresholds) };
+            let crossing = match &self.state.node_memory {
+                Some(node) if !memory_thresholds.is_empty() => self.observer.memory_crossing(&memory_thresholds, node),
+                _ => None,
+            };
             if let Some(crossing) = crossing {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next) => {}
@@ -340,6 +343,7 @@ impl Manager {
         };
         let observations = make_signal_observations(&observed.summary, observed.allocatable_memory.as_ref());
         tracing::trace!(?observations, "eviction manager: observations");
+        self.state.node_memory = observed.summary.node.memory.clone();
 
         let mut thresholds = thresholds_met(&self.config.thresholds, &observations, false);
         if !self.state.thresholds_met.is_empty() {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::eviction::threshold::{Signal, Threshold};
+use crate::stats::summary::MemoryStats;
 
 /// The root of the cgroup v1 memory hierarchy, kubelet's cgroup for `memory.available`.
 pub const CGROUP_V1_MEMORY_ROOT: &str = "/sys/fs/cgroup/memory";
@@ -73,14 +74,16 @@ impl CgroupNotifier {
     }
 }
 
-/// `memoryThresholdNotifier.UpdateThreshold`: the usage at which the working set (usage minus inactive file
-/// pages) leaves `threshold`'s worth of `capacity` available, i.e. capacity - threshold + inactive_file.
-/// `None` when that is not a positive usage.
-pub fn usage_threshold(threshold: &Threshold, capacity: u64, inactive_file: u64) -> Option<u64> {
-    let capacity_i = i128::from(capacity);
-    let quantity = threshold.value.quantity(capacity_i).value;
-    let usage = capacity_i - quantity + i128::from(inactive_file);
-    u64::try_from(usage).ok().filter(|u| *u > 0)
+/// `memoryThresholdNotifier.UpdateThreshold`, from the node's memory in the round's summary: the usage at which
+/// the working set (usage minus inactive file pages) leaves `threshold`'s worth of the capacity available, i.e.
+/// capacity - threshold + inactive_file, where capacity = available + working set and inactive_file = usage -
+/// working set. `None` when the summary lacks a figure or that is not a positive usage.
+pub fn usage_threshold(threshold: &Threshold, node: &MemoryStats) -> Option<u64> {
+    let (available, working_set, usage) = (node.available_bytes?, node.working_set_bytes?, node.usage_bytes?);
+    let capacity = i128::from(available) + i128::from(working_set);
+    let inactive_file = i128::from(usage) - i128::from(working_set);
+    let quantity = threshold.value.quantity(capacity).value;
+    u64::try_from(capacity - quantity + inactive_file).ok().filter(|u| *u > 0)
 }
 
 /// Where notifications come from: the cgroup v1 memory root when the host has one that takes registrations.
@@ -100,19 +103,13 @@ impl MemoryNotifiers {
             .then(|| MemoryNotifiers { root: root.to_path_buf() })
     }
 
-    /// One notifier per `memory.available` threshold, from the node's memory capacity and the root's inactive
-    /// file pages now. `allocatableMemory.available` is the `kubepods` cgroup's, which exists on cgroup v2 only:
-    /// there is nothing to register for it here. `None` when a registration fails, so that the caller reads the
-    /// signals instead.
-    pub fn register(&self, thresholds: &[Threshold], capacity: u64) -> Option<Vec<CgroupNotifier>> {
-        let stat = std::fs::read_to_string(self.root.join("memory.stat")).ok()?;
-        let inactive_file = stat
-            .lines()
-            .find_map(|l| l.strip_prefix("total_inactive_file ").and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0);
+    /// One notifier per `memory.available` threshold, set from the node's memory of the last round.
+    /// `allocatableMemory.available` is the `kubepods` cgroup's, which exists on cgroup v2 only: there is nothing
+    /// to register for it here. `None` when a registration fails, so that the caller reads the signals instead.
+    pub fn register(&self, thresholds: &[Threshold], node: &MemoryStats) -> Option<Vec<CgroupNotifier>> {
         let mut notifiers = Vec::new();
         for t in thresholds.iter().filter(|t| t.signal == Signal::MemoryAvailable) {
-            let Some(usage) = usage_threshold(t, capacity, inactive_file) else { continue };
+            let Some(usage) = usage_threshold(t, node) else { continue };
             match CgroupNotifier::new(&self.root, usage) {
                 Ok(n) => notifiers.push(n),
                 Err(e) => {
@@ -138,15 +135,23 @@ mod tests {
     fn the_usage_threshold_is_capacity_minus_the_threshold_plus_inactive_file() {
         let gi = 1u64 << 30;
         let mi = 1u64 << 20;
+        // 8 GiB in all: a working set of 3 GiB, 512 MiB of inactive file pages on top.
+        let node = MemoryStats {
+            available_bytes: Some(5 * gi),
+            working_set_bytes: Some(3 * gi),
+            usage_bytes: Some(3 * gi + 512 * mi),
+            ..Default::default()
+        };
         let t =
             hard(Signal::MemoryAvailable, ThresholdValue::Quantity(Quantity::new(100 * mi as i128, Format::BinarySi)));
-        assert_eq!(usage_threshold(&t, 8 * gi, 512 * mi), Some(8 * gi - 100 * mi + 512 * mi));
+        assert_eq!(usage_threshold(&t, &node), Some(8 * gi - 100 * mi + 512 * mi));
         let t = hard(Signal::MemoryAvailable, ThresholdValue::Percentage(0.25));
-        assert_eq!(usage_threshold(&t, 8 * gi, 0), Some(6 * gi));
-        // A threshold above the capacity has no usage to watch.
+        assert_eq!(usage_threshold(&t, &node), Some(6 * gi + 512 * mi));
+        // A summary without the usage gives nothing to watch, nor does a threshold above the capacity.
+        assert_eq!(usage_threshold(&t, &MemoryStats { usage_bytes: None, ..node.clone() }), None);
         let t =
             hard(Signal::MemoryAvailable, ThresholdValue::Quantity(Quantity::new(16 * gi as i128, Format::BinarySi)));
-        assert_eq!(usage_threshold(&t, 8 * gi, 0), None);
+        assert_eq!(usage_threshold(&t, &node), None);
     }
 
     #[test]

@@ -176,11 +176,6 @@ pub fn node_working_set_now(time: &str) -> Option<MemoryStats> {
     node_memory(&|p: &str| if p == "/proc/vmstat" { None } else { std::fs::read_to_string(p).ok() }, time)
 }
 
-/// `MemTotal`: the node's memory capacity, what `memory.available` is a part of.
-pub fn memory_capacity() -> Option<u64> {
-    meminfo_kib(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal")
-}
-
 /// A cgroup v2 cgroup's memory as cadvisor reports it (the `kubepods` cgroup for `allocatableMemory.available`):
 /// working set = `memory.current` - `inactive_file`; available only when `memory.max` limits it.
 pub fn cgroup_v2_memory(current: &str, memory_stat: &str, max: &str, time: &str) -> Option<MemoryStats> {

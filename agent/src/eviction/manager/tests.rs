@@ -76,7 +76,7 @@ impl Observer for FakeObserver {
         make_signal_observations(&self.observed.lock().unwrap().summary, None)
     }
 
-    fn memory_crossing(&self, _thresholds: &[Threshold]) -> Option<BoxFuture<'static, bool>> {
+    fn memory_crossing(&self, _thresholds: &[Threshold], _node: &MemoryStats) -> Option<BoxFuture<'static, bool>> {
         let kernel = self.kernel.lock().unwrap().clone()?;
         Some(Box::pin(async move {
             kernel.notified().await;
