@@ -158,6 +158,7 @@ pub struct KubeletConfigurationFile {
     #[serde(rename = "providerID")]
     pub provider_id: Option<String>,
     pub register_node: Option<bool>,
+    pub feature_gates: Option<BTreeMap<String, bool>>,
     /// Fields kubelet knows but this agent does not: accepted with a warning, as kubelet's lenient decoding does.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, serde_yaml::Value>,
@@ -344,6 +345,8 @@ pub struct KubeletConfig {
     pub provider_id: Option<String>,
     /// kubelet's `registerNode`: whether the agent creates its Node object or waits for someone else to.
     pub register_node: bool,
+    /// The `EventedPLEG` feature gate (alpha and off in v1.28): the runtime's container events drive the pod cache.
+    pub evented_pleg: bool,
     /// Unknown file fields, reported once logging is up.
     pub warnings: Vec<String>,
 }
@@ -474,10 +477,16 @@ impl KubeletConfigurationFile {
     }
 }
 
+/// The feature gate of kubelet's evented PLEG.
+pub const EVENTED_PLEG: &str = "EventedPLEG";
+/// The feature gates the agent acts on; others are accepted with a warning.
+const SUPPORTED_FEATURE_GATES: [&str; 1] = [EVENTED_PLEG];
+
 /// Lays the flags' fields over the file's: a field a flag gives replaces the file's, except inside the nested
-/// structs (`authentication`, `authorization`), where only the fields the flags give are replaced.
+/// structs (`authentication`, `authorization`) and `featureGates`, where only the keys the flags give are replaced
+/// (kubelet merges `--feature-gates` into the file's gates).
 fn overlay_flag_fields(file: &mut serde_yaml::Mapping, flag_fields: &serde_yaml::Mapping) {
-    const NESTED: [&str; 5] = ["authentication", "authorization", "webhook", "x509", "anonymous"];
+    const NESTED: [&str; 6] = ["authentication", "authorization", "webhook", "x509", "anonymous", "featureGates"];
     for (key, value) in flag_fields {
         let nested = key.as_str().is_some_and(|k| NESTED.contains(&k));
         match (file.get_mut(key), value) {
@@ -573,10 +582,17 @@ impl KubeletConfig {
             .or(file.static_pod_path.clone())
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);
+        let feature_gates = file.feature_gates.clone().unwrap_or_default();
         let warnings = file
             .unknown
             .keys()
             .map(|k| format!("config file {}: field {k:?} is not supported by rkubelet and is ignored", path.display()))
+            .chain(
+                feature_gates
+                    .keys()
+                    .filter(|g| !SUPPORTED_FEATURE_GATES.contains(&g.as_str()))
+                    .map(|g| format!("featureGates: {g:?} is not supported by rkubelet and is ignored")),
+            )
             .collect();
 
         let cgroup_driver = file.cgroup_driver.as_deref().unwrap_or("cgroupfs").parse().map_err(|reason| {
@@ -740,6 +756,7 @@ impl KubeletConfig {
             },
             provider_id: file.provider_id.clone().filter(|p| !p.is_empty()),
             register_node: file.register_node.unwrap_or(true),
+            evented_pleg: feature_gates.get(EVENTED_PLEG).copied().unwrap_or(false),
             cgroup_driver,
             cgroups_per_qos: file.cgroups_per_qos.unwrap_or(true),
             enforce_node_allocatable,
@@ -794,6 +811,34 @@ mod tests {
 
     fn parse(text: &str) -> Result<KubeletConfigurationFile, ConfigError> {
         KubeletConfigurationFile::parse(Path::new("/etc/rkubelet/config.yaml"), text)
+    }
+
+    #[test]
+    fn feature_gates_from_flags_are_merged_into_the_files_and_evented_pleg_is_honoured() {
+        let dir = std::env::temp_dir().join(format!("rkubelet-feature-gates-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             featureGates:\n  EventedPLEG: false\n  Foo: true\n",
+        )
+        .unwrap();
+        let resolve = |flags: &str| {
+            let flags: serde_yaml::Mapping = serde_yaml::from_str(flags).unwrap();
+            let file = KubeletConfigurationFile::load_with_flags(&path, &flags).unwrap();
+            KubeletConfig::resolve(Some((Path::new("/c.yaml"), file)), &FlagOverrides::default(), "h").unwrap()
+        };
+        let c = resolve("{}");
+        assert!(!c.evented_pleg);
+        let c = resolve("featureGates:\n  EventedPLEG: true\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(c.evented_pleg, "the flag's gate wins");
+        assert_eq!(
+            c.warnings,
+            ["featureGates: \"Foo\" is not supported by rkubelet and is ignored"],
+            "the file's stays"
+        );
     }
 
     #[test]
@@ -1009,7 +1054,8 @@ mod tests {
         assert_eq!(c.pod_cidr.as_deref(), Some("10.88.0.0/16"));
         assert_eq!(c.cluster_dns, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-        assert!(c.warnings[0].contains("featureGates"));
+        assert!(c.warnings[0].contains("featureGates: \"Foo\""), "{:?}", c.warnings);
+        assert!(!c.evented_pleg, "off by default, as in v1.28");
         assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
         assert!(!c.cgroups_per_qos);
         assert_eq!(c.system_reserved, CpuMemory { cpu_milli: 100, memory_bytes: 1 << 30 });

@@ -37,8 +37,10 @@ enum Conv {
     Int,
     /// `a,b,c` (pflag's `strings`).
     List,
-    /// `k=v,k=v` (`mapStringString`, `mapStringBool`).
+    /// `k=v,k=v` (`mapStringString`).
     Map,
+    /// `k=true,k=false` (`mapStringBool`, `--feature-gates`).
+    BoolMap,
     /// `k<v,k<v` (kubelet's eviction thresholds, `LangleSeparatedMapStringString`).
     LangleMap,
     /// `key=value:Effect,key:Effect` (`--register-with-taints`).
@@ -104,7 +106,7 @@ const KUBELET_FLAGS: &[(&str, Kind, Use)] = &[
     ("experimental-allocatable-ignore-eviction", Switch, NoEffect),
     ("experimental-mounter-path", Valued, NoEffect),
     ("fail-swap-on", Switch, NoEffect),
-    ("feature-gates", Valued, NoEffect),
+    ("feature-gates", Valued, Field("featureGates", BoolMap)),
     ("file-check-frequency", Valued, Field("fileCheckFrequency", Str)),
     ("global-housekeeping-interval", Valued, NoEffect),
     ("hairpin-mode", Valued, NoEffect),
@@ -272,6 +274,13 @@ fn convert(flag: &str, conv: Conv, text: &str) -> Result<Value, FlagError> {
         List => Value::Sequence(
             text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Value::String(s.to_owned())).collect(),
         ),
+        BoolMap => {
+            let mut map = Mapping::new();
+            for (k, v) in pairs(flag, text, '=')? {
+                map.insert(Value::String(k.to_owned()), Value::Bool(parse_go_bool(flag, v)?));
+            }
+            Value::Mapping(map)
+        }
         Map | LangleMap => {
             let sep = if conv == LangleMap { '<' } else { '=' };
             let mut map = Mapping::new();
@@ -439,6 +448,7 @@ mod tests {
                     format!("--{name}=memory.available=1m")
                 }
                 (Kind::Valued, "kube-reserved" | "system-reserved") => format!("--{name}=cpu=1"),
+                (Kind::Valued, "feature-gates") => format!("--{name}=EventedPLEG=true"),
                 (Kind::Valued, _) => format!("--{name}=1"),
             };
             assert!(parse(&args(&line)).is_ok(), "{line}");
@@ -492,6 +502,17 @@ mod tests {
         let rest = line.strip_prefix("Kubernetes v1.28.7").expect("kubelet's form");
         assert!(rest.starts_with("-rkubelet."), "{line}");
         assert!(rest.chars().all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c)), "{line}");
+    }
+
+    #[test]
+    fn feature_gates_are_a_map_of_go_booleans() {
+        let cl = parse(&args("--feature-gates=EventedPLEG=true,Foo=F")).unwrap();
+        assert_eq!(
+            serde_yaml::to_string(&cl.config_fields).unwrap(),
+            "featureGates:\n  EventedPLEG: true\n  Foo: false\n"
+        );
+        assert!(matches!(parse(&args("--feature-gates=EventedPLEG=yes")), Err(FlagError::Invalid { .. })));
+        assert!(matches!(parse(&args("--feature-gates=EventedPLEG")), Err(FlagError::Invalid { .. })));
     }
 
     #[test]

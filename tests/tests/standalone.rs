@@ -127,6 +127,33 @@ fn busybox_pod_runs_logs_its_output_and_is_removed_without_a_trace() -> Result<(
 
 #[test]
 #[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
+fn with_the_evented_pleg_gate_container_exits_are_still_seen_from_events_or_the_relist_it_falls_back_to() -> Result<()>
+{
+    skip_unless_root!(Ok(()));
+    ensure_images()?;
+    let containerd = Containerd::start("std-evented")?;
+    let agent = Agent::new(&containerd, "featureGates:\n  EventedPLEG: true\n")?.started()?;
+    agent.write_manifest("exits.yaml", &pod_yaml("exits", "Always", "sleep 1; exit 3"))?;
+    // The container's exits are only seen through the PLEG: from the runtime's events, or from the one-second
+    // relist the agent falls back to on a runtime without them (containerd before 1.7, as Debian 12's 1.6).
+    agent.wait_pod("exits", START, |p| container_status(p, "app")["restartCount"].as_i64() >= Some(1))?;
+    let log = agent.log();
+    let events = log.contains("EventedPLEG: container events from the runtime drive the pod cache");
+    let fell_back = log.contains("EventedPLEG: no container events from the runtime; falling back to relisting");
+    ensure!(events != fell_back, "exactly one of the two PLEG modes is in the agent's log:\n{log}");
+    let out = std::process::Command::new("containerd").arg("--version").output()?;
+    // `containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1`
+    let version = String::from_utf8_lossy(&out.stdout).split_whitespace().nth(2).unwrap_or_default().to_owned();
+    println!("containerd {version}: {}", if events { "container events" } else { "fell back to relisting" });
+    ensure!(
+        !fell_back || version.starts_with("1.6") || version.starts_with("1.5"),
+        "containerd {version} has GetContainerEvents, yet the agent fell back"
+    );
+    Ok(())
+}
+
+#[test]
+#[cfg_attr(not_root, ignore = "needs root (containerd, mounts, network namespaces)")]
 fn crashing_container_is_restarted_with_growing_back_off() -> Result<()> {
     skip_unless_root!(Ok(()));
     let (containerd, agent) = setup("std-crash")?;

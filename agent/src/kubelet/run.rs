@@ -187,7 +187,7 @@ pub async fn run(config: KubeletConfig, opts: StartOptions) -> anyhow::Result<()
     ));
     let eviction_events = events.clone();
     let pod_cache = PodCache::new();
-    let pleg = Pleg::new(runtime.clone(), pod_cache.clone());
+    let pleg = Pleg::new(runtime.clone(), pod_cache.clone()).evented(config.evented_pleg);
     let ctx = Arc::new(WorkerContext {
         kuberuntime: KubeRuntime {
             runtime: runtime.clone(),

@@ -211,7 +211,8 @@ impl<S: PodSyncer> PodWorker<S> {
     async fn terminate(&mut self, pod: &Arc<Pod>, uid: &str, mut seen: Option<tokio::time::Instant>, killed: bool) {
         if killed {
             // kubelet's `syncTerminatingPod` applies the kill's status function and sets the status before it stops
-            // anything: the DisruptionTarget condition shows at once, also while a preStop hook holds the pod.
+            // anything: the node's own view (`/pods`) shows the DisruptionTarget condition at once, also while a
+            // preStop hook holds the pod; the API gets it with the terminal phase (`status::merge_status`).
             if let Some(cached) = self.cache.get(uid) {
                 self.syncer.terminating_status(pod, &cached).await;
             }
@@ -489,7 +490,7 @@ impl PodSyncer for Syncer {
         });
         let mut status = status;
         if let Some(kill) = &self.terminal_status {
-            apply_terminal_status(&mut status, kill, false, SystemTime::now());
+            apply_terminal_status(&mut status, kill, self.last_status.as_ref(), false, SystemTime::now());
         }
         if self.last_status.as_ref() != Some(&status) {
             self.ctx.store.set_status(uid, status.clone());
@@ -504,7 +505,7 @@ impl PodSyncer for Syncer {
             // The pod stays in its source, Failed with the kill's reason; the pod manager keeps it from running again.
             (Some(kill), status) => {
                 let mut status = status.unwrap_or_default();
-                apply_terminal_status(&mut status, kill, true, SystemTime::now());
+                apply_terminal_status(&mut status, kill, None, true, SystemTime::now());
                 self.ctx.store.set_status(uid, status);
             }
             _ => self.ctx.store.remove(uid),

@@ -1,8 +1,14 @@
 //! The pod lifecycle event generator, kubelet's generic PLEG (`pkg/kubelet/pleg/generic.go`): relists the runtime
 //! every second and, for the pods whose sandboxes or containers changed since the last relist, observes them in
 //! full and puts the observation in the pod cache. Pods unchanged cost no status call. A pod worker that just acted
-//! on its pod asks for that one pod to be observed at once (kubelet's evented PLEG updates the cache per pod the same
-//! way), so a container it started shows as running without waiting for the next relist.
+//! on its pod asks for that one pod to be observed at once, so a container it started shows as running without
+//! waiting for the next relist.
+//!
+//! With the `EventedPLEG` feature gate (kubelet's `pkg/kubelet/pleg/evented.go`) the runtime's `GetContainerEvents`
+//! stream drives the cache instead: each event has its pod observed at once, the relist runs every 5 minutes as a
+//! safety net, and the cache's global time moves on every 5 seconds. A runtime whose stream fails 5 times (one
+//! without the call, such as containerd before 1.7, fails at once) gets the one-second relist back for good, as
+//! kubelet falls back to its generic PLEG.
 
 pub mod cache;
 
@@ -26,6 +32,19 @@ use crate::runtime::{ContainerRunState, ContainerSummary, ObservedPod, Runtime, 
 pub const RELIST_PERIOD: Duration = Duration::from_secs(1);
 /// kubelet's `genericPlegRelistThreshold`: a PLEG that has not relisted for this long makes the node unhealthy.
 pub const RELIST_THRESHOLD: Duration = Duration::from_secs(180);
+/// kubelet's `eventedPlegRelistPeriod`: with the event stream the relist is only a safety net.
+pub const EVENTED_RELIST_PERIOD: Duration = Duration::from_secs(300);
+/// kubelet's `eventedPlegRelistThreshold`.
+pub const EVENTED_RELIST_THRESHOLD: Duration = Duration::from_secs(600);
+/// kubelet's `eventedPlegMaxStreamRetries`: failed attempts at the event stream before falling back to relisting.
+pub const EVENTED_MAX_STREAM_RETRIES: u32 = 5;
+/// kubelet's `globalCacheUpdatePeriod`: how often the evented PLEG moves the cache's global time on, so a pod
+/// worker waiting for an entry newer than its last sync is not held until the next relist.
+pub const GLOBAL_CACHE_UPDATE_PERIOD: Duration = Duration::from_secs(5);
+
+/// The runtime's container events, as the UIDs of the pods they concern; the stream ends with the error that broke
+/// it, or just ends.
+pub type ContainerEvents = futures::stream::BoxStream<'static, Result<String, String>>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlegEvent {
@@ -40,6 +59,8 @@ type PodFingerprint = BTreeSet<(String, &'static str)>;
 pub trait PodObserver: Send + Sync + 'static {
     fn list(&self) -> impl Future<Output = Result<(Vec<SandboxRecord>, Vec<ContainerSummary>), String>> + Send;
     fn observe_pod(&self, uid: &str) -> impl Future<Output = Result<ObservedPod, String>> + Send;
+    /// `GetContainerEvents`.
+    fn container_events(&self) -> impl Future<Output = Result<ContainerEvents, String>> + Send;
 }
 
 impl PodObserver for Runtime {
@@ -51,11 +72,19 @@ impl PodObserver for Runtime {
     async fn observe_pod(&self, uid: &str) -> Result<ObservedPod, String> {
         Runtime::observe_pod(self, uid).await.map_err(|e| e.to_string())
     }
+
+    async fn container_events(&self) -> Result<ContainerEvents, String> {
+        use futures::StreamExt;
+        let events = Runtime::container_events(self).await.map_err(|e| e.to_string())?;
+        Ok(events.map(|e| e.map_err(|e| e.to_string())).boxed())
+    }
 }
 
 #[derive(Clone, Default)]
 pub struct PlegHealth {
     last_relist_unix_ms: Arc<AtomicU64>,
+    /// The relist threshold in force (0: `RELIST_THRESHOLD`); longer while the event stream drives the cache.
+    threshold_ms: Arc<AtomicU64>,
     pub metrics: Arc<PlegMetrics>,
 }
 
@@ -122,11 +151,23 @@ impl PlegHealth {
         (last != 0).then(|| last as f64 / 1e3)
     }
 
-    /// True while relists keep succeeding within `RELIST_THRESHOLD`.
+    /// True while relists keep succeeding within the relist threshold (`RELIST_THRESHOLD`, or
+    /// `EVENTED_RELIST_THRESHOLD` while the event stream drives the cache).
     pub fn healthy(&self) -> bool {
         let last = self.last_relist_unix_ms.load(Ordering::Relaxed);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        last != 0 && now.saturating_sub(last) < RELIST_THRESHOLD.as_millis() as u64
+        last != 0 && now.saturating_sub(last) < self.threshold().as_millis() as u64
+    }
+
+    pub fn threshold(&self) -> Duration {
+        match self.threshold_ms.load(Ordering::Relaxed) {
+            0 => RELIST_THRESHOLD,
+            ms => Duration::from_millis(ms),
+        }
+    }
+
+    fn set_threshold(&self, threshold: Duration) {
+        self.threshold_ms.store(threshold.as_millis().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 
@@ -158,6 +199,8 @@ pub struct Pleg<R: PodObserver = Runtime> {
     last_relist: Option<Instant>,
     refresh_tx: mpsc::UnboundedSender<String>,
     refresh_rx: mpsc::UnboundedReceiver<String>,
+    /// The `EventedPLEG` feature gate.
+    evented: bool,
 }
 
 impl<R: PodObserver> Pleg<R> {
@@ -171,7 +214,14 @@ impl<R: PodObserver> Pleg<R> {
             last_relist: None,
             refresh_tx,
             refresh_rx,
+            evented: false,
         }
+    }
+
+    /// With the `EventedPLEG` feature gate: the runtime's container events drive the cache where it has them.
+    pub fn evented(mut self, evented: bool) -> Self {
+        self.evented = evented;
+        self
     }
 
     pub fn health(&self) -> PlegHealth {
@@ -183,10 +233,49 @@ impl<R: PodObserver> Pleg<R> {
     }
 
     pub async fn run(mut self, events: mpsc::UnboundedSender<PlegEvent>) {
-        tracing::info!("no CRI container events on this runtime path: the PLEG relists every {RELIST_PERIOD:?}");
-        let mut tick = tokio::time::interval(RELIST_PERIOD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut evented = self.evented;
+        let mut stream: Option<ContainerEvents> = None;
+        // As kubelet's `numAttempts`: every failed attempt or broken stream counts, and the count never resets.
+        let mut failed_attempts = 0;
+        let mut tick = relist_ticker(if evented { EVENTED_RELIST_PERIOD } else { RELIST_PERIOD });
+        let mut global_time = relist_ticker(GLOBAL_CACHE_UPDATE_PERIOD);
+        if evented {
+            self.health.set_threshold(EVENTED_RELIST_THRESHOLD);
+        } else {
+            tracing::info!("the PLEG relists every {RELIST_PERIOD:?} (EventedPLEG off)");
+        }
         loop {
+            if evented && stream.is_none() {
+                if failed_attempts >= EVENTED_MAX_STREAM_RETRIES {
+                    tracing::warn!(
+                        failed_attempts,
+                        "EventedPLEG: no container events from the runtime; falling back to relisting every \
+                         {RELIST_PERIOD:?}"
+                    );
+                    evented = false;
+                    self.health.set_threshold(RELIST_THRESHOLD);
+                    tick = relist_ticker(RELIST_PERIOD);
+                } else {
+                    match self.runtime.container_events().await {
+                        Ok(s) => {
+                            tracing::info!(
+                                "EventedPLEG: container events from the runtime drive the pod cache; relisting \
+                                 every {EVENTED_RELIST_PERIOD:?}"
+                            );
+                            stream = Some(s);
+                        }
+                        Err(e) => {
+                            failed_attempts += 1;
+                            tracing::info!(error = %e, "EventedPLEG: failed to get container events, retrying");
+                            // kubelet forces a relist after each failed attempt.
+                            if !self.relist_and_report(&events).await {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            }
             tokio::select! {
                 biased;
                 Some(uid) = self.refresh_rx.recv() => {
@@ -196,15 +285,38 @@ impl<R: PodObserver> Pleg<R> {
                     }
                     self.refresh(uids).await;
                 }
-                _ = tick.tick() => match self.relist().await {
-                    Ok(uids) => {
-                        self.health.mark();
-                        if events.send(PlegEvent::Relisted(uids)).is_err() {
+                event = next_event(&mut stream) => match event {
+                    Some(Ok(uid)) => self.refresh(BTreeSet::from([uid])).await,
+                    broken => {
+                        failed_attempts += 1;
+                        let error = broken.and_then(Result::err).unwrap_or_else(|| "the stream ended".into());
+                        tracing::info!(%error, "EventedPLEG: container events broke off, retrying");
+                        stream = None;
+                        if !self.relist_and_report(&events).await {
                             return;
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "PLEG relist failed"),
                 },
+                _ = global_time.tick(), if evented => self.cache.update_time(Instant::now()),
+                _ = tick.tick() => {
+                    if !self.relist_and_report(&events).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A relist, its health mark and its event. False once nobody listens any more.
+    async fn relist_and_report(&mut self, events: &mpsc::UnboundedSender<PlegEvent>) -> bool {
+        match self.relist().await {
+            Ok(uids) => {
+                self.health.mark();
+                events.send(PlegEvent::Relisted(uids)).is_ok()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "PLEG relist failed");
+                true
             }
         }
     }
@@ -292,6 +404,21 @@ impl<R: PodObserver> Pleg<R> {
     }
 }
 
+fn relist_ticker(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// The next event of the stream; with no stream, never.
+async fn next_event(stream: &mut Option<ContainerEvents>) -> Option<Result<String, String>> {
+    use futures::StreamExt;
+    match stream {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn state_name(state: ContainerRunState) -> &'static str {
     match state {
         ContainerRunState::Created => "created",
@@ -355,17 +482,31 @@ mod tests {
         assert_eq!(diff(&prev, &cur), vec!["b".to_string(), "gone".to_string(), "new".to_string()]);
     }
 
-    /// A runtime of lists set by the test, counting the status calls.
+    /// A runtime of lists set by the test, counting the list and status calls. Its container events come from
+    /// `events` while the test has put a receiver there; without one it answers as a runtime without the call.
     #[derive(Default)]
     struct FakeRuntime {
         state: Mutex<(Vec<SandboxRecord>, Vec<ContainerSummary>)>,
         observed: Mutex<Vec<String>>,
         fail: Mutex<BTreeSet<String>>,
+        lists: std::sync::atomic::AtomicU32,
+        events: Mutex<Option<mpsc::UnboundedReceiver<Result<String, String>>>>,
+        event_attempts: std::sync::atomic::AtomicU32,
     }
 
     impl PodObserver for Arc<FakeRuntime> {
         async fn list(&self) -> Result<(Vec<SandboxRecord>, Vec<ContainerSummary>), String> {
+            self.lists.fetch_add(1, Ordering::Relaxed);
             Ok(self.state.lock().unwrap().clone())
+        }
+
+        async fn container_events(&self) -> Result<ContainerEvents, String> {
+            use futures::StreamExt;
+            self.event_attempts.fetch_add(1, Ordering::Relaxed);
+            let Some(rx) = self.events.lock().unwrap().take() else {
+                return Err("rpc error: code = Unimplemented desc = unknown method GetContainerEvents".into());
+            };
+            Ok(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).boxed())
         }
 
         async fn observe_pod(&self, uid: &str) -> Result<ObservedPod, String> {
@@ -495,5 +636,112 @@ mod tests {
         tokio::time::advance(RELIST_PERIOD).await;
         pleg.relist().await.unwrap();
         assert!(cache.get("ghost").is_none());
+    }
+
+    fn lists(rt: &FakeRuntime) -> u32 {
+        rt.lists.load(Ordering::Relaxed)
+    }
+
+    /// Lets the spawned PLEG run what is ready at the paused clock's current time.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_evented_pleg_a_container_event_has_its_pod_observed_at_once_and_the_relist_waits_five_minutes() {
+        let rt = Arc::new(FakeRuntime::default());
+        let (event_tx, event_rx) = mpsc::unbounded_channel();
+        *rt.events.lock().unwrap() = Some(event_rx);
+        let cache = PodCache::new();
+        let pleg = Pleg::new(rt.clone(), cache.clone()).evented(true);
+        let health = pleg.health();
+        let (events, _relisted) = mpsc::unbounded_channel();
+        let task = tokio::spawn(pleg.run(events));
+        settle().await;
+        assert_eq!(lists(&rt), 1, "one relist at the start");
+        assert_eq!(health.threshold(), EVENTED_RELIST_THRESHOLD);
+
+        let before = Instant::now();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        *rt.state.lock().unwrap() =
+            (vec![sandbox("a", "s-a")], vec![container("a", "c-a", ContainerRunState::Running)]);
+        event_tx.send(Ok("a".to_owned())).unwrap();
+        settle().await;
+        assert_eq!(take_observed(&rt), ["a"], "the event's pod is observed at once");
+        let e = cache.get_newer_than("a", Some(before)).await;
+        assert_eq!(e.pod.unwrap().containers[0].state, ContainerRunState::Running);
+
+        // No relist for minutes: the events drive the cache. Its global time still moves on every 5 s.
+        let waiting_since = Instant::now();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        settle().await;
+        assert_eq!(lists(&rt), 1, "no relist within the evented relist period");
+        let unchanged = tokio::time::timeout(Duration::ZERO, cache.get_newer_than("b", Some(waiting_since))).await;
+        assert!(unchanged.is_ok(), "a worker waiting for a newer entry is not held until the next relist");
+        tokio::time::advance(EVENTED_RELIST_PERIOD).await;
+        settle().await;
+        assert_eq!(lists(&rt), 2, "the safety-net relist");
+        assert_eq!(rt.event_attempts.load(Ordering::Relaxed), 1);
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runtime_without_container_events_falls_back_to_relisting_every_second() {
+        let rt = Arc::new(FakeRuntime::default());
+        let pleg = Pleg::new(rt.clone(), PodCache::new()).evented(true);
+        let health = pleg.health();
+        let (events, _relisted) = mpsc::unbounded_channel();
+        let task = tokio::spawn(pleg.run(events));
+        settle().await;
+        assert_eq!(rt.event_attempts.load(Ordering::Relaxed), EVENTED_MAX_STREAM_RETRIES, "kubelet's retries");
+        assert_eq!(health.threshold(), RELIST_THRESHOLD);
+        let after_attempts = lists(&rt);
+        assert!(after_attempts >= EVENTED_MAX_STREAM_RETRIES, "a relist after each failed attempt: {after_attempts}");
+        for _ in 0..3 {
+            tokio::time::advance(RELIST_PERIOD).await;
+            settle().await;
+        }
+        assert!(lists(&rt) >= after_attempts + 3, "relisting every second: {} lists", lists(&rt));
+        assert_eq!(rt.event_attempts.load(Ordering::Relaxed), EVENTED_MAX_STREAM_RETRIES, "no more attempts");
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_event_stream_is_opened_again_after_a_relist() {
+        let rt = Arc::new(FakeRuntime::default());
+        let (event_tx, event_rx) = mpsc::unbounded_channel();
+        *rt.events.lock().unwrap() = Some(event_rx);
+        let pleg = Pleg::new(rt.clone(), PodCache::new()).evented(true);
+        let (events, _relisted) = mpsc::unbounded_channel();
+        let task = tokio::spawn(pleg.run(events));
+        settle().await;
+        let (event_tx2, event_rx2) = mpsc::unbounded_channel();
+        *rt.events.lock().unwrap() = Some(event_rx2);
+        event_tx.send(Err("rpc error: code = Unavailable".to_owned())).unwrap();
+        settle().await;
+        assert_eq!(rt.event_attempts.load(Ordering::Relaxed), 2, "the stream is opened again");
+        assert_eq!(lists(&rt), 2, "with a relist for what the broken stream may have missed");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        event_tx2.send(Ok("a".to_owned())).unwrap();
+        settle().await;
+        assert_eq!(take_observed(&rt), ["a"]);
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_the_feature_gate_no_event_stream_is_asked_for() {
+        let rt = Arc::new(FakeRuntime::default());
+        let pleg = Pleg::new(rt.clone(), PodCache::new());
+        let health = pleg.health();
+        let (events, _relisted) = mpsc::unbounded_channel();
+        let task = tokio::spawn(pleg.run(events));
+        settle().await;
+        tokio::time::advance(RELIST_PERIOD).await;
+        settle().await;
+        assert_eq!((rt.event_attempts.load(Ordering::Relaxed), lists(&rt)), (0, 2));
+        assert_eq!(health.threshold(), RELIST_THRESHOLD);
+        task.abort();
     }
 }

@@ -232,10 +232,18 @@ pub fn condition(kind: &str, ok: bool, reason: Option<&str>, message: Option<Str
 pub const DISRUPTION_TARGET: &str = "DisruptionTarget";
 
 /// kubelet's `PodStatusFunc` of a kill by the node (eviction, node shutdown) applied to a computed status. While
-/// the containers stop only the `DisruptionTarget` condition shows (kubelet's status manager holds a terminal
-/// phase back while containers could run, `mergePodStatus`); once they are gone (`finished`) the pod is `Failed`
-/// with the kill's reason and message.
-pub fn apply_terminal_status(status: &mut PodStatus, kill: &TerminalStatus, finished: bool, now: SystemTime) {
+/// the containers stop only the `DisruptionTarget` condition is added, and a terminal phase the computed status
+/// reached on its own (a `restartPolicy: Never` pod whose containers the kill ended) is held back with its reason
+/// and message at the `previous` ones, as kubelet's status manager holds it while containers could run
+/// (`mergePodStatus`): the pod never shows `Failed` without the kill's reason. Once the containers are gone
+/// (`finished`) the pod is `Failed` with the kill's reason and message.
+pub fn apply_terminal_status(
+    status: &mut PodStatus,
+    kill: &TerminalStatus,
+    previous: Option<&PodStatus>,
+    finished: bool,
+    now: SystemTime,
+) {
     if let Some((reason, message)) = &kill.disruption {
         let conditions = status.conditions.get_or_insert_with(Vec::new);
         if !conditions.iter().any(|c| c.type_ == DISRUPTION_TARGET && c.status == "True") {
@@ -249,7 +257,18 @@ pub fn apply_terminal_status(status: &mut PodStatus, kill: &TerminalStatus, fini
         status.phase = Some(PHASE_FAILED.into());
         status.reason = Some(kill.reason.clone());
         status.message = Some(kill.message.clone());
+    } else if is_terminal_phase(status.phase.as_deref())
+        && !is_terminal_phase(previous.and_then(|p| p.phase.as_deref()))
+    {
+        status.phase = Some(previous.and_then(|p| p.phase.clone()).unwrap_or_else(|| PHASE_PENDING.into()));
+        status.reason = previous.and_then(|p| p.reason.clone());
+        status.message = previous.and_then(|p| p.message.clone());
     }
+}
+
+/// `podutil.IsPodPhaseTerminal`.
+pub fn is_terminal_phase(phase: Option<&str>) -> bool {
+    matches!(phase, Some(PHASE_SUCCEEDED) | Some(PHASE_FAILED))
 }
 
 /// Go's `fmt.Sprint` of a string slice, as kubelet embeds container lists in condition messages: `[a b]`.
@@ -902,18 +921,36 @@ mod tests {
             disruption: Some(("TerminationByKubelet".into(), "The node was low on resource: memory. ".into())),
         };
         let mut status = PodStatus { phase: Some("Running".into()), ..Default::default() };
-        apply_terminal_status(&mut status, &kill, false, t(10));
+        apply_terminal_status(&mut status, &kill, None, false, t(10));
         assert_eq!(status.phase.as_deref(), Some("Running"), "no terminal phase while containers could run");
         assert_eq!(status.reason, None);
         let c = cond(&status, DISRUPTION_TARGET);
         assert_eq!((c.status.as_str(), c.reason.as_deref()), ("True", Some("TerminationByKubelet")));
         assert_eq!(c.last_transition_time, to_time(t(10)));
-        apply_terminal_status(&mut status, &kill, true, t(20));
+        apply_terminal_status(&mut status, &kill, None, true, t(20));
         assert_eq!(status.phase.as_deref(), Some("Failed"));
         assert_eq!(status.reason.as_deref(), Some("Evicted"));
         assert_eq!(status.message.as_deref(), Some("The node was low on resource: memory. "));
         let conditions = status.conditions.as_deref().unwrap_or_default();
         assert_eq!(conditions.iter().filter(|c| c.type_ == DISRUPTION_TARGET).count(), 1);
         assert_eq!(cond(&status, DISRUPTION_TARGET).last_transition_time, to_time(t(10)), "keeps its time");
+    }
+
+    #[test]
+    fn a_pod_whose_containers_the_kill_ended_stays_in_its_phase_until_the_kill_is_done() {
+        // restartPolicy Never: the killed containers make the computed phase Failed before the kill is done.
+        let kill = TerminalStatus { reason: "Evicted".into(), message: "m".into(), disruption: None };
+        let previous = PodStatus { phase: Some("Running".into()), ..Default::default() };
+        let mut status = PodStatus { phase: Some("Failed".into()), ..Default::default() };
+        apply_terminal_status(&mut status, &kill, Some(&previous), false, t(10));
+        assert_eq!((status.phase.as_deref(), status.reason.as_deref()), (Some("Running"), None));
+        let mut status = PodStatus { phase: Some("Failed".into()), ..Default::default() };
+        apply_terminal_status(&mut status, &kill, Some(&previous), true, t(20));
+        assert_eq!((status.phase.as_deref(), status.reason.as_deref()), (Some("Failed"), Some("Evicted")));
+        // A pod that had ended before is not moved back from its terminal phase.
+        let ended = PodStatus { phase: Some("Succeeded".into()), ..Default::default() };
+        let mut status = ended.clone();
+        apply_terminal_status(&mut status, &kill, Some(&ended), false, t(10));
+        assert_eq!(status.phase.as_deref(), Some("Succeeded"));
     }
 }

@@ -316,6 +316,25 @@ impl Runtime {
         })
     }
 
+    /// kubelet's `GetContainerEvents`: the runtime's stream of container lifecycle events, as the UID of the pod each
+    /// one concerns (events of pods this agent did not create are left out). The stream ends with the error that
+    /// broke it; a runtime without the call (containerd before 1.7) answers `Unimplemented` at once.
+    pub async fn container_events(
+        &self,
+    ) -> Result<futures::stream::BoxStream<'static, Result<String, RuntimeError>>, RuntimeError> {
+        use futures::StreamExt;
+        let mut c = self.runtime.clone();
+        let stream = self.call("GetContainerEvents", None, c.get_container_events(cri::GetEventsRequest {})).await?;
+        Ok(stream
+            .filter_map(|event| async move {
+                match event {
+                    Err(status) => Some(Err(RuntimeError::Call { op: "GetContainerEvents", status: Box::new(status) })),
+                    Ok(event) => event_pod_uid(&event).map(Ok),
+                }
+            })
+            .boxed())
+    }
+
     /// Sandboxes this agent created, optionally for one pod UID, newest first.
     pub async fn list_pod_sandboxes(&self, pod_uid: Option<&str>) -> Result<Vec<SandboxRecord>, RuntimeError> {
         let mut selector = HashMap::from([(labels::MANAGED_BY.to_owned(), "true".to_owned())]);
@@ -843,6 +862,16 @@ fn container_config(spec: &ContainerSpec, sandbox: &SandboxSpec) -> cri::Contain
     }
 }
 
+/// The UID of the pod a container event concerns, if this agent created it.
+fn event_pod_uid(event: &cri::ContainerEventResponse) -> Option<String> {
+    let sandbox = event.pod_sandbox_status.as_ref()?;
+    if label(&sandbox.labels, labels::MANAGED_BY) != "true" {
+        return None;
+    }
+    let uid = label(&sandbox.labels, labels::POD_UID);
+    (!uid.is_empty()).then_some(uid)
+}
+
 #[cfg(test)]
 mod cri_clock_tests {
     use super::*;
@@ -883,5 +912,21 @@ mod tests {
         let shared = SandboxSpec { share_process_namespace: true, ..Default::default() };
         let o = container_namespace_options(&shared, Some("abc"));
         assert_eq!((o.pid, o.target_id.as_str()), (cri::NamespaceMode::Pod as i32, ""));
+    }
+
+    #[test]
+    fn a_container_event_names_its_pod_only_for_sandboxes_this_agent_created() {
+        let event = |labels: &[(&str, &str)]| cri::ContainerEventResponse {
+            pod_sandbox_status: Some(cri::PodSandboxStatus {
+                labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ours = event(&[(labels::MANAGED_BY, "true"), (labels::POD_UID, "uid-1")]);
+        assert_eq!(event_pod_uid(&ours).as_deref(), Some("uid-1"));
+        assert_eq!(event_pod_uid(&event(&[(labels::POD_UID, "uid-2")])), None, "another agent's pod");
+        assert_eq!(event_pod_uid(&event(&[(labels::MANAGED_BY, "true")])), None);
+        assert_eq!(event_pod_uid(&cri::ContainerEventResponse::default()), None);
     }
 }

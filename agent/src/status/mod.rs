@@ -12,9 +12,9 @@ pub mod store;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{Map, Value};
@@ -27,7 +27,7 @@ use crate::kubetypes::annotations::{
     CONFIG_HASH_ANNOTATION, CONFIG_MIRROR_ANNOTATION, CONFIG_SOURCE_ANNOTATION, FILE_SOURCE,
 };
 use crate::kubetypes::spec;
-use crate::pods::status::{PHASE_FAILED, PHASE_SUCCEEDED};
+use crate::pods::status::{to_time, DISRUPTION_TARGET, PHASE_FAILED, PHASE_SUCCEEDED};
 use crate::status::store::PodStore;
 
 /// kubelet's status manager re-checks every pod this often (`syncPeriod`), which also retries failed writes.
@@ -73,26 +73,37 @@ fn terminal(phase: Option<&str>) -> bool {
 /// `mergePodStatus` make it: `startTime` never changes once set, a condition whose status is unchanged keeps its
 /// transition time, and the conditions and fields others own are kept as the server has them. With `base` read from
 /// the API this also carries the times across an agent restart.
+///
+/// Our `DisruptionTarget` condition goes only with the write that makes the pod terminal, as kubelet's guard in
+/// `mergePodStatus` sends it: the pod worker holds a killed pod's terminal phase back until its containers are gone,
+/// so the API never shows the condition on a pod that could still run.
 pub fn merge_status(ours: &PodStatus, base: Option<&PodStatus>) -> PodStatus {
     let mut merged = ours.clone();
-    let Some(base) = base else { return merged };
+    let empty = PodStatus::default();
+    let base = base.unwrap_or(&empty);
     if base.start_time.is_some() {
         merged.start_time = base.start_time.clone();
     }
+    let transitioning_to_terminal = !terminal(base.phase.as_deref()) && terminal(ours.phase.as_deref());
+    let sent = |c: &PodCondition| c.type_ != DISRUPTION_TARGET || transitioning_to_terminal;
     let base_conditions = base.conditions.as_deref().unwrap_or_default();
     let mut conditions: Vec<_> = base_conditions
         .iter()
         .filter(|c| {
             !KUBELET_CONDITIONS.contains(&c.type_.as_str())
-                && !ours.conditions.iter().flatten().any(|o| o.type_ == c.type_)
+                && !ours.conditions.iter().flatten().any(|o| o.type_ == c.type_ && sent(o))
         })
         .cloned()
         .collect();
-    for mut c in ours.conditions.iter().flatten().cloned() {
+    for mut c in ours.conditions.iter().flatten().filter(|c| sent(c)).cloned() {
         if let Some(old) = base_conditions.iter().find(|b| b.type_ == c.type_ && b.status == c.status) {
             if old.last_transition_time.is_some() {
                 c.last_transition_time = old.last_transition_time.clone();
             }
+        } else if c.type_ == DISRUPTION_TARGET {
+            // Its time is when it is sent: the one from the start of the kill is stale (kubelet's
+            // `updateLastTransitionTime` in `mergePodStatus`).
+            c.last_transition_time = to_time(SystemTime::now());
         }
         conditions.push(c);
     }
@@ -635,6 +646,34 @@ mod tests {
         assert!(!text.contains("PreemptionByScheduler") && !text.contains("\"delete\""), "{text}");
         // Container statuses have no merge key: the list goes whole.
         assert_eq!(patch["status"]["containerStatuses"][0]["ready"], json!(true));
+    }
+
+    #[test]
+    fn our_disruption_target_goes_only_with_the_write_that_makes_the_pod_terminal() {
+        let api = status(running("True", "2026-01-01T00:00:05Z"));
+        let disruption = json!({"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+            "message": "m", "lastTransitionTime": "2026-01-01T00:00:06Z"});
+        // While the kill is under way: the phase is held back, so the condition is not sent yet.
+        let mut killing = running("False", "2026-01-01T00:00:06Z");
+        killing["conditions"].as_array_mut().unwrap().push(disruption.clone());
+        let merged = merge_status(&status(killing.clone()), Some(&api));
+        assert!(merged.conditions.iter().flatten().all(|c| c.type_ != "DisruptionTarget"), "{merged:?}");
+        // The containers are gone: Failed, with the condition, timed when it is sent.
+        let mut done = killing;
+        done["phase"] = json!("Failed");
+        done["reason"] = json!("Evicted");
+        let merged = merge_status(&status(done.clone()), Some(&api));
+        let c = merged.conditions.iter().flatten().find(|c| c.type_ == "DisruptionTarget").expect("sent");
+        assert_eq!((c.reason.as_deref(), c.message.as_deref()), (Some("TerminationByKubelet"), Some("m")));
+        let killed_at = serde_json::from_value(json!("2026-01-01T00:00:06Z")).ok();
+        assert!(c.last_transition_time.is_some() && c.last_transition_time > killed_at, "{c:?}");
+        // Once the server has the pod terminal, its copy stays as it is.
+        let terminal_api = merged;
+        let mut later = done;
+        later["conditions"][2]["message"] = json!("other");
+        let merged = merge_status(&status(later), Some(&terminal_api));
+        let c = merged.conditions.iter().flatten().find(|c| c.type_ == "DisruptionTarget").expect("kept");
+        assert_eq!(c.message.as_deref(), Some("m"));
     }
 
     #[test]
