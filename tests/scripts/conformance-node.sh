@@ -13,6 +13,7 @@
 #      K8S_E2E_PROCS (default 40: the waiting specs cost little CPU; 16 for the slice),
 #      RKUBELET_CONFORMANCE_RUNS (default 1): runs of the specs against the same agent process, each followed by the
 #      agent's RSS (whether memory is given back from run to run).
+#      RKUBELET_DHAT_FILE: with an agent built with --features dhat-heap, its heap profile after the last run.
 # Results: the kit's folder under $K8S_HOME/e2e/<timestamp>/ (results.txt), its last line printed last.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -132,4 +133,12 @@ for run in $(seq "${RKUBELET_CONFORMANCE_RUNS:-1}"); do
   sleep 20
   log "agent RSS after run $run: $(rss)"
 done
+# An agent built with --features dhat-heap writes its heap profile on SIGUSR2: what is live once the specs' pods are
+# gone (read it with tests/scripts/dhat-top.py).
+if [ -n "${RKUBELET_DHAT_FILE:-}" ]; then
+  kill -USR2 "$AGENT_PID"
+  for _ in $(seq 120); do [ -s "$RKUBELET_DHAT_FILE" ] && break; sleep 0.5; done
+  sleep 2
+  log "heap profile: $RKUBELET_DHAT_FILE ($(du -h "$RKUBELET_DHAT_FILE" 2>/dev/null | cut -f1))"
+fi
 exit "$rc"
