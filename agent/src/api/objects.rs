@@ -2,7 +2,7 @@
 //! those its pods reference), service-account tokens through the TokenRequest API, and a Service informer for the
 //! service link variables.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,12 +29,23 @@ pub struct PodObjects {
 
 /// A copy no read has asked for in this long is forgotten at the next successful read. A pod that still uses an
 /// object reads it again at every sync of its volumes (kubelet's `syncFrequency`, 1 min by default), so only copies
-/// of objects no running pod reads any more age out, and the cache follows the pods instead of growing with every
-/// object ever read. Nothing is forgotten during an outage: forgetting happens on successful reads only.
+/// of objects no running pod reads any more age out. Nothing is forgotten by age during an outage: that happens on
+/// successful reads only.
 pub const OBJECT_COPY_TTL: Duration = Duration::from_secs(10 * 60);
 
-/// The copies kept, by object, with the time each was last read.
-type ObjectCopies = HashMap<ObjectKey, (Instant, Lookup<ObjectCopy>)>;
+/// The copies kept, by object.
+type ObjectCopies = HashMap<ObjectKey, KeptCopy>;
+
+/// One object's last copy, when it was read, and the pods that read it. As kubelet's secret and configmap managers
+/// register each pod's objects and drop an object with the last pod that used it (`UnregisterPod`), a copy goes
+/// when the last pod that read it is gone, so the cache shrinks back when pods go instead of holding every object
+/// a burst of pods read until its copies age out.
+#[derive(Debug)]
+struct KeptCopy {
+    read_at: Instant,
+    copy: Lookup<ObjectCopy>,
+    pods: BTreeSet<String>,
+}
 
 /// Kind, namespace and name.
 type ObjectKey = (&'static str, String, String);
@@ -86,36 +97,36 @@ impl PodObjects {
         (Self { client, services: reader, services_synced, last_read: Default::default() }, informer)
     }
 
-    /// Remembers a successful read; serves the last one when the API failed.
-    fn remember(
-        &self,
-        kind: &'static str,
-        namespace: &str,
-        name: &str,
-        read: Lookup<ObjectCopy>,
-    ) -> Lookup<ObjectCopy> {
-        remember_in(
-            &mut self.last_read.lock().unwrap_or_else(|e| e.into_inner()),
-            kind,
-            namespace,
-            name,
-            read,
-            Instant::now(),
-        )
+    /// Remembers a successful read for the pod; serves the last one when the API failed.
+    fn remember(&self, key: ObjectKey, pod_uid: &str, read: Lookup<ObjectCopy>) -> Lookup<ObjectCopy> {
+        remember_in(&mut self.copies(), key, pod_uid, read, Instant::now())
     }
 
-    pub async fn config_map(&self, namespace: &str, name: &str) -> Lookup<ConfigMap> {
+    fn copies(&self) -> std::sync::MutexGuard<'_, ObjectCopies> {
+        self.last_read.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pod is gone: the copies only it read are dropped.
+    pub fn release_pod(&self, pod_uid: &str) {
+        release_in(&mut self.copies(), pod_uid);
+    }
+
+    /// The ConfigMap, read for the pod `pod_uid`.
+    pub async fn config_map(&self, pod_uid: &str, namespace: &str, name: &str) -> Lookup<ConfigMap> {
         let read = lookup(Api::<ConfigMap>::namespaced(self.client.clone(), namespace).get(name).await);
-        match self.remember("configmap", namespace, name, map_lookup(read, ObjectCopy::ConfigMap)) {
+        let key = ("configmap", namespace.to_owned(), name.to_owned());
+        match self.remember(key, pod_uid, map_lookup(read, ObjectCopy::ConfigMap)) {
             Lookup::Found(ObjectCopy::ConfigMap(c)) => Lookup::Found(c),
             Lookup::Found(_) | Lookup::NotFound => Lookup::NotFound,
             Lookup::Failed(e) => Lookup::Failed(e),
         }
     }
 
-    pub async fn secret(&self, namespace: &str, name: &str) -> Lookup<Secret> {
+    /// The Secret, read for the pod `pod_uid`.
+    pub async fn secret(&self, pod_uid: &str, namespace: &str, name: &str) -> Lookup<Secret> {
         let read = lookup(Api::<Secret>::namespaced(self.client.clone(), namespace).get(name).await);
-        match self.remember("secret", namespace, name, map_lookup(read, ObjectCopy::Secret)) {
+        let key = ("secret", namespace.to_owned(), name.to_owned());
+        match self.remember(key, pod_uid, map_lookup(read, ObjectCopy::Secret)) {
             Lookup::Found(ObjectCopy::Secret(s)) => Lookup::Found(s),
             Lookup::Found(_) | Lookup::NotFound => Lookup::NotFound,
             Lookup::Failed(e) => Lookup::Failed(e),
@@ -143,32 +154,53 @@ impl PodObjects {
         Some(self.services.state().iter().map(|s| (**s).clone()).collect())
     }
 }
+
 /// [`PodObjects::remember`] on the cache itself, at `now`.
 fn remember_in(
     cache: &mut ObjectCopies,
-    kind: &'static str,
-    namespace: &str,
-    name: &str,
+    key: ObjectKey,
+    pod_uid: &str,
     read: Lookup<ObjectCopy>,
     now: Instant,
 ) -> Lookup<ObjectCopy> {
-    let key = (kind, namespace.to_owned(), name.to_owned());
     match read {
-        Lookup::Failed(e) => match cache.get(&key) {
-            Some((_, known)) => {
-                tracing::debug!(kind, namespace, name, error = %e, "API read failed; using the last copy");
-                known.clone()
+        Lookup::Failed(e) => match cache.get_mut(&key) {
+            Some(kept) => {
+                tracing::debug!(kind = key.0, namespace = key.1, name = key.2, error = %e, "API read failed; using the last copy");
+                kept.pods.insert(pod_uid.to_owned());
+                kept.copy.clone()
             }
             None => Lookup::Failed(e),
         },
         read => {
-            cache.retain(|_, (at, _)| now.saturating_duration_since(*at) < OBJECT_COPY_TTL);
-            if cache.capacity() > 4 * cache.len().max(16) {
-                cache.shrink_to_fit();
-            }
-            cache.insert(key, (now, read.clone()));
+            cache.retain(|_, kept| now.saturating_duration_since(kept.read_at) < OBJECT_COPY_TTL);
+            shrink(cache);
+            let kept = cache.entry(key).or_insert_with(|| KeptCopy {
+                read_at: now,
+                copy: Lookup::NotFound,
+                pods: BTreeSet::new(),
+            });
+            kept.read_at = now;
+            kept.copy = read.clone();
+            kept.pods.insert(pod_uid.to_owned());
             read
         }
+    }
+}
+
+/// [`PodObjects::release_pod`] on the cache itself.
+fn release_in(cache: &mut ObjectCopies, pod_uid: &str) {
+    cache.retain(|_, kept| {
+        kept.pods.remove(pod_uid);
+        !kept.pods.is_empty()
+    });
+    shrink(cache);
+}
+
+/// A map emptied by a burst keeps its table: give most of it back.
+fn shrink(cache: &mut ObjectCopies) {
+    if cache.capacity() > 4 * cache.len().max(16) {
+        cache.shrink_to_fit();
     }
 }
 
@@ -182,23 +214,55 @@ mod tests {
         Lookup::Found(ObjectCopy::ConfigMap(c))
     }
 
+    fn key(name: &str) -> ObjectKey {
+        ("configmap", "ns".to_owned(), name.to_owned())
+    }
+
     #[test]
     fn copies_no_read_asked_for_age_out_and_an_outage_keeps_them_all() {
         let mut cache = HashMap::new();
         let t0 = Instant::now();
-        remember_in(&mut cache, "configmap", "ns", "old", config_map("old"), t0);
-        remember_in(&mut cache, "configmap", "ns", "used", config_map("used"), t0);
+        remember_in(&mut cache, key("old"), "pod-a", config_map("old"), t0);
+        remember_in(&mut cache, key("used"), "pod-a", config_map("used"), t0);
         let later = t0 + OBJECT_COPY_TTL - Duration::from_secs(60);
-        remember_in(&mut cache, "configmap", "ns", "used", config_map("used"), later);
+        remember_in(&mut cache, key("used"), "pod-a", config_map("used"), later);
         // An outage, long after both reads: the copies are served, none is forgotten.
         let outage = t0 + 3 * OBJECT_COPY_TTL;
         let failed = || Lookup::Failed("connection refused".to_owned());
-        assert_eq!(remember_in(&mut cache, "configmap", "ns", "old", failed(), outage), config_map("old"));
+        assert_eq!(remember_in(&mut cache, key("old"), "pod-a", failed(), outage), config_map("old"));
         assert_eq!(cache.len(), 2);
         // The next successful read forgets what no read asked for within the TTL.
         let back = t0 + OBJECT_COPY_TTL + Duration::from_secs(1);
-        remember_in(&mut cache, "configmap", "ns", "used", config_map("used"), back);
+        remember_in(&mut cache, key("used"), "pod-a", config_map("used"), back);
         let names: Vec<&str> = cache.keys().map(|(_, _, n)| n.as_str()).collect();
         assert_eq!(names, ["used"]);
+    }
+
+    #[test]
+    fn a_copy_goes_with_the_last_pod_that_read_it_and_the_table_shrinks_back() {
+        let mut cache = HashMap::new();
+        let t0 = Instant::now();
+        remember_in(&mut cache, key("shared"), "pod-a", config_map("shared"), t0);
+        remember_in(&mut cache, key("shared"), "pod-b", config_map("shared"), t0);
+        remember_in(&mut cache, key("own"), "pod-a", config_map("own"), t0);
+        release_in(&mut cache, "pod-a");
+        let names: Vec<&str> = cache.keys().map(|(_, _, n)| n.as_str()).collect();
+        assert_eq!(names, ["shared"], "pod-b still reads it");
+        // An outage: a pod that still runs is served its copy, and the copy is kept for it.
+        let failed = Lookup::Failed("connection refused".to_owned());
+        assert_eq!(remember_in(&mut cache, key("shared"), "pod-c", failed, t0), config_map("shared"));
+        release_in(&mut cache, "pod-b");
+        assert_eq!(cache.len(), 1, "pod-c was served it during the outage");
+        release_in(&mut cache, "pod-c");
+        assert!(cache.is_empty());
+
+        // A burst of pods, each with its own objects: once they are gone, nothing of them is kept.
+        for i in 0..1000 {
+            remember_in(&mut cache, key(&format!("cm-{i}")), &format!("pod-{i}"), config_map("x"), t0);
+        }
+        for i in 0..1000 {
+            release_in(&mut cache, &format!("pod-{i}"));
+        }
+        assert!(cache.is_empty() && cache.capacity() < 100, "capacity {}", cache.capacity());
     }
 }

@@ -38,7 +38,7 @@ impl KubeRuntime {
             },
         };
         let (config_maps, secrets) = match objects {
-            Some(api) => fetch_env_objects(api, spec::namespace(pod), container).await,
+            Some(api) => fetch_env_objects(api, spec::uid(pod), spec::namespace(pod), container).await,
             None => (BTreeMap::new(), BTreeMap::new()),
         };
         let sources = EnvSources {

@@ -51,14 +51,14 @@ struct ObjectNames<'a> {
 }
 
 impl ObjectNames<'_> {
-    async fn fetch(self, ns: &str) -> Objects {
+    async fn fetch(self, pod_uid: &str, ns: &str) -> Objects {
         let mut objects = Objects::default();
         for name in self.config_maps {
-            let found = self.api.config_map(ns, &name).await;
+            let found = self.api.config_map(pod_uid, ns, &name).await;
             objects.config_maps.insert(name, found);
         }
         for name in self.secrets {
-            let found = self.api.secret(ns, &name).await;
+            let found = self.api.secret(pod_uid, ns, &name).await;
             objects.secrets.insert(name, found);
         }
         objects
@@ -153,7 +153,7 @@ impl VolumeManager {
             }
         }
         let objects = match self.object_names(&due) {
-            Some(names) if !due.is_empty() => Some(names.fetch(spec::namespace(pod)).await),
+            Some(names) if !due.is_empty() => Some(names.fetch(spec::uid(pod), spec::namespace(pod)).await),
             _ => None,
         };
         for v in due {
@@ -441,6 +441,9 @@ impl VolumeManager {
     /// Tears the pod's volumes down and removes its folder, once its containers are gone.
     pub fn unmount_pod(&self, uid: &str) {
         self.tokens.forget_pod(uid);
+        if let Some(objects) = self.objects.get() {
+            objects.release_pod(uid);
+        }
         self.back_offs.forget_pod(uid);
         // The pod's last event (Killing) was recorded before its containers were stopped.
         self.events.pod_gone(uid);
@@ -678,6 +681,7 @@ fn unescape_mountinfo(s: &str) -> String {
 /// The pod's environment lookups: what `env::container_envs` needs from the API for one container.
 pub async fn fetch_env_objects(
     objects: &PodObjects,
+    pod_uid: &str,
     namespace: &str,
     container: &Container,
 ) -> (
@@ -687,12 +691,12 @@ pub async fn fetch_env_objects(
     let (cms, secrets) = env::referenced_objects(container);
     let mut config_maps = BTreeMap::new();
     for name in cms {
-        let found = objects.config_map(namespace, &name).await;
+        let found = objects.config_map(pod_uid, namespace, &name).await;
         config_maps.insert(name, found);
     }
     let mut out_secrets = BTreeMap::new();
     for name in secrets {
-        let found = objects.secret(namespace, &name).await;
+        let found = objects.secret(pod_uid, namespace, &name).await;
         out_secrets.insert(name, found);
     }
     (config_maps, out_secrets)
