@@ -63,8 +63,12 @@ T
   log "kubelet --version: $(kubelet --version)"
   # kubeadm cannot restart a kubelet service here (no init system in this namespace): it writes the files and
   # waits for the node's TLS bootstrap, which the agent started below does, as the drop-in would.
+  # kubeadm wants ip_forward on before the join; the bridge plugin turns it on with the first gateway it sets up, as
+  # the reference plugin does. Left off on a fresh host rather than set here: a test must not change the host.
+  ignored=Swap,FileExisting-crictl,SystemVerification
+  [ "$(cat /proc/sys/net/ipv4/ip_forward)" = 1 ] || ignored=$ignored,FileContent--proc-sys-net-ipv4-ip_forward
   # shellcheck disable=SC2086 # the join command is words
-  $JOIN --cri-socket "unix://$SOCK" --node-name "$NODE" --ignore-preflight-errors=Swap,FileExisting-crictl,SystemVerification \
+  $JOIN --cri-socket "unix://$SOCK" --node-name "$NODE" --ignore-preflight-errors=$ignored \
     -v=1 >"$STATE/kubeadm.log" 2>&1 &
   join_pid=$!
   for _ in $(seq 600); do
@@ -76,7 +80,12 @@ T
   log "kubeadm-flags.env: $(cat /var/lib/kubelet/kubeadm-flags.env)"
   # shellcheck disable=SC1091
   . /var/lib/kubelet/kubeadm-flags.env
-  KUBELET_EXTRA_ARGS="--node-ip=$NODE_IP --port=$PORT --root-dir=$STATE/root"
+  # As an operator adds flags in /etc/default/kubelet. The test disk is shared and may be over 85 % full: kubeadm's
+  # KubeletConfiguration keeps kubelet's relative thresholds (imagefs.available<15%), under which the node reports
+  # DiskPressure and refuses every pod, and image GC would remove the images the test pods run.
+  KUBELET_EXTRA_ARGS="--node-ip=$NODE_IP --port=$PORT --root-dir=$STATE/root \
+--eviction-hard=memory.available<100Mi,nodefs.available<100Mi,nodefs.inodesFree<1%,imagefs.available<100Mi \
+--image-gc-high-threshold=100 --image-gc-low-threshold=99"
   # shellcheck disable=SC2086 # as the drop-in's ExecStart expands them
   kubelet --bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf \
     --config=/var/lib/kubelet/config.yaml $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS >"$STATE/rkubelet.log" 2>&1 &
@@ -217,7 +226,12 @@ spec:
     image: 127.0.0.1:5000/busybox:1.36
     command: [sh, -c, 'echo hello from the joined node; sleep 3600']
 Y
-kubectl wait --for=condition=Ready pod/joined --timeout=90s >&2 || { tail -n 40 "$STATE/rkubelet.log" >&2; fail "pod not Ready"; }
+kubectl wait --for=condition=Ready pod/joined --timeout=90s >&2 || {
+  kubectl get pod joined -o jsonpath='{.status}' >&2 || true
+  kubectl get node "$NODE" -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}' >&2 || true
+  tail -n 40 "$STATE/rkubelet.log" >&2
+  fail "pod not Ready"
+}
 logs=$(kubectl logs joined)
 [ "$logs" = "hello from the joined node" ] || fail "kubectl logs: $logs"
 log "kubectl logs: $logs"

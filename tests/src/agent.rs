@@ -159,12 +159,19 @@ impl Agent {
         } else {
             "evictionHard: {memory.available: 100Mi, nodefs.available: 100Mi, nodefs.inodesFree: 1%, imagefs.available: 100Mi}\n"
         };
+        // Likewise image GC (85 % used by default): on a fuller disk it would remove the images between a test's pods
+        // and add pulls and events the test does not expect. The GC tests set their own thresholds.
+        let image_gc = if self.extra_config.contains("imageGCHighThresholdPercent") {
+            ""
+        } else {
+            "imageGCHighThresholdPercent: 100\nimageGCLowThresholdPercent: 99\n"
+        };
         std::fs::write(
             &config,
             format!(
                 "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nstaticPodPath: {}\n\
                  containerRuntimeEndpoint: {}\npodLogsDir: {}\nreadOnlyPort: {}\nport: {}\nhealthzPort: 0\n\
-                 syncFrequency: 10s\n{}{}{}",
+                 syncFrequency: 10s\n{}{}{}{}",
                 self.manifest_dir().display(),
                 self.endpoint,
                 self.pod_logs_dir().display(),
@@ -172,6 +179,7 @@ impl Agent {
                 self.server_port,
                 cgroups,
                 eviction,
+                image_gc,
                 self.extra_config,
             ),
         )?;
