@@ -22,8 +22,14 @@
 //! `K8S_*` variables say otherwise; it is started empty (`up.sh --wipe`) and stopped at the end. `$K8S_HOME.lock`
 //! (flock, as `tests/run.sh` takes it) keeps two runs from sharing it: the bench waits for it.
 //!
+//! Then the runtime's own share (`RKUBELET_BENCH_RUNTIME_ALONE`, default 1): the same pods straight through CRI on
+//! a private containerd with the same CNI plugins, no agent and no API server: RunPodSandbox, CreateContainer and
+//! StartContainer for each pod, all pods at once; on delete StopContainer with the pod's grace period and
+//! StopPodSandbox. What an agent adds to a figure is its time minus this one.
+//!
 //! Output on stdout, lines starting with `bench node_figures`: one line per round, then the table
-//! `| figure | kubelet | rkubelet | rkubelet/kubelet |` with the range over the rounds and the ratio of the medians.
+//! `| figure | kubelet | rkubelet | rkubelet/kubelet |` with the range over the rounds and the ratio of the medians,
+//! and for the pod figures the runtime alone and each agent's time above it, with their ratio.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -36,6 +42,7 @@ use anyhow::{bail, ensure, Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use rkubelet::runtime::{ContainerSpec, Runtime, SandboxSpec};
 use rkubelet_tests::agent::{tail, Agent};
 use rkubelet_tests::containerd::Containerd;
 use rkubelet_tests::images::ensure_images;
@@ -158,8 +165,109 @@ fn run(kit: &Path) -> Result<()> {
             results.push((kind, figures));
         }
     }
-    print_table(&results, pods);
+    let alone = if env_number("RKUBELET_BENCH_RUNTIME_ALONE", 1)? != 0 {
+        Some(measure_runtime_alone(&rt, pods, rounds)?)
+    } else {
+        None
+    };
+    print_table(&results, alone.as_ref(), pods);
     Ok(())
+}
+
+/// The bench pod's container as the agents run it (`kit::bench_pod`): busybox that leaves on SIGTERM within a second.
+const BENCH_COMMAND: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"];
+const BENCH_GRACE_SECONDS: i64 = 5;
+
+/// One pod straight through CRI: its sandbox and its one container.
+struct BarePod {
+    sandbox_id: String,
+    container_id: String,
+}
+
+async fn bare_pod_start(runtime: &Runtime, logs: &Path, image_ref: &str, name: String) -> Result<BarePod> {
+    let uid = format!("runtime-alone-{name}");
+    let log_directory = logs.join(&uid);
+    std::fs::create_dir_all(&log_directory)?;
+    let sandbox = SandboxSpec {
+        name: name.clone(),
+        namespace: NAMESPACE.into(),
+        uid,
+        hostname: name,
+        log_directory: log_directory.display().to_string(),
+        ..Default::default()
+    };
+    let sandbox_id = runtime.run_pod_sandbox(&sandbox).await?;
+    let container = ContainerSpec {
+        name: "app".into(),
+        termination_grace_period: BENCH_GRACE_SECONDS,
+        image: rkubelet_tests::images::BUSYBOX.into(),
+        image_ref: image_ref.into(),
+        command: BENCH_COMMAND.iter().map(|s| s.to_string()).collect(),
+        log_path: "app/0.log".into(),
+        ..Default::default()
+    };
+    let container_id = runtime.create_container(&sandbox_id, &container, &sandbox).await?;
+    runtime.start_container(&container_id).await?;
+    Ok(BarePod { sandbox_id, container_id })
+}
+
+async fn bare_pod_stop(runtime: &Runtime, pod: &BarePod) -> Result<()> {
+    runtime.stop_container(&pod.container_id, BENCH_GRACE_SECONDS).await?;
+    runtime.stop_pod_sandbox(&pod.sandbox_id).await?;
+    Ok(())
+}
+
+/// `count` pods started at once, then stopped at once; the sandboxes are removed after the clock stops (an agent
+/// removes them later too, in its garbage collection).
+async fn bare_round(runtime: &Runtime, logs: &Path, image_ref: &str, tag: &str, count: usize) -> Result<(f64, f64)> {
+    let t0 = Instant::now();
+    let started = futures::future::join_all(
+        (0..count).map(|i| bare_pod_start(runtime, logs, image_ref, format!("fig-cri-{tag}-{i}"))),
+    )
+    .await;
+    let ready = t0.elapsed().as_secs_f64();
+    let mut pods = Vec::new();
+    let mut first_error = None;
+    for result in started {
+        match result {
+            Ok(pod) => pods.push(pod),
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    let t1 = Instant::now();
+    let stopped = futures::future::join_all(pods.iter().map(|p| bare_pod_stop(runtime, p))).await;
+    let gone = t1.elapsed().as_secs_f64();
+    for pod in &pods {
+        runtime.remove_pod_sandbox(&pod.sandbox_id).await?;
+    }
+    if let Some(e) = first_error {
+        return Err(e.context(format!("starting {count} pods through CRI")));
+    }
+    stopped.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok((ready, gone))
+}
+
+fn measure_runtime_alone(rt: &tokio::runtime::Runtime, pods: usize, rounds: usize) -> Result<Figures> {
+    let containerd = Containerd::start("bench-fig-cri")?;
+    let logs = tempfile::tempdir()?;
+    let mut figures = Figures::default();
+    rt.block_on(async {
+        let runtime = Runtime::connect(&containerd.endpoint()).await?;
+        let image_ref = runtime.pull_image(rkubelet_tests::images::BUSYBOX, &SandboxSpec::default()).await?;
+        bare_round(&runtime, logs.path(), &image_ref, "warm", 1).await?;
+        for round in 1..=rounds {
+            let (one, _) = bare_round(&runtime, logs.path(), &image_ref, &format!("one{round}"), 1).await?;
+            let (ready, gone) = bare_round(&runtime, logs.path(), &image_ref, &format!("many{round}"), pods).await?;
+            println!(
+                "{PREFIX}: runtime alone round {round}: 1 pod started {one:.2} s; {pods} pods all started {ready:.2} s, stopped {gone:.2} s"
+            );
+            figures.one_pod.push(one);
+            figures.many_ready.push(ready);
+            figures.many_gone.push(gone);
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(figures)
 }
 
 /// Another control plane on this host (another test run's kit) takes CPU from the agents measured here: wait up to
@@ -209,7 +317,7 @@ fn range(v: &[f64], unit: &str, digits: usize) -> String {
     }
 }
 
-fn print_table(results: &[(Kind, Figures)], pods: usize) {
+fn print_table(results: &[(Kind, Figures)], alone: Option<&Figures>, pods: usize) {
     let [(_, go), (_, ours)] = results else { return };
     type Row = (String, fn(&Figures) -> Vec<f64>, &'static str, usize);
     let rows: [Row; 6] = [
@@ -230,6 +338,23 @@ fn print_table(results: &[(Kind, Figures)], pods: usize) {
             range(&o, unit, digits),
             median(&o) / median(&g)
         );
+    }
+    let Some(alone) = alone else { return };
+    println!(
+        "{PREFIX}: runtime alone (containerd through CRI, no agent, no API server) and each agent's time above it:"
+    );
+    println!("{PREFIX}: | figure | runtime alone | kubelet above it | rkubelet above it | rkubelet/kubelet |");
+    println!("{PREFIX}: |---|---|---|---|---|");
+    type PodRow = (String, fn(&Figures) -> Vec<f64>);
+    let pod_rows: [PodRow; 3] = [
+        ("1 pod created → Running and Ready".into(), |f| f.one_pod.clone()),
+        (format!("{pods} pods created at once → all Running and Ready"), |f| f.many_ready.clone()),
+        (format!("delete {pods} pods → gone"), |f| f.many_gone.clone()),
+    ];
+    for (name, get) in pod_rows {
+        let floor = median(&get(alone));
+        let (g, o) = (median(&get(go)) - floor, median(&get(ours)) - floor);
+        println!("{PREFIX}: | {name} | {} | {g:.2} s | {o:.2} s | {:.2}× |", range(&get(alone), "s", 2), o / g);
     }
 }
 
