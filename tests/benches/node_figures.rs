@@ -197,6 +197,23 @@ async fn bare_pod_start(runtime: &Runtime, logs: &Path, image_ref: &str, name: S
         ..Default::default()
     };
     let sandbox_id = runtime.run_pod_sandbox(&sandbox).await?;
+    match bare_container_start(runtime, &sandbox_id, &sandbox, image_ref).await {
+        Ok(container_id) => Ok(BarePod { sandbox_id, container_id }),
+        Err(e) => {
+            // Not left to the containerd's removal: the sandbox holds a network namespace and an address.
+            let _ = runtime.stop_pod_sandbox(&sandbox_id).await;
+            let _ = runtime.remove_pod_sandbox(&sandbox_id).await;
+            Err(e)
+        }
+    }
+}
+
+async fn bare_container_start(
+    runtime: &Runtime,
+    sandbox_id: &str,
+    sandbox: &SandboxSpec,
+    image_ref: &str,
+) -> Result<String> {
     let container = ContainerSpec {
         name: "app".into(),
         termination_grace_period: BENCH_GRACE_SECONDS,
@@ -206,9 +223,9 @@ async fn bare_pod_start(runtime: &Runtime, logs: &Path, image_ref: &str, name: S
         log_path: "app/0.log".into(),
         ..Default::default()
     };
-    let container_id = runtime.create_container(&sandbox_id, &container, &sandbox).await?;
+    let container_id = runtime.create_container(sandbox_id, &container, sandbox).await?;
     runtime.start_container(&container_id).await?;
-    Ok(BarePod { sandbox_id, container_id })
+    Ok(container_id)
 }
 
 async fn bare_pod_stop(runtime: &Runtime, pod: &BarePod) -> Result<()> {
