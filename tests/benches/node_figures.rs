@@ -25,7 +25,9 @@
 //! Then the runtime's own share (`RKUBELET_BENCH_RUNTIME_ALONE`, default 1): the same pods straight through CRI on
 //! a private containerd with the same CNI plugins, no agent and no API server: RunPodSandbox, CreateContainer and
 //! StartContainer for each pod, all pods at once; on delete StopContainer with the pod's grace period and
-//! StopPodSandbox. What an agent adds to a figure is its time minus this one.
+//! StopPodSandbox. What an agent adds to a figure is its time minus this one. For idle CPU the floor is kubelet's
+//! relist by itself: ListPodSandbox and ListContainers every second through the agent's CRI client, on a thread of
+//! its own, for the same idle window.
 //!
 //! Output on stdout, lines starting with `bench node_figures`: one line per round, then the table
 //! `| figure | kubelet | rkubelet | rkubelet/kubelet |` with the range over the rounds and the ratio of the medians,
@@ -166,7 +168,7 @@ fn run(kit: &Path) -> Result<()> {
         }
     }
     let alone = if env_number("RKUBELET_BENCH_RUNTIME_ALONE", 1)? != 0 {
-        Some(measure_runtime_alone(&rt, pods, rounds)?)
+        Some(measure_runtime_alone(&rt, pods, rounds, idle)?)
     } else {
         None
     };
@@ -264,7 +266,7 @@ async fn bare_round(runtime: &Runtime, logs: &Path, image_ref: &str, tag: &str, 
     Ok((ready, gone))
 }
 
-fn measure_runtime_alone(rt: &tokio::runtime::Runtime, pods: usize, rounds: usize) -> Result<Figures> {
+fn measure_runtime_alone(rt: &tokio::runtime::Runtime, pods: usize, rounds: usize, idle: Duration) -> Result<Figures> {
     let containerd = Containerd::start("bench-fig-cri")?;
     let logs = tempfile::tempdir()?;
     let mut figures = Figures::default();
@@ -284,7 +286,103 @@ fn measure_runtime_alone(rt: &tokio::runtime::Runtime, pods: usize, rounds: usiz
         }
         anyhow::Ok(())
     })?;
+    let (cpu_pct, wakeups_per_s) = relist_alone(&containerd.endpoint(), idle)?;
+    println!(
+        "{PREFIX}: runtime alone: kubelet's relist by itself (ListPodSandbox and ListContainers every second, 0 pods), idle {} s: CPU {cpu_pct:.3} %, {wakeups_per_s:.1} context switches/s",
+        idle.as_secs()
+    );
+    figures.idle_cpu_pct = cpu_pct;
+    figures.idle_wakeups_per_s = wakeups_per_s;
     Ok(figures)
+}
+
+/// The thread name of the relist-alone runtime: its threads' CPU time is read by that name.
+const RELIST_THREAD: &str = "relist-alone";
+
+/// The least an idle node agent can spend on kubelet's generic PLEG: the relist's two CRI calls every second
+/// (`RELIST_PERIOD`), through the agent's own CRI client, on a runtime of its own and nothing else.
+/// `RKUBELET_BENCH_RELIST_WORKERS` (default 0): 0 runs it on one thread (tokio's current-thread runtime), N on a
+/// multi-thread runtime of N workers, as the agent's. Returns its CPU share in % and its context switches per second.
+fn relist_alone(endpoint: &str, idle: Duration) -> Result<(f64, f64)> {
+    let workers = env_number("RKUBELET_BENCH_RELIST_WORKERS", 0)?;
+    let endpoint = endpoint.to_owned();
+    let thread = std::thread::Builder::new().name(RELIST_THREAD.into()).spawn(move || -> Result<(f64, f64)> {
+        let rt = if workers == 0 {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers as usize)
+                .thread_name(RELIST_THREAD)
+                .enable_all()
+                .build()?
+        };
+        rt.block_on(async {
+            let runtime = Runtime::connect(&endpoint).await?;
+            let relist = || async {
+                let (sandboxes, containers) =
+                    tokio::join!(runtime.list_pod_sandboxes(None), runtime.list_containers(None));
+                sandboxes?;
+                containers?;
+                anyhow::Ok(())
+            };
+            // The connection's set-up is not part of the idle cost.
+            relist().await?;
+            let mut tick = tokio::time::interval(rkubelet::pleg::RELIST_PERIOD);
+            tick.tick().await;
+            let (ns0, switches0, t0) =
+                (threads_cpu_ns(RELIST_THREAD)?, threads_switches(RELIST_THREAD)?, Instant::now());
+            while t0.elapsed() < idle {
+                tick.tick().await;
+                relist().await?;
+            }
+            let (ns1, switches1) = (threads_cpu_ns(RELIST_THREAD)?, threads_switches(RELIST_THREAD)?);
+            let elapsed = t0.elapsed().as_secs_f64();
+            Ok((
+                ns1.saturating_sub(ns0) as f64 / 1e9 / elapsed * 100.0,
+                switches1.saturating_sub(switches0) as f64 / elapsed,
+            ))
+        })
+    })?;
+    thread.join().map_err(|_| anyhow::anyhow!("the relist-alone thread panicked"))?
+}
+
+/// This process's threads named `name`, as /proc sees them.
+fn threads_named(name: &str) -> Result<Vec<PathBuf>> {
+    let mut tasks = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let path = task?.path();
+        if std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim() == name) {
+            tasks.push(path);
+        }
+    }
+    Ok(tasks)
+}
+
+fn threads_cpu_ns(name: &str) -> Result<u64> {
+    let mut total = 0;
+    for task in threads_named(name)? {
+        let stat = std::fs::read_to_string(task.join("schedstat"))?;
+        total += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+fn threads_switches(name: &str) -> Result<u64> {
+    let mut total = 0;
+    for task in threads_named(name)? {
+        total += switches_in(&std::fs::read_to_string(task.join("status"))?);
+    }
+    Ok(total)
+}
+
+fn switches_in(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("voluntary_ctxt_switches:").or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+        })
+        .map(|v| v.trim().parse::<u64>().unwrap_or(0))
+        .sum()
 }
 
 /// Another control plane on this host (another test run's kit) takes CPU from the agents measured here: wait up to
@@ -358,20 +456,24 @@ fn print_table(results: &[(Kind, Figures)], alone: Option<&Figures>, pods: usize
     }
     let Some(alone) = alone else { return };
     println!(
-        "{PREFIX}: runtime alone (containerd through CRI, no agent, no API server) and each agent's time above it:"
+        "{PREFIX}: runtime alone (containerd through CRI, no agent, no API server) and each agent's figure above it:"
     );
     println!("{PREFIX}: | figure | runtime alone | kubelet above it | rkubelet above it | rkubelet/kubelet |");
     println!("{PREFIX}: |---|---|---|---|---|");
-    type PodRow = (String, fn(&Figures) -> Vec<f64>);
-    let pod_rows: [PodRow; 3] = [
-        ("1 pod created → Running and Ready".into(), |f| f.one_pod.clone()),
-        (format!("{pods} pods created at once → all Running and Ready"), |f| f.many_ready.clone()),
-        (format!("delete {pods} pods → gone"), |f| f.many_gone.clone()),
+    let floor_rows: [Row; 4] = [
+        ("1 pod created → Running and Ready".into(), |f| f.one_pod.clone(), "s", 2),
+        (format!("{pods} pods created at once → all Running and Ready"), |f| f.many_ready.clone(), "s", 2),
+        (format!("delete {pods} pods → gone"), |f| f.many_gone.clone(), "s", 2),
+        ("agent idle CPU, joined, 0 pods (floor: the relist alone)".into(), |f| vec![f.idle_cpu_pct], "%", 3),
     ];
-    for (name, get) in pod_rows {
+    for (name, get, unit, digits) in floor_rows {
         let floor = median(&get(alone));
         let (g, o) = (median(&get(go)) - floor, median(&get(ours)) - floor);
-        println!("{PREFIX}: | {name} | {} | {g:.2} s | {o:.2} s | {:.2}× |", range(&get(alone), "s", 2), o / g);
+        println!(
+            "{PREFIX}: | {name} | {} | {g:.digits$} {unit} | {o:.digits$} {unit} | {:.2}× |",
+            range(&get(alone), unit, digits),
+            o / g
+        );
     }
 }
 
@@ -469,14 +571,7 @@ fn context_switches(pid: u32) -> Result<u64> {
     let mut total = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else { continue };
-        for line in status.lines() {
-            if let Some(v) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                total += v.trim().parse::<u64>().unwrap_or(0);
-            }
-        }
+        total += switches_in(&status);
     }
     Ok(total)
 }
