@@ -31,7 +31,7 @@
 //!
 //! Output on stdout, lines starting with `bench node_figures`: one line per round, then the table
 //! `| figure | kubelet | rkubelet | rkubelet/kubelet |` with the range over the rounds and the ratio of the medians,
-//! and for the pod figures the runtime alone and each agent's time above it, with their ratio.
+//! then the runtime alone (the relist alone for idle CPU) and each agent's figure above it, with their ratio.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -176,10 +176,6 @@ fn run(kit: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The bench pod's container as the agents run it (`kit::bench_pod`): busybox that leaves on SIGTERM within a second.
-const BENCH_COMMAND: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"];
-const BENCH_GRACE_SECONDS: i64 = 5;
-
 /// One pod straight through CRI: its sandbox and its one container.
 struct BarePod {
     sandbox_id: String,
@@ -218,10 +214,10 @@ async fn bare_container_start(
 ) -> Result<String> {
     let container = ContainerSpec {
         name: "app".into(),
-        termination_grace_period: BENCH_GRACE_SECONDS,
+        termination_grace_period: kit::BENCH_POD_GRACE_SECONDS,
         image: rkubelet_tests::images::BUSYBOX.into(),
         image_ref: image_ref.into(),
-        command: BENCH_COMMAND.iter().map(|s| s.to_string()).collect(),
+        command: kit::BENCH_POD_COMMAND.iter().map(|s| s.to_string()).collect(),
         log_path: "app/0.log".into(),
         ..Default::default()
     };
@@ -231,7 +227,7 @@ async fn bare_container_start(
 }
 
 async fn bare_pod_stop(runtime: &Runtime, pod: &BarePod) -> Result<()> {
-    runtime.stop_container(&pod.container_id, BENCH_GRACE_SECONDS).await?;
+    runtime.stop_container(&pod.container_id, kit::BENCH_POD_GRACE_SECONDS).await?;
     runtime.stop_pod_sandbox(&pod.sandbox_id).await?;
     Ok(())
 }
@@ -348,41 +344,18 @@ fn relist_alone(endpoint: &str, idle: Duration) -> Result<(f64, f64)> {
 
 /// This process's threads named `name`, as /proc sees them.
 fn threads_named(name: &str) -> Result<Vec<PathBuf>> {
-    let mut tasks = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task")? {
-        let path = task?.path();
-        if std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim() == name) {
-            tasks.push(path);
-        }
-    }
-    Ok(tasks)
+    Ok(tasks_in("/proc/self/task")?
+        .into_iter()
+        .filter(|task| std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim() == name))
+        .collect())
 }
 
 fn threads_cpu_ns(name: &str) -> Result<u64> {
-    let mut total = 0;
-    for task in threads_named(name)? {
-        let stat = std::fs::read_to_string(task.join("schedstat"))?;
-        total += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    }
-    Ok(total)
+    Ok(tasks_cpu_ns(&threads_named(name)?))
 }
 
 fn threads_switches(name: &str) -> Result<u64> {
-    let mut total = 0;
-    for task in threads_named(name)? {
-        total += switches_in(&std::fs::read_to_string(task.join("status"))?);
-    }
-    Ok(total)
-}
-
-fn switches_in(status: &str) -> u64 {
-    status
-        .lines()
-        .filter_map(|line| {
-            line.strip_prefix("voluntary_ctxt_switches:").or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-        })
-        .map(|v| v.trim().parse::<u64>().unwrap_or(0))
-        .sum()
+    Ok(tasks_switches(&threads_named(name)?))
 }
 
 /// Another control plane on this host (another test run's kit) takes CPU from the agents measured here: wait up to
@@ -558,22 +531,44 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 /// The CPU time of the process's live threads in nanoseconds (schedstat): clock ticks are too coarse for the
 /// aim (0.02 % of 40 s is 8 ms, less than one tick); a thread that exits in the window takes its time with it.
 fn cpu_ns(pid: u32) -> Result<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else { continue };
-        total += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    }
-    Ok(total)
+    Ok(tasks_cpu_ns(&tasks_in(&format!("/proc/{pid}/task"))?))
 }
 
 /// Voluntary and involuntary context switches of all the process's threads.
 fn context_switches(pid: u32) -> Result<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else { continue };
-        total += switches_in(&status);
-    }
-    Ok(total)
+    Ok(tasks_switches(&tasks_in(&format!("/proc/{pid}/task"))?))
+}
+
+/// The threads listed in a `/proc/.../task` directory.
+fn tasks_in(dir: &str) -> Result<Vec<PathBuf>> {
+    std::fs::read_dir(dir)?.map(|task| Ok(task?.path())).collect()
+}
+
+/// The summed schedstat run time of these threads; a thread that exited since it was listed counts nothing.
+fn tasks_cpu_ns(tasks: &[PathBuf]) -> u64 {
+    tasks
+        .iter()
+        .filter_map(|task| std::fs::read_to_string(task.join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+/// The summed voluntary and involuntary context switches of these threads.
+fn tasks_switches(tasks: &[PathBuf]) -> u64 {
+    tasks
+        .iter()
+        .filter_map(|task| std::fs::read_to_string(task.join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter_map(|line| {
+                    line.strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// With `RKUBELET_DHAT_FILE` set (and the agent built with `--features dhat-heap`), asks the agent for its heap

@@ -78,6 +78,11 @@ pub fn rss_mb(pid: u32) -> Result<f64> {
 
 /// The pod the API-tier benches start by the dozen: one busybox container that ends at once on SIGTERM, bound to
 /// `node`, labelled `bench=<label>` so a bench deletes its own.
+/// The bench pod's one container: busybox that leaves on SIGTERM within a second (after its current `sleep 1`).
+pub const BENCH_POD_COMMAND: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"];
+/// The bench pod's `terminationGracePeriodSeconds`.
+pub const BENCH_POD_GRACE_SECONDS: i64 = 5;
+
 pub fn bench_pod(
     name: &str,
     namespace: &str,
@@ -91,11 +96,11 @@ pub fn bench_pod(
         "spec": {
             "nodeName": node,
             "automountServiceAccountToken": sa_token,
-            "terminationGracePeriodSeconds": 5,
+            "terminationGracePeriodSeconds": BENCH_POD_GRACE_SECONDS,
             "tolerations": [{ "operator": "Exists" }],
             "containers": [{
                 "name": "app", "image": crate::images::BUSYBOX,
-                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+                "command": BENCH_POD_COMMAND,
             }],
         }
     }))?)
